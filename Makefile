@@ -1,0 +1,63 @@
+# roiedge — every target bootstraps .venv/ on first use, so `make test` alone works on a fresh machine.
+PYTHON_BOOT ?= python3
+VENV        := .venv
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+ARTIFACTS   ?= artifacts
+# Keep TensorFlow's C++ logging quiet in every target.
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: venv test test-slow lint format model evaluate export report bench test-edge clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip==25.3"
+	$(PY) -m pip install --quiet -c requirements.lock -e ".[dev]"
+	touch $(STAMP)
+
+## test: lint, then the test suite (the README's test command; CI runs this).
+test: $(STAMP)
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -m "not slow"
+
+## test-slow: the long checks kept out of `make test`.
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+## model: train the detector from scratch on procedural data (~15 min on 2 cores).
+model: $(STAMP)
+	$(PY) -m models.train
+
+## evaluate: mAP of the shipped float Keras detector on the held-out split.
+evaluate: $(STAMP)
+	$(PY) -m models.evaluate --json $(ARTIFACTS)/keras_eval.json
+
+## export: convert the shipped detector to TFLite and ONNX artifacts under artifacts/.
+export: $(STAMP)
+	$(PY) -m export --out $(ARTIFACTS)
+
+## report: accuracy/speed/size report of every artifact against float Keras.
+report: $(STAMP)
+	$(PY) -m export.report --artifacts $(ARTIFACTS)
+
+## bench: speed tables (RoIPooling micro-benchmark, artifacts) — ratios measured in one run.
+bench: $(STAMP)
+	$(PY) -m models.bench_roi
+
+## test-edge: run the TF-free runtime in throwaway device-like environments.
+test-edge: $(STAMP)
+	./scripts/test_edge.sh $(ARTIFACTS)
+
+clean:
+	rm -rf $(VENV) .edge-envs .pytest_cache .ruff_cache

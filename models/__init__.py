@@ -1,0 +1,1 @@
+"""roiedge models: Keras definitions, procedural data, training and evaluation."""
