@@ -1,0 +1,400 @@
+"""RoIPooling that lowers to TFLite builtin ops only (see :func:`roi_pool`).
+
+TFLite has no ``CROP_AND_RESIZE`` builtin: ``tf.image.crop_and_resize`` converts only as a
+Flex op, which tflite-runtime and ai-edge-litert cannot run. The default implementation here
+rebuilds the same bilinear sampling from GATHER, integer and float arithmetic and MAX_POOL_2D,
+and matches ``tf.image.crop_and_resize`` followed by a max pool to ~1e-6.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from runtime.errors import RoiedgeError
+
+__all__ = [
+    "IMPLEMENTATIONS",
+    "RoIPooling",
+    "RoIPoolingInputError",
+    "RoIPoolingTypeError",
+    "roi_pool",
+    "roi_pool_numpy",
+]
+
+#: Selectable lowerings: the builtin-only default first, then the TF oracle.
+IMPLEMENTATIONS = ("gather", "crop_and_resize")
+DEFAULT_IMPLEMENTATION = "gather"
+
+
+class RoIPoolingInputError(RoiedgeError, ValueError):
+    """A RoIPooling argument or input has the wrong shape or value."""
+
+
+class RoIPoolingTypeError(RoiedgeError, TypeError):
+    """A RoIPooling argument or input has the wrong type or dtype."""
+
+
+def _check_size(size) -> tuple[int, int]:
+    """Returns ``size`` as two positive Python ints, or raises a one-line error."""
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        size = (size, size)
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size)
+        or not all(v >= 1 for v in size)
+    ):
+        raise RoIPoolingInputError(
+            f"RoIPooling size must be two positive ints (height, width), got {size!r}"
+        )
+    return int(size[0]), int(size[1])
+
+
+def _check_samples_per_bin(samples_per_bin) -> int:
+    if isinstance(samples_per_bin, bool) or not isinstance(samples_per_bin, (int, np.integer)):
+        raise RoIPoolingTypeError(
+            f"RoIPooling samples_per_bin must be an int >= 1, got {samples_per_bin!r}"
+        )
+    if samples_per_bin < 1:
+        raise RoIPoolingInputError(
+            f"RoIPooling samples_per_bin must be an int >= 1, got {samples_per_bin!r}"
+        )
+    return int(samples_per_bin)
+
+
+def _check_implementation(implementation) -> str:
+    if implementation not in IMPLEMENTATIONS:
+        raise RoIPoolingInputError(
+            f"RoIPooling implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
+        )
+    return implementation
+
+
+def _shape_str(shape) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _check_inputs(feature_maps, rois, box_indexes):
+    """Shared input checks of :func:`roi_pool` and :class:`RoIPooling`.
+
+    Checks static ranks, shapes and dtypes (the parts known at trace time) and returns the
+    three inputs as tensors, ``box_indexes`` as int32.
+    """
+    tensors = []
+    for name, value in (
+        ("feature_maps", feature_maps),
+        ("rois", rois),
+        ("box_indexes", box_indexes),
+    ):
+        if isinstance(value, (list, tuple)) or not hasattr(value, "shape"):
+            value = np.asarray(value)
+            if value.dtype == np.float64:
+                value = value.astype(np.float32)
+        try:
+            value = tf.convert_to_tensor(value)
+        except (TypeError, ValueError) as error:
+            raise RoIPoolingTypeError(
+                f"RoIPooling {name} must be a tensor, got {type(value).__name__}: {error}"
+            ) from None
+        tensors.append(value)
+    feature_maps, rois, box_indexes = tensors
+
+    fm_shape = feature_maps.shape
+    if fm_shape.rank != 4:
+        raise RoIPoolingInputError(
+            f"RoIPooling feature_maps must be rank 4 [batch, height, width, channels], "
+            f"got shape {_shape_str(fm_shape)}"
+        )
+    if not feature_maps.dtype.is_floating:
+        raise RoIPoolingTypeError(
+            f"RoIPooling feature_maps must be a float tensor, got dtype {feature_maps.dtype.name}"
+        )
+    if rois.shape.rank != 2 or rois.shape[1] not in (None, 4):
+        raise RoIPoolingInputError(
+            f"RoIPooling rois must have shape [num_rois, 4] (normalized y1, x1, y2, x2), "
+            f"got shape {_shape_str(rois.shape)}"
+        )
+    if not rois.dtype.is_floating:
+        raise RoIPoolingTypeError(
+            f"RoIPooling rois must be a float tensor, got dtype {rois.dtype.name}"
+        )
+    if box_indexes.shape.rank != 1:
+        raise RoIPoolingInputError(
+            f"RoIPooling box_indexes must have shape [num_rois], "
+            f"got shape {_shape_str(box_indexes.shape)}"
+        )
+    if box_indexes.dtype not in (tf.int32, tf.int64):
+        raise RoIPoolingTypeError(
+            f"RoIPooling box_indexes must be int32 (or int64), got dtype {box_indexes.dtype.name}"
+        )
+    n_rois, n_indexes = rois.shape[0], box_indexes.shape[0]
+    if n_rois is not None and n_indexes is not None and n_rois != n_indexes:
+        raise RoIPoolingInputError(
+            f"RoIPooling rois and box_indexes must have the same num_rois, "
+            f"got rois {_shape_str(rois.shape)} and box_indexes {_shape_str(box_indexes.shape)}"
+        )
+    rois = tf.cast(rois, tf.float32)
+    box_indexes = tf.cast(box_indexes, tf.int32)
+    return feature_maps, rois, box_indexes
+
+
+def _max_pool(crops, samples_per_bin: int):
+    """Max-pools ``samples_per_bin`` x ``samples_per_bin`` blocks (no-op for 1)."""
+    if samples_per_bin == 1:
+        return crops
+    return tf.nn.max_pool2d(crops, samples_per_bin, samples_per_bin, "VALID")
+
+
+def _static_or_dynamic(tensor):
+    """The shape of ``tensor`` as a list, static dims as ints, unknown ones as scalars."""
+    static = tensor.shape.as_list()
+    dynamic = tf.shape(tensor)
+    return [dynamic[i] if d is None else d for i, d in enumerate(static)]
+
+
+def _crop_and_resize_oracle(feature_maps, rois, box_indexes, crop_size):
+    # The reference: TF's fused kernel. Flex-only in TFLite (no CROP_AND_RESIZE builtin).
+    crops = tf.image.crop_and_resize(
+        tf.cast(feature_maps, tf.float32), rois, box_indexes, crop_size, extrapolation_value=0.0
+    )
+    return crops
+
+
+def _sample_coordinates(lo, hi, length, crop_length: int):
+    """Sample positions along one axis exactly as CropAndResize computes them.
+
+    ``lo``/``hi`` are ``[N]`` normalized box edges, ``length`` the map length along the axis.
+    Returns ``[N, crop_length]`` float32 positions in pixels; positions outside
+    ``[0, length - 1]`` are extrapolated (value 0).
+    """
+    scale = tf.cast(length - 1, tf.float32)
+    if crop_length > 1:
+        # Same operation order as CropAndResize's kernel, so floor() lands on the same pixel.
+        step = (hi - lo) * scale / float(crop_length - 1)
+        steps = tf.range(crop_length, dtype=tf.float32)
+        return lo[:, None] * scale + steps[None, :] * step[:, None]
+    return (0.5 * (lo + hi) * scale)[:, None]
+
+
+def _gather_crop_and_resize(feature_maps, rois, box_indexes, crop_size):
+    """crop_and_resize from GATHER on a ``[B*H*W, C]`` view plus arithmetic (builtins only)."""
+    _, height, width, channels = _static_or_dynamic(feature_maps)
+    crop_height, crop_width = crop_size
+    y1, x1, y2, x2 = tf.unstack(rois, axis=1)
+    ys = _sample_coordinates(y1, y2, height, crop_height)  # [N, ch]
+    xs = _sample_coordinates(x1, x2, width, crop_width)  # [N, cw]
+
+    def axis_terms(positions, length):
+        inside = tf.logical_and(positions >= 0.0, positions <= tf.cast(length - 1, tf.float32))
+        low = tf.floor(positions)
+        lerp = positions - low
+        high = tf.math.ceil(positions)
+        # Out-of-map samples are zeroed by `inside`; clamping only keeps GATHER in range.
+        low_i = tf.clip_by_value(tf.cast(low, tf.int32), 0, length - 1)
+        high_i = tf.clip_by_value(tf.cast(high, tf.int32), 0, length - 1)
+        return tf.cast(inside, feature_maps.dtype), tf.cast(lerp, feature_maps.dtype), low_i, high_i
+
+    y_inside, y_lerp, top, bottom = axis_terms(ys, height)
+    x_inside, x_lerp, left, right = axis_terms(xs, width)
+
+    flat = tf.reshape(feature_maps, [-1, channels])
+    base = box_indexes * (height * width)  # [N]
+    top_rows = (base[:, None] + top * width)[:, :, None]  # [N, ch, 1]
+    bottom_rows = (base[:, None] + bottom * width)[:, :, None]
+    left_cols = left[:, None, :]  # [N, 1, cw]
+    right_cols = right[:, None, :]
+
+    top_left = tf.gather(flat, top_rows + left_cols)  # [N, ch, cw, C]
+    top_right = tf.gather(flat, top_rows + right_cols)
+    bottom_left = tf.gather(flat, bottom_rows + left_cols)
+    bottom_right = tf.gather(flat, bottom_rows + right_cols)
+
+    x_lerp = x_lerp[:, None, :, None]
+    y_lerp = y_lerp[:, :, None, None]
+    top_values = top_left + (top_right - top_left) * x_lerp
+    bottom_values = bottom_left + (bottom_right - bottom_left) * x_lerp
+    crops = top_values + (bottom_values - top_values) * y_lerp
+    inside = y_inside[:, :, None, None] * x_inside[:, None, :, None]
+    return crops * inside
+
+
+def roi_pool(
+    feature_maps,
+    rois,
+    box_indexes,
+    size=(7, 7),
+    samples_per_bin: int = 2,
+    implementation: str = DEFAULT_IMPLEMENTATION,
+):
+    """Pools each RoI of ``feature_maps`` to a fixed ``size`` grid (TF Object Detection API style).
+
+    Computes exactly ``max_pool(crop_and_resize(feature_maps, rois, box_indexes,
+    (size[0] * s, size[1] * s)), s, s)`` with ``s = samples_per_bin``: bilinear samples on a
+    regular grid inside each box, then the max over each ``s`` x ``s`` block.
+
+    Args:
+        feature_maps: ``[B, H, W, C]`` float.
+        rois: ``[N, 4]`` float, normalized ``[y1, x1, y2, x2]`` read exactly as
+            ``tf.image.crop_and_resize`` reads boxes: ``0`` and ``1`` are the centres of the
+            first and last pixel, flipped boxes flip the crop, samples outside ``[0, 1]`` are 0.
+        box_indexes: ``[N]`` int32 in ``[0, B)``, the image of each RoI.
+        size: ``(height, width)`` of the pooled grid, or one int for a square grid.
+        samples_per_bin: bilinear samples per bin along each axis (``1`` is plain
+            crop_and_resize; ``2`` is the TF Object Detection API's 14x14 crop + 2x2 max pool).
+        implementation: ``"gather"`` (TFLite builtin ops only, the default) or
+            ``"crop_and_resize"`` (TF's fused kernel; the reference, Flex-only in TFLite).
+
+    Returns:
+        ``[N, size[0], size[1], C]`` with the dtype of ``feature_maps``.
+    """
+    size = _check_size(size)
+    samples_per_bin = _check_samples_per_bin(samples_per_bin)
+    implementation = _check_implementation(implementation)
+    feature_maps, rois, box_indexes = _check_inputs(feature_maps, rois, box_indexes)
+    crop_size = (size[0] * samples_per_bin, size[1] * samples_per_bin)
+    if implementation == "crop_and_resize":
+        crops = _crop_and_resize_oracle(feature_maps, rois, box_indexes, crop_size)
+        crops = tf.cast(crops, feature_maps.dtype)
+    else:
+        crops = _gather_crop_and_resize(feature_maps, rois, box_indexes, crop_size)
+    return _max_pool(crops, samples_per_bin)
+
+
+def roi_pool_numpy(feature_maps, rois, box_indexes, size=(7, 7), samples_per_bin=2):
+    """Brute-force loop reference of :func:`roi_pool` in numpy (float64; a runnable spec).
+
+    Same arguments and shapes as :func:`roi_pool`; follows TF's ``CropAndResize`` kernel
+    (``crop_and_resize_op.cc``) sample by sample, then takes the max of each bin.
+    """
+    feature_maps = np.asarray(feature_maps, np.float64)
+    rois = np.asarray(rois, np.float32)
+    box_indexes = np.asarray(box_indexes)
+    size = _check_size(size)
+    samples_per_bin = _check_samples_per_bin(samples_per_bin)
+    _, height, width, channels = feature_maps.shape
+    crop_height, crop_width = size[0] * samples_per_bin, size[1] * samples_per_bin
+    out = np.zeros((len(rois), size[0], size[1], channels), np.float64)
+
+    def position(lo, hi, i, length, crop_length):
+        # float32 like the kernel, so the floor of a sample lands on the same pixel.
+        lo, hi, scale = np.float32(lo), np.float32(hi), np.float32(length - 1)
+        if crop_length > 1:
+            step = (hi - lo) * scale / np.float32(crop_length - 1)
+            return float(lo * scale + np.float32(i) * step)
+        return float(np.float32(0.5) * (lo + hi) * scale)
+
+    for n, (y1, x1, y2, x2) in enumerate(rois):
+        image = feature_maps[int(box_indexes[n])]
+        crop = np.zeros((crop_height, crop_width, channels), np.float64)
+        for i in range(crop_height):
+            y = position(y1, y2, i, height, crop_height)
+            if y < 0 or y > height - 1:
+                continue
+            top, bottom = int(np.floor(y)), int(np.ceil(y))
+            y_lerp = y - top
+            for j in range(crop_width):
+                x = position(x1, x2, j, width, crop_width)
+                if x < 0 or x > width - 1:
+                    continue
+                left, right = int(np.floor(x)), int(np.ceil(x))
+                x_lerp = x - left
+                top_value = image[top, left] + (image[top, right] - image[top, left]) * x_lerp
+                bottom_value = (
+                    image[bottom, left] + (image[bottom, right] - image[bottom, left]) * x_lerp
+                )
+                crop[i, j] = top_value + (bottom_value - top_value) * y_lerp
+        for i in range(size[0]):
+            for j in range(size[1]):
+                block = crop[
+                    i * samples_per_bin : (i + 1) * samples_per_bin,
+                    j * samples_per_bin : (j + 1) * samples_per_bin,
+                ]
+                out[n, i, j] = block.reshape(-1, channels).max(axis=0)
+    return out
+
+
+@keras.saving.register_keras_serializable(package="roiedge")
+class RoIPooling(keras.layers.Layer):
+    """Keras layer wrapper of :func:`roi_pool`: pools each RoI to a fixed ``size`` grid.
+
+    Call it as ``RoIPooling(size=(7, 7))(feature_maps, rois, box_indexes)`` with
+    ``feature_maps`` ``[B, H, W, C]`` float, ``rois`` ``[N, 4]`` normalized
+    ``[y1, x1, y2, x2]`` float and ``box_indexes`` ``[N]`` int32; returns
+    ``[N, size[0], size[1], C]``. See :func:`roi_pool` for the exact semantics.
+
+    Args:
+        size: ``(height, width)`` of the pooled grid.
+        samples_per_bin: bilinear samples per bin along each axis (default 2).
+        implementation: one of :data:`IMPLEMENTATIONS`; the default is TFLite builtin-only.
+        **kwargs: passed to ``keras.layers.Layer`` (``name``, ``dtype``, ...).
+    """
+
+    def __init__(
+        self,
+        size=(7, 7),
+        samples_per_bin: int = 2,
+        implementation: str = DEFAULT_IMPLEMENTATION,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.size = _check_size(size)
+        self.samples_per_bin = _check_samples_per_bin(samples_per_bin)
+        self.implementation = _check_implementation(implementation)
+
+    def call(self, feature_maps, rois=None, box_indexes=None):
+        if rois is None and box_indexes is None and isinstance(feature_maps, (list, tuple)):
+            if len(feature_maps) != 3:
+                raise RoIPoolingInputError(
+                    "RoIPooling takes (feature_maps, rois, box_indexes), "
+                    f"got a list of {len(feature_maps)} inputs"
+                )
+            feature_maps, rois, box_indexes = feature_maps
+        if rois is None or box_indexes is None:
+            raise RoIPoolingInputError(
+                "RoIPooling takes (feature_maps, rois, box_indexes), got rois or box_indexes None"
+            )
+        return roi_pool(
+            feature_maps,
+            rois,
+            box_indexes,
+            size=self.size,
+            samples_per_bin=self.samples_per_bin,
+            implementation=self.implementation,
+        )
+
+    def compute_output_shape(self, feature_maps_shape, rois_shape=None, box_indexes_shape=None):
+        """``(N, size[0], size[1], C)`` from ``[feature_maps_shape, rois_shape, box_indexes_shape]``."""
+        if rois_shape is None and _is_shape_list(feature_maps_shape):
+            feature_maps_shape, rois_shape, _ = feature_maps_shape
+        feature_maps_shape = tuple(feature_maps_shape)
+        rois_shape = tuple(rois_shape) if rois_shape is not None else (None, 4)
+        if len(feature_maps_shape) != 4:
+            raise RoIPoolingInputError(
+                f"RoIPooling feature_maps must be rank 4 [batch, height, width, channels], "
+                f"got shape {_shape_str(feature_maps_shape)}"
+            )
+        if len(rois_shape) != 2 or rois_shape[1] not in (None, 4):
+            raise RoIPoolingInputError(
+                f"RoIPooling rois must have shape [num_rois, 4], got shape {_shape_str(rois_shape)}"
+            )
+        return (rois_shape[0], self.size[0], self.size[1], feature_maps_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "size": list(self.size),
+                "samples_per_bin": self.samples_per_bin,
+                "implementation": self.implementation,
+            }
+        )
+        return config
+
+
+def _is_shape_list(value) -> bool:
+    """True for ``[fm_shape, rois_shape, idx_shape]``, False for a single shape."""
+    if not isinstance(value, (list, tuple)) or len(value) != 3:
+        return False
+    return all(isinstance(v, (list, tuple, tf.TensorShape)) for v in value)
