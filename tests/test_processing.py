@@ -1,0 +1,182 @@
+"""runtime.config and runtime.processing against hand values and brute-force references."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from runtime.config import ConfigError, DetectorConfig
+from runtime.errors import RoiedgeError
+from runtime.processing import (
+    box_iou,
+    decode_boxes,
+    detections_from_head,
+    encode_boxes,
+    make_anchors,
+    nms,
+    preprocess,
+    proposals_from_rpn,
+)
+
+CONFIG = DetectorConfig()
+
+
+def random_boxes(rng, n, size=160.0):
+    yx = rng.uniform(0, size * 0.8, (n, 2))
+    hw = rng.uniform(4, size * 0.5, (n, 2))
+    return np.concatenate([yx, yx + hw], axis=1).astype(np.float32)
+
+
+def test_anchor_layout_matches_rpn_output_order():
+    anchors = make_anchors(CONFIG)
+    h, w = CONFIG.feature_size
+    a = CONFIG.anchors_per_location
+    assert anchors.shape == (h * w * a, 4) == (CONFIG.num_anchors, 4)
+    grid = anchors.reshape(h, w, a, 4)
+    centers = (grid[..., :2] + grid[..., 2:]) / 2
+    np.testing.assert_allclose(centers[0, 0, 0], [4.0, 4.0])
+    np.testing.assert_allclose(centers[2, 5, 7], [2.5 * 8, 5.5 * 8])
+    hw = grid[0, 0, :, 2:] - grid[0, 0, :, :2]
+    # size-major, ratio-minor; ratio = height / width, area = size**2
+    np.testing.assert_allclose(
+        hw[:, 0] * hw[:, 1], np.repeat(CONFIG.anchor_sizes, 3) ** 2, rtol=1e-5
+    )
+    np.testing.assert_allclose(hw[:, 0] / hw[:, 1], np.tile(CONFIG.anchor_ratios, 4), rtol=1e-5)
+
+
+def test_encode_then_decode_gives_the_box_back():
+    rng = np.random.default_rng(0)
+    anchors = make_anchors(CONFIG)[rng.choice(CONFIG.num_anchors, 500)]
+    boxes = random_boxes(rng, 500)
+    deltas = encode_boxes(boxes, anchors, CONFIG.box_coder_scales)
+    np.testing.assert_allclose(
+        decode_boxes(deltas, anchors, CONFIG.box_coder_scales), boxes, atol=1e-3
+    )
+    zero = decode_boxes(np.zeros_like(deltas), anchors, CONFIG.box_coder_scales)
+    np.testing.assert_allclose(zero, anchors, atol=1e-4)
+
+
+def test_box_iou_hand_values():
+    a = np.array([[0, 0, 10, 10]], np.float32)
+    b = np.array([[0, 0, 10, 10], [0, 5, 10, 15], [20, 20, 30, 30], [0, 0, 5, 5]], np.float32)
+    np.testing.assert_allclose(box_iou(a, b)[0], [1.0, 50 / 150, 0.0, 0.25])
+
+
+def brute_force_nms(boxes, scores, threshold):
+    remaining = list(range(len(boxes)))
+    keep = []
+    while remaining:
+        best = max(remaining, key=lambda i: (scores[i], -i))
+        keep.append(best)
+        remaining = [
+            i for i in remaining
+            if i != best and _iou(boxes[best], boxes[i]) <= threshold
+        ]  # fmt: skip
+    return keep
+
+
+def _iou(a, b):
+    ih = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iw = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ih * iw
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+def test_nms_matches_brute_force(seed, threshold):
+    rng = np.random.default_rng(seed)
+    boxes = random_boxes(rng, 80, size=60.0).astype(np.float64)
+    scores = rng.permutation(80).astype(np.float32) / 80
+    assert nms(boxes, scores, threshold).tolist() == brute_force_nms(boxes, scores, threshold)
+    assert (
+        nms(boxes, scores, threshold, 5).tolist() == brute_force_nms(boxes, scores, threshold)[:5]
+    )
+
+
+def test_proposals_from_rpn_pads_and_normalizes():
+    scores = np.zeros(CONFIG.num_anchors, np.float32)
+    deltas = np.zeros((1, CONFIG.num_anchors, 4), np.float32)
+    anchors = make_anchors(CONFIG)
+    # one confident anchor fully inside the image; everything else scores 0
+    index = int(np.flatnonzero((anchors[:, :2] > 30).all(1) & (anchors[:, 2:] < 130).all(1))[0])
+    scores[index] = 0.9
+    result = proposals_from_rpn(scores[None], deltas, CONFIG)
+    assert result.proposals.shape == (CONFIG.num_proposals, 4)
+    assert result.proposals.dtype == np.float32
+    assert result.box_indexes.shape == (CONFIG.num_proposals,)
+    assert result.box_indexes.dtype == np.int32 and not result.box_indexes.any()
+    np.testing.assert_allclose(result.proposals[0], anchors[index] / 160.0, atol=1e-6)
+    assert 1 <= result.num_valid <= CONFIG.num_proposals
+    assert (result.proposals >= 0).all() and (result.proposals <= 1).all()
+    assert not result.proposals[result.num_valid :].any()
+    with pytest.raises(RoiedgeError, match="expected 4800"):
+        proposals_from_rpn(scores[:10], deltas, CONFIG)
+
+
+def test_detections_from_head_decodes_thresholds_and_nms_per_class():
+    p, k = CONFIG.num_proposals, CONFIG.num_classes
+    proposals = np.zeros((p, 4), np.float32)
+    proposals[0] = [0.1, 0.1, 0.5, 0.5]
+    proposals[1] = [0.1, 0.1, 0.5, 0.52]  # overlaps proposal 0 heavily
+    proposals[2] = [0.6, 0.6, 0.9, 0.8]
+    scores = np.zeros((p, k + 1), np.float32)
+    scores[:, 0] = 1.0
+    scores[0] = [0.1, 0.9, 0.0, 0.0]  # circle
+    scores[1] = [0.2, 0.8, 0.0, 0.0]  # circle again: suppressed by NMS
+    scores[2] = [0.5, 0.0, 0.0, 0.5]  # triangle
+    scores[3] = [0.0, 0.0, 1.0, 0.0]  # beyond num_valid: ignored
+    deltas = np.zeros((p, k, 4), np.float32)
+    deltas[2, 2] = encode_boxes(
+        np.array([[100, 100, 140, 120]]), proposals[2:3] * 160, CONFIG.box_coder_scales
+    )
+    result = detections_from_head(scores, deltas, proposals, 3, CONFIG)
+    assert result.class_ids.tolist() == [0, 2]
+    np.testing.assert_allclose(result.scores, [0.9, 0.5])
+    np.testing.assert_allclose(result.boxes, [[16, 16, 80, 80], [100, 100, 140, 120]], atol=1e-3)
+    named = result.to_list(CONFIG.class_names)
+    assert named[1].class_name == "triangle" and named[1].box == pytest.approx(
+        (100, 100, 140, 120), abs=1e-3
+    )
+
+
+def test_preprocess_shape_and_errors():
+    image = np.full((160, 160, 3), 255, np.uint8)
+    x = preprocess(image, CONFIG)
+    assert x.shape == (1, 160, 160, 3) and x.dtype == np.float32 and x.max() == 255.0
+    with pytest.raises(RoiedgeError, match=r"shape \(10, 10, 3\)"):
+        preprocess(np.zeros((10, 10, 3), np.uint8), CONFIG)
+    with pytest.raises(RoiedgeError, match="dtype float32"):
+        preprocess(image.astype(np.float32), CONFIG)
+
+
+def test_config_round_trip_and_errors():
+    data = json.loads(json.dumps(CONFIG.to_dict()))
+    assert DetectorConfig.from_dict(data) == CONFIG
+    assert CONFIG.num_anchors == 20 * 20 * 12 and CONFIG.feature_size == (20, 20)
+    with pytest.raises(ConfigError, match="schema_version 99"):
+        DetectorConfig.from_dict({**data, "schema_version": 99}, source="x.json")
+    with pytest.raises(ConfigError, match=r"x.json: unknown keys \['bogus'\]"):
+        DetectorConfig.from_dict({**data, "bogus": 1}, source="x.json")
+    with pytest.raises(ConfigError, match="stride"):
+        DetectorConfig.from_dict({**data, "stride": "eight"})
+    with pytest.raises(ConfigError, match="nms_iou"):
+        DetectorConfig(nms_iou=1.5)
+    with pytest.raises(ConfigError) as error:
+        DetectorConfig.from_dict([1, 2])
+    assert "\n" not in str(error.value)
+
+
+def test_runtime_imports_no_tensorflow():
+    code = (
+        "import sys, runtime.processing, runtime.config, runtime.errors;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'models')];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
