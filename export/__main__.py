@@ -1,0 +1,85 @@
+"""``python -m export``: convert a Keras detector to TFLite and ONNX artifacts with a manifest.
+
+Exit 0 ok, 1 an artifact failed a check (ops, golden accuracy), 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from export.config import ExportCheckError, ExportConfig
+from export.formats import ARTIFACTS, PRECISIONS
+from runtime.errors import RoiedgeError
+from runtime.manifest import FORMATS, MODELS
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    table = "\n".join(f"  {a.name:34s} {a.filename}" for a in ARTIFACTS)
+    parser = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Convert the two-stage Keras detector to TFLite and ONNX edge artifacts.",
+        epilog=f"artifacts (model/format/precision, file):\n{table}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    defaults = ExportConfig(out=Path("artifacts"))
+    parser.add_argument("--out", type=Path, required=True, help="artifacts directory to (re)place")
+    parser.add_argument(
+        "--model", type=Path, default=defaults.model, help="detector .keras (default: shipped)"
+    )
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="folder of .jpg/.png calibration images (default: procedural scenes)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=None,
+        help="how many calibration images (default: 300 procedural, or all of --calibration)",
+    )
+    parser.add_argument(
+        "--golden-samples",
+        type=int,
+        default=defaults.golden_samples,
+        help="golden images per stage",
+    )
+    parser.add_argument("--models", type=_names, default=None, help=f"of {','.join(MODELS)}")
+    parser.add_argument("--formats", type=_names, default=None, help=f"of {','.join(FORMATS)}")
+    parser.add_argument(
+        "--precisions", type=_names, default=None, help=f"of {','.join(PRECISIONS)}"
+    )
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bars"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        config = ExportConfig(**vars(args))
+        from export.pipeline import run_export
+
+        manifest = run_export(config)
+    except RoiedgeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ExportCheckError as error:
+        print(f"export check failed: {error}", file=sys.stderr)
+        return 1
+    total = sum(a.bytes for a in manifest.artifacts)
+    print(f"wrote {len(manifest.artifacts)} artifacts ({total / 1e6:.1f} MB) to {config.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

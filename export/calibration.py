@@ -1,0 +1,96 @@
+"""Calibration and golden inputs of both stages, from procedural scenes or a folder of images.
+
+Head inputs are realistic: each image goes through the float ``backbone_rpn`` and the runtime's
+``proposals_from_rpn``, exactly as at inference time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.config import CALIBRATION_SEED, ExportInputError
+from runtime.errors import RoiedgeError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def procedural_images(count: int, split: int, seed: int = CALIBRATION_SEED, progress=None):
+    """``count`` procedural uint8 HxWx3 scenes of ``models.data`` (split ``split``)."""
+    from models.data import make_sample, sample_rng
+
+    images = []
+    for index in range(count):
+        images.append(make_sample(sample_rng(seed, split, index)).image)
+        if progress is not None:
+            progress.update(1)
+    return images
+
+
+def image_files(directory: Path) -> list[Path]:
+    """The .jpg/.jpeg/.png files of ``directory`` (sorted), or a one-line ExportInputError."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ExportInputError(
+            f"--calibration {directory}: no such directory (expected a folder of .jpg/.png images)"
+        )
+    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ExportInputError(f"--calibration {directory}: contains no .jpg/.jpeg/.png images")
+    return files
+
+
+def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """One image file as uint8 RGB, resized (bilinear) to ``size`` = (H, W) by the runtime."""
+    from runtime.images import load_image as runtime_load_image
+    from runtime.images import resize
+
+    try:
+        return resize(runtime_load_image(path), size)
+    except RoiedgeError as error:
+        raise ExportInputError(str(error)) from None
+
+
+class StageInputs:
+    """Turns uint8 images into each stage's inputs with the float Keras backbone."""
+
+    def __init__(self, detector: Any) -> None:
+        import tensorflow as tf
+
+        from runtime.processing import make_anchors
+
+        self.config = detector.config
+        self.anchors = make_anchors(detector.config)
+        self._backbone = tf.function(lambda x: detector.backbone_rpn(x, training=False))
+
+    def __call__(self, image: np.ndarray) -> dict[str, list[np.ndarray]]:
+        """{"backbone_rpn": [image], "head": [features, proposals, box_indexes]} for one image."""
+        from runtime.processing import preprocess, proposals_from_rpn
+
+        try:
+            x = preprocess(image, self.config)
+        except RoiedgeError as error:
+            raise ExportInputError(str(error)) from None
+        features, rpn_scores, rpn_deltas = (np.asarray(t) for t in self._backbone(x))
+        props = proposals_from_rpn(rpn_scores, rpn_deltas, self.config, self.anchors)
+        return {
+            "backbone_rpn": [x],
+            "head": [features, props.proposals, props.box_indexes],
+        }
+
+
+def stage_samples(
+    detector: Any, images: Sequence[np.ndarray], progress=None
+) -> dict[str, list[list[np.ndarray]]]:
+    """Per stage, one list of inputs (Keras order) per image."""
+    make = StageInputs(detector)
+    samples: dict[str, list[list[np.ndarray]]] = {"backbone_rpn": [], "head": []}
+    for image in images:
+        for stage, inputs in make(image).items():
+            samples[stage].append(inputs)
+        if progress is not None:
+            progress.update(1)
+    return samples

@@ -1,0 +1,78 @@
+"""The table of artifacts ``make export`` can build: one row per (model, format, precision), as data.
+
+Every other module looks rows up here by name; nothing is selected by position. A row names the
+file it produces and the small function (in :mod:`export.tflite_format` or
+:mod:`export.onnx_format`) that builds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from runtime.manifest import MODELS
+
+#: One pinned ONNX opset for every ONNX artifact.
+ONNX_OPSET = 17
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactSpec:
+    """One artifact: which stage, which format/precision, the file name it is written to."""
+
+    model: str
+    format: str
+    precision: str
+    filename: str
+    description: str
+
+    @property
+    def name(self) -> str:
+        """Stable artifact id used in the manifest, e.g. ``head/tflite/int8``."""
+        return f"{self.model}/{self.format}/{self.precision}"
+
+    @property
+    def quantized(self) -> bool:
+        """True for integer-quantized artifacts (needs calibration data, compared by SNR)."""
+        return self.precision in ("dynamic_int8", "int8", "int8_io")
+
+
+def _row(model: str, fmt: str, precision: str, description: str) -> ArtifactSpec:
+    ext = {"tflite": "tflite", "onnx": "onnx"}[fmt]
+    return ArtifactSpec(model, fmt, precision, f"{model}.{precision}.{ext}", description)
+
+
+_TFLITE_PRECISIONS = (
+    ("float32", "float32 weights and activations"),
+    ("float16", "float16 weights, float32 compute"),
+    ("dynamic_int8", "int8 weights, activations quantized on the fly (dynamic range)"),
+    ("int8", "full integer with a representative dataset; float32 inputs/outputs"),
+)
+
+#: Every artifact, in build order.
+ARTIFACTS: tuple[ArtifactSpec, ...] = (
+    *(_row(m, "tflite", p, d) for m in MODELS for p, d in _TFLITE_PRECISIONS),
+    _row(
+        "backbone_rpn",
+        "tflite",
+        "int8_io",
+        "Edge TPU-ready: TFLITE_BUILTINS_INT8 only, int8 inputs/outputs",
+    ),
+    *(
+        _row(m, "onnx", p, d)
+        for m in MODELS
+        for p, d in (
+            ("float32", f"tf2onnx, opset {ONNX_OPSET}"),
+            ("int8", "QDQ static quantization (onnxruntime), same calibration data"),
+        )
+    ),
+)
+
+PRECISIONS: tuple[str, ...] = tuple(dict.fromkeys(a.precision for a in ARTIFACTS))
+
+
+def find_spec(model: str, format: str, precision: str) -> ArtifactSpec:
+    """The row for one (model, format, precision); KeyError if the table has none."""
+    for spec in ARTIFACTS:
+        if (spec.model, spec.format, spec.precision) == (model, format, precision):
+            return spec
+    raise KeyError(f"{model}/{format}/{precision}")

@@ -1,0 +1,320 @@
+"""One export run: calibrate, build every selected artifact, audit, check goldens, swap in atomically.
+
+Everything is built in a temp directory next to ``--out``; only when every artifact passed its
+audits and golden check and the manifest verifies is the old directory replaced (two renames). A
+failed export leaves ``--out`` exactly as it was.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export import audit, onnx_format, tflite_format
+from export.calibration import image_files, load_image, procedural_images, stage_samples
+from export.config import (
+    CALIBRATION_SPLIT,
+    DEFAULT_CALIBRATION_IMAGES,
+    GOLDEN_SPLIT,
+    ExportCheckError,
+    ExportConfig,
+    ExportInputError,
+)
+from export.formats import ArtifactSpec
+from export.stages import STAGE_IO
+from runtime.manifest import (
+    MANIFEST_NAME,
+    ArtifactEntry,
+    Manifest,
+    atomic_write_bytes,
+    read_manifest,
+    sha256_file,
+    verified_path,
+    write_manifest,
+)
+
+GOLDEN_DIR = "golden"
+REPORT_DIR = "reports"
+BUILDERS = {"tflite": tflite_format.BUILDERS, "onnx": onnx_format.BUILDERS}
+RUNNERS = {"tflite": tflite_format.run, "onnx": onnx_format.run}
+SPECS = {"tflite": tflite_format.tensor_specs, "onnx": onnx_format.tensor_specs}
+
+
+def _bar(config: ExportConfig, **kwargs):
+    from tqdm import tqdm
+
+    return tqdm(disable=not config.progress, dynamic_ncols=True, **kwargs)
+
+
+def check_inputs(config: ExportConfig) -> list[Path] | None:
+    """Validate paths before any heavy work; returns the calibration files (None = procedural)."""
+    model = Path(config.model)
+    if not model.is_file():
+        raise ExportInputError(
+            f"--model {model}: no such file (expected a .keras detector saved by models.detector)"
+        )
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ExportInputError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+        raise ExportInputError(
+            f"--out {out}: a non-empty directory without {MANIFEST_NAME}; refusing to replace "
+            "something that is not an artifacts directory"
+        )
+    if config.calibration is None:
+        return None
+    files = image_files(Path(config.calibration))
+    if config.calibration_images is not None and config.calibration_images > len(files):
+        raise ExportInputError(
+            f"--calibration {config.calibration}: has {len(files)} images but "
+            f"--calibration-images asks for {config.calibration_images}"
+        )
+    return files
+
+
+def _calibration_images(config: ExportConfig, files: list[Path] | None, size) -> list[np.ndarray]:
+    if files is None:
+        count = config.calibration_images or DEFAULT_CALIBRATION_IMAGES
+        with _bar(config, total=count, desc="calibration images (procedural)") as bar:
+            return procedural_images(count, CALIBRATION_SPLIT, progress=bar)
+    files = files[: config.calibration_images] if config.calibration_images else files
+    images = []
+    with _bar(config, total=len(files), desc=f"calibration images ({config.calibration})") as bar:
+        for path in files:
+            images.append(load_image(path, size))
+            bar.update(1)
+    return images
+
+
+def _keras_outputs(keras_model: Any, samples: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+    import tensorflow as tf
+
+    call = tf.function(lambda *a: keras_model(list(a) if len(a) > 1 else a[0], training=False))
+    results = []
+    for inputs in samples:
+        outs = call(*inputs)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        results.append([np.asarray(o, np.float32) for o in outs])
+    return results
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def golden_arrays(
+    inputs: list[list[np.ndarray]], outputs: list[list[np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """``input_i``/``output_i`` in Keras order, samples stacked on a new leading axis."""
+    arrays = {f"input_{i}": np.stack([s[i] for s in inputs]) for i in range(len(inputs[0]))}
+    arrays.update(
+        {f"output_{j}": np.stack([s[j] for s in outputs]) for j in range(len(outputs[0]))}
+    )
+    return arrays
+
+
+def golden_check(
+    spec: ArtifactSpec,
+    data: bytes,
+    inputs: list[list[np.ndarray]],
+    reference: list[list[np.ndarray]],
+) -> tuple[dict[str, Any], list[str]]:
+    """Run the artifact on the golden inputs; per-output metrics and broken bounds."""
+    from runtime.check import error_metrics, judge, top1_agreement
+    from runtime.tolerances import tolerance_for
+
+    actual = RUNNERS[spec.format](data, spec.model, inputs)
+    results: dict[str, Any] = {}
+    failures: list[str] = []
+    for j, name in enumerate(STAGE_IO[spec.model][1]):
+        got = np.stack([s[j] for s in actual])
+        want = np.stack([s[j] for s in reference])
+        metrics = error_metrics(got, want)
+        broken = judge(spec.precision, name, metrics)
+        results[name] = {k: float(v) for k, v in vars(metrics).items()}
+        results[name]["failures"] = list(broken)
+        failures.extend(f"{spec.name}: {b}" for b in broken)
+        if name == "class_scores":
+            top1 = top1_agreement(got, want)
+            results[name]["top1_agreement"] = top1
+            floor = tolerance_for(spec.precision).min_top1_agreement
+            if floor is not None and not top1 >= floor:
+                failures.append(f"{spec.name}: top-1 class agreement {top1:.3f} < {floor:.3f}")
+    return results, failures
+
+
+def audit_artifact(spec: ArtifactSpec, data: bytes) -> dict[str, Any]:
+    """Op audit (raises ExportCheckError) and the op report body of one artifact."""
+    report: dict[str, Any] = {"artifact": spec.name}
+    if spec.format == "tflite":
+        ops = audit.check_tflite_builtin_only(data, spec.name)
+        report["builtin_ops_only"] = True
+        if spec.precision == "int8_io":
+            from export.edgetpu import edgetpu_report
+
+            report["edgetpu"] = edgetpu_report(data)
+    else:
+        import onnx
+
+        ops = audit.check_onnx_loop_free(onnx.load_from_string(data), spec.name)
+        report["loop_free"] = True
+        report["opset"] = onnx_format.ONNX_OPSET
+    report["ops"] = dict(sorted(ops.items()))
+    report["op_count"] = int(sum(ops.values()))
+    return report
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for key, dist in (
+        ("tensorflow", "tensorflow-cpu"),
+        ("keras", "keras"),
+        ("tf2onnx", "tf2onnx"),
+        ("onnx", "onnx"),
+        ("onnxruntime", "onnxruntime"),
+        ("numpy", "numpy"),
+        ("ai_edge_litert", "ai-edge-litert"),
+    ):
+        try:
+            found[key] = version(dist)
+        except PackageNotFoundError:
+            if key == "tensorflow":
+                import tensorflow as tf
+
+                found[key] = tf.__version__
+    return found
+
+
+def _source_models(model: Path) -> dict[str, str]:
+    model = model.resolve()
+    root = Path(__file__).resolve().parent.parent
+    shown = str(model.relative_to(root)) if model.is_relative_to(root) else str(model)
+    return {
+        "backbone_rpn": f"{shown}#backbone_rpn",
+        "head": f"{shown}#head",
+        "keras_sha256": sha256_file(model),
+    }
+
+
+def swap_in(built: Path, out: Path) -> None:
+    """Replace ``out`` by ``built`` with two renames; the old tree is removed afterwards."""
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        os.replace(out, old / out.name)
+        os.replace(built, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(built, out)
+
+
+def run_export(config: ExportConfig) -> Manifest:
+    """Build, check and atomically install every selected artifact; returns the manifest."""
+    specs = config.selected()
+    files = check_inputs(config)
+    out = Path(config.out)
+
+    from models.detector import load_detector
+
+    detector = load_detector(Path(config.model))
+    keras_models = {"backbone_rpn": detector.backbone_rpn, "head": detector.head}
+    stages = [m for m in STAGE_IO if any(s.model == m for s in specs)]
+
+    images = _calibration_images(config, files, detector.config.image_size)
+    with _bar(config, total=len(images), desc="calibration inputs (float backbone + RPN)") as bar:
+        calibration = stage_samples(detector, images, progress=bar)
+    golden_images = procedural_images(config.golden_samples, GOLDEN_SPLIT)
+    golden_inputs = stage_samples(detector, golden_images)
+    golden_outputs = {m: _keras_outputs(keras_models[m], golden_inputs[m]) for m in stages}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
+    try:
+        golden = {}
+        for model in stages:
+            relative = f"{GOLDEN_DIR}/{model}.npz"
+            arrays = golden_arrays(golden_inputs[model], golden_outputs[model])
+            atomic_write_bytes(work / relative, _npz_bytes(arrays))
+            golden[model] = relative
+
+        entries, failures = [], []
+        with _bar(config, total=len(specs), desc="artifacts", unit="artifact") as bar:
+            for spec in specs:
+                bar.set_postfix_str(spec.name)
+                entry, broken = _build_one(
+                    spec, keras_models, calibration, golden_inputs, golden_outputs, work
+                )
+                entries.append(entry)
+                failures.extend(broken)
+                bar.update(1)
+        if failures:
+            raise ExportCheckError(
+                f"{len(failures)} golden check(s) failed: " + "; ".join(failures)
+            )
+        manifest = Manifest(
+            artifacts=tuple(entries),
+            golden=golden,
+            source_models=_source_models(Path(config.model)),
+            detector=detector.config.to_dict(),
+            versions=_versions(),
+        )
+        write_manifest(manifest, work)
+        reread = read_manifest(work)
+        for entry in reread.artifacts:
+            verified_path(work, entry)
+        swap_in(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _build_one(spec, keras_models, calibration, golden_inputs, golden_outputs, work: Path):
+    from export.tflite_format import BuildInput
+
+    names = STAGE_IO[spec.model][0]
+    samples = [dict(zip(names, s)) for s in calibration[spec.model]]
+    build = BuildInput(spec.model, keras_models[spec.model], samples)
+    built = BUILDERS[spec.format][spec.precision](build)
+    report = audit_artifact(spec, built.data)
+    inputs, outputs = SPECS[spec.format](built.data, spec.model)
+    metrics, broken = golden_check(
+        spec, built.data, golden_inputs[spec.model], golden_outputs[spec.model]
+    )
+    report.update(
+        {
+            "format": spec.format,
+            "precision": spec.precision,
+            "description": spec.description,
+            "bytes": len(built.data),
+            "build_notes": built.notes,
+            "golden_check": metrics,
+        }
+    )
+    path = work / spec.filename
+    atomic_write_bytes(path, built.data)
+    report_path = f"{REPORT_DIR}/{spec.filename}.json"
+    atomic_write_bytes(work / report_path, (json.dumps(report, indent=2) + "\n").encode())
+    entry = ArtifactEntry(
+        name=spec.name,
+        model=spec.model,
+        format=spec.format,
+        precision=spec.precision,
+        path=spec.filename,
+        sha256=sha256_file(path),
+        bytes=path.stat().st_size,
+        inputs=inputs,
+        outputs=outputs,
+        op_report=report_path,
+    )
+    return entry, broken

@@ -1,0 +1,278 @@
+"""TFLite artifacts: one small function per precision, all builtin ops only.
+
+Each builder takes a :class:`BuildInput` and returns the .tflite bytes plus notes for the op report.
+Full-integer quantization keeps the coordinate path of RoIPooling (everything computed from the
+``proposals``/``box_indexes`` inputs alone: sample positions, floor/ceil, GATHER indexes, lerp
+weights) in float32/int32 and quantizes the feature path only; see :func:`_coordinate_path`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from export.config import ExportCheckError
+from export.stages import COORDINATE_INPUTS, STAGE_IO, frozen_function
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildInput:
+    """What every builder gets: the stage, its Keras model and calibration samples (dicts)."""
+
+    stage: str
+    keras_model: Any
+    calibration: Sequence[dict[str, np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """A built artifact: file bytes and notes for its report."""
+
+    data: bytes
+    notes: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _converter(build: BuildInput):
+    import tensorflow as tf
+
+    function = frozen_function(build.stage, build.keras_model)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], tf.Module())
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    return converter
+
+
+def _representative(build: BuildInput) -> Callable:
+    def samples():
+        yield from build.calibration
+
+    return samples
+
+
+def tflite_float32(build: BuildInput) -> Built:
+    return Built(_converter(build).convert())
+
+
+def tflite_float16(build: BuildInput) -> Built:
+    import tensorflow as tf
+
+    converter = _converter(build)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+    return Built(converter.convert())
+
+
+def tflite_dynamic_int8(build: BuildInput) -> Built:
+    import tensorflow as tf
+
+    converter = _converter(build)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    return Built(converter.convert())
+
+
+def _float_model_graph(model_bytes: bytes):
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+
+
+def _coordinate_path(model, stage: str) -> tuple[list[int], list[int]]:
+    """(operator indexes, tensor indexes) computed from the coordinate inputs alone.
+
+    An op is on the coordinate path if none of its inputs depends on a non-coordinate input
+    (the feature map): its outputs are box positions, indexes or lerp weights, never features.
+    """
+    subgraph = model.subgraphs[0]
+    signature = model.signatureDefs[0]
+    by_name = {s.name.decode(): s.tensorIndex for s in signature.inputs}
+    feature_inputs = {by_name[n] for n in STAGE_IO[stage][0] if n not in COORDINATE_INPUTS[stage]}
+    coordinate_inputs = {by_name[n] for n in COORDINATE_INPUTS[stage]}
+    depends_on_features = set(feature_inputs)
+    reachable = set(coordinate_inputs)
+    ops, tensors = [], set()
+    for index, op in enumerate(subgraph.operators):
+        inputs = [i for i in op.inputs if i >= 0]
+        if any(i in depends_on_features for i in inputs):
+            depends_on_features.update(op.outputs)
+        elif any(i in reachable for i in inputs):
+            reachable.update(op.outputs)
+            ops.append(index)
+            tensors.update(op.outputs)
+    return ops, sorted(tensors | coordinate_inputs)
+
+
+def quantization_leaks(model_bytes: bytes, stage: str) -> list[str]:
+    """Coordinate-path tensors that are int8/uint8/int16 (should be none).
+
+    Inspects every op computed from the coordinate inputs alone: its inputs and (unless it is the
+    QUANTIZE that hands a lerp weight over to the int8 feature path) its outputs.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    if not COORDINATE_INPUTS[stage]:
+        return []
+    model = _float_model_graph(model_bytes)
+    op_indexes, _ = _coordinate_path(model, stage)
+    subgraph = model.subgraphs[0]
+    leaks = []
+    for index in op_indexes:
+        op = subgraph.operators[index]
+        checked = [i for i in op.inputs if i >= 0]
+        if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) != "QUANTIZE":
+            checked += list(op.outputs)
+        for t in checked:
+            tensor = subgraph.tensors[t]
+            if flatbuffer_utils.type_to_name(tensor.type) in ("INT8", "UINT8", "INT16"):
+                leaks.append(tensor.name.decode())
+    return sorted(set(leaks))
+
+
+def tflite_int8(build: BuildInput) -> Built:
+    """Full-integer quantization, float I/O, coordinate path kept in float32/int32.
+
+    Calibrates the float model once, then quantizes it with the coordinate path's nodes
+    denylisted (the mechanism behind ``tf.lite.experimental.QuantizationDebugger``'s
+    ``denylisted_nodes``), and verifies no coordinate tensor was quantized.
+    """
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tflite_convert
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    converter = _converter(build)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = _representative(build)
+    converter._experimental_calibrate_only = True
+    calibrated = converter.convert()
+
+    model = _float_model_graph(calibrated)
+    op_indexes, tensor_indexes = _coordinate_path(model, build.stage)
+    subgraph = model.subgraphs[0]
+    nodes = sorted({subgraph.tensors[t].name.decode() for t in tensor_indexes})
+    # A multi-output op (UNPACK of the box columns) is matched by op type, not output name;
+    # only types used nowhere on the feature path are denylisted that way.
+    coordinate_types = {
+        flatbuffer_utils.opcode_to_name(model, subgraph.operators[i].opcodeIndex)
+        for i in op_indexes
+        if len(subgraph.operators[i].outputs) > 1
+    }
+    feature_types = {
+        flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
+        for i, op in enumerate(subgraph.operators)
+        if i not in set(op_indexes)
+    }
+    op_types = sorted(coordinate_types - feature_types)
+    data = tflite_convert.mlir_quantize(
+        calibrated,
+        fully_quantize=False,
+        denylisted_nodes=nodes or None,
+        denylisted_ops=op_types or None,
+    )
+    leaks = quantization_leaks(data, build.stage)
+    if leaks:
+        raise ExportCheckError(
+            f"{build.stage}/tflite/int8: coordinate tensor(s) {', '.join(leaks[:5])} were "
+            "quantized; RoIPooling's box arithmetic must stay float32/int32"
+        )
+    return Built(
+        data,
+        {
+            "kept_float_coordinate_tensors": len(nodes),
+            "kept_float_op_types": op_types,
+            "calibration_samples": len(build.calibration),
+        },
+    )
+
+
+def tflite_int8_io(build: BuildInput) -> Built:
+    """Edge TPU-ready: TFLITE_BUILTINS_INT8 only, int8 inputs and outputs."""
+    import tensorflow as tf
+
+    if COORDINATE_INPUTS[build.stage]:
+        raise ExportCheckError(
+            f"{build.stage}/tflite/int8_io: int8 I/O would quantize the coordinate inputs "
+            f"{COORDINATE_INPUTS[build.stage]}; only stages without them get an int8_io artifact"
+        )
+    converter = _converter(build)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = _representative(build)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return Built(converter.convert(), {"calibration_samples": len(build.calibration)})
+
+
+BUILDERS: dict[str, Callable[[BuildInput], Built]] = {
+    "float32": tflite_float32,
+    "float16": tflite_float16,
+    "dynamic_int8": tflite_dynamic_int8,
+    "int8": tflite_int8,
+    "int8_io": tflite_int8_io,
+}
+
+
+def tensor_specs(model_bytes: bytes, stage: str):
+    """(inputs, outputs) TensorSpecs in the Keras order, named as the tensors inside the model.
+
+    TFLite sorts signature keys and renames tensors (``serving_default_image:0``,
+    ``StatefulPartitionedCall:0``); the signature runner's details map them back by key.
+    """
+    from runtime.manifest import TensorSpec
+
+    interpreter = _interpreter(model_bytes)
+    runner = interpreter.get_signature_runner()
+    in_details = runner.get_input_details()
+    out_details = runner.get_output_details()
+    names_in, names_out = STAGE_IO[stage]
+
+    def spec(details):
+        shape = details.get("shape_signature", details["shape"])
+        return TensorSpec(
+            name=details["name"],
+            shape=tuple(None if int(d) < 0 else int(d) for d in shape),
+            dtype=np.dtype(details["dtype"]).name,
+        )
+
+    return (
+        tuple(spec(in_details[n]) for n in names_in),
+        tuple(spec(out_details[n]) for n in names_out),
+    )
+
+
+def _interpreter(model_bytes: bytes):
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_content=model_bytes, num_threads=1)
+
+
+def run(model_bytes: bytes, stage: str, samples: Sequence[Sequence[np.ndarray]]):
+    """Run samples (each a list of inputs in Keras order) with ai-edge-litert.
+
+    int8 inputs/outputs (``int8_io``) are quantized/dequantized with the tensors' own parameters,
+    so every artifact is compared in float.
+    """
+    runner = _interpreter(model_bytes).get_signature_runner()
+    names_in, names_out = STAGE_IO[stage]
+    in_details = runner.get_input_details()
+    out_details = runner.get_output_details()
+    results = []
+    for inputs in samples:
+        feed = {}
+        for name, value in zip(names_in, inputs):
+            details = in_details[name]
+            dtype = np.dtype(details["dtype"])
+            scale, zero_point = details["quantization"]
+            if dtype == np.int8 and scale:
+                value = np.clip(np.round(np.asarray(value) / scale + zero_point), -128, 127)
+            feed[name] = np.asarray(value).astype(dtype)
+        out = runner(**feed)
+        row = []
+        for name in names_out:
+            value = out[name]
+            scale, zero_point = out_details[name]["quantization"]
+            if value.dtype == np.int8 and scale:
+                value = (value.astype(np.float32) - zero_point) * scale
+            row.append(np.asarray(value, np.float32))
+        results.append(row)
+    return results
