@@ -64,17 +64,18 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     xs = np.linspace(0, grid, width)
     y0 = np.minimum(ys.astype(int), grid - 1)
     x0 = np.minimum(xs.astype(int), grid - 1)
-    fy = (ys - y0)[:, None, None]
-    fx = (xs - x0)[None, :, None]
-    top = coarse[y0][:, x0] * (1 - fx) + coarse[y0][:, x0 + 1] * fx
-    bottom = coarse[y0 + 1][:, x0] * (1 - fx) + coarse[y0 + 1][:, x0 + 1] * fx
-    field = top * (1 - fy) + bottom * fy
+    fy = (ys - y0).astype(np.float32)[:, None, None]
+    fx = (xs - x0).astype(np.float32)[None, :, None]
+    coarse = coarse.astype(np.float32)
+    rows = coarse[:, x0] * (1 - fx) + coarse[:, x0 + 1] * fx  # [grid+1, W, 3], separable bilinear
+    field = rows[y0] * (1 - fy) + rows[y0 + 1] * fy
     if rng.random() < 0.5:
         period = rng.uniform(6, 24)
         angle = rng.uniform(0, np.pi)
-        yy, xx = np.mgrid[0:height, 0:width]
-        phase = (yy * np.sin(angle) + xx * np.cos(angle)) * (2 * np.pi / period)
-        field = field + (rng.uniform(8, 25) * np.sin(phase))[:, :, None]
+        yy = np.arange(height, dtype=np.float32)[:, None]
+        xx = np.arange(width, dtype=np.float32)[None, :]
+        phase = (yy * np.sin(angle) + xx * np.cos(angle)) * np.float32(2 * np.pi / period)
+        field = field + (np.float32(rng.uniform(8, 25)) * np.sin(phase))[:, :, None]
     return field.astype(np.float32)
 
 
@@ -150,7 +151,7 @@ def make_sample(rng: np.random.Generator, config: DataConfig = DataConfig()) -> 
         labels.append(label)
         image[mask] = colour
     noise = rng.uniform(config.noise_min, config.noise_max)
-    image = image + rng.normal(0.0, noise, size=image.shape).astype(np.float32)
+    image += np.float32(noise) * rng.standard_normal(image.shape, dtype=np.float32)
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     masks = owner[None, :, :] == np.arange(len(labels))[:, None, None]
     boxes = np.zeros((len(labels), 4), dtype=np.float32)

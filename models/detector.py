@@ -1,0 +1,327 @@
+"""The tiny two-stage detector: Keras definitions, save/load, and float inference (the reference).
+
+Two exportable stages, static shapes, batch 1 (the contract of ``export`` and ``runtime``):
+
+* ``backbone_rpn``: ``image`` [1,H,W,3] float32 in [0,255] -> ``features`` [1,h,w,C],
+  ``rpn_scores`` [1,h*w*A] (sigmoid), ``rpn_deltas`` [1,h*w*A,4].
+* ``head``: ``features`` [1,h,w,C], ``proposals`` [P,4] normalized, ``box_indexes`` [P] int32 ->
+  ``class_scores`` [P,K+1] (softmax, 0 = background), ``box_deltas`` [P,K,4].
+
+The backbone uses only CONV_2D, DEPTHWISE_CONV_2D, ADD, RELU and (folded) BatchNorm, so it quantizes
+to full int8 and maps onto the Edge TPU. Pixel normalisation is inside the model.
+Saved as one ``.keras`` file (a container model holding both stages as nested models) plus a
+sidecar ``<stem>.json`` with the :class:`runtime.config.DetectorConfig`.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from runtime.config import ConfigError, DetectorConfig
+from runtime.errors import RoiedgeError
+from runtime.manifest import atomic_write_bytes
+from runtime.processing import (
+    Detections,
+    detections_from_head,
+    make_anchors,
+    preprocess,
+    proposals_from_rpn,
+)
+
+if TYPE_CHECKING:
+    import keras
+
+SHIPPED = Path(__file__).resolve().parent / "shipped" / "detector.keras"
+BACKBONE_CHANNELS = (16, 32, 32)  # stem widths at strides 2, 4, 4; the last stage uses C
+NUM_BLOCKS = 4
+HEAD_UNITS = 256
+
+
+class DetectorLoadError(RoiedgeError):
+    """A saved detector is missing, corrupt or inconsistent with its config."""
+
+
+class LoadedDetector(NamedTuple):
+    """A detector ready for float inference: the two Keras stages and their config."""
+
+    backbone_rpn: keras.Model
+    head: keras.Model
+    config: DetectorConfig
+
+
+class DetectorLayers:
+    """Every layer of the detector, built once and shared by the export and training graphs."""
+
+    def __init__(self, config: DetectorConfig) -> None:
+        import keras
+
+        self.config = config
+        c = config.feature_channels
+        a = config.anchors_per_location
+        k = config.num_classes
+        n = config.num_anchors
+        L = keras.layers
+        self.normalize = L.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")
+        self.stem = []
+        strides = (2, 2, 1, 2)
+        widths = (*BACKBONE_CHANNELS, c)
+        for i, (width, stride) in enumerate(zip(widths, strides)):
+            self.stem.append(
+                (
+                    L.Conv2D(width, 3, stride, "same", use_bias=False, name=f"stem{i}_conv"),
+                    L.BatchNormalization(momentum=0.9, name=f"stem{i}_bn"),
+                    L.ReLU(name=f"stem{i}_relu"),
+                )
+            )
+        self.blocks = []
+        for i in range(NUM_BLOCKS):
+            last = i == NUM_BLOCKS - 1
+            self.blocks.append(
+                (
+                    L.DepthwiseConv2D(3, 1, "same", use_bias=False, name=f"block{i}_dw"),
+                    L.BatchNormalization(momentum=0.9, name=f"block{i}_dw_bn"),
+                    L.ReLU(name=f"block{i}_dw_relu"),
+                    L.Conv2D(c, 1, use_bias=False, name=f"block{i}_pw"),
+                    L.BatchNormalization(momentum=0.9, name=f"block{i}_pw_bn"),
+                    L.Add(name=f"block{i}_add"),
+                    L.ReLU(name="features" if last else f"block{i}_relu"),
+                )
+            )
+        prior = float(-np.log((1 - 0.01) / 0.01))
+        self.rpn_conv = L.Conv2D(c, 3, 1, "same", activation="relu", name="rpn_conv")
+        self.rpn_logits = L.Conv2D(
+            a,
+            1,
+            name="rpn_logits",
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+            bias_initializer=keras.initializers.Constant(prior),
+        )
+        self.rpn_box = L.Conv2D(
+            4 * a,
+            1,
+            name="rpn_box",
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+        )
+        self.rpn_logits_flat = L.Reshape((n,), name="rpn_logits_flat")
+        self.rpn_scores = L.Activation("sigmoid", name="rpn_scores")
+        self.rpn_deltas = L.Reshape((n, 4), name="rpn_deltas")
+        ph, pw = config.pool_size
+        self.flatten = L.Reshape((ph * pw * c,), name="pooled_flat")
+        self.fc1 = L.Dense(HEAD_UNITS, activation="relu", name="fc1")
+        self.fc2 = L.Dense(HEAD_UNITS, activation="relu", name="fc2")
+        self.cls_logits = L.Dense(
+            k + 1,
+            name="cls_logits",
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+        )
+        self.class_scores = L.Softmax(name="class_scores")
+        self.box_fc = L.Dense(
+            4 * k,
+            name="box_fc",
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
+        )
+        self.box_deltas = L.Reshape((k, 4), name="box_deltas")
+
+    def backbone(self, image, training=None):
+        """image tensor -> (features, rpn_logits [B,N], rpn_deltas [B,N,4])."""
+        x = self.normalize(image)
+        for conv, bn, relu in self.stem:
+            x = relu(bn(conv(x), training=training))
+        for dw, dw_bn, dw_relu, pw, pw_bn, add, relu in self.blocks:
+            y = dw_relu(dw_bn(dw(x), training=training))
+            y = pw_bn(pw(y), training=training)
+            x = relu(add([x, y]))
+        features = x
+        r = self.rpn_conv(features)
+        logits = self.rpn_logits_flat(self.rpn_logits(r))
+        deltas = self.rpn_deltas(self.rpn_box(r))
+        return features, logits, deltas
+
+    def head(self, features, proposals, box_indexes, roi_pooling):
+        """(features, proposals, box_indexes) -> (cls_logits [P,K+1], box_deltas [P,K,4])."""
+        pooled = roi_pooling(features, proposals, box_indexes)
+        x = self.fc2(self.fc1(self.flatten(pooled)))
+        return self.cls_logits(x), self.box_deltas(self.box_fc(x))
+
+    def roi_pooling(self, implementation: str = "gather"):
+        from models.roi_pooling import RoIPooling
+
+        return RoIPooling(
+            size=self.config.pool_size,
+            samples_per_bin=self.config.samples_per_bin,
+            implementation=implementation,
+            name="roi_pooling",
+        )
+
+    def export_models(self) -> tuple[keras.Model, keras.Model]:
+        """The two batch-1 stages with the contract's input/output names and orders."""
+        import keras
+
+        cfg = self.config
+        h, w = cfg.image_size
+        fh, fw = cfg.feature_size
+        p = cfg.num_proposals
+        image = keras.Input((h, w, 3), batch_size=1, dtype="float32", name="image")
+        features, logits, deltas = self.backbone(image, training=False)
+        backbone_rpn = keras.Model(
+            image, [features, self.rpn_scores(logits), deltas], name="backbone_rpn"
+        )
+        f_in = keras.Input((fh, fw, cfg.feature_channels), batch_size=1, name="features")
+        proposals = keras.Input((4,), batch_size=p, dtype="float32", name="proposals")
+        box_indexes = keras.Input((), batch_size=p, dtype="int32", name="box_indexes")
+        cls_logits, box_deltas = self.head(f_in, proposals, box_indexes, self.roi_pooling())
+        head = keras.Model(
+            [f_in, proposals, box_indexes],
+            [self.class_scores(cls_logits), box_deltas],
+            name="head",
+        )
+        return backbone_rpn, head
+
+
+def build_detector(config: DetectorConfig) -> tuple[DetectorLayers, keras.Model, keras.Model]:
+    """Fresh (untrained) layers and the two export-shaped stages built from them."""
+    layers = DetectorLayers(config)
+    backbone_rpn, head = layers.export_models()
+    return layers, backbone_rpn, head
+
+
+def _container(backbone_rpn, head, config: DetectorConfig):
+    """One model holding both stages (nested), so a single .keras file stores the detector."""
+    import keras
+
+    h, w = config.image_size
+    image = keras.Input((h, w, 3), batch_size=1, name="image")
+    proposals = keras.Input((4,), batch_size=config.num_proposals, name="proposals")
+    box_indexes = keras.Input(
+        (), batch_size=config.num_proposals, dtype="int32", name="box_indexes"
+    )
+    features, scores, deltas = backbone_rpn(image)
+    class_scores, box_deltas = head([features, proposals, box_indexes])
+    return keras.Model(
+        [image, proposals, box_indexes],
+        [features, scores, deltas, class_scores, box_deltas],
+        name="roiedge_detector",
+    )
+
+
+def config_path(path: Path | str) -> Path:
+    """The sidecar config JSON of a ``.keras`` file: same directory and stem, ``.json``."""
+    return Path(path).with_suffix(".json")
+
+
+def save_detector(backbone_rpn, head, config: DetectorConfig, path: Path | str) -> Path:
+    """Atomically write ``path`` (.keras) and its sidecar config JSON; returns ``path``."""
+    import tempfile
+
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise RoiedgeError(f"{path}: a detector is saved as a .keras file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = _container(backbone_rpn, head, config)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        tmp_file = Path(tmp) / path.name
+        model.save(tmp_file)
+        data = tmp_file.read_bytes()
+    sidecar = {"format": "roiedge-detector", "config": config.to_dict()}
+    atomic_write_bytes(config_path(path), (json.dumps(sidecar, indent=2) + "\n").encode())
+    atomic_write_bytes(path, data)
+    for written in (path, config_path(path)):
+        written.chmod(0o644)  # mkstemp creates 0600 files
+    return path
+
+
+def load_detector(path: Path | str = SHIPPED) -> LoadedDetector:
+    """Load a detector saved by :func:`save_detector`; one-line DetectorLoadError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DetectorLoadError(f"{path}: no such detector file (expected a .keras file)")
+    if not zipfile.is_zipfile(path):
+        raise DetectorLoadError(f"{path}: not a valid .keras file (not a zip archive; corrupt?)")
+    sidecar = config_path(path)
+    if not sidecar.is_file():
+        raise DetectorLoadError(f"{sidecar}: missing config sidecar of detector {path}")
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+        config = DetectorConfig.from_dict(data["config"], source=str(sidecar))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise DetectorLoadError(f"{sidecar}: unreadable detector config ({error!r})") from None
+    except ConfigError as error:
+        raise DetectorLoadError(str(error)) from None
+
+    import keras
+
+    import models.roi_pooling  # noqa: F401  (registers RoIPooling for deserialisation)
+
+    try:
+        model = keras.saving.load_model(path, compile=False)
+        backbone_rpn = model.get_layer("backbone_rpn")
+        head = model.get_layer("head")
+    except Exception as error:  # keras raises many types for corrupt archives
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DetectorLoadError(f"{path}: could not load the detector ({message})") from None
+    _check_shapes(path, backbone_rpn, head, config)
+    return LoadedDetector(backbone_rpn, head, config)
+
+
+def _check_shapes(path: Path, backbone_rpn: Any, head: Any, config: DetectorConfig) -> None:
+    fh, fw = config.feature_size
+    want = (1, fh, fw, config.feature_channels)
+    got = tuple(backbone_rpn.outputs[0].shape)
+    if got != want:
+        raise DetectorLoadError(f"{path}: features have shape {got}; its config expects {want}")
+    want_scores = (config.num_proposals, config.num_classes + 1)
+    got_scores = tuple(head.outputs[0].shape)
+    if got_scores != want_scores:
+        raise DetectorLoadError(
+            f"{path}: class_scores have shape {got_scores}; its config expects {want_scores}"
+        )
+
+
+class FloatDetector:
+    """Float Keras inference ``image -> detections``: the reference for every exported format."""
+
+    def __init__(self, detector: LoadedDetector) -> None:
+        import tensorflow as tf
+
+        self.detector = detector
+        self.config = detector.config
+        self.anchors = make_anchors(detector.config)
+        self._backbone = tf.function(lambda x: detector.backbone_rpn(x, training=False))
+        self._head = tf.function(lambda f, p, i: detector.head([f, p, i], training=False))
+
+    def stages(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """All intermediate tensors of one uint8 HxWx3 image (for goldens and debugging)."""
+        x = preprocess(image, self.config)
+        features, rpn_scores, rpn_deltas = (np.asarray(t) for t in self._backbone(x))
+        props = proposals_from_rpn(rpn_scores, rpn_deltas, self.config, self.anchors)
+        class_scores, box_deltas = (
+            np.asarray(t) for t in self._head(features, props.proposals, props.box_indexes)
+        )
+        return {
+            "image": x,
+            "features": features,
+            "rpn_scores": rpn_scores,
+            "rpn_deltas": rpn_deltas,
+            "proposals": props.proposals,
+            "box_indexes": props.box_indexes,
+            "num_valid": np.asarray(props.num_valid, np.int32),
+            "class_scores": class_scores,
+            "box_deltas": box_deltas,
+        }
+
+    def __call__(self, image: np.ndarray) -> Detections:
+        """Detections of one HxWx3 uint8 RGB image (boxes in pixels)."""
+        s = self.stages(image)
+        return detections_from_head(
+            s["class_scores"], s["box_deltas"], s["proposals"], int(s["num_valid"]), self.config
+        )
+
+
+def detect(detector: LoadedDetector, image: np.ndarray) -> Detections:
+    """One-off float inference of one image (builds a :class:`FloatDetector` each call)."""
+    return FloatDetector(detector)(image)

@@ -1,0 +1,178 @@
+"""mAP of the float Keras detector on the held-out split: ``python -m models.evaluate``.
+
+Prints a per-class table, optionally writes ``--json FILE`` (``map50``, ``map50_95``, ``images``,
+``per_class``...) and ``--show N --out PNG`` (a grid of held-out images with predicted and true
+boxes). ``--min-map50 X`` turns it into a check: exit 1 when mAP@0.5 < X.
+Exit codes: 0 ok, 1 check failed, 2 bad input (missing/corrupt model, bad paths or numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.data import EVAL_IMAGES, EVAL_SEED, EVAL_SPLIT, Batch, eval_split
+from models.metrics import COCO_IOU_THRESHOLDS, mean_average_precision
+from runtime.errors import RoiedgeError
+from runtime.manifest import atomic_write_bytes
+from runtime.processing import Detections
+
+
+def predict(detector: Any, images: np.ndarray, progress: bool = False) -> list[Detections]:
+    """Float detections of every uint8 image in ``images`` [N,H,W,3]."""
+    from tqdm import tqdm
+
+    from models.detector import FloatDetector
+
+    run = FloatDetector(detector)
+    return [run(image) for image in tqdm(images, disable=not progress, unit="img", file=sys.stderr)]
+
+
+def score(
+    predictions: list[Detections], batch: Batch, class_names: tuple[str, ...]
+) -> dict[str, Any]:
+    """The JSON-ready mAP summary of ``predictions`` against ``batch``'s ground truth."""
+    result = mean_average_precision(
+        predictions,
+        list(zip(batch.boxes, batch.labels)),
+        len(class_names),
+        COCO_IOU_THRESHOLDS,
+    )
+    return {
+        "map50": result["map50"],
+        "map50_95": result["map50_95"],
+        "images": len(batch.images),
+        "per_class": {class_names[c]: values for c, values in sorted(result["per_class"].items())},
+        "iou_thresholds": result["iou_thresholds"],
+        "ap": result["ap"],
+        "split": {"seed": EVAL_SEED, "split": EVAL_SPLIT, "images": len(batch.images)},
+    }
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """A readable per-class table."""
+    lines = [f"{'class':<12} {'gt':>6} {'AP@.5':>7} {'AP@.5:.95':>10}"]
+    for name, values in summary["per_class"].items():
+        lines.append(
+            f"{name:<12} {values['num_gt']:>6} {values['ap50']:>7.3f} {values['ap']:>10.3f}"
+        )
+    lines.append(
+        f"{'mean':<12} {'':>6} {summary['map50']:>7.3f} {summary['map50_95']:>10.3f}"
+        f"   ({summary['images']} held-out images)"
+    )
+    return "\n".join(lines)
+
+
+def show(
+    batch: Batch,
+    predictions: list[Detections],
+    class_names: tuple[str, ...],
+    count: int,
+    out: Path,
+    min_score: float = 0.3,
+) -> Path:
+    """Write a PNG grid of the first ``count`` images: true boxes dashed white, predictions coloured."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    count = min(count, len(batch.images))
+    cols = min(4, count)
+    rows = (count + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i in range(count):
+        ax = axes.ravel()[i]
+        ax.imshow(batch.images[i])
+        for y1, x1, y2, x2 in batch.boxes[i]:
+            ax.add_patch(
+                Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec="white", ls="--", lw=1)
+            )
+        det = predictions[i]
+        for (y1, x1, y2, x2), s, c in zip(det.boxes, det.scores, det.class_ids):
+            if s < min_score:
+                continue
+            colour = colours(int(c) % 10)
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=colour, lw=1.5))
+            ax.text(x1, y1, f"{class_names[int(c)]} {s:.2f}", color="black", fontsize=6,
+                    bbox={"facecolor": colour, "pad": 0.5, "lw": 0})  # fmt: skip
+        ax.set_title(f"held-out #{i}", fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(out, buffer.getvalue())
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    from models.detector import SHIPPED
+
+    parser = argparse.ArgumentParser(prog="python -m models.evaluate", description=__doc__)
+    parser.add_argument("--model", default=str(SHIPPED), help="detector .keras file")
+    parser.add_argument("--json", default=None, help="write the summary JSON here")
+    parser.add_argument("--images", type=int, default=EVAL_IMAGES, help="first N held-out images")
+    parser.add_argument("--show", type=int, default=0, help="draw the first N images")
+    parser.add_argument("--out", default=None, help="PNG path for --show")
+    parser.add_argument("--min-map50", type=float, default=None, help="exit 1 below this mAP@0.5")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.images < 1:
+        print(f"error: --images {args.images} must be >= 1", file=sys.stderr)
+        return 2
+    if args.show and not args.out:
+        print("error: --show N needs --out PNG", file=sys.stderr)
+        return 2
+    for flag, value in (("--json", args.json), ("--out", args.out)):
+        if value is not None and Path(value).is_dir():
+            print(f"error: {flag} {value} is a directory; expected a file path", file=sys.stderr)
+            return 2
+    from models.detector import load_detector
+
+    try:
+        detector = load_detector(args.model)
+    except RoiedgeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    names = detector.config.class_names
+    started = time.time()
+    batch = eval_split(args.images)
+    predictions = predict(detector, batch.images, progress=True)
+    summary = score(predictions, batch, names)
+    summary["model"] = str(args.model)
+    summary["seconds"] = round(time.time() - started, 1)
+    print(format_table(summary))
+    try:
+        if args.json:
+            text = json.dumps(summary, indent=2) + "\n"
+            atomic_write_bytes(Path(args.json), text.encode())
+            print(f"wrote {args.json}")
+        if args.show:
+            show(batch, predictions, names, args.show, Path(args.out))
+            print(f"wrote {args.out}")
+    except OSError as error:
+        print(f"error: cannot write output ({error})", file=sys.stderr)
+        return 2
+    if args.min_map50 is not None and not summary["map50"] >= args.min_map50:
+        print(f"check failed: mAP@0.5 {summary['map50']:.3f} < {args.min_map50}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,420 @@
+"""Train the tiny two-stage detector from scratch on procedural shapes: ``python -m models.train``.
+
+Approximate joint training in one graph: the RPN learns objectness and box deltas on sampled
+anchors; the head learns on the RPN's own (NMS-ed, gradient-stopped) proposals plus the true boxes
+and jittered copies of them, pooled with the same RoIPooling as the exported head. Every random
+choice derives from ``--seed`` (data stream, sampling, jitter, weights), so a retrain lands within
+noise of the shipped model. Writes ``<out>`` (.keras), its config sidecar and ``<stem>.training.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.data import TRAIN_SPLIT, DataConfig, make_batch
+from runtime.config import DetectorConfig
+from runtime.errors import RoiedgeError
+from runtime.manifest import atomic_write_bytes
+from runtime.processing import box_iou, encode_boxes, make_anchors
+
+MAX_GT = 6  # DataConfig.max_objects; ground truth is padded to this many boxes per image
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every training setting; the CLI flags map 1:1 onto these fields."""
+
+    seed: int = 0
+    epochs: int = 18
+    steps_per_epoch: int = 200
+    batch_size: int = 8
+    learning_rate: float = 2e-3
+    warmup_steps: int = 150
+    weight_decay: float = 1e-4
+    clip_norm: float = 10.0
+    rpn_batch: int = 256
+    rpn_positive_fraction: float = 0.5
+    rpn_positive_iou: float = 0.6
+    rpn_negative_iou: float = 0.3
+    train_proposals: int = 48
+    jitter_per_gt: int = 2
+    head_positive_iou: float = 0.5
+    threads: int = 2
+    out: str = "models/shipped/detector.keras"
+    quiet: bool = False
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+# ---------------------------------------------------------------------------- data and targets
+
+
+def rpn_targets(
+    boxes: np.ndarray, anchors: np.ndarray, rng: np.random.Generator, cfg: TrainConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Anchor labels [N] (1 object, 0 background, -1 ignored) and delta targets [N,4] of one image."""
+    n = anchors.shape[0]
+    labels = np.full(n, -1, dtype=np.int8)
+    targets = np.zeros((n, 4), dtype=np.float32)
+    if len(boxes) == 0:
+        labels[:] = 0
+    else:
+        ious = box_iou(anchors, boxes)  # [N, G]
+        best = ious.argmax(axis=1)
+        best_iou = ious.max(axis=1)
+        labels[best_iou < cfg.rpn_negative_iou] = 0
+        labels[best_iou >= cfg.rpn_positive_iou] = 1
+        per_gt = ious.max(axis=0)  # the best anchors of every box are positive too
+        forced = ((ious >= per_gt[None, :] - 1e-6) & (ious > 0.1)).any(axis=1)
+        labels[forced] = 1
+        targets = encode_boxes(boxes[best], anchors, DetectorConfig().box_coder_scales)
+    positives = np.flatnonzero(labels == 1)
+    max_pos = int(cfg.rpn_batch * cfg.rpn_positive_fraction)
+    if len(positives) > max_pos:
+        labels[rng.choice(positives, len(positives) - max_pos, replace=False)] = -1
+    negatives = np.flatnonzero(labels == 0)
+    max_neg = cfg.rpn_batch - int((labels == 1).sum())
+    if len(negatives) > max_neg:
+        labels[rng.choice(negatives, len(negatives) - max_neg, replace=False)] = -1
+    return labels, targets
+
+
+def training_batch(
+    step: int, cfg: TrainConfig, anchors: np.ndarray, data: DataConfig
+) -> dict[str, np.ndarray]:
+    """Batch ``step`` of the training stream: images, padded ground truth and RPN targets."""
+    batch = make_batch(cfg.seed, TRAIN_SPLIT, step * cfg.batch_size, cfg.batch_size, data)
+    rng = np.random.default_rng([cfg.seed, 1000 + TRAIN_SPLIT, step])
+    b = cfg.batch_size
+    gt_boxes = np.zeros((b, MAX_GT, 4), np.float32)
+    gt_labels = np.full((b, MAX_GT), -1, np.int32)
+    rpn_labels = np.zeros((b, anchors.shape[0]), np.int8)
+    rpn_deltas = np.zeros((b, anchors.shape[0], 4), np.float32)
+    for i, (boxes, labels) in enumerate(zip(batch.boxes, batch.labels)):
+        gt_boxes[i, : len(boxes)] = boxes
+        gt_labels[i, : len(labels)] = labels
+        rpn_labels[i], rpn_deltas[i] = rpn_targets(boxes, anchors, rng, cfg)
+    return {
+        "images": batch.images.astype(np.float32),
+        "gt_boxes": gt_boxes,
+        "gt_labels": gt_labels,
+        "rpn_labels": rpn_labels.astype(np.int32),
+        "rpn_deltas": rpn_deltas,
+    }
+
+
+def _prefetch(cfg: TrainConfig, anchors: np.ndarray, data: DataConfig, depth: int = 4):
+    """Yields batches 0..steps-1 in order, produced by a background thread."""
+    out: queue.Queue = queue.Queue(maxsize=depth)
+
+    def work() -> None:
+        for step in range(cfg.steps):
+            out.put(training_batch(step, cfg, anchors, data))
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    for _ in range(cfg.steps):
+        yield out.get()
+
+
+# ---------------------------------------------------------------------------- TF graph pieces
+
+
+def _decode_tf(tf, deltas, anchors, scales):
+    """TF twin of runtime.processing.decode_boxes (same clamp)."""
+    d = deltas / tf.constant(scales, tf.float32)
+    ah = anchors[..., 2] - anchors[..., 0]
+    aw = anchors[..., 3] - anchors[..., 1]
+    ay = anchors[..., 0] + 0.5 * ah
+    ax = anchors[..., 1] + 0.5 * aw
+    limit = float(np.log(1000.0 / 16.0))
+    h = ah * tf.exp(tf.minimum(d[..., 2], limit))
+    w = aw * tf.exp(tf.minimum(d[..., 3], limit))
+    cy = ay + d[..., 0] * ah
+    cx = ax + d[..., 1] * aw
+    return tf.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h, cx + 0.5 * w], axis=-1)
+
+
+def _encode_tf(tf, boxes, anchors, scales):
+    """TF twin of runtime.processing.encode_boxes."""
+    ah = tf.maximum(anchors[..., 2] - anchors[..., 0], 1e-3)
+    aw = tf.maximum(anchors[..., 3] - anchors[..., 1], 1e-3)
+    ay = anchors[..., 0] + 0.5 * ah
+    ax = anchors[..., 1] + 0.5 * aw
+    bh = tf.maximum(boxes[..., 2] - boxes[..., 0], 1e-3)
+    bw = tf.maximum(boxes[..., 3] - boxes[..., 1], 1e-3)
+    by = boxes[..., 0] + 0.5 * bh
+    bx = boxes[..., 1] + 0.5 * bw
+    d = tf.stack([(by - ay) / ah, (bx - ax) / aw, tf.math.log(bh / ah), tf.math.log(bw / aw)], -1)
+    return d * tf.constant(scales, tf.float32)
+
+
+def _iou_tf(tf, a, b):
+    """Pairwise IoU [..., N, M] of a [..., N, 4] and b [..., M, 4]."""
+    a = a[..., :, None, :]
+    b = b[..., None, :, :]
+    inter_h = tf.maximum(tf.minimum(a[..., 2], b[..., 2]) - tf.maximum(a[..., 0], b[..., 0]), 0.0)
+    inter_w = tf.maximum(tf.minimum(a[..., 3], b[..., 3]) - tf.maximum(a[..., 1], b[..., 1]), 0.0)
+    inter = inter_h * inter_w
+    area_a = tf.maximum(a[..., 2] - a[..., 0], 0.0) * tf.maximum(a[..., 3] - a[..., 1], 0.0)
+    area_b = tf.maximum(b[..., 2] - b[..., 0], 0.0) * tf.maximum(b[..., 3] - b[..., 1], 0.0)
+    return inter / tf.maximum(area_a + area_b - inter, 1e-6)
+
+
+def _huber(tf, x):
+    ax = tf.abs(x)
+    return tf.where(ax < 1.0, 0.5 * x * x, ax - 0.5)
+
+
+def make_train_step(layers, cfg: TrainConfig, det: DetectorConfig, optimizer):
+    """A compiled ``step(batch, step_index) -> dict of losses`` updating the shared layers."""
+    import keras
+    import tensorflow as tf
+
+    h, w = det.image_size
+    image = keras.Input((h, w, 3), name="image")
+    features, logits, deltas = layers.backbone(image, training=True)
+    backbone = keras.Model(image, [features, logits, deltas], name="backbone_train")
+    fh, fw = det.feature_size
+    f_in = keras.Input((fh, fw, det.feature_channels), name="features")
+    rois_in = keras.Input((4,), name="proposals")
+    idx_in = keras.Input((), dtype="int32", name="box_indexes")
+    cls_logits, box_deltas = layers.head(
+        f_in, rois_in, idx_in, layers.roi_pooling("crop_and_resize")
+    )
+    head = keras.Model([f_in, rois_in, idx_in], [cls_logits, box_deltas], name="head_train")
+    variables = backbone.trainable_variables + [
+        v for v in head.trainable_variables if all(v is not u for u in backbone.trainable_variables)
+    ]
+
+    anchors = tf.constant(make_anchors(det))
+    scales = det.box_coder_scales
+    size = tf.constant([h, w, h, w], tf.float32)
+    b = cfg.batch_size
+    pt = cfg.train_proposals
+    j = cfg.jitter_per_gt
+
+    @tf.function(reduce_retracing=True)
+    def step(batch, step_index):
+        images = batch["images"]
+        gt_boxes, gt_labels = batch["gt_boxes"], batch["gt_labels"]
+        gt_valid = gt_labels >= 0
+        with tf.GradientTape() as tape:
+            features, logits, deltas = backbone(images, training=True)
+            # --- RPN losses on sampled anchors
+            rpn_labels = batch["rpn_labels"]
+            sampled = tf.cast(rpn_labels >= 0, tf.float32)
+            positive = tf.cast(rpn_labels == 1, tf.float32)
+            bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=positive, logits=logits)
+            rpn_cls = tf.reduce_sum(bce * sampled) / tf.maximum(tf.reduce_sum(sampled), 1.0)
+            reg = tf.reduce_sum(_huber(tf, deltas - batch["rpn_deltas"]), -1)
+            rpn_reg = tf.reduce_sum(reg * positive) / tf.maximum(tf.reduce_sum(positive), 1.0)
+            # --- proposals from the RPN itself (no gradient through the boxes)
+            scores = tf.stop_gradient(tf.sigmoid(logits))
+            top_scores, top_idx = tf.math.top_k(scores, k=det.rpn_pre_nms_top_n)
+            top_boxes = _decode_tf(
+                tf,
+                tf.gather(tf.stop_gradient(deltas), top_idx, batch_dims=1),
+                tf.gather(anchors, top_idx),
+                scales,
+            )
+            top_boxes = tf.minimum(tf.maximum(top_boxes, 0.0), size)
+            keep, num_keep = tf.image.non_max_suppression_padded(
+                top_boxes,
+                top_scores,
+                max_output_size=pt,
+                iou_threshold=det.rpn_nms_iou,
+                pad_to_max_output_size=True,
+            )
+            proposals = tf.gather(top_boxes, keep, batch_dims=1)  # [B, pt, 4]
+            prop_valid = tf.range(pt)[None, :] < num_keep[:, None]
+            # --- jittered copies of the true boxes
+            seed = tf.stack([tf.constant(cfg.seed, tf.int32), tf.cast(step_index, tf.int32)])
+            noise = tf.random.stateless_uniform((b, MAX_GT, j, 4), seed, -1.0, 1.0)
+            gh = gt_boxes[..., 2] - gt_boxes[..., 0]
+            gw = gt_boxes[..., 3] - gt_boxes[..., 1]
+            cy = (gt_boxes[..., 0] + 0.5 * gh)[..., None] + 0.15 * noise[..., 0] * gh[..., None]
+            cx = (gt_boxes[..., 1] + 0.5 * gw)[..., None] + 0.15 * noise[..., 1] * gw[..., None]
+            jh = gh[..., None] * tf.exp(0.25 * noise[..., 2])
+            jw = gw[..., None] * tf.exp(0.25 * noise[..., 3])
+            jitter = tf.stack([cy - jh / 2, cx - jw / 2, cy + jh / 2, cx + jw / 2], -1)
+            jitter = tf.reshape(tf.minimum(tf.maximum(jitter, 0.0), size), (b, MAX_GT * j, 4))
+            jitter_valid = tf.reshape(tf.tile(gt_valid[..., None], (1, 1, j)), (b, MAX_GT * j))
+            rois = tf.concat([proposals, gt_boxes, jitter], axis=1)  # [B, R, 4]
+            roi_valid = tf.concat([prop_valid, gt_valid, jitter_valid], axis=1)
+            r = pt + MAX_GT * (1 + j)
+            # --- head targets
+            ious = _iou_tf(tf, rois, gt_boxes)  # [B, R, G]
+            ious = tf.where(gt_valid[:, None, :], ious, -1.0)
+            match = tf.argmax(ious, axis=-1, output_type=tf.int32)
+            best = tf.reduce_max(ious, axis=-1)
+            matched_labels = tf.gather(gt_labels, match, batch_dims=1)
+            matched_boxes = tf.gather(gt_boxes, match, batch_dims=1)
+            target_cls = tf.where(best >= cfg.head_positive_iou, matched_labels + 1, 0)
+            target_deltas = _encode_tf(tf, matched_boxes, rois, scales)
+            flat_rois = tf.reshape(rois / size, (b * r, 4))
+            box_indexes = tf.repeat(tf.range(b, dtype=tf.int32), r)
+            cls_logits, box_deltas = head([features, flat_rois, box_indexes], training=True)
+            valid = tf.cast(tf.reshape(roi_valid, (-1,)), tf.float32)
+            target_cls = tf.reshape(target_cls, (-1,))
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=target_cls, logits=cls_logits
+            )
+            head_cls = tf.reduce_sum(ce * valid) / tf.maximum(tf.reduce_sum(valid), 1.0)
+            fg = tf.cast(target_cls > 0, tf.float32) * valid
+            cls_index = tf.maximum(target_cls - 1, 0)
+            pred = tf.gather(box_deltas, cls_index, batch_dims=1)  # [BR, 4]
+            reg = tf.reduce_sum(_huber(tf, pred - tf.reshape(target_deltas, (-1, 4))), -1)
+            head_reg = tf.reduce_sum(reg * fg) / tf.maximum(tf.reduce_sum(fg), 1.0)
+            total = rpn_cls + rpn_reg + head_cls + head_reg
+        grads = tape.gradient(total, variables)
+        grads, _ = tf.clip_by_global_norm(grads, cfg.clip_norm)
+        optimizer.apply_gradients(zip(grads, variables))
+        return {
+            "loss": total,
+            "rpn_cls": rpn_cls,
+            "rpn_reg": rpn_reg,
+            "head_cls": head_cls,
+            "head_reg": head_reg,
+            "fg": tf.reduce_sum(fg) / b,
+        }
+
+    return step
+
+
+# ---------------------------------------------------------------------------- driver
+
+
+def train(cfg: TrainConfig, det: DetectorConfig | None = None) -> dict[str, Any]:
+    """Train, save ``cfg.out`` (+ sidecars) and return the training record."""
+    import keras
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    from models.detector import DetectorLayers, save_detector
+
+    det = det or DetectorConfig()
+    data = DataConfig(image_size=det.image_size)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already initialised in this process (e.g. under pytest)
+        pass
+    keras.utils.set_random_seed(cfg.seed)
+    started = time.time()
+    layers = DetectorLayers(det)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0,
+        decay_steps=max(cfg.steps - cfg.warmup_steps, 1),
+        warmup_target=cfg.learning_rate,
+        warmup_steps=cfg.warmup_steps,
+        alpha=0.02,
+    )
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
+    step_fn = make_train_step(layers, cfg, det, optimizer)
+    anchors = make_anchors(det)
+    history: list[dict[str, float]] = []
+    sums: dict[str, float] = {}
+    batches = _prefetch(cfg, anchors, data)
+    progress = tqdm(total=cfg.steps, disable=cfg.quiet, unit="step", file=sys.stderr)
+    for step in range(cfg.steps):
+        batch = next(batches)
+        losses = step_fn({k: tf.constant(v) for k, v in batch.items()}, tf.constant(step))
+        values = {k: float(v) for k, v in losses.items()}
+        for key, value in values.items():
+            sums[key] = sums.get(key, 0.0) + value
+        progress.update(1)
+        progress.set_postfix(loss=f"{values['loss']:.3f}")
+        if (step + 1) % cfg.steps_per_epoch == 0:
+            epoch = {k: v / cfg.steps_per_epoch for k, v in sums.items()}
+            epoch["epoch"] = (step + 1) // cfg.steps_per_epoch
+            epoch["elapsed_s"] = round(time.time() - started, 1)
+            history.append(epoch)
+            sums = {}
+            if not cfg.quiet:
+                progress.write(
+                    f"epoch {epoch['epoch']:3d}/{cfg.epochs}  "
+                    + "  ".join(f"{k} {epoch[k]:.4f}" for k in ("loss", "rpn_cls", "rpn_reg"))
+                    + "  "
+                    + "  ".join(f"{k} {epoch[k]:.4f}" for k in ("head_cls", "head_reg", "fg"))
+                    + f"  ({epoch['elapsed_s']:.0f}s)"
+                )
+    progress.close()
+    wall = time.time() - started
+    backbone_rpn, head = layers.export_models()
+    out = Path(cfg.out)
+    save_detector(backbone_rpn, head, det, out)
+    record = {
+        "train_config": dataclasses.asdict(cfg),
+        "data_config": dataclasses.asdict(data),
+        "detector_config": det.to_dict(),
+        "steps": cfg.steps,
+        "images_seen": cfg.steps * cfg.batch_size,
+        "wall_time_s": round(wall, 1),
+        "load_average": list(os.getloadavg()),
+        "cpu_count": os.cpu_count(),
+        "final_losses": history[-1] if history else {},
+        "history": history,
+        "versions": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        },
+    }
+    record_path = out.with_name(out.stem + ".training.json")
+    atomic_write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode())
+    return record
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__)
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type in ("bool", bool):
+            parser.add_argument(flag, action="store_true", help=f"(default {field.default})")
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(field.type)]
+            parser.add_argument(
+                flag, type=kind, default=field.default, help=f"(default {field.default})"
+            )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    cfg = TrainConfig(**vars(args))
+    if cfg.epochs < 1 or cfg.steps_per_epoch < 1 or cfg.batch_size < 1:
+        print("error: --epochs, --steps-per-epoch and --batch-size must be >= 1", file=sys.stderr)
+        return 2
+    if not cfg.out.endswith(".keras"):
+        print(f"error: --out {cfg.out!r} must end in .keras", file=sys.stderr)
+        return 2
+    try:
+        record = train(cfg)
+    except RoiedgeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"saved {cfg.out} after {record['steps']} steps in {record['wall_time_s']:.0f}s; "
+        f"final loss {record['final_losses'].get('loss', float('nan')):.4f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""models.detector / models.train / models.evaluate: the stage contract, save/load, training, mAP."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from models.data import eval_split
+from models.detector import (
+    SHIPPED,
+    DetectorLoadError,
+    FloatDetector,
+    build_detector,
+    config_path,
+    load_detector,
+    save_detector,
+)
+from runtime.config import DetectorConfig
+from runtime.errors import RoiedgeError
+
+CONFIG = DetectorConfig()
+
+
+def names(tensors):
+    return [t.name.split(":")[0] for t in tensors]
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_detector(SHIPPED)
+
+
+def check_contract(backbone_rpn, head, config):
+    h, w = config.image_size
+    fh, fw = config.feature_size
+    c, n, p, k = (
+        config.feature_channels,
+        config.num_anchors,
+        config.num_proposals,
+        config.num_classes,
+    )
+    assert names(backbone_rpn.inputs) == ["image"]
+    assert backbone_rpn.output_names == ["features", "rpn_scores", "rpn_deltas"]
+    assert [tuple(t.shape) for t in backbone_rpn.inputs] == [(1, h, w, 3)]
+    assert [tuple(t.shape) for t in backbone_rpn.outputs] == [(1, fh, fw, c), (1, n), (1, n, 4)]
+    assert names(head.inputs) == ["features", "proposals", "box_indexes"]
+    assert [str(t.dtype) for t in head.inputs] == ["float32", "float32", "int32"]
+    assert [tuple(t.shape) for t in head.inputs] == [(1, fh, fw, c), (p, 4), (p,)]
+    assert head.output_names == ["class_scores", "box_deltas"]
+    assert [tuple(t.shape) for t in head.outputs] == [(p, k + 1), (p, k, 4)]
+
+
+def test_fresh_stages_follow_the_contract():
+    _, backbone_rpn, head = build_detector(CONFIG)
+    check_contract(backbone_rpn, head, CONFIG)
+
+
+def test_save_load_round_trip(tmp_path):
+    _, backbone_rpn, head = build_detector(CONFIG)
+    path = save_detector(backbone_rpn, head, CONFIG, tmp_path / "d.keras")
+    loaded = load_detector(path)
+    assert loaded.config == CONFIG
+    check_contract(loaded.backbone_rpn, loaded.head, CONFIG)
+    image = np.random.default_rng(0).uniform(0, 255, (1, 160, 160, 3)).astype(np.float32)
+    for before, after in zip(backbone_rpn(image), loaded.backbone_rpn(image)):
+        np.testing.assert_allclose(np.asarray(before), np.asarray(after), atol=1e-6)
+    assert not list(tmp_path.glob("*.tmp")) and sorted(p.name for p in tmp_path.iterdir()) == [
+        "d.json",
+        "d.keras",
+    ]
+
+
+def test_load_errors_name_the_file(tmp_path):
+    missing = tmp_path / "missing.keras"
+    with pytest.raises(DetectorLoadError, match=r"missing\.keras: no such detector file"):
+        load_detector(missing)
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"\x00not a zip" * 10)
+    with pytest.raises(DetectorLoadError, match=r"corrupt\.keras: not a valid \.keras file"):
+        load_detector(corrupt)
+    # a zip that is not a Keras archive, with a valid sidecar
+    garbage = tmp_path / "garbage.keras"
+    with zipfile.ZipFile(garbage, "w") as archive:
+        archive.writestr("hello.txt", "hi")
+    config_path(garbage).write_text(json.dumps({"config": CONFIG.to_dict()}))
+    with pytest.raises(RoiedgeError, match=r"garbage\.keras: could not load the detector") as err:
+        load_detector(garbage)
+    assert "\n" not in str(err.value)
+    # a truncated copy of the shipped file
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes(SHIPPED.read_bytes()[:5000])
+    config_path(truncated).write_bytes(config_path(SHIPPED).read_bytes())
+    with pytest.raises(DetectorLoadError, match=r"truncated\.keras"):
+        load_detector(truncated)
+    # a good archive whose sidecar is missing or broken
+    nosidecar = tmp_path / "nosidecar.keras"
+    nosidecar.write_bytes(SHIPPED.read_bytes())
+    with pytest.raises(DetectorLoadError, match=r"nosidecar\.json: missing config sidecar"):
+        load_detector(nosidecar)
+    config_path(nosidecar).write_text("{not json")
+    with pytest.raises(DetectorLoadError, match=r"nosidecar\.json: unreadable"):
+        load_detector(nosidecar)
+
+
+def test_short_training_lowers_the_loss(tmp_path):
+    from models.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        epochs=3,
+        steps_per_epoch=12,
+        batch_size=4,
+        warmup_steps=5,
+        out=str(tmp_path / "tiny.keras"),
+        quiet=True,
+    )
+    record = train(cfg)
+    losses = [epoch["loss"] for epoch in record["history"]]
+    assert losses[-1] < losses[0] * 0.85, losses
+    assert load_detector(tmp_path / "tiny.keras").config == CONFIG
+    saved = json.loads((tmp_path / "tiny.training.json").read_text())
+    assert saved["steps"] == 36 and saved["train_config"]["seed"] == 0
+
+
+def test_shipped_model_contract_and_map_floor(shipped):
+    from models.evaluate import predict, score
+
+    check_contract(shipped.backbone_rpn, shipped.head, shipped.config)
+    batch = eval_split(40)
+    summary = score(predict(shipped, batch.images), batch, shipped.config.class_names)
+    assert summary["map50"] >= 0.85, summary
+    assert summary["map50_95"] >= 0.5, summary
+
+
+def test_float_detector_stages(shipped):
+    run = FloatDetector(shipped)
+    image = eval_split(1).images[0]
+    stages = run.stages(image)
+    assert stages["proposals"].shape == (shipped.config.num_proposals, 4)
+    assert stages["class_scores"].shape == (shipped.config.num_proposals, 4)
+    np.testing.assert_allclose(stages["class_scores"].sum(-1), 1.0, atol=1e-5)
+    detections = run(image)
+    assert detections.boxes.shape[1] == 4 and len(detections.boxes) <= shipped.config.max_detections
+    assert (np.diff(detections.scores) <= 0).all()
+
+
+def test_evaluate_cli_bad_input(tmp_path, capsys):
+    from models.evaluate import main
+
+    assert main(["--model", str(tmp_path / "nope.keras")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope.keras" in err
+    assert main(["--images", "0"]) == 2
+    assert main(["--show", "2"]) == 2
