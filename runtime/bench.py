@@ -1,0 +1,154 @@
+"""Speed of each artifact and of the whole pipeline, each measured in a fresh subprocess.
+
+A fresh process per measurement makes load time, first-inference time and peak RSS honest (no
+interpreter or page cache of an earlier run shared in-process). Per measurement: ``load_s``
+(sha256 check + interpreter load), ``first_s`` (first inference), ``p50_ms``/``p90_ms`` over
+``runs`` inferences after ``warmup``, ``peak_rss_mb`` of the process, and for pipelines
+``cold_start_s``: from the parent starting the process to the child's first detection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import RoiedgeError
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident set size of this process in MiB (None where ``resource`` is unavailable)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _latencies(call: Any, runs: int, warmup: int) -> dict[str, float]:
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return {
+        "p50_ms": float(np.percentile(times, 50) * 1e3),
+        "p90_ms": float(np.percentile(times, 90) * 1e3),
+    }
+
+
+def measure_artifact(
+    directory: str, name: str, runs: int, warmup: int, backend: str | None, threads: int | None
+) -> dict[str, Any]:
+    """In this process: load artifact ``name`` and time it on its golden inputs (first sample)."""
+    from runtime.backends import load_stage
+    from runtime.check import _samples, load_golden
+    from runtime.manifest import read_manifest
+
+    manifest = read_manifest(directory)
+    matches = [e for e in manifest.artifacts if e.name == name]
+    if not matches:
+        raise RoiedgeError(f"{directory}: manifest has no artifact named {name!r}")
+    entry = matches[0]
+    inputs = _samples(load_golden(directory, manifest, entry.model), entry, name)[0]
+    start = time.perf_counter()
+    backend = backend if entry.format == "tflite" else None  # --backend names a TFLite interpreter
+    stage = load_stage(directory, entry, backend, num_threads=threads)
+    load_s = time.perf_counter() - start
+    start = time.perf_counter()
+    stage.run(*inputs)
+    first_s = time.perf_counter() - start
+    result = {"kind": "artifact", "name": name, "backend": stage.backend.name}
+    result.update(
+        load_s=load_s, first_s=first_s, **_latencies(lambda: stage.run(*inputs), runs, warmup)
+    )
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def measure_pipeline(
+    directory: str, precision: str, runs: int, warmup: int, backend: str | None, threads: int | None
+) -> dict[str, Any]:
+    """In this process: build a Detector at ``precision`` and time detections on the golden image."""
+    from runtime.check import load_golden
+    from runtime.detector import Detector, DetectorOptions
+    from runtime.manifest import read_manifest
+
+    start = time.perf_counter()
+    fmt, _, prec = precision.rpartition(":")
+    fmt = fmt or "tflite"
+    backend = backend if fmt == "tflite" else None  # --backend names a TFLite interpreter
+    options = DetectorOptions(precision=prec, format=fmt, backend=backend, num_threads=threads)
+    detector = Detector(directory, options)
+    load_s = time.perf_counter() - start
+    manifest = read_manifest(directory)
+    image_tensor = load_golden(directory, manifest, "backbone_rpn")["input_0"]
+    image = np.clip(image_tensor.reshape(-1, *image_tensor.shape[-3:])[0], 0, 255).astype(np.uint8)
+    start = time.perf_counter()
+    found = detector.detect(image)
+    first_s = time.perf_counter() - start
+    first_detection_at = time.time()
+    result = {
+        "kind": "pipeline",
+        "name": f"pipeline {precision}",
+        "backend": detector.describe(),
+        "detections": len(found),
+        "first_detection_at": first_detection_at,
+    }
+    result.update(
+        load_s=load_s, first_s=first_s, **_latencies(lambda: detector.detect(image), runs, warmup)
+    )
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def run_child(args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``python -m runtime _bench-child ARGS`` and return its JSON, adding ``cold_start_s``."""
+    runtime_parent = str(Path(__file__).resolve().parent.parent)
+    child_env = dict(os.environ if env is None else env)
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (runtime_parent, child_env.get("PYTHONPATH", "")) if p
+    )
+    started = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtime", "_bench-child", *args],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        check=False,
+    )
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        raise RoiedgeError(
+            f"benchmark of {args[0]} {args[1]} failed: {lines[-1] if lines else proc.returncode}"
+        )
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "first_detection_at" in result:
+        result["cold_start_s"] = result.pop("first_detection_at") - started
+    return result
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The benchmark rows as a plain-text table."""
+    header = (
+        f"{'what':<34} {'load s':>7} {'first s':>8} {'p50 ms':>8} {'p90 ms':>8} {'RSS MB':>7} "
+        f"{'cold s':>7}  backend"
+    )
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        cold = f"{row['cold_start_s']:.2f}" if "cold_start_s" in row else ""
+        rss = f"{row['peak_rss_mb']:.0f}" if row.get("peak_rss_mb") is not None else "?"
+        lines.append(
+            f"{row['name']:<34} {row['load_s']:>7.3f} {row['first_s']:>8.3f} {row['p50_ms']:>8.2f} "
+            f"{row['p90_ms']:>8.2f} {rss:>7} {cold:>7}  {row['backend']}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,239 @@
+"""On-device self-check: every artifact of a manifest against the float Keras golden outputs.
+
+Each stage's golden ``.npz`` holds ``input_0..`` and ``output_0..`` in Keras order (the manifest's
+spec order), either one sample (the spec's shape) or several stacked on a new leading axis.
+Every artifact runs on the golden inputs; its outputs are compared with the golden outputs and
+judged by :mod:`runtime.tolerances`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import zipfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.backends import load_stage
+from runtime.errors import ArtifactError, RoiedgeError
+from runtime.manifest import ArtifactEntry, Manifest, read_manifest
+from runtime.tolerances import tolerance_for
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorMetrics:
+    """How one output differs from its reference (all samples pooled).
+
+    ``snr_db`` = 10 log10(sum ref^2 / sum err^2); ``psnr_db`` = 20 log10(peak-to-peak of ref / RMSE);
+    both +inf when the error is exactly zero. ``peak`` is max |reference|.
+    """
+
+    max_abs: float
+    mean_abs: float
+    snr_db: float
+    psnr_db: float
+    peak: float
+
+
+def error_metrics(actual: np.ndarray, reference: np.ndarray) -> ErrorMetrics:
+    """Compare ``actual`` with ``reference`` (same shape, any float dtype) -> ErrorMetrics."""
+    actual = np.asarray(actual, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if actual.shape != reference.shape:
+        raise RoiedgeError(f"output shape {actual.shape} differs from the golden {reference.shape}")
+    error = actual - reference
+    if reference.size == 0:
+        return ErrorMetrics(0.0, 0.0, math.inf, math.inf, 0.0)
+    abs_error = np.abs(error)
+    noise = float(np.sum(error**2))
+    signal = float(np.sum(reference**2))
+    mse = noise / error.size
+    span = float(reference.max() - reference.min())
+    if noise == 0.0:
+        snr = psnr = math.inf
+    else:
+        snr = 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf
+        psnr = 20.0 * math.log10(span / math.sqrt(mse)) if span > 0 else -math.inf
+    return ErrorMetrics(
+        max_abs=float(abs_error.max()),
+        mean_abs=float(abs_error.mean()),
+        snr_db=snr,
+        psnr_db=psnr,
+        peak=float(np.abs(reference).max()),
+    )
+
+
+def top1_agreement(class_scores: np.ndarray, reference: np.ndarray) -> float:
+    """Fraction of rows whose argmax over the last axis matches the reference's ([..., K+1])."""
+    a = np.asarray(class_scores).reshape(-1, np.shape(class_scores)[-1]).argmax(-1)
+    b = np.asarray(reference).reshape(-1, np.shape(reference)[-1]).argmax(-1)
+    return float(np.mean(a == b)) if a.size else 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputResult:
+    """One output of one artifact: its metrics and the bounds it broke (empty = pass)."""
+
+    name: str
+    metrics: ErrorMetrics
+    failures: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactResult:
+    """One artifact's check: per-output results, head top-1 agreement (None for the backbone)."""
+
+    entry: ArtifactEntry
+    backend: str
+    outputs: tuple[OutputResult, ...]
+    top1_agreement: float | None
+    failures: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when neither any output nor the top-1 agreement broke a bound."""
+        return not self.failures and all(not o.failures for o in self.outputs)
+
+
+def judge(precision: str, name: str, metrics: ErrorMetrics) -> tuple[str, ...]:
+    """The bounds of ``precision``'s tolerance that output ``name`` with ``metrics`` breaks."""
+    tolerance = tolerance_for(precision)
+    failures = []
+    bound = tolerance.max_abs_bound(metrics.peak)
+    if bound is not None and not metrics.max_abs <= bound:
+        failures.append(f"{name}: max abs error {metrics.max_abs:.3g} > {bound:.3g}")
+    if tolerance.min_snr_db is not None and not metrics.snr_db >= tolerance.min_snr_db:
+        failures.append(f"{name}: SNR {metrics.snr_db:.1f} dB < {tolerance.min_snr_db:.1f} dB")
+    return tuple(failures)
+
+
+def load_golden(directory: os.PathLike, manifest: Manifest, model: str) -> dict[str, np.ndarray]:
+    """The golden arrays of ``model`` (``input_i``/``output_i``) named by the manifest."""
+    if model not in manifest.golden:
+        raise ArtifactError(
+            f"{Path(directory) / 'manifest.json'}: no golden data for {model!r}; "
+            f"it has {sorted(manifest.golden)}"
+        )
+    path = Path(directory) / manifest.golden[model]
+    if not path.is_file():
+        raise ArtifactError(f"{path}: golden data of {model!r} listed in the manifest is missing")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise ArtifactError(f"{path}: not a readable .npz of golden arrays ({error})") from None
+
+
+def _samples(golden: dict[str, np.ndarray], entry: ArtifactEntry, path: str) -> list[list[Any]]:
+    """Golden inputs split into per-sample lists in manifest order."""
+    arrays = []
+    for i, spec in enumerate(entry.inputs):
+        key = f"input_{i}"
+        if key not in golden:
+            raise ArtifactError(
+                f"{path}: golden data lacks {key} ({spec.name}); has {sorted(golden)}"
+            )
+        arrays.append(golden[key])
+    stacked = arrays[0].ndim == len(entry.inputs[0].shape) + 1
+    if not stacked:
+        return [arrays]
+    return [[a[n] for a in arrays] for n in range(arrays[0].shape[0])]
+
+
+def check_artifact(
+    directory: os.PathLike,
+    entry: ArtifactEntry,
+    golden: dict[str, np.ndarray],
+    backend: str | None = None,
+    num_threads: int | None = None,
+) -> ArtifactResult:
+    """Run ``entry`` on the golden inputs and judge its outputs against the golden outputs."""
+    stage = load_stage(directory, entry, backend, num_threads=num_threads)
+    source = str(Path(directory) / entry.path)
+    per_sample = [stage.run(*inputs) for inputs in _samples(golden, entry, source)]
+    outputs = []
+    top1 = None
+    failures: list[str] = []
+    for j, spec in enumerate(entry.outputs):
+        key = f"output_{j}"
+        if key not in golden:
+            raise ArtifactError(f"{source}: golden data lacks {key} ({spec.name})")
+        actual = np.stack([s[j] for s in per_sample]) if len(per_sample) > 1 else per_sample[0][j]
+        reference = golden[key].reshape(actual.shape) if golden[key].size == actual.size else None
+        if reference is None:
+            raise ArtifactError(
+                f"{source}: output {spec.name!r} has shape {actual.shape}; golden {key} has "
+                f"{golden[key].shape}"
+            )
+        metrics = error_metrics(actual, reference)
+        outputs.append(OutputResult(spec.name, metrics, judge(entry.precision, spec.name, metrics)))
+        if entry.model == "head" and j == 0:
+            top1 = top1_agreement(actual, reference)
+            floor = tolerance_for(entry.precision).min_top1_agreement
+            if floor is not None and not top1 >= floor:
+                failures.append(f"top-1 class agreement {top1:.3f} < {floor:.3f}")
+    return ArtifactResult(entry, stage.backend.name, tuple(outputs), top1, tuple(failures))
+
+
+def check_directory(
+    directory: os.PathLike,
+    backends: dict[str, str] | None = None,
+    num_threads: int | None = None,
+    only: Iterable[str] | None = None,
+    progress: Callable[[Iterable[Any], int, str], Iterable[Any]] | None = None,
+) -> list[ArtifactResult]:
+    """Check every artifact of ``directory`` (or the names in ``only``) -> results in manifest order.
+
+    ``backends`` maps a format to the backend to use for it (default: automatic).
+    """
+    manifest = read_manifest(directory)
+    entries = [e for e in manifest.artifacts if only is None or e.name in set(only)]
+    goldens: dict[str, dict[str, np.ndarray]] = {}
+    results = []
+    iterator = progress(entries, len(entries), "check") if progress else entries
+    for entry in iterator:
+        if entry.model not in goldens:
+            goldens[entry.model] = load_golden(directory, manifest, entry.model)
+        backend = (backends or {}).get(entry.format)
+        results.append(check_artifact(directory, entry, goldens[entry.model], backend, num_threads))
+    return results
+
+
+def format_results(results: list[ArtifactResult]) -> str:
+    """A plain-text table: one row per artifact output, then a verdict per failing artifact."""
+    header = (
+        f"{'artifact':<34} {'backend':<15} {'output':<13} {'max abs':>9} {'mean abs':>9} "
+        f"{'SNR dB':>7} {'PSNR dB':>7} {'top-1':>6}  verdict"
+    )
+    lines = [header, "-" * len(header)]
+    for result in results:
+        for i, output in enumerate(result.outputs):
+            m = output.metrics
+            top1 = (
+                f"{result.top1_agreement:.3f}"
+                if i == 0 and result.top1_agreement is not None
+                else ""
+            )
+            verdict = ("ok" if result.ok else "FAIL") if i == 0 else ""
+            lines.append(
+                f"{result.entry.name if i == 0 else '':<34} {result.backend if i == 0 else '':<15} "
+                f"{output.name[:13]:<13} {m.max_abs:>9.2e} {m.mean_abs:>9.2e} {_db(m.snr_db):>7} "
+                f"{_db(m.psnr_db):>7} {top1:>6}  {verdict}"
+            )
+    for result in results:
+        reasons = list(result.failures) + [f for o in result.outputs for f in o.failures]
+        if reasons:
+            lines.append(
+                f"FAIL {result.entry.name} ({result.entry.precision}): " + "; ".join(reasons)
+            )
+    passed = sum(r.ok for r in results)
+    lines.append(f"{passed}/{len(results)} artifacts within their precision's tolerance")
+    return "\n".join(lines)
+
+
+def _db(value: float) -> str:
+    return "inf" if math.isinf(value) and value > 0 else f"{value:.1f}"

@@ -1,0 +1,184 @@
+"""``python -m runtime <verb>``: detect, check, bench. Exit 0 ok, 1 check failed, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from runtime.errors import RoiedgeError
+
+
+def _threads(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive thread count")
+    return number
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime", description="TF-free roiedge runtime (TFLite / ONNX)."
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    detect = verbs.add_parser("detect", help="detect objects in images, draw boxes")
+    detect.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    detect.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="artifacts dir")
+    detect.add_argument("--precision", default="int8", help="backbone precision (default int8)")
+    detect.add_argument("--head-precision", default=None, help="head precision (default: same)")
+    detect.add_argument("--format", default="tflite", choices=("tflite", "onnx"))
+    detect.add_argument("--backend", default=None, help="interpreter (default: automatic)")
+    detect.add_argument("--threads", type=_threads, default=None)
+    detect.add_argument("--edgetpu", default="off", choices=("off", "try", "require"))
+    detect.add_argument("--score-threshold", type=float, default=None)
+    detect.add_argument("--out", type=Path, default=None, help="write annotated images here")
+
+    check = verbs.add_parser("check", help="every artifact vs the float Keras golden outputs")
+    check.add_argument("artifacts", type=Path, metavar="DIR")
+    check.add_argument("--only", nargs="+", default=None, help="artifact names to check")
+    check.add_argument("--tflite-backend", default=None)
+    check.add_argument("--threads", type=_threads, default=None)
+    check.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+
+    bench = verbs.add_parser("bench", help="load/latency/RSS per artifact and per pipeline")
+    bench.add_argument("artifacts", type=Path, metavar="DIR")
+    bench.add_argument("--runs", type=int, default=20)
+    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--threads", type=_threads, default=None)
+    bench.add_argument("--backend", default=None, help="TFLite interpreter (default: automatic)")
+    bench.add_argument(
+        "--pipelines",
+        nargs="*",
+        default=["float32", "int8", "onnx:int8"],
+        help="pipeline precisions, [format:]precision (default: float32 int8 onnx:int8)",
+    )
+    bench.add_argument("--only", nargs="*", default=None, help="artifact names (default: all)")
+    bench.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+
+    child = verbs.add_parser("_bench-child")  # internal: one measurement in a fresh process
+    child.add_argument("kind", choices=("artifact", "pipeline"))
+    child.add_argument("what")
+    child.add_argument("artifacts")
+    child.add_argument("--runs", type=int, default=20)
+    child.add_argument("--warmup", type=int, default=3)
+    child.add_argument("--threads", type=int, default=None)
+    child.add_argument("--backend", default=None)
+    return parser
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from runtime.detector import Detector, DetectorOptions
+    from runtime.images import draw_detections, load_image, save_image
+
+    options = DetectorOptions(
+        precision=args.precision,
+        head_precision=args.head_precision,
+        format=args.format,
+        backend=args.backend,
+        num_threads=args.threads,
+        edgetpu=args.edgetpu,
+        score_threshold=args.score_threshold,
+    )
+    detector = Detector(args.artifacts, options)
+    print(f"# {detector.describe()}")
+    for path in args.images:
+        pixels = load_image(path)
+        found = detector.detect(pixels)
+        ms = detector.timings["total"] * 1e3
+        print(f"{path}: {len(found)} detections in {ms:.1f} ms")
+        for d in found:
+            y1, x1, y2, x2 = d.box
+            print(
+                f"  {d.class_name:<12} {d.score:.3f}  box y1={y1:.1f} x1={x1:.1f} y2={y2:.1f} x2={x2:.1f}"
+            )
+        if args.out is not None:
+            target = save_image(
+                draw_detections(pixels, found), args.out / f"{path.stem}_detections.png"
+            )
+            print(f"  wrote {target}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from runtime.check import check_directory, format_results
+    from runtime.manifest import atomic_write_bytes
+    from runtime.progress import progress
+
+    backends = {"tflite": args.tflite_backend} if args.tflite_backend else None
+    results = check_directory(
+        args.artifacts,
+        backends=backends,
+        num_threads=args.threads,
+        only=args.only,
+        progress=progress,
+    )
+    if not results:
+        raise RoiedgeError(f"{args.artifacts}: no artifacts to check (--only {args.only})")
+    print(format_results(results))
+    if args.json is not None:
+        rows = [
+            {
+                "name": r.entry.name,
+                "precision": r.entry.precision,
+                "backend": r.backend,
+                "ok": r.ok,
+                "top1_agreement": r.top1_agreement,
+                "outputs": {
+                    o.name: {**vars(o.metrics), "failures": list(o.failures)} for o in r.outputs
+                },
+                "failures": list(r.failures),
+            }
+            for r in results
+        ]
+        text = json.dumps(rows, indent=2, default=str).replace("Infinity", '"inf"')
+        atomic_write_bytes(args.json, (text + "\n").encode())
+    return 0 if all(r.ok for r in results) else 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from runtime.bench import format_table, run_child
+    from runtime.manifest import atomic_write_bytes, read_manifest
+    from runtime.progress import progress
+
+    manifest = read_manifest(args.artifacts)
+    names = [e.name for e in manifest.artifacts if args.only is None or e.name in args.only]
+    common = ["--runs", str(args.runs), "--warmup", str(args.warmup)]
+    if args.threads:
+        common += ["--threads", str(args.threads)]
+    if args.backend:
+        common += ["--backend", args.backend]
+    jobs = [["artifact", n] for n in names] + [["pipeline", p] for p in args.pipelines]
+    rows = [
+        run_child([kind, what, str(args.artifacts), *common])
+        for kind, what in progress(jobs, len(jobs), "bench")
+    ]
+    print(format_table(rows))
+    if args.json is not None:
+        atomic_write_bytes(args.json, (json.dumps(rows, indent=2) + "\n").encode())
+    return 0
+
+
+def _bench_child(args: argparse.Namespace) -> int:
+    from runtime.bench import measure_artifact, measure_pipeline
+
+    measure = measure_artifact if args.kind == "artifact" else measure_pipeline
+    result = measure(args.artifacts, args.what, args.runs, args.warmup, args.backend, args.threads)
+    print(json.dumps(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, run the verb; user mistakes print one line to stderr and return 2."""
+    args = _parser().parse_args(argv)
+    verb = {"detect": _detect, "check": _check, "bench": _bench, "_bench-child": _bench_child}
+    try:
+        return verb[args.verb](args)
+    except RoiedgeError as error:
+        message = " ".join(str(error).split())
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

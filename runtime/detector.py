@@ -1,0 +1,158 @@
+"""The on-device detection pipeline: image -> backbone_rpn artifact -> proposals -> head artifact.
+
+Pre- and post-processing come from :mod:`runtime.processing`, the same numpy code the float Keras
+reference uses, so any difference between the two is the artifacts' numerics alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime import processing
+from runtime.backends import EDGETPU_MODES, Stage, load_stage
+from runtime.config import DetectorConfig
+from runtime.errors import RoiedgeError
+from runtime.images import load_image, resize
+from runtime.manifest import Manifest, read_manifest
+
+# Precisions each stage is exported in, per format.
+PRECISIONS = {
+    "tflite": ("float32", "float16", "dynamic_int8", "int8", "int8_io"),
+    "onnx": ("float32", "int8"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorOptions:
+    """Which artifacts run each stage, and how.
+
+    ``precision``/``format``/``backend`` choose the backbone_rpn artifact; the ``head_*`` fields
+    default to them (``int8_io`` exists for the backbone only, so its head defaults to ``int8``).
+    ``edgetpu`` ("off", "try", "require") applies to the TFLite backbone; ``score_threshold`` and
+    ``max_detections`` override the manifest's detector config when set.
+    """
+
+    precision: str = "int8"
+    format: str = "tflite"
+    backend: str | None = None
+    head_precision: str | None = None
+    head_format: str | None = None
+    head_backend: str | None = None
+    num_threads: int | None = None
+    edgetpu: str = "off"
+    score_threshold: float | None = None
+    max_detections: int | None = None
+
+    def stage_choice(self, model: str) -> tuple[str, str, str | None]:
+        """(format, precision, backend) of ``model`` ("backbone_rpn" or "head")."""
+        if model == "backbone_rpn":
+            return self.format, self.precision, self.backend
+        precision = self.head_precision or (
+            "int8" if self.precision == "int8_io" else self.precision
+        )
+        return self.head_format or self.format, precision, self.head_backend or self.backend
+
+
+class Detector:
+    """Two-stage detector over an artifacts directory; ``detect(image)`` -> list of Detection.
+
+    Verifies each artifact's sha256 before loading it. ``timings`` holds the seconds spent per step
+    of the last ``detect`` call.
+    """
+
+    def __init__(
+        self, artifacts_dir: os.PathLike, options: DetectorOptions | None = None, **overrides: Any
+    ) -> None:
+        options = dataclasses.replace(options or DetectorOptions(), **overrides)
+        if options.edgetpu not in EDGETPU_MODES:
+            raise RoiedgeError(f"edgetpu={options.edgetpu!r}; expected one of {EDGETPU_MODES}")
+        self.options = options
+        self.directory = Path(artifacts_dir)
+        self.manifest: Manifest = read_manifest(self.directory)
+        config = DetectorConfig.from_dict(
+            self.manifest.detector, source=f"{self.directory / 'manifest.json'} detector"
+        )
+        changes = {
+            k: v
+            for k, v in (
+                ("score_threshold", options.score_threshold),
+                ("max_detections", options.max_detections),
+            )
+            if v is not None
+        }
+        self.config = dataclasses.replace(config, **changes) if changes else config
+        self.anchors = processing.make_anchors(self.config)
+        self.backbone = self._load("backbone_rpn")
+        self.head = self._load("head")
+        self.timings: dict[str, float] = {}
+
+    def _load(self, model: str) -> Stage:
+        format, precision, backend = self.options.stage_choice(model)
+        if precision not in PRECISIONS.get(format, ()):
+            raise RoiedgeError(
+                f"precision {precision!r} is not exported for {format}; expected one of "
+                f"{PRECISIONS.get(format, ())}"
+            )
+        entry = self.manifest.find(model, format, precision)
+        edgetpu = self.options.edgetpu if model == "backbone_rpn" and format == "tflite" else "off"
+        return load_stage(
+            self.directory, entry, backend, num_threads=self.options.num_threads, edgetpu=edgetpu
+        )
+
+    def describe(self) -> str:
+        """One line naming the artifact and backend of each stage."""
+        parts = []
+        for stage in (self.backbone, self.head):
+            delegate = f"+{stage.backend.delegate}" if stage.backend.delegate else ""
+            parts.append(f"{stage.entry.model}={stage.entry.name} ({stage.backend.name}{delegate})")
+        return ", ".join(parts)
+
+    def _preprocess(self, image: Any) -> tuple[np.ndarray, tuple[float, float]]:
+        """Any image -> (``image`` tensor [1,H,W,3] float32, (sy, sx) from model to input pixels)."""
+        pixels = load_image(image)
+        height, width = pixels.shape[:2]
+        model_h, model_w = self.config.image_size
+        tensor = processing.preprocess(resize(pixels, (model_h, model_w)), self.config)
+        return tensor, (height / model_h, width / model_w)
+
+    def detect_tensor(self, tensor: np.ndarray) -> processing.Detections:
+        """The ``image`` tensor [1,H,W,3] float32 in [0,255] -> Detections in model pixels."""
+        timings = self.timings
+        start = time.perf_counter()
+        features, rpn_scores, rpn_deltas = self.backbone.run(tensor)
+        timings["backbone_rpn"] = time.perf_counter() - start
+        mark = time.perf_counter()
+        proposals = processing.proposals_from_rpn(
+            rpn_scores, rpn_deltas, self.config, anchors=self.anchors
+        )
+        timings["proposals"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        class_scores, box_deltas = self.head.run(
+            features, proposals.proposals, proposals.box_indexes
+        )
+        timings["head"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        detections = processing.detections_from_head(
+            class_scores, box_deltas, proposals.proposals, proposals.num_valid, self.config
+        )
+        timings["detections"] = time.perf_counter() - mark
+        return detections
+
+    def detect(self, image: Any) -> list[processing.Detection]:
+        """A path, PIL image or HxWx3 uint8 array -> detections, boxes in that image's pixels."""
+        self.timings = {}
+        start = time.perf_counter()
+        tensor, (sy, sx) = self._preprocess(image)
+        self.timings["preprocess"] = time.perf_counter() - start
+        found = self.detect_tensor(tensor)
+        boxes = found.boxes * np.asarray([sy, sx, sy, sx], dtype=np.float32)
+        self.timings["total"] = time.perf_counter() - start
+        return processing.Detections(boxes, found.scores, found.class_ids).to_list(
+            self.config.class_names
+        )
