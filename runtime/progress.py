@@ -1,4 +1,4 @@
-"""A tiny progress printer for long loops (tqdm is not on device images; used if present)."""
+"""A tiny progress printer for long loops (tqdm is not on device images)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,20 @@ from typing import Any, TextIO
 def progress(
     items: Iterable[Any], total: int, label: str, stream: TextIO | None = None
 ) -> Iterator[Any]:
-    """Yield ``items`` while printing ``label i/total elapsed`` to stderr (one line per item when
-    stderr is not a terminal, an updating line when it is)."""
+    """Yield ``items``, updating a ``label i/total elapsed`` line on stderr when it is a terminal.
+
+    Silent when stderr is redirected, so logs and error output stay clean.
+    """
     stream = stream or sys.stderr
-    tty = stream.isatty()
+    if not stream.isatty():
+        yield from items
+        return
     start = time.perf_counter()
-    for i, item in enumerate(items, 1):
-        yield item
-        text = f"{label} {i}/{total} {time.perf_counter() - start:.1f}s"
-        stream.write(f"\r{text}" if tty else f"{text}\n")
+    try:
+        for i, item in enumerate(items, 1):
+            stream.write(f"\r{label} {i}/{total} {time.perf_counter() - start:.1f}s ")
+            stream.flush()
+            yield item
+    finally:
+        stream.write("\r\033[K")
         stream.flush()
-    if tty:
-        stream.write("\n")

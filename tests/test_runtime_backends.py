@@ -1,0 +1,285 @@
+"""Runtime backends: quantized I/O, name-bound (never positional) tensors, Edge TPU fallback."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime import backends
+from runtime.backends import BackendError, Stage, open_backend
+from runtime.errors import ArtifactError, RoiedgeError
+from runtime.manifest import ArtifactEntry, TensorSpec
+from runtime.tolerances import TOLERANCES, tolerance_for
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _edgetpu_present() -> bool:
+    try:
+        ctypes.CDLL("libedgetpu.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def _frozen(function, specs):
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    concrete = tf.function(function, input_signature=specs).get_concrete_function()
+    return convert_variables_to_constants_v2(concrete), concrete
+
+
+@pytest.fixture(scope="module")
+def conv_models(tmp_path_factory):
+    """A small conv net as Keras, plus its TFLite float32 and int8-I/O conversions."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((16, 16, 3), batch_size=1, name="image")
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0)(inp)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    out = keras.layers.Conv2D(4, 3, strides=2, padding="same")(x)
+    model = keras.Model(inp, out)
+    spec = [tf.TensorSpec((1, 16, 16, 3), tf.float32, name="image")]
+    frozen, _ = _frozen(lambda image: {"result": model(image)}, spec)
+    rng = np.random.default_rng(0)
+    calibration = [rng.uniform(0, 255, (1, 16, 16, 3)).astype(np.float32) for _ in range(32)]
+    directory = tmp_path_factory.mktemp("conv")
+    paths = {}
+    for kind in ("float32", "int8_io"):
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], tf.Module())
+        if kind == "int8_io":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ([c] for c in calibration)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        paths[kind] = directory / f"conv.{kind}.tflite"
+        paths[kind].write_bytes(converter.convert())
+    return model, paths
+
+
+def test_int8_io_backend_takes_and_returns_float_close_to_keras(conv_models):
+    model, paths = conv_models
+    backend = open_backend(paths["int8_io"], "tflite", "ai_edge_litert")
+    (inp,) = backend.inputs
+    (out,) = backend.outputs
+    assert inp.dtype == "int8" and inp.scale and inp.zero_point is not None
+    assert out.dtype == "int8" and out.scale
+    image = np.random.default_rng(5).uniform(0, 255, (1, 16, 16, 3)).astype(np.float32)
+    result = backend.run({inp.name: image})[out.name]
+    reference = np.asarray(model(image))
+    assert result.dtype == np.float32
+    snr = 10 * np.log10(np.sum(reference**2) / np.sum((result - reference) ** 2))
+    assert snr > 25.0, snr
+    # The conversion is exactly the tensor's affine map: compare with a hand-run interpreter.
+    from ai_edge_litert.interpreter import Interpreter
+
+    raw = Interpreter(model_path=str(paths["int8_io"]))
+    raw.allocate_tensors()
+    detail_in, detail_out = raw.get_input_details()[0], raw.get_output_details()[0]
+    scale, zero = detail_in["quantization"]
+    raw.set_tensor(
+        detail_in["index"], np.clip(np.round(image / scale) + zero, -128, 127).astype(np.int8)
+    )
+    raw.invoke()
+    scale_out, zero_out = detail_out["quantization"]
+    expected = (raw.get_tensor(detail_out["index"]).astype(np.float32) - zero_out) * scale_out
+    np.testing.assert_allclose(result, expected, rtol=0, atol=1e-6)
+
+
+def test_float_backends_agree_with_keras(conv_models):
+    model, paths = conv_models
+    image = np.random.default_rng(6).uniform(0, 255, (1, 16, 16, 3)).astype(np.float32)
+    reference = np.asarray(model(image))
+    for name in ("ai_edge_litert", "tensorflow"):
+        backend = open_backend(paths["float32"], "tflite", name, num_threads=1)
+        result = backend.run({backend.inputs[0].name: image})[backend.outputs[0].name]
+        np.testing.assert_allclose(result, reference, rtol=1e-5, atol=1e-5)
+
+
+def _two_input_tflite(path: Path) -> None:
+    """A TFLite model whose signature declares (b, a) and returns {"y": a - 2b, "x": a + 3b}."""
+    import tensorflow as tf
+
+    specs = [
+        tf.TensorSpec((2, 3), tf.float32, name="b"),
+        tf.TensorSpec((2, 3), tf.float32, name="a"),
+    ]
+    function = tf.function(lambda b, a: {"y": a - 2.0 * b, "x": a + 3.0 * b}, input_signature=specs)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [function.get_concrete_function()], tf.Module()
+    )
+    path.write_bytes(converter.convert())
+
+
+def _two_input_onnx(path: Path) -> None:
+    """The same maths as an ONNX graph with inputs (b, a) and outputs (y, x)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    three = helper.make_tensor("three", TensorProto.FLOAT, [], [3.0])
+    nodes = [
+        helper.make_node("Mul", ["b", "two"], ["b2"]),
+        helper.make_node("Sub", ["a", "b2"], ["y"]),
+        helper.make_node("Mul", ["b", "three"], ["b3"]),
+        helper.make_node("Add", ["a", "b3"], ["x"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "reordered",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3]) for n in ("b", "a")],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3]) for n in ("y", "x")],
+        initializer=[two, three],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def _entry(fmt: str, path: Path, inputs=("a", "b"), outputs=("x", "y")) -> ArtifactEntry:
+    return ArtifactEntry(
+        name=f"toy/{fmt}",
+        model="head",
+        format=fmt,
+        precision="float32",
+        path=path.name,
+        sha256="",
+        bytes=0,
+        inputs=tuple(TensorSpec(n, (2, 3), "float32") for n in inputs),
+        outputs=tuple(TensorSpec(n, (2, 3), "float32") for n in outputs),
+    )
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_stage_binds_tensors_by_name_not_position(tmp_path, fmt):
+    path = tmp_path / f"toy.{fmt}"
+    (_two_input_tflite if fmt == "tflite" else _two_input_onnx)(path)
+    backend = open_backend(path, fmt)
+    stage = Stage(_entry(fmt, path), backend, path)
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.full((2, 3), 10.0, np.float32)
+    x, y = stage.run(a, b)
+    np.testing.assert_allclose(x, a + 3 * b)
+    np.testing.assert_allclose(y, a - 2 * b)
+    # The manifest's order is its own: swapping it swaps what run() expects and returns.
+    swapped = Stage(_entry(fmt, path, inputs=("b", "a"), outputs=("y", "x")), backend, path)
+    y2, x2 = swapped.run(b, a)
+    np.testing.assert_allclose(x2, x)
+    np.testing.assert_allclose(y2, y)
+
+
+def test_stage_rejects_unknown_tensor_name_and_wrong_shape(tmp_path):
+    path = tmp_path / "toy.tflite"
+    _two_input_tflite(path)
+    backend = open_backend(path, "tflite")
+    with pytest.raises(ArtifactError, match="'c' is not a tensor of this file"):
+        Stage(_entry("tflite", path, inputs=("a", "c")), backend, path)
+    entry = _entry("tflite", path)
+    wrong = dataclasses.replace(entry, inputs=(TensorSpec("a", (3, 3), "float32"), entry.inputs[1]))
+    with pytest.raises(ArtifactError, match=r"has shape \(2, 3\); the manifest expects \(3, 3\)"):
+        Stage(wrong, backend, path)
+
+
+def test_backend_choice_errors(tmp_path):
+    path = tmp_path / "toy.tflite"
+    _two_input_tflite(path)
+    with pytest.raises(BackendError, match="backend 'nope' unknown"):
+        open_backend(path, "tflite", "nope")
+    with pytest.raises(BackendError, match="runs onnx files, not tflite"):
+        open_backend(path, "tflite", "onnxruntime")
+    assert set(backends.backend_names()) >= {
+        "ai_edge_litert",
+        "tflite_runtime",
+        "tensorflow",
+        "onnxruntime",
+    }
+    garbage = tmp_path / "garbage.tflite"
+    garbage.write_bytes(b"not a flatbuffer at all" * 10)
+    with pytest.raises(ArtifactError, match=r"garbage\.tflite: ai_edge_litert cannot load it"):
+        open_backend(garbage, "tflite", "ai_edge_litert")
+    with pytest.raises(ArtifactError, match=r"garbage\.onnx: onnxruntime cannot load it"):
+        (tmp_path / "garbage.onnx").write_bytes(b"junk")
+        open_backend(tmp_path / "garbage.onnx", "onnx")
+
+
+@pytest.mark.skipif(_edgetpu_present(), reason="an Edge TPU runtime is installed here")
+def test_edgetpu_missing_falls_back_to_cpu_or_fails_when_required(tmp_path, capsys):
+    path = tmp_path / "toy.tflite"
+    _two_input_tflite(path)
+    backend = open_backend(path, "tflite", "ai_edge_litert", edgetpu="try")
+    assert backend.delegate is None
+    err = capsys.readouterr().err
+    assert "warning: Edge TPU delegate libedgetpu.so.1 could not be loaded" in err
+    assert "running on the CPU instead" in err
+    a = np.ones((2, 3), np.float32)
+    names = {t.name for t in backend.inputs}
+    assert len(backend.run(dict.fromkeys(names, a))) == 2
+    with pytest.raises(BackendError, match=r"libedgetpu\.so\.1 could not be loaded"):
+        open_backend(path, "tflite", "ai_edge_litert", edgetpu="require")
+
+
+def test_edgetpu_delegate_is_used_when_loadable():
+    """With a (fake) loadable delegate, it is returned and no CPU fallback message is printed."""
+
+    loaded: list[str] = []
+
+    class FakeModule:
+        @staticmethod
+        def load_delegate(library):
+            loaded.append(library)
+            return "delegate"
+
+    original = ctypes.CDLL
+    ctypes.CDLL = lambda name: None  # pretend the library is on this machine
+    try:
+        assert backends.load_edgetpu_delegate(FakeModule, required=True) == "delegate"
+    finally:
+        ctypes.CDLL = original
+    assert loaded == ["libedgetpu.so.1"]
+
+
+def test_tolerance_table_lookup():
+    precisions = [t.precision for t in TOLERANCES]
+    assert precisions == ["float32", "float16", "dynamic_int8", "int8", "int8_io"]
+    assert tolerance_for("float32").max_abs_bound(0.0) == pytest.approx(1e-4)
+    assert tolerance_for("float16").max_abs_bound(10.0) == pytest.approx(1e-3 + 0.1)
+    assert tolerance_for("int8").max_abs_bound(10.0) is None
+    assert tolerance_for("int8").min_snr_db == 20.0
+    with pytest.raises(RoiedgeError, match="no tolerance defined for precision 'int4'"):
+        tolerance_for("int4")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tolerance_for("int8").min_snr_db = 0.0  # type: ignore[misc]
+
+
+def test_runtime_imports_no_tensorflow_keras_or_sibling_packages():
+    """Importing every runtime module (and running the CLI's parser) loads no TF/Keras/models/export."""
+    modules = sorted(
+        f"runtime.{p.stem}"
+        for p in (REPO / "runtime").glob("*.py")
+        if p.stem not in ("__init__", "__main__")
+    )
+    assert {"runtime.backends", "runtime.detector", "runtime.check", "runtime.cli"} <= set(modules)
+    code = (
+        "import sys, importlib\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "import runtime.backends as b\n"
+        "[c.available() for c in b._REGISTRY.values()]\n"
+        "from runtime.cli import _parser; _parser()\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('tensorflow', 'keras', 'models', 'export', 'tf_keras', 'tensorboard'))\n"
+        "print('LOADED', bad)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert "LOADED []" in proc.stdout, proc.stdout + proc.stderr
