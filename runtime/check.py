@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends import load_stage
+from runtime.backends import Stage, open_backend
 from runtime.errors import ArtifactError, RoiedgeError
-from runtime.manifest import ArtifactEntry, Manifest, read_manifest
+from runtime.manifest import ArtifactEntry, Manifest, read_manifest, verified_path
 from runtime.tolerances import tolerance_for
 
 
@@ -152,8 +152,16 @@ def check_artifact(
     num_threads: int | None = None,
 ) -> ArtifactResult:
     """Run ``entry`` on the golden inputs and judge its outputs against the golden outputs."""
-    stage = load_stage(directory, entry, backend, num_threads=num_threads)
-    source = str(Path(directory) / entry.path)
+    path = verified_path(directory, entry)  # missing / corrupt files are user errors (exit 2)
+    try:
+        loaded = open_backend(path, entry.format, backend, num_threads=num_threads)
+        stage = Stage(entry, loaded, path)
+    except ArtifactError as error:
+        # A verified file this interpreter cannot run (e.g. op versions newer than an old
+        # tflite-runtime): a failed check of this artifact, not a reason to stop checking.
+        name = backend or "automatic backend"
+        return ArtifactResult(entry, name, (), None, (f"cannot load: {error}",))
+    source = str(path)
     per_sample = [stage.run(*inputs) for inputs in _samples(golden, entry, source)]
     outputs = []
     top1 = None
@@ -211,6 +219,8 @@ def format_results(results: list[ArtifactResult]) -> str:
     )
     lines = [header, "-" * len(header)]
     for result in results:
+        if not result.outputs:
+            lines.append(f"{result.entry.name:<34} {result.backend:<15} (not run){'':<56}  FAIL")
         for i, output in enumerate(result.outputs):
             m = output.metrics
             top1 = (

@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     check = verbs.add_parser("check", help="every artifact vs the float Keras golden outputs")
     check.add_argument("artifacts", type=Path, metavar="DIR")
     check.add_argument("--only", nargs="+", default=None, help="artifact names to check")
+    check.add_argument(
+        "--formats", nargs="+", default=None, choices=("tflite", "onnx"), help="formats to check"
+    )
     check.add_argument("--tflite-backend", default=None)
     check.add_argument("--threads", type=_threads, default=None)
     check.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
@@ -103,19 +106,24 @@ def _detect(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from runtime.check import check_directory, format_results
-    from runtime.manifest import atomic_write_bytes
+    from runtime.manifest import atomic_write_bytes, read_manifest
     from runtime.progress import progress
 
     backends = {"tflite": args.tflite_backend} if args.tflite_backend else None
+    only = args.only
+    if args.formats:
+        only = [
+            e.name
+            for e in read_manifest(args.artifacts).artifacts
+            if e.format in args.formats and (only is None or e.name in only)
+        ]
     results = check_directory(
-        args.artifacts,
-        backends=backends,
-        num_threads=args.threads,
-        only=args.only,
-        progress=progress,
+        args.artifacts, backends=backends, num_threads=args.threads, only=only, progress=progress
     )
     if not results:
-        raise RoiedgeError(f"{args.artifacts}: no artifacts to check (--only {args.only})")
+        raise RoiedgeError(
+            f"{args.artifacts}: no artifacts to check (--only {args.only}, --formats {args.formats})"
+        )
     print(format_results(results))
     if args.json is not None:
         rows = [

@@ -93,6 +93,26 @@ def test_check_fails_with_exit_1_when_outputs_drift(fake_copy, capsys):
     assert "1/2 artifacts within" in text  # int8's SNR floor still holds
 
 
+def test_check_reports_an_unloadable_artifact_and_keeps_going(fake_copy, capsys):
+    """A verified file the interpreter rejects fails that artifact (exit 1), not the whole check."""
+    import dataclasses
+
+    from runtime.manifest import sha256_file, write_manifest
+
+    bad = fake_copy / "head.float16.tflite"
+    bad.write_bytes(b"\x00" * 64)
+    manifest = read_manifest(fake_copy)
+    artifacts = tuple(
+        dataclasses.replace(e, sha256=sha256_file(bad)) if e.path == bad.name else e
+        for e in manifest.artifacts
+    )
+    write_manifest(dataclasses.replace(manifest, artifacts=artifacts), fake_copy)
+    assert main(["check", str(fake_copy), "--formats", "tflite"]) == 1
+    text = capsys.readouterr().out
+    assert "FAIL head/tflite/float16 (float16): cannot load:" in text
+    assert "8/9 artifacts within" in text
+
+
 def test_detector_int8_matches_float_keras_reference(fake_dir):
     """The int8 pipeline finds the same objects as the float Keras stages with the same numpy code."""
     backbone, head = build_keras_models()

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Run the TF-free runtime in throwaway device-like environments (`make test-edge`).
+#
+#   scripts/test_edge.sh [ARTIFACTS_DIR]        (default: artifacts)
+#
+# Builds two venvs under .edge-envs/ (reused while their requirements are unchanged; FRESH=1 rebuilds):
+#   tflite-runtime: numpy<2 + tflite-runtime==2.14.0 + Pillow   (a Raspberry Pi OS-like image)
+#   litert-onnx:    numpy + ai-edge-litert==2.3.0 + onnxruntime==1.31.1 + Pillow
+# then copies runtime/ and the artifacts to a temp dir outside the repo and, in each env, checks
+# that TensorFlow is absent, runs `python -m runtime check` and `python -m runtime detect`.
+# Exit 0 when every step passed, 1 otherwise, 2 on bad usage.
+set -uo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ARTIFACTS="${1:-artifacts}"
+PYTHON_BOOT="${PYTHON_BOOT:-python3}"
+ENVS="$REPO/.edge-envs"
+START=$SECONDS
+
+if [[ ! -f "$ARTIFACTS/manifest.json" ]]; then
+    echo "error: $ARTIFACTS/manifest.json not found; expected an artifacts directory (run \`make export\`)" >&2
+    exit 2
+fi
+ARTIFACTS="$(cd "$ARTIFACTS" && pwd)"
+
+declare -A REQUIREMENTS=(
+    [tflite-runtime]="numpy<2 tflite-runtime==2.14.0 pillow==11.3.0"
+    [litert-onnx]="numpy==2.4.6 ai-edge-litert==2.3.0 onnxruntime==1.31.1 pillow==13.0.0"
+)
+# The formats each env can run (check them all; detect with every backbone precision of them).
+declare -A FORMATS=([tflite-runtime]="tflite" [litert-onnx]="tflite onnx")
+declare -A BACKEND=([tflite-runtime]="tflite_runtime" [litert-onnx]="ai_edge_litert")
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/roiedge-edge.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+cp -r "$REPO/runtime" "$WORK/runtime"
+find "$WORK/runtime" -name __pycache__ -prune -exec rm -rf {} +
+cp -r "$ARTIFACTS" "$WORK/artifacts"
+echo "== device copy: $WORK (runtime/ + artifacts/ only)"
+
+FAILED=()
+step() {  # step NAME CMD... : run a command, record failure
+    local name="$1"
+    shift
+    echo "-- $name"
+    if ! "$@"; then
+        echo "!! FAILED: $name"
+        FAILED+=("$name")
+    fi
+}
+
+build_env() {  # build_env NAME : create .edge-envs/NAME unless its stamp matches
+    local name="$1" env="$ENVS/$1" stamp="$ENVS/$1/.requirements"
+    if [[ "${FRESH:-0}" != 1 && -f "$stamp" && "$(cat "$stamp")" == "${REQUIREMENTS[$name]}" ]]; then
+        echo "== env $name: reusing $env"
+        return 0
+    fi
+    echo "== env $name: building ($(echo ${REQUIREMENTS[$name]}))"
+    rm -rf "$env"
+    "$PYTHON_BOOT" -m venv "$env" || return 1
+    # shellcheck disable=SC2086  # word splitting of the requirement list is intended
+    "$env/bin/python" -m pip install --quiet --disable-pip-version-check ${REQUIREMENTS[$name]} || return 1
+    echo "${REQUIREMENTS[$name]}" >"$stamp"
+}
+
+for name in tflite-runtime litert-onnx; do
+    env_start=$SECONDS
+    if ! build_env "$name"; then
+        FAILED+=("build env $name")
+        continue
+    fi
+    py="$ENVS/$name/bin/python"
+    cd "$WORK" || exit 1
+    unset PYTHONPATH
+    out="$WORK/out-$name"
+    mkdir -p "$out"
+    step "[$name] packages" "$py" -m pip list --format=freeze --disable-pip-version-check
+    step "[$name] no tensorflow/keras installed" "$py" -c "
+import importlib.util, sys
+present = [m for m in ('tensorflow', 'keras', 'tf_keras') if importlib.util.find_spec(m)]
+sys.exit(f'unexpected packages in a device env: {present}' if present else 0)"
+    # shellcheck disable=SC2086
+    step "[$name] check (${FORMATS[$name]})" "$py" -m runtime check artifacts \
+        --formats ${FORMATS[$name]} --tflite-backend "${BACKEND[$name]}" --json "$out/check.json"
+    step "[$name] golden image" "$py" -c "
+import numpy as np
+from PIL import Image
+from runtime.check import load_golden
+from runtime.manifest import read_manifest
+x = load_golden('artifacts', read_manifest('artifacts'), 'backbone_rpn')['input_0']
+image = np.clip(x.reshape(-1, *x.shape[-3:])[0], 0, 255).astype(np.uint8)
+Image.fromarray(image).save('$out/scene.png')"
+    # Every backbone artifact of a format this env runs, as a [format:]precision pipeline.
+    # shellcheck disable=SC2086
+    pipelines="$("$py" -c "
+from runtime.manifest import read_manifest
+formats = '${FORMATS[$name]}'.split()
+print(' '.join(f'{e.format}:{e.precision}' for e in read_manifest('artifacts').artifacts
+               if e.model == 'backbone_rpn' and e.format in formats))")"
+    for pipeline in $pipelines; do
+        fmt="${pipeline%%:*}"
+        precision="${pipeline#*:}"
+        backend=()
+        [[ "$fmt" == tflite ]] && backend=(--backend "${BACKEND[$name]}")
+        step "[$name] detect $pipeline" "$py" -m runtime detect --artifacts artifacts \
+            --format "$fmt" --precision "$precision" "${backend[@]}" --out "$out/$fmt-$precision" \
+            "$out/scene.png"
+    done
+    step "[$name] python -m runtime loaded no TF" "$py" -c "
+import sys
+import numpy as np
+from runtime.detector import Detector
+Detector('artifacts', precision='int8', backend='${BACKEND[$name]}').detect(np.zeros((8, 8, 3), np.uint8))
+bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'models', 'export'))
+sys.exit(f'loaded {bad}' if bad else 0)"
+    echo "== env $name: $((SECONDS - env_start)) s"
+done
+
+echo "== test-edge took $((SECONDS - START)) s"
+if ((${#FAILED[@]})); then
+    printf '== FAILED: %s\n' "${FAILED[@]}"
+    exit 1
+fi
+echo "== test-edge: all steps passed"
