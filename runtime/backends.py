@@ -404,6 +404,11 @@ class Stage:
                 f"({[s.name for s in entry.inputs]})"
             )
 
+    @property
+    def output_labels(self) -> list[str]:
+        """Readable output names in manifest order (TFLite signature keys, else tensor names)."""
+        return [t.aliases[0] if t.aliases else t.name for t in self._out]
+
     def run(self, *arrays: np.ndarray) -> list[np.ndarray]:
         """Inputs in manifest order -> outputs in manifest order."""
         if len(arrays) != len(self._in):

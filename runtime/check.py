@@ -76,7 +76,10 @@ def top1_agreement(class_scores: np.ndarray, reference: np.ndarray) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class OutputResult:
-    """One output of one artifact: its metrics and the bounds it broke (empty = pass)."""
+    """One output of one artifact: its metrics and the bounds it broke (empty = pass).
+
+    ``name`` is the readable output name (the TFLite signature key, else the tensor name).
+    """
 
     name: str
     metrics: ErrorMetrics
@@ -178,7 +181,8 @@ def check_artifact(
                 f"{golden[key].shape}"
             )
         metrics = error_metrics(actual, reference)
-        outputs.append(OutputResult(spec.name, metrics, judge(entry.precision, spec.name, metrics)))
+        label = stage.output_labels[j]
+        outputs.append(OutputResult(label, metrics, judge(entry.precision, label, metrics)))
         if entry.model == "head" and j == 0:
             top1 = top1_agreement(actual, reference)
             floor = tolerance_for(entry.precision).min_top1_agreement
