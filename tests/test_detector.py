@@ -154,3 +154,28 @@ def test_evaluate_cli_bad_input(tmp_path, capsys):
     assert err.count("\n") == 1 and "nope.keras" in err
     assert main(["--images", "0"]) == 2
     assert main(["--show", "2"]) == 2
+
+
+def test_training_graph_box_math_matches_runtime_numpy():
+    import tensorflow as tf
+
+    from models.train import TrainConfig, _decode_tf, _encode_tf, _iou_tf, rpn_targets
+    from runtime.processing import box_iou, decode_boxes, encode_boxes, make_anchors
+
+    rng = np.random.default_rng(0)
+    anchors = make_anchors(CONFIG)[rng.choice(CONFIG.num_anchors, 300)]
+    yx = rng.uniform(0, 120, (300, 2))
+    boxes = np.concatenate([yx, yx + rng.uniform(5, 40, (300, 2))], 1).astype(np.float32)
+    scales = CONFIG.box_coder_scales
+    deltas = encode_boxes(boxes, anchors, scales)
+    np.testing.assert_allclose(_encode_tf(tf, boxes, anchors, scales), deltas, atol=1e-4)
+    np.testing.assert_allclose(
+        _decode_tf(tf, deltas, anchors, scales), decode_boxes(deltas, anchors, scales), atol=1e-3
+    )
+    np.testing.assert_allclose(_iou_tf(tf, anchors, boxes), box_iou(anchors, boxes), atol=1e-6)
+    # every true box gets at least one positive anchor, and the sample size is respected
+    cfg = TrainConfig()
+    labels, targets = rpn_targets(boxes[:6], make_anchors(CONFIG), rng, cfg)
+    ious = box_iou(make_anchors(CONFIG)[labels == 1], boxes[:6])
+    assert (ious.max(axis=0) > 0.1).all()
+    assert (labels >= 0).sum() <= cfg.rpn_batch and targets.shape == (CONFIG.num_anchors, 4)
