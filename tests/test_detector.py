@@ -179,3 +179,20 @@ def test_training_graph_box_math_matches_runtime_numpy():
     ious = box_iou(make_anchors(CONFIG)[labels == 1], boxes[:6])
     assert (ious.max(axis=0) > 0.1).all()
     assert (labels >= 0).sum() <= cfg.rpn_batch and targets.shape == (CONFIG.num_anchors, 4)
+
+
+def test_head_lowerings_agree_on_the_shipped_weights(shipped):
+    """Training pools with the crop_and_resize lowering; the shipped head uses gather."""
+    import keras
+
+    config = shipped.head.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] == "RoIPooling":
+            assert layer["config"]["implementation"] == "gather"
+            layer["config"]["implementation"] = "crop_and_resize"
+    oracle = keras.Model.from_config(config)
+    oracle.set_weights(shipped.head.get_weights())
+    stages = FloatDetector(shipped).stages(eval_split(2).images[1])
+    inputs = [stages["features"], stages["proposals"], stages["box_indexes"]]
+    for got, want in zip(shipped.head(inputs), oracle(inputs)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4)
