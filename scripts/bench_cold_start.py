@@ -79,6 +79,16 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     directory = str(Path(args.artifacts).resolve())
+    from runtime.manifest import read_manifest, sha256_file
+
+    exported_from = read_manifest(directory).source_models.get("keras_sha256")
+    shipped = REPO / "models" / "shipped" / "detector.keras"
+    if exported_from and shipped.is_file() and sha256_file(shipped) != exported_from:
+        print(
+            f"note: {directory} was exported from another detector than {shipped}; "
+            "timings compare, detections may differ",
+            file=sys.stderr,
+        )
     jobs = [
         (f"runtime {p}", lambda p=p: run_child(["pipeline", p, directory, "--runs", "10"]))
         for p in args.pipelines
