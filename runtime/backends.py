@@ -87,6 +87,7 @@ class Backend:
         raise NotImplementedError
 
     def __init__(self, path: Path, num_threads: int | None = None, edgetpu: str = "off") -> None:
+        """Load ``path``; ``num_threads`` None = every core; ``edgetpu`` one of EDGETPU_MODES."""
         raise NotImplementedError
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -193,7 +194,7 @@ class _TFLiteBackend(Backend):
         try:
             self._interpreter = module.Interpreter(
                 model_path=str(path),
-                num_threads=num_threads,
+                num_threads=num_threads or os.cpu_count() or 1,
                 experimental_delegates=delegates or None,
             )
             self._interpreter.allocate_tensors()
