@@ -1,0 +1,29 @@
+"""Shared fixtures: one export of the shipped detector per test session (exports are slow)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+#: Small on purpose: `make export` calibrates on 300 images; tests only need every artifact built.
+SESSION_CALIBRATION_IMAGES = 40
+SESSION_GOLDEN_SAMPLES = 3
+
+
+@pytest.fixture(scope="session")
+def exported_artifacts(tmp_path_factory):
+    """(artifacts directory, Manifest) of every artifact of the shipped detector."""
+    from export.config import ExportConfig
+    from export.pipeline import run_export
+
+    out = tmp_path_factory.mktemp("session_export") / "artifacts"
+    config = ExportConfig(
+        out=out,
+        calibration_images=SESSION_CALIBRATION_IMAGES,
+        golden_samples=SESSION_GOLDEN_SAMPLES,
+        progress=False,
+    )
+    return out, run_export(config)

@@ -1,0 +1,107 @@
+"""The parity report: its statistics on hand-made cases, and a quick slice of the held-out split."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from export.report import (
+    REPORT_JSON,
+    REPORT_MD,
+    REPORT_PNG,
+    ReportConfig,
+    build_report,
+    detection_agreement,
+    output_statistics,
+    write_report,
+)
+from runtime.errors import RoiedgeError
+from runtime.processing import Detections
+from runtime.tolerances import tolerance_for
+
+
+def _dets(boxes, scores, classes) -> Detections:
+    return Detections(
+        np.asarray(boxes, np.float32).reshape(-1, 4),
+        np.asarray(scores, np.float32),
+        np.asarray(classes, np.int32),
+    )
+
+
+def test_detection_agreement_matches_same_class_by_iou():
+    reference = [
+        _dets([[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], [0.9, 0.8, 0.3], [0, 1, 0])
+    ]
+    # First: same class, half the area -> IoU 0.5. Second: right box, wrong class -> 0.
+    # Third: below the score floor -> not a reference at all.
+    candidate = [_dets([[0, 0, 10, 5], [20, 20, 30, 30]], [0.7, 0.9], [0, 2])]
+    result = detection_agreement(candidate, reference, min_score=0.5)
+    assert result["references"] == 2
+    assert result["mean_iou"] == pytest.approx(0.25)
+    assert result["matched"] == pytest.approx(0.5)
+
+
+def test_detection_agreement_of_identical_detections_is_perfect():
+    reference = [_dets([[1, 2, 8, 9]], [0.99], [1]), _dets([], [], [])]
+    result = detection_agreement(reference, reference, min_score=0.5)
+    assert result == {"mean_iou": pytest.approx(1.0), "matched": 1.0, "references": 1}
+
+
+def test_output_statistics_by_hand():
+    reference = np.array([3.0, 4.0, 0.0, 0.0])
+    actual = np.array([3.0, 4.0, 0.0, 1.0])  # error energy 1, signal energy 25
+    stats = output_statistics(actual - reference, actual, reference)
+    assert stats["max_abs"] == 1.0
+    assert stats["mean_abs"] == 0.25
+    assert stats["snr_db"] == pytest.approx(10 * math.log10(25))
+    assert stats["cosine"] == pytest.approx(25 / (5 * math.sqrt(26)))
+
+
+def test_report_config_refuses_bad_values():
+    with pytest.raises(RoiedgeError, match="--images is 0; expected a positive int"):
+        ReportConfig(artifacts="x", images=0)
+
+
+def test_report_cli_names_a_missing_artifacts_directory(tmp_path, capsys):
+    from export.report import main
+
+    assert main(["--artifacts", str(tmp_path / "nowhere"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "manifest" in err and len(err.strip().splitlines()) == 1
+
+
+def test_quick_slice_every_artifact_within_tolerance(exported_artifacts, tmp_path):
+    """The report's accuracy bounds on a slice of the held-out split (the full split: make report)."""
+    out, manifest = exported_artifacts
+    config = ReportConfig(
+        artifacts=out, images=24, stage_images=4, runs=2, warmup=0, progress=False
+    )
+    report = build_report(config)
+    names = {row["name"] for row in report["artifacts"]}
+    assert names == {entry.name for entry in manifest.artifacts}
+    assert {row["name"] for row in report["pipelines"]} >= {"tflite/int8", "onnx/int8"}
+    keras_map50 = report["keras"]["map50"]
+    assert keras_map50 > 0.8  # a detector that detects, so the drops below mean something
+    for row in report["artifacts"] + report["pipelines"]:
+        assert row["passed"], (row["name"], row["failures"])
+        # A slice is noisier than the full split: twice the precision's mAP bound, checked here
+        # independently of the report's own verdict.
+        bound = tolerance_for(row["precision"]).max_map50_drop
+        assert keras_map50 - row["map50"] <= 2 * bound + 1e-9, row["name"]
+    head_int8 = next(r for r in report["artifacts"] if r["name"] == "head/tflite/int8")
+    assert head_int8["top1_agreement"] >= tolerance_for("int8").min_top1_agreement
+    assert head_int8["outputs"]["class_scores"]["snr_db"] >= 30.0
+
+    paths = write_report(report, tmp_path)
+    assert [p.name for p in paths] == [REPORT_JSON, REPORT_MD, REPORT_PNG]
+    loaded = json.loads((tmp_path / REPORT_JSON).read_text())
+    for key in ("map50", "map50_95"):
+        assert isinstance(loaded["keras"][key], float)
+    for row in loaded["artifacts"]:
+        for key in ("name", "precision", "format", "map50", "map50_95", "bytes", "latency_ms"):
+            assert key in row
+    assert (tmp_path / REPORT_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "head/tflite/int8" in (tmp_path / REPORT_MD).read_text()
