@@ -283,3 +283,41 @@ def test_runtime_imports_no_tensorflow_keras_or_sibling_packages():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert "LOADED []" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_tflite_backend_preference_and_fallback(tmp_path, monkeypatch):
+    """ai_edge_litert first, then tflite_runtime, then (lazily) tensorflow; a clear error if none."""
+    path = tmp_path / "toy.tflite"
+    _two_input_tflite(path)
+    assert open_backend(path, "tflite").name == "ai_edge_litert"
+    monkeypatch.setattr(backends.LiteRTBackend, "available", classmethod(lambda cls: False))
+    monkeypatch.setattr(backends.TFLiteRuntimeBackend, "available", classmethod(lambda cls: False))
+    fallback = open_backend(path, "tflite")
+    assert fallback.name == "tensorflow"
+    a = np.ones((2, 3), np.float32)
+    assert len(fallback.run(dict.fromkeys((t.name for t in fallback.inputs), a))) == 2
+    monkeypatch.setattr(backends.TensorFlowLiteBackend, "available", classmethod(lambda cls: False))
+    with pytest.raises(BackendError, match="no tflite interpreter installed; expected one of"):
+        open_backend(path, "tflite")
+    with pytest.raises(BackendError, match="backend 'tflite_runtime' is not installed"):
+        open_backend(path, "tflite", "tflite_runtime")
+
+
+def test_load_image_accepts_paths_pil_and_arrays_and_rejects_others(tmp_path):
+    from PIL import Image
+
+    from runtime.images import load_image
+
+    rgba = np.zeros((5, 7, 4), np.uint8)
+    rgba[..., 0] = 200
+    path = tmp_path / "x.png"
+    Image.fromarray(rgba).save(path)
+    from_path = load_image(path)
+    assert from_path.shape == (5, 7, 3) and from_path.dtype == np.uint8
+    assert (from_path[..., 0] == 200).all()
+    gray = Image.fromarray(np.full((4, 6), 9, np.uint8))
+    assert load_image(gray).shape == (4, 6, 3)
+    with pytest.raises(RoiedgeError, match=r"shape \(4, 6\) and dtype uint8; expected HxWx3 uint8"):
+        load_image(np.zeros((4, 6), np.uint8))
+    with pytest.raises(RoiedgeError, match="dtype float32; expected HxWx3 uint8"):
+        load_image(np.zeros((4, 6, 3), np.float32))
