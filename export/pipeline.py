@@ -7,11 +7,15 @@ failed export leaves ``--out`` exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
 import os
 import shutil
+import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +211,14 @@ def _source_models(model: Path) -> dict[str, str]:
     }
 
 
+def _publish_permissions(tree: Path) -> None:
+    """Temp files are created 0600/0700; published artifacts get the usual umask modes."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (tree, *tree.rglob("*")):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def swap_in(built: Path, out: Path) -> None:
     """Replace ``out`` by ``built`` with two renames; the old tree is removed afterwards."""
     if out.exists():
@@ -272,11 +284,32 @@ def run_export(config: ExportConfig) -> Manifest:
         reread = read_manifest(work)
         for entry in reread.artifacts:
             verified_path(work, entry)
+        _publish_permissions(work)
         swap_in(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return manifest
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Hold back converter chatter (onnxruntime's calibration prints, TF's deprecation warning
+    about its own calibrator's interpreter, onnxruntime's pre-processing hint that we follow)
+    so the progress bars stay readable; printed output is replayed if the build fails."""
+    captured = io.StringIO()
+    root = logging.getLogger()
+    level = root.level
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(captured):
+            warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
+            root.setLevel(logging.ERROR)
+            yield
+    except BaseException:
+        sys.stderr.write(captured.getvalue())
+        raise
+    finally:
+        root.setLevel(level)
 
 
 def _build_one(spec, keras_models, calibration, golden_inputs, golden_outputs, work: Path):
@@ -285,7 +318,8 @@ def _build_one(spec, keras_models, calibration, golden_inputs, golden_outputs, w
     names = STAGE_IO[spec.model][0]
     samples = [dict(zip(names, s)) for s in calibration[spec.model]]
     build = BuildInput(spec.model, keras_models[spec.model], samples)
-    built = BUILDERS[spec.format][spec.precision](build)
+    with _quiet():
+        built = BUILDERS[spec.format][spec.precision](build)
     report = audit_artifact(spec, built.data)
     inputs, outputs = SPECS[spec.format](built.data, spec.model)
     metrics, broken = golden_check(
