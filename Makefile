@@ -43,17 +43,23 @@ model: $(STAMP)
 evaluate: $(STAMP)
 	$(PY) -m models.evaluate --json $(ARTIFACTS)/keras_eval.json
 
-## export: convert the shipped detector to TFLite and ONNX artifacts under artifacts/.
+## export: convert the shipped detector to TFLite and ONNX artifacts under artifacts/, then report.
 export: $(STAMP)
 	$(PY) -m export --out $(ARTIFACTS)
-
-## report: accuracy/speed/size report of every artifact against float Keras.
-report: $(STAMP)
 	$(PY) -m export.report --artifacts $(ARTIFACTS)
 
-## bench: speed tables (RoIPooling micro-benchmark, artifacts) — ratios measured in one run.
-bench: $(STAMP)
+$(ARTIFACTS)/manifest.json: | $(STAMP)
+	$(PY) -m export --out $(ARTIFACTS)
+
+## report: accuracy/speed/size of every artifact against float Keras (report.json/.md/.png).
+report: $(STAMP) $(ARTIFACTS)/manifest.json
+	$(PY) -m export.report --artifacts $(ARTIFACTS)
+
+## bench: RoIPooling micro-benchmark, artifact speed table, runtime cold start and memory.
+bench: $(STAMP) $(ARTIFACTS)/manifest.json
 	$(PY) -m models.bench_roi
+	$(PY) -m export.report --artifacts $(ARTIFACTS) --speed-only
+	$(PY) scripts/bench_cold_start.py --artifacts $(ARTIFACTS)
 
 ## test-edge: run the TF-free runtime in throwaway device-like environments.
 test-edge: $(STAMP)
