@@ -1,6 +1,6 @@
 """End-to-end export: every artifact of the table, checked with independent code.
 
-One export (module-scoped, small calibration) of the shipped detector;
+Uses the session-wide export of the shipped detector (tests/conftest.py, small calibration);
 each artifact is re-run here with ai-edge-litert / onnxruntime through the tensor names the
 manifest gives, against golden outputs that are re-computed here with Keras.
 """
@@ -29,8 +29,6 @@ from runtime.manifest import (
 from runtime.tolerances import tolerance_for
 
 REPO = Path(__file__).resolve().parent.parent
-CALIBRATION_IMAGES = 40
-GOLDEN_SAMPLES = 3
 
 
 @pytest.fixture(scope="module")
@@ -41,19 +39,9 @@ def model_path() -> Path:
 
 
 @pytest.fixture(scope="module")
-def exported(model_path, tmp_path_factory):
-    from export.pipeline import run_export
-
-    out = tmp_path_factory.mktemp("export") / "artifacts"
-    config = ExportConfig(
-        out=out,
-        model=model_path,
-        calibration_images=CALIBRATION_IMAGES,
-        golden_samples=GOLDEN_SAMPLES,
-        progress=False,
-    )
-    manifest = run_export(config)
-    return out, manifest
+def exported(exported_artifacts):
+    """The session export of the shipped detector (tests/conftest.py): every table artifact."""
+    return exported_artifacts
 
 
 def _golden(out: Path, manifest, model: str) -> dict[str, np.ndarray]:
@@ -135,9 +123,11 @@ def test_golden_data_is_the_float_keras_output(exported, model_path):
         assert sorted(golden) == sorted(
             [f"input_{i}" for i in range(n_in)] + [f"output_{j}" for j in range(n_out)]
         )
+        samples = golden["input_0"].shape[0]  # samples stacked on a leading axis
+        assert samples >= 1
         for i in range(n_in):
-            assert golden[f"input_{i}"].shape == (GOLDEN_SAMPLES, *entry.inputs[i].shape)
-        for s in range(GOLDEN_SAMPLES):
+            assert golden[f"input_{i}"].shape == (samples, *entry.inputs[i].shape)
+        for s in range(samples):
             inputs = [tf.constant(golden[f"input_{i}"][s]) for i in range(n_in)]
             outs = keras_model(inputs if n_in > 1 else inputs[0], training=False)
             for j in range(n_out):
@@ -158,7 +148,7 @@ def test_artifact_reproduces_golden_outputs(exported, name):
     path = out / entry.path
     results = [
         run(path, entry, [golden[f"input_{i}"][s] for i in range(len(entry.inputs))])
-        for s in range(GOLDEN_SAMPLES)
+        for s in range(golden["input_0"].shape[0])
     ]
     tolerance = tolerance_for(entry.precision)
     for j, spec in enumerate(entry.outputs):
@@ -283,10 +273,15 @@ def test_op_reports_count_ops_and_check_edgetpu(exported):
     assert {row["op"] for row in edgetpu["ops"]} >= {"CONV_2D", "DEPTHWISE_CONV_2D"}
 
 
-def test_failed_export_leaves_the_previous_artifacts_untouched(exported, model_path, monkeypatch):
+def test_failed_export_leaves_the_previous_artifacts_untouched(
+    exported, model_path, monkeypatch, tmp_path
+):
+    import shutil
+
     from export import pipeline
 
-    out, _ = exported
+    out = tmp_path / "artifacts"
+    shutil.copytree(exported[0], out)  # a private copy: the session export stays untouched
     before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
     def broken(build):
