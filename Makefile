@@ -59,6 +59,7 @@ report: $(STAMP) $(ARTIFACTS)/manifest.json
 bench: $(STAMP) $(ARTIFACTS)/manifest.json
 	$(PY) -m models.bench_roi
 	$(PY) -m export.report --artifacts $(ARTIFACTS) --speed-only
+	$(PY) -m runtime bench $(ARTIFACTS)
 	$(PY) scripts/bench_cold_start.py --artifacts $(ARTIFACTS)
 
 ## test-edge: run the TF-free runtime in throwaway device-like environments.
