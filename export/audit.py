@@ -47,6 +47,17 @@ def tflite_ops(model_bytes: bytes) -> Counter:
     return counts
 
 
+def tflite_op_versions(model_bytes: bytes) -> dict[str, list[int]]:
+    """Op name -> the op versions used (older runtimes reject versions newer than they know)."""
+    model = _tflite_model(model_bytes)
+    versions: dict[str, set[int]] = {}
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            name = _tflite_op_name(model, op.opcodeIndex)
+            versions.setdefault(name, set()).add(int(model.operatorCodes[op.opcodeIndex].version))
+    return {name: sorted(v) for name, v in sorted(versions.items())}
+
+
 def check_tflite_builtin_only(model_bytes: bytes, what: str = "tflite model") -> Counter:
     """Raise ExportCheckError if any op is custom or Flex (SELECT_TF_OPS); returns the op counts."""
     counts = tflite_ops(model_bytes)

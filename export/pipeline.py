@@ -162,6 +162,7 @@ def audit_artifact(spec: ArtifactSpec, data: bytes) -> dict[str, Any]:
     if spec.format == "tflite":
         ops = audit.check_tflite_builtin_only(data, spec.name)
         report["builtin_ops_only"] = True
+        report["op_versions"] = audit.tflite_op_versions(data)
         if spec.precision == "int8_io":
             from export.edgetpu import edgetpu_report
 

@@ -80,7 +80,11 @@ def tflite_dynamic_int8(build: BuildInput) -> Built:
 
     converter = _converter(build)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    return Built(converter.convert())
+    # Per-channel hybrid FULLY_CONNECTED is op version 12, which tflite-runtime 2.14 lacks
+    # ("Didn't find op for builtin opcode 'FULLY_CONNECTED' version '12'"); per-tensor dense
+    # weights keep it at a version every stock runtime has.
+    converter._experimental_disable_per_channel_quantization_for_dense_layers = True
+    return Built(converter.convert(), {"per_channel_dense_weights": False})
 
 
 def _float_model_graph(model_bytes: bytes):
