@@ -15,6 +15,9 @@ from export.config import ExportCheckError
 #: ONNX control-flow ops we refuse (edge runtimes and accelerators handle them badly or not at all).
 ONNX_FORBIDDEN_OPS = ("Loop", "Scan", "If")
 
+#: The oldest TFLite runtime every artifact must run on (tflite-runtime wheels for Raspberry Pi OS).
+OLDEST_TFLITE_RUNTIME = "2.14.0"
+
 #: TFLite builtin code of custom ops (Flex ops are custom ops named "Flex<TFOp>").
 _TFLITE_CUSTOM = 32
 
@@ -56,6 +59,37 @@ def tflite_op_versions(model_bytes: bytes) -> dict[str, list[int]]:
             name = _tflite_op_name(model, op.opcodeIndex)
             versions.setdefault(name, set()).add(int(model.operatorCodes[op.opcodeIndex].version))
     return {name: sorted(v) for name, v in sorted(versions.items())}
+
+
+def tflite_min_runtime_version(model_bytes: bytes) -> str | None:
+    """The converter's ``min_runtime_version`` metadata: the oldest TFLite that knows every op
+    version used (None if the model does not carry it)."""
+    model = _tflite_model(model_bytes)
+    for entry in model.metadata or []:
+        if entry.name and entry.name.decode() == "min_runtime_version":
+            data = model.buffers[entry.buffer].data
+            raw = bytes(data) if data is not None else b""
+            return raw.split(b"\0", 1)[0].decode("ascii", errors="replace") or None
+    return None
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
+
+
+def check_tflite_runtime_version(
+    model_bytes: bytes, what: str = "tflite model", oldest: str = OLDEST_TFLITE_RUNTIME
+) -> str | None:
+    """Raise ExportCheckError if the model needs a newer TFLite than ``oldest``; returns it."""
+    needed = tflite_min_runtime_version(model_bytes)
+    if needed is not None and _version_tuple(needed) > _version_tuple(oldest):
+        versions = tflite_op_versions(model_bytes)
+        newest = ", ".join(f"{op} v{max(v)}" for op, v in versions.items() if max(v) > 1)
+        raise ExportCheckError(
+            f"{what}: needs TFLite runtime >= {needed} (op versions: {newest}); "
+            f"artifacts must run on tflite-runtime {oldest}"
+        )
+    return needed
 
 
 def check_tflite_builtin_only(model_bytes: bytes, what: str = "tflite model") -> Counter:

@@ -163,6 +163,7 @@ def audit_artifact(spec: ArtifactSpec, data: bytes) -> dict[str, Any]:
         ops = audit.check_tflite_builtin_only(data, spec.name)
         report["builtin_ops_only"] = True
         report["op_versions"] = audit.tflite_op_versions(data)
+        report["min_runtime_version"] = audit.check_tflite_runtime_version(data, spec.name)
         if spec.precision == "int8_io":
             from export.edgetpu import edgetpu_report
 

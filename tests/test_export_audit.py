@@ -12,7 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.audit import check_onnx_loop_free, check_tflite_builtin_only, onnx_ops, tflite_ops
+from export.audit import (
+    check_onnx_loop_free,
+    check_tflite_builtin_only,
+    check_tflite_runtime_version,
+    onnx_ops,
+    tflite_ops,
+)
 from export.config import ExportCheckError, ExportConfig, ExportInputError
 from export.edgetpu import EDGETPU_SUPPORTED_OPS, edgetpu_report
 from export.formats import ARTIFACTS, ONNX_OPSET
@@ -72,6 +78,29 @@ def test_tflite_audit_accepts_and_counts_builtins(builtin_model):
     counts = check_tflite_builtin_only(builtin_model)
     assert counts["MAX_POOL_2D"] == 1
     assert tflite_ops(builtin_model) == counts
+
+
+def test_tflite_audit_rejects_op_versions_newer_than_the_oldest_runtime():
+    import tensorflow as tf
+
+    weights = tf.constant(np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec((1, 64), tf.float32)])
+    def dense(x):
+        return tf.matmul(x, weights)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [dense.get_concrete_function()], tf.Module()
+    )
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]  # hybrid per-channel FC: v12, TF 2.17
+    hybrid = converter.convert()
+    with pytest.raises(
+        ExportCheckError, match=r"needs TFLite runtime >= 2\.1[5-9].*FULLY_CONNECTED"
+    ):
+        check_tflite_runtime_version(hybrid, "dense.tflite")
+    converter._experimental_disable_per_channel_quantization_for_dense_layers = True
+    needed = check_tflite_runtime_version(converter.convert(), "dense.tflite")
+    assert tuple(int(v) for v in needed.split(".")) <= (2, 14, 0)
 
 
 def _onnx_with_loop():
