@@ -232,22 +232,33 @@ def _p50_ms(call: Any, runs: int, warmup: int) -> float:
     return float(np.median(times) * 1e3)
 
 
+def _set_tensorflow_threads(threads: int) -> str:
+    """Give TensorFlow the interpreters' thread budget (a like-for-like latency); what it got."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        # TensorFlow was initialised earlier in this process (e.g. in a test session): its thread
+        # pool is fixed now, so the Keras latencies are measured with what it has, and say so.
+        current = tf.config.threading.get_intra_op_parallelism_threads()
+        return f"{current or 'default'} (already initialised)"
+    return str(threads)
+
+
 class _Measurer:
     """Holds the float Keras detector and the loaded artifacts of one artifacts directory."""
 
     def __init__(self, config: ReportConfig) -> None:
-        import tensorflow as tf
-
-        # Same thread budget for TensorFlow as for the interpreters: a like-for-like latency.
-        tf.config.threading.set_intra_op_parallelism_threads(config.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        self.config = config
+        self.directory = Path(config.artifacts)
+        self.manifest: Manifest = read_manifest(self.directory)
+        self.keras_threads = _set_tensorflow_threads(config.threads)
 
         from models.detector import FloatDetector, load_detector
         from runtime.backends import load_stage
 
-        self.config = config
-        self.directory = Path(config.artifacts)
-        self.manifest: Manifest = read_manifest(self.directory)
         self.keras = FloatDetector(load_detector(self._source_model()))
         self.detector_config = self.keras.config
         self.stages = {
@@ -555,7 +566,7 @@ def build_report(config: ReportConfig) -> dict[str, Any]:
         "config": {
             k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()
         },
-        "machine": machine_info(),
+        "machine": {**machine_info(), "keras_threads": measurer.keras_threads},
         "keras": keras,
         "artifacts": artifacts,
         "pipelines": pipelines,
@@ -582,7 +593,8 @@ def format_markdown(report: dict[str, Any]) -> str:
         "# roiedge parity and speed report",
         "",
         f"Measured {report['created']} on {machine['cpu']} ({machine['cores']} cores), "
-        f"{report['config']['threads']} threads; {versions}.",
+        f"{report['config']['threads']} threads (TensorFlow: {machine['keras_threads']}); "
+        f"{versions}.",
         "",
         f"Float Keras: mAP@0.5 {_num(keras.get('map50'), '.4f')}, mAP@0.5:0.95 "
         f"{_num(keras.get('map50_95'), '.4f')} on {keras.get('images', '-')} held-out images; "
