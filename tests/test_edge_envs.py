@@ -1,0 +1,29 @@
+"""The runtime on device-like environments: `scripts/test_edge.sh` (what `make test-edge` runs).
+
+Two throwaway venvs, one with only numpy<2 + tflite-runtime 2.14 + Pillow (a Raspberry Pi OS
+image), one with only ai-edge-litert + onnxruntime + Pillow; in each, `runtime/` and the session's
+artifacts are copied outside the repo and `python -m runtime check` and `detect` must pass.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_runtime_checks_and_detects_in_device_environments(exported_artifacts):
+    out, _ = exported_artifacts
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "test_edge.sh"), str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "== test-edge: all steps passed" in log
+    for env in ("tflite-runtime", "litert-onnx"):
+        assert f"[{env}] check" in log and f"[{env}] detect tflite:int8" in log, log[-4000:]
