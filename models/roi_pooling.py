@@ -26,6 +26,9 @@ __all__ = [
 #: Selectable lowerings: the builtin-only default first, then the TF oracle.
 IMPLEMENTATIONS = ("gather", "crop_and_resize")
 DEFAULT_IMPLEMENTATION = "gather"
+#: Relative slack (about 8 float32 ulps) by which a sample may pass the map edge and still count
+#: as on it, absorbing the converter's re-association of the sample-position arithmetic.
+EDGE_SLACK = 2.0**-20
 
 
 class RoIPoolingInputError(RoiedgeError, ValueError):
@@ -187,7 +190,12 @@ def _gather_crop_and_resize(feature_maps, rois, box_indexes, crop_size):
     xs = _sample_coordinates(x1, x2, width, crop_width)  # [N, cw]
 
     def axis_terms(positions, length):
-        inside = tf.logical_and(positions >= 0.0, positions <= tf.cast(length - 1, tf.float32))
+        # TFLite's converter folds `/ (crop_length - 1)` into a reciprocal multiply, so a sample
+        # that CropAndResize puts exactly on the map edge (a box ending at 1.0, or a flipped one
+        # ending at 0.0) can land a few ulps outside it and would be zeroed: allow EDGE_SLACK.
+        last = tf.cast(length - 1, tf.float32)
+        slack = last * EDGE_SLACK
+        inside = tf.logical_and(positions >= -slack, positions <= last + slack)
         low = tf.floor(positions)
         lerp = positions - low
         high = tf.math.ceil(positions)

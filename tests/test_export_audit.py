@@ -293,13 +293,6 @@ def test_cli_flags_map_one_to_one_onto_export_config():
     assert config.progress is False and config.calibration is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="models/roi_pooling.py: TFLite's converter folds (hi - lo) * (H - 1) / (n - 1) into a "
-    "reciprocal multiply, so the last sample of a RoI ending exactly on the map edge (proposals "
-    "clipped to the image: y2 or x2 == 1.0) lands at 19.000002 instead of 19.0 and is zeroed as "
-    "outside the map; TF and ONNX keep it. Remove this mark once RoIPooling tolerates it.",
-)
 def test_roi_pooling_converted_to_tflite_keeps_samples_on_the_map_edge():
     import keras
     import tensorflow as tf
