@@ -23,9 +23,12 @@ __all__ = [
     "roi_pool_numpy",
 ]
 
-#: Selectable lowerings: the builtin-only default first, then the TF oracle.
-IMPLEMENTATIONS = ("gather", "crop_and_resize")
-DEFAULT_IMPLEMENTATION = "gather"
+#: Selectable lowerings: the builtin-only forms (the int8-safe default first), then the TF oracle.
+IMPLEMENTATIONS = ("fixed_point", "gather", "crop_and_resize")
+DEFAULT_IMPLEMENTATION = "fixed_point"
+#: ``fixed_point`` keeps box coordinates in [-COORDINATE_RANGE, COORDINATE_RANGE] (normalized):
+#: the int32 sample arithmetic is sized for that range (boxes are clamped to it).
+COORDINATE_RANGE = 2
 #: Relative slack (about 8 float32 ulps) by which a sample may pass the map edge and still count
 #: as on it, absorbing the converter's re-association of the sample-position arithmetic.
 EDGE_SLACK = 2.0**-20
@@ -228,6 +231,86 @@ def _gather_crop_and_resize(feature_maps, rois, box_indexes, crop_size):
     return crops * inside
 
 
+def _fraction_bits(length) -> int:
+    """Fixed-point fraction bits for sample positions on an axis of ``length`` pixels.
+
+    The largest int32 intermediate is about ``3 * COORDINATE_RANGE * (length - 1) * 2**bits``.
+    """
+    last = max(int(length) - 1, 1) if isinstance(length, int) else 1023
+    bits = int(np.floor(np.log2((2**31 - 1) / (3 * COORDINATE_RANGE * last))))
+    return min(bits, 24)
+
+
+def _fixed_point_crop_and_resize(feature_maps, rois, box_indexes, crop_size):
+    """crop_and_resize whose coordinate/index arithmetic is int32 fixed point (builtins only).
+
+    Full-integer quantization (``Optimize.DEFAULT`` + a representative dataset) quantizes every
+    float op with an int8 kernel; box coordinates quantized to 8 bits put samples pixels away
+    (errors near 1.0 on unit features). Here the boxes enter through FLOOR_DIV, which has no
+    int8 kernel and so stays float, and become ``floor(rois * 2**bits)`` exactly (dividing by a
+    power of two is exact); everything after is int32, which is never quantized. Only the
+    bilinear weights (in [0, 1]) and the feature path are float, hence quantizable.
+    """
+    _, height, width, channels = _static_or_dynamic(feature_maps)
+    crop_height, crop_width = crop_size
+    bits = min(_fraction_bits(height), _fraction_bits(width))
+    one = 1 << bits
+    # floor(rois * 2**(bits+1)) then a rounding halving in int32: rois to the nearest 2**-bits.
+    halves = tf.cast(tf.math.floordiv(rois, 2.0 ** -(bits + 1)), tf.int32)
+    rois_fixed = tf.clip_by_value(
+        tf.math.floordiv(halves + 1, 2), -COORDINATE_RANGE * one, COORDINATE_RANGE * one
+    )
+    y1, x1, y2, x2 = tf.unstack(rois_fixed, axis=1)
+
+    def axis_terms(lo, hi, length, crop_length):
+        # Same formula as CropAndResize, in units of 2**-bits pixel: lo*(L-1) + i*step.
+        last = length - 1
+        if crop_length > 1:
+            step = tf.math.floordiv((hi - lo) * last, crop_length - 1)
+            samples = tf.range(crop_length, dtype=tf.int32)
+            positions = lo[:, None] * last + samples[None, :] * step[:, None]
+        else:
+            positions = tf.math.floordiv((lo + hi) * last, 2)[:, None]
+        # CropAndResize puts samples of boxes ending on the map edge exactly on it; rounding the
+        # corners and flooring the step may move them by a few units of 2**-bits (< 1e-5 px):
+        # such samples still count as on the edge, clamped onto it.
+        slack = crop_length + 2
+        inside = tf.logical_and(positions >= -slack, positions <= last * one + slack)
+        positions = tf.clip_by_value(positions, 0, last * one)
+        low = tf.math.floordiv(positions, one)
+        weight = tf.cast(positions - low * one, feature_maps.dtype) * (1.0 / one)
+        high = tf.minimum(low + 1, last)
+        return inside, low, high, weight
+
+    y_inside, top, bottom, y_weight = axis_terms(y1, y2, height, crop_height)
+    x_inside, left, right, x_weight = axis_terms(x1, x2, width, crop_width)
+
+    # One zero row after the map: samples outside it gather zeros (CropAndResize's extrapolation).
+    flat = tf.reshape(feature_maps, [-1, channels])
+    zero_row = tf.shape(flat)[0]
+    flat = tf.concat([flat, tf.zeros_like(flat[:1])], axis=0)
+    base = box_indexes[:, None, None] * (height * width)
+    inside = tf.logical_and(y_inside[:, :, None], x_inside[:, None, :])  # [N, ch, cw]
+
+    def rows(y_rows, x_cols):
+        index = base + y_rows[:, :, None] * width + x_cols[:, None, :]
+        return tf.where(inside, index, zero_row)
+
+    corners = tf.gather(
+        flat,
+        tf.stack(
+            [rows(top, left), rows(top, right), rows(bottom, left), rows(bottom, right)], axis=-1
+        ),
+    )  # [N, ch, cw, 4, C]
+    wy = y_weight[:, :, None]
+    wx = x_weight[:, None, :]
+    weights = tf.stack(
+        [(1.0 - wy) * (1.0 - wx), (1.0 - wy) * wx, wy * (1.0 - wx), wy * wx], axis=-1
+    )  # [N, ch, cw, 4]
+    # One weighted sum (MUL then SUM): a single requantization per output in int8.
+    return tf.reduce_sum(corners * weights[..., None], axis=3)
+
+
 def roi_pool(
     feature_maps,
     rois,
@@ -251,7 +334,10 @@ def roi_pool(
         size: ``(height, width)`` of the pooled grid, or one int for a square grid.
         samples_per_bin: bilinear samples per bin along each axis (``1`` is plain
             crop_and_resize; ``2`` is the TF Object Detection API's 14x14 crop + 2x2 max pool).
-        implementation: ``"gather"`` (TFLite builtin ops only, the default) or
+        implementation: ``"fixed_point"`` (the default: TFLite builtins only, coordinates in
+            int32 fixed point so full-int8 conversion stays accurate; boxes clamped to
+            ``[-COORDINATE_RANGE, COORDINATE_RANGE]``), ``"gather"`` (builtins only, float
+            coordinates: exact in float, but full-int8 conversion quantizes its coordinates) or
             ``"crop_and_resize"`` (TF's fused kernel; the reference, Flex-only in TFLite).
 
     Returns:
@@ -265,8 +351,10 @@ def roi_pool(
     if implementation == "crop_and_resize":
         crops = _crop_and_resize_oracle(feature_maps, rois, box_indexes, crop_size)
         crops = tf.cast(crops, feature_maps.dtype)
-    else:
+    elif implementation == "gather":
         crops = _gather_crop_and_resize(feature_maps, rois, box_indexes, crop_size)
+    else:
+        crops = _fixed_point_crop_and_resize(feature_maps, rois, box_indexes, crop_size)
     return _max_pool(crops, samples_per_bin)
 
 

@@ -1,0 +1,225 @@
+"""RoIPooling micro-benchmark: the builtin-only TFLite forms against TensorFlow's fused kernel.
+
+``python -m models.bench_roi [--json PATH]`` (run by ``make bench``) times, in one run:
+
+* TensorFlow's fused ``CropAndResize`` + ``MaxPool`` (the reference, ``tf.function``);
+* for every builtin-only implementation of :func:`models.roi_pooling.roi_pool`, its TFLite
+  conversion in float32 and in full-integer int8 (``Optimize.DEFAULT`` + a representative
+  dataset, builtin ops only, nothing else: what any user converting a model with the layer gets),
+
+on a realistic case (38x38x512 features, 300 boxes, 7x7, samples_per_bin 2, 2 threads) and prints
+each form's latency ratio to the reference and its max abs error against it on features in [0, 1).
+Timings are never asserted in tests: these machines are noisy; ratios come from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """The benchmark case; the CLI flags map 1:1 onto these fields."""
+
+    height: int = 38
+    width: int = 38
+    channels: int = 512
+    num_rois: int = 300
+    size: int = 7
+    samples_per_bin: int = 2
+    threads: int = 2
+    runs: int = 30
+    warmup: int = 3
+    calibration_samples: int = 8
+    seed: int = 0
+    json: str | None = None
+
+
+def random_case(config: BenchConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(features [1,H,W,C] float32 in [0,1), rois [N,4] normalized y1x1y2x2, some past the map)."""
+    features = rng.random((1, config.height, config.width, config.channels), dtype=np.float32)
+    centers = rng.uniform(0.0, 1.0, (config.num_rois, 2))
+    extents = rng.uniform(0.05, 0.6, (config.num_rois, 2))
+    rois = np.concatenate([centers - extents / 2, centers + extents / 2], axis=1)
+    return features, rois[:, [0, 1, 2, 3]].astype(np.float32)
+
+
+def _p50_ms(call: Any, runs: int, warmup: int) -> float:
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def _function(config: BenchConfig, implementation: str):
+    import tensorflow as tf
+
+    from models.roi_pooling import roi_pool
+
+    size = (config.size, config.size)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec((1, config.height, config.width, config.channels), tf.float32),
+            tf.TensorSpec((config.num_rois, 4), tf.float32),
+            tf.TensorSpec((config.num_rois,), tf.int32),
+        ]
+    )
+    def pool(features, rois, box_indexes):  # argument names become the TFLite input names
+        return roi_pool(
+            features,
+            rois,
+            box_indexes,
+            size=size,
+            samples_per_bin=config.samples_per_bin,
+            implementation=implementation,
+        )
+
+    return pool
+
+
+def convert(config: BenchConfig, implementation: str, precision: str, rng) -> bytes:
+    """The TFLite flatbuffer of one implementation, "float32" or full-integer "int8"."""
+    import tensorflow as tf
+
+    function = _function(config, implementation)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [function.get_concrete_function()], function
+    )
+    # Builtins only: CropAndResize would need Flex, which tflite-runtime/ai-edge-litert refuse.
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if precision == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+        def representative():
+            for _ in range(config.calibration_samples):
+                features, rois = random_case(config, rng)
+                yield [features, rois, np.zeros(config.num_rois, np.int32)]
+
+        converter.representative_dataset = representative
+    return converter.convert()
+
+
+def _runner(model: bytes, threads: int):
+    """A callable ``(features, rois, box_indexes) -> pooled`` over the TFLite model, by name."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=model, num_threads=threads)
+    interpreter.allocate_tensors()
+    by_name = {detail["name"]: detail["index"] for detail in interpreter.get_input_details()}
+    indexes = [
+        next(index for name, index in by_name.items() if arg in name)
+        for arg in ("features", "rois", "box_indexes")
+    ]
+    output = interpreter.get_output_details()[0]["index"]
+
+    def call(*arrays):
+        for index, array in zip(indexes, arrays):
+            interpreter.set_tensor(index, array)
+        interpreter.invoke()
+        return interpreter.get_tensor(output)
+
+    return call
+
+
+def run(config: BenchConfig) -> dict[str, Any]:
+    """Measure every form; returns the JSON-ready result."""
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    from models.roi_pooling import IMPLEMENTATIONS
+
+    tf.config.threading.set_intra_op_parallelism_threads(config.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    rng = np.random.default_rng(config.seed)
+    features, rois = random_case(config, rng)
+    box_indexes = np.zeros(config.num_rois, np.int32)
+    reference_fn = _function(config, "crop_and_resize")
+    reference = reference_fn(features, rois, box_indexes).numpy()
+    reference_ms = _p50_ms(
+        lambda: reference_fn(features, rois, box_indexes), config.runs, config.warmup
+    )
+    rows = []
+    forms = [
+        (impl, precision)
+        for impl in IMPLEMENTATIONS
+        if impl != "crop_and_resize"
+        for precision in ("float32", "int8")
+    ]
+    for implementation, precision in tqdm(forms, desc="convert + time", file=sys.stderr):
+        model = convert(config, implementation, precision, rng)
+        call = functools.partial(_runner(model, config.threads), features, rois, box_indexes)
+        output = call()
+        latency = _p50_ms(call, config.runs, config.warmup)
+        rows.append(
+            {
+                "implementation": implementation,
+                "precision": precision,
+                "latency_ms": latency,
+                "ratio_vs_tf_fused": latency / reference_ms,
+                "max_abs_error": float(np.max(np.abs(output - reference))),
+                "bytes": len(model),
+            }
+        )
+    return {"config": dataclasses.asdict(config), "tf_fused_ms": reference_ms, "forms": rows}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    config = result["config"]
+    lines = [
+        f"RoIPooling {config['height']}x{config['width']}x{config['channels']}, "
+        f"{config['num_rois']} boxes, {config['size']}x{config['size']}, samples_per_bin "
+        f"{config['samples_per_bin']}, {config['threads']} threads",
+        f"{'form':<28} {'p50 ms':>9} {'x TF fused':>11} {'max abs err':>12}",
+        f"{'TF CropAndResize+MaxPool':<28} {result['tf_fused_ms']:>9.2f} {1.0:>11.2f} {0.0:>12.2e}",
+    ]
+    for row in result["forms"]:
+        name = f"tflite {row['implementation']} {row['precision']}"
+        lines.append(
+            f"{name:<28} {row['latency_ms']:>9.2f} {row['ratio_vs_tf_fused']:>11.2f} "
+            f"{row['max_abs_error']:>12.2e}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = BenchConfig()
+    parser = argparse.ArgumentParser(prog="python -m models.bench_roi", description=__doc__)
+    for field in dataclasses.fields(BenchConfig):
+        flag = "--" + field.name.replace("_", "-")
+        kind = str if field.name == "json" else int
+        parser.add_argument(flag, type=kind, default=getattr(defaults, field.name))
+    config = BenchConfig(**vars(parser.parse_args(argv)))
+    for field in dataclasses.fields(BenchConfig):
+        value = getattr(config, field.name)
+        if field.name not in ("json", "seed") and value < (0 if field.name == "warmup" else 1):
+            print(
+                f"error: --{field.name.replace('_', '-')} is {value}; expected >= 1",
+                file=sys.stderr,
+            )
+            return 2
+    result = run(config)
+    print(format_table(result))
+    if config.json:
+        from pathlib import Path
+
+        from runtime.manifest import atomic_write_bytes
+
+        atomic_write_bytes(Path(config.json), (json.dumps(result, indent=2) + "\n").encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
