@@ -318,10 +318,12 @@ class _Measurer:
         image = image.astype(np.uint8)
         head_feeds = _samples(goldens["head"], self.entry("head", "tflite", "float32"), "head")[0]
         result["keras"]["backbone_rpn"] = _p50_ms(
-            lambda: self.keras._backbone(image[None].astype(np.float32)), cfg.runs, cfg.warmup
+            lambda: self.keras.backbone_outputs(image[None].astype(np.float32)),
+            cfg.runs,
+            cfg.warmup,
         )
         result["keras"]["head"] = _p50_ms(
-            lambda: self.keras._head(*head_feeds), cfg.runs, cfg.warmup
+            lambda: self.keras.head_outputs(*head_feeds), cfg.runs, cfg.warmup
         )
         result["keras"]["pipeline"] = _p50_ms(lambda: self.keras(image), cfg.runs, cfg.warmup)
         for pipeline in self.pipelines():
@@ -385,9 +387,8 @@ class _Measurer:
                     references = [ref[name] for name in STAGE_OUTPUTS[entry.model]]
                     props = proposals_from_rpn(outputs[1], outputs[2], det_cfg, anchors)
                     proposals, num_valid = props.proposals, props.num_valid
-                    scores, deltas = (
-                        np.asarray(t)
-                        for t in self.keras._head(outputs[0], proposals, props.box_indexes)
+                    scores, deltas = self.keras.head_outputs(
+                        outputs[0], proposals, props.box_indexes
                     )
                 else:
                     # Isolated cost of the head: the float Keras features and proposals in.

@@ -294,14 +294,22 @@ class FloatDetector:
         self._backbone = tf.function(lambda x: detector.backbone_rpn(x, training=False))
         self._head = tf.function(lambda f, p, i: detector.head([f, p, i], training=False))
 
+    def backbone_outputs(self, tensor: np.ndarray) -> list[np.ndarray]:
+        """Float ``backbone_rpn`` on an ``image`` tensor [1,H,W,3] -> features, scores, deltas."""
+        return [np.asarray(t) for t in self._backbone(tensor)]
+
+    def head_outputs(
+        self, features: np.ndarray, proposals: np.ndarray, box_indexes: np.ndarray
+    ) -> list[np.ndarray]:
+        """Float ``head`` -> class_scores [P,K+1], box_deltas [P,K,4] (inputs as the stage's)."""
+        return [np.asarray(t) for t in self._head(features, proposals, box_indexes)]
+
     def stages(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """All intermediate tensors of one uint8 HxWx3 image (for goldens and debugging)."""
         x = preprocess(image, self.config)
-        features, rpn_scores, rpn_deltas = (np.asarray(t) for t in self._backbone(x))
+        features, rpn_scores, rpn_deltas = self.backbone_outputs(x)
         props = proposals_from_rpn(rpn_scores, rpn_deltas, self.config, self.anchors)
-        class_scores, box_deltas = (
-            np.asarray(t) for t in self._head(features, props.proposals, props.box_indexes)
-        )
+        class_scores, box_deltas = self.head_outputs(features, props.proposals, props.box_indexes)
         return {
             "image": x,
             "features": features,
