@@ -222,14 +222,9 @@ def _progress(iterable: Any, enabled: bool, description: str, total: int | None 
 
 
 def _p50_ms(call: Any, runs: int, warmup: int) -> float:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
+    from runtime.bench import latencies
+
+    return latencies(call, runs, warmup)["p50_ms"]
 
 
 def _set_tensorflow_threads(threads: int) -> str:

@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import json
 import sys
-import time
 from typing import Any
 
 import numpy as np
@@ -53,14 +52,9 @@ def random_case(config: BenchConfig, rng: np.random.Generator) -> tuple[np.ndarr
 
 
 def _p50_ms(call: Any, runs: int, warmup: int) -> float:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
+    from runtime.bench import latencies
+
+    return latencies(call, runs, warmup)["p50_ms"]
 
 
 def _function(config: BenchConfig, implementation: str):

@@ -32,7 +32,8 @@ def peak_rss_mb() -> float | None:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def _latencies(call: Any, runs: int, warmup: int) -> dict[str, float]:
+def latencies(call: Any, runs: int, warmup: int) -> dict[str, float]:
+    """``call()`` timed ``runs`` times after ``warmup`` untimed calls -> p50_ms, p90_ms."""
     for _ in range(warmup):
         call()
     times = []
@@ -69,7 +70,7 @@ def measure_artifact(
     first_s = time.perf_counter() - start
     result = {"kind": "artifact", "name": name, "backend": stage.backend.name}
     result.update(
-        load_s=load_s, first_s=first_s, **_latencies(lambda: stage.run(*inputs), runs, warmup)
+        load_s=load_s, first_s=first_s, **latencies(lambda: stage.run(*inputs), runs, warmup)
     )
     result["peak_rss_mb"] = peak_rss_mb()
     return result
@@ -105,7 +106,7 @@ def measure_pipeline(
         "first_detection_at": first_detection_at,
     }
     result.update(
-        load_s=load_s, first_s=first_s, **_latencies(lambda: detector.detect(image), runs, warmup)
+        load_s=load_s, first_s=first_s, **latencies(lambda: detector.detect(image), runs, warmup)
     )
     result["peak_rss_mb"] = peak_rss_mb()
     return result
