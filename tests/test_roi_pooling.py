@@ -157,34 +157,12 @@ def test_numpy_loop_reference_matches_tensorflow(samples_per_bin):
 # ----------------------------------------------------------------------------- TFLite
 
 
-def _convert(implementation, num_rois, precision, rng, shape=(1, 20, 20, 16)):
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec(shape, tf.float32),
-            tf.TensorSpec((num_rois, 4), tf.float32),
-            tf.TensorSpec((num_rois,), tf.int32),
-        ]
-    )
-    def pool(features, rois, box_indexes):
-        return roi_pool(features, rois, box_indexes, implementation=implementation)
+def _convert(implementation, num_rois, precision, rng):
+    """The benchmark's converter (builtins only; int8 = Optimize.DEFAULT + representative data)."""
+    from models.bench_roi import BenchConfig, convert
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [pool.get_concrete_function()], pool
-    )
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if precision == "int8":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-
-        def representative():
-            for _ in range(8):
-                yield [
-                    rng.random(shape, dtype=np.float32),
-                    random_boxes(rng, num_rois, 0.0, 1.0),
-                    np.zeros(num_rois, np.int32),
-                ]
-
-        converter.representative_dataset = representative
-    return converter.convert()
+    case = BenchConfig(height=20, width=20, channels=16, num_rois=num_rois)
+    return convert(case, implementation, precision, rng)
 
 
 def _run_tflite(model, features, rois, box_indexes):
