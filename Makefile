@@ -57,7 +57,7 @@ report: $(STAMP) $(ARTIFACTS)/manifest.json
 
 ## bench: RoIPooling micro-benchmark, artifact speed table, runtime cold start and memory.
 bench: $(STAMP) $(ARTIFACTS)/manifest.json
-	$(PY) -m models.bench_roi
+	$(PY) -m models.bench_roi --json $(ARTIFACTS)/bench_roi.json --png $(ARTIFACTS)/bench_roi.png
 	$(PY) -m export.report --artifacts $(ARTIFACTS) --speed-only
 	$(PY) -m runtime bench $(ARTIFACTS)
 	$(PY) scripts/bench_cold_start.py --artifacts $(ARTIFACTS)

@@ -227,21 +227,6 @@ def _p50_ms(call: Any, runs: int, warmup: int) -> float:
     return latencies(call, runs, warmup)["p50_ms"]
 
 
-def _set_tensorflow_threads(threads: int) -> str:
-    """Give TensorFlow the interpreters' thread budget (a like-for-like latency); what it got."""
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:
-        # TensorFlow was initialised earlier in this process (e.g. in a test session): its thread
-        # pool is fixed now, so the Keras latencies are measured with what it has, and say so.
-        current = tf.config.threading.get_intra_op_parallelism_threads()
-        return f"{current or 'default'} (already initialised)"
-    return str(threads)
-
-
 class _Measurer:
     """Holds the float Keras detector and the loaded artifacts of one artifacts directory."""
 
@@ -249,9 +234,10 @@ class _Measurer:
         self.config = config
         self.directory = Path(config.artifacts)
         self.manifest: Manifest = read_manifest(self.directory)
-        self.keras_threads = _set_tensorflow_threads(config.threads)
-
         from models.detector import FloatDetector, load_detector
+        from models.tf_threads import set_tensorflow_threads
+
+        self.keras_threads = set_tensorflow_threads(config.threads)
         from runtime.backends import load_stage
 
         self.keras = FloatDetector(load_detector(self._source_model()))

@@ -8,7 +8,8 @@
   dataset, builtin ops only, nothing else: what any user converting a model with the layer gets),
 
 on a realistic case (38x38x512 features, 300 boxes, 7x7, samples_per_bin 2, 2 threads) and prints
-each form's latency ratio to the reference and its max abs error against it on features in [0, 1).
+each form's latency ratio to the reference and its max abs error against it on features in [0, 1),
+and whether it meets :data:`TARGETS` (``--json``/``--png`` also write the result and a bar chart).
 Timings are never asserted in tests: these machines are noisy; ratios come from one run.
 """
 
@@ -22,6 +23,9 @@ import sys
 from typing import Any
 
 import numpy as np
+
+#: Issue 2's bars per precision: (max latency ratio to TF's fused kernel, max abs error).
+TARGETS = {"float32": (3.0, 1e-5), "int8": (1.0, 0.02)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +44,7 @@ class BenchConfig:
     calibration_samples: int = 8
     seed: int = 0
     json: str | None = None
+    png: str | None = None
 
 
 def random_case(config: BenchConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -130,13 +135,12 @@ def _runner(model: bytes, threads: int):
 
 def run(config: BenchConfig) -> dict[str, Any]:
     """Measure every form; returns the JSON-ready result."""
-    import tensorflow as tf
     from tqdm import tqdm
 
     from models.roi_pooling import IMPLEMENTATIONS
+    from models.tf_threads import set_tensorflow_threads
 
-    tf.config.threading.set_intra_op_parallelism_threads(config.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf_threads = set_tensorflow_threads(config.threads)
     rng = np.random.default_rng(config.seed)
     features, rois = random_case(config, rng)
     box_indexes = np.zeros(config.num_rois, np.int32)
@@ -157,17 +161,25 @@ def run(config: BenchConfig) -> dict[str, Any]:
         call = functools.partial(_runner(model, config.threads), features, rois, box_indexes)
         output = call()
         latency = _p50_ms(call, config.runs, config.warmup)
+        ratio, error = latency / reference_ms, float(np.max(np.abs(output - reference)))
+        max_ratio, max_error = TARGETS[precision]
         rows.append(
             {
                 "implementation": implementation,
                 "precision": precision,
                 "latency_ms": latency,
-                "ratio_vs_tf_fused": latency / reference_ms,
-                "max_abs_error": float(np.max(np.abs(output - reference))),
+                "ratio_vs_tf_fused": ratio,
+                "max_abs_error": error,
+                "meets_target": bool(ratio <= max_ratio and error <= max_error),
                 "bytes": len(model),
             }
         )
-    return {"config": dataclasses.asdict(config), "tf_fused_ms": reference_ms, "forms": rows}
+    return {
+        "config": dataclasses.asdict(config),
+        "tf_threads": tf_threads,
+        "tf_fused_ms": reference_ms,
+        "forms": rows,
+    }
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -175,17 +187,63 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"RoIPooling {config['height']}x{config['width']}x{config['channels']}, "
         f"{config['num_rois']} boxes, {config['size']}x{config['size']}, samples_per_bin "
-        f"{config['samples_per_bin']}, {config['threads']} threads",
-        f"{'form':<28} {'p50 ms':>9} {'x TF fused':>11} {'max abs err':>12}",
+        f"{config['samples_per_bin']}, {config['threads']} threads "
+        f"(TensorFlow: {result['tf_threads']})",
+        f"{'form':<28} {'p50 ms':>9} {'x TF fused':>11} {'max abs err':>12}  target",
         f"{'TF CropAndResize+MaxPool':<28} {result['tf_fused_ms']:>9.2f} {1.0:>11.2f} {0.0:>12.2e}",
     ]
     for row in result["forms"]:
         name = f"tflite {row['implementation']} {row['precision']}"
+        max_ratio, max_error = TARGETS[row["precision"]]
+        verdict = "met" if row["meets_target"] else "missed"
         lines.append(
             f"{name:<28} {row['latency_ms']:>9.2f} {row['ratio_vs_tf_fused']:>11.2f} "
-            f"{row['max_abs_error']:>12.2e}"
+            f"{row['max_abs_error']:>12.2e}  {verdict} (<= {max_ratio:g}x, <= {max_error:g})"
         )
     return "\n".join(lines)
+
+
+def plot(result: dict[str, Any]) -> bytes:
+    """PNG bytes: each form's latency ratio to TF's fused kernel (bars) and max error (labels)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    forms = result["forms"]
+    names = [f"{row['implementation']}\n{row['precision']}" for row in forms]
+    ratios = [row["ratio_vs_tf_fused"] for row in forms]
+    colors = ["tab:green" if row["meets_target"] else "tab:red" for row in forms]
+    figure, axes = plt.subplots(figsize=(7, 4))
+    bars = axes.bar(names, ratios, color=colors)
+    for bar, row in zip(bars, forms):
+        axes.annotate(
+            f"max err {row['max_abs_error']:.1e}",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    for precision, (max_ratio, _) in TARGETS.items():
+        axes.axhline(max_ratio, linestyle="--", color="gray", linewidth=0.8)
+        axes.annotate(f"{precision} target", (len(forms) - 0.5, max_ratio), ha="right", fontsize=8)
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    config = result["config"]
+    axes.set_title(
+        f"RoIPooling in TFLite vs TF fused CropAndResize+MaxPool ({result['tf_fused_ms']:.0f} ms)\n"
+        f"{config['height']}x{config['width']}x{config['channels']}, {config['num_rois']} boxes, "
+        f"{config['size']}x{config['size']}, samples_per_bin {config['samples_per_bin']}, "
+        f"{config['threads']} threads; green = meets target",
+        fontsize=9,
+    )
+    axes.set_ylabel("latency / TF fused (lower is faster)")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    return buffer.getvalue()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,25 +251,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.bench_roi", description=__doc__)
     for field in dataclasses.fields(BenchConfig):
         flag = "--" + field.name.replace("_", "-")
-        kind = str if field.name == "json" else int
+        kind = str if field.name in ("json", "png") else int
         parser.add_argument(flag, type=kind, default=getattr(defaults, field.name))
     config = BenchConfig(**vars(parser.parse_args(argv)))
     for field in dataclasses.fields(BenchConfig):
         value = getattr(config, field.name)
-        if field.name not in ("json", "seed") and value < (0 if field.name == "warmup" else 1):
+        minimum = 0 if field.name == "warmup" else 1
+        if field.name not in ("json", "png", "seed") and value < minimum:
             print(
-                f"error: --{field.name.replace('_', '-')} is {value}; expected >= 1",
+                f"error: --{field.name.replace('_', '-')} is {value}; expected >= {minimum}",
                 file=sys.stderr,
             )
             return 2
     result = run(config)
     print(format_table(result))
+    from pathlib import Path
+
+    from runtime.manifest import atomic_write_bytes
+
     if config.json:
-        from pathlib import Path
-
-        from runtime.manifest import atomic_write_bytes
-
         atomic_write_bytes(Path(config.json), (json.dumps(result, indent=2) + "\n").encode())
+    if config.png:
+        atomic_write_bytes(Path(config.png), plot(result))
     return 0
 
 

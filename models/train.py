@@ -307,14 +307,11 @@ def train(cfg: TrainConfig, det: DetectorConfig | None = None) -> dict[str, Any]
     from tqdm import tqdm
 
     from models.detector import DetectorLayers, save_detector
+    from models.tf_threads import set_tensorflow_threads
 
     det = det or DetectorConfig()
     data = DataConfig(image_size=det.image_size)
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:  # TensorFlow already initialised in this process (e.g. under pytest)
-        pass
+    set_tensorflow_threads(cfg.threads)
     keras.utils.set_random_seed(cfg.seed)
     started = time.time()
     layers = DetectorLayers(det)
