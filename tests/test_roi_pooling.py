@@ -214,6 +214,42 @@ def test_tflite_float32_converts_and_matches_on_small_maps(implementation, map_s
     )
 
 
+@pytest.mark.parametrize("implementation", BUILTIN_IMPLEMENTATIONS)
+def test_onnx_export_is_loop_free_and_matches_tensorflow(implementation):
+    """tf2onnx turns CropAndResize into a per-box Loop; the builtin lowerings export without one."""
+    import onnxruntime
+    import tf2onnx
+
+    from export.formats import ONNX_OPSET
+
+    signature = [
+        tf.TensorSpec((2, 9, 11, 5), tf.float32, name="features"),
+        tf.TensorSpec((None, 4), tf.float32, name="rois"),
+        tf.TensorSpec((None,), tf.int32, name="box_indexes"),
+    ]
+
+    @tf.function
+    def pool(features, rois, box_indexes):
+        return roi_pool(features, rois, box_indexes, (3, 4), 2, implementation=implementation)
+
+    proto, _ = tf2onnx.convert.from_function(pool, input_signature=signature, opset=ONNX_OPSET)
+    op_types = {node.op_type for node in proto.graph.node}
+    assert not op_types & {"Loop", "Scan", "If"}, op_types
+    session = onnxruntime.InferenceSession(
+        proto.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    rng = np.random.default_rng(24)
+    features = rng.random((2, 9, 11, 5), dtype=np.float32)
+    for num_rois in (1, 3, 17):  # one model, dynamic N
+        rois = random_boxes(rng, num_rois)
+        box_indexes = rng.integers(0, 2, num_rois).astype(np.int32)
+        inputs = {"features": features, "rois": rois, "box_indexes": box_indexes}
+        (actual,) = session.run(None, inputs)
+        np.testing.assert_allclose(
+            actual, tf_reference(features, rois, box_indexes, (3, 4), 2), atol=1e-5
+        )
+
+
 @pytest.mark.parametrize("num_rois", [1, 3, 17])
 def test_full_int8_conversion_with_standard_settings_stays_accurate(num_rois):
     """Optimize.DEFAULT + a representative dataset, nothing else: the coordinates must survive."""
