@@ -90,7 +90,8 @@ def _function(config: BenchConfig, implementation: str):
 
 
 def convert(config: BenchConfig, implementation: str, precision: str, rng) -> bytes:
-    """The TFLite flatbuffer of one implementation, "float32" or full-integer "int8"."""
+    """The TFLite flatbuffer of one implementation: "float32", "float16" (float16 constants) or
+    full-integer "int8", each with the converter's standard settings for that precision."""
     import tensorflow as tf
 
     function = _function(config, implementation)
@@ -99,7 +100,10 @@ def convert(config: BenchConfig, implementation: str, precision: str, rng) -> by
     )
     # Builtins only: CropAndResize would need Flex, which tflite-runtime/ai-edge-litert refuse.
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if precision == "int8":
+    if precision == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
 
         def representative():

@@ -148,13 +148,14 @@ class DetectorLayers:
         x = self.fc2(self.fc1(self.flatten(pooled)))
         return self.cls_logits(x), self.box_deltas(self.box_fc(x))
 
-    def roi_pooling(self, implementation: str = "gather"):
-        from models.roi_pooling import RoIPooling
+    def roi_pooling(self, implementation: str | None = None):
+        """The head's RoIPooling layer; ``implementation`` defaults to the layer's own default."""
+        from models.roi_pooling import DEFAULT_IMPLEMENTATION, RoIPooling
 
         return RoIPooling(
             size=self.config.pool_size,
             samples_per_bin=self.config.samples_per_bin,
-            implementation=implementation,
+            implementation=implementation or DEFAULT_IMPLEMENTATION,
             name="roi_pooling",
         )
 

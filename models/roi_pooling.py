@@ -280,8 +280,19 @@ def _fixed_point_crop_and_resize(feature_maps, rois, box_indexes, crop_size):
     crop_height, crop_width = crop_size
     bits = min(_fraction_bits(height), _fraction_bits(width))
     one = 1 << bits
+    # The powers of two below are built at run time, not stored: float16 conversion stores every
+    # float constant as float16, where 2**-25 flushes to zero (and 2**-22 is subnormal). POW of
+    # an int32 exponent that depends on an input cannot be constant-folded, and POW has no int8
+    # kernel, so like FLOOR_DIV it stays float32 under full-integer conversion.
+    # Shapes are set on the int32 side: a RESHAPE between POW and its consumer would be int8.
+    zeros = tf.math.floordiv(box_indexes, 1 << 30)  # [N] zeros (box indexes are in [0, B))
+
+    def power_of_two(exponent, rank):
+        exponent = tf.reshape(zeros + exponent, [-1] + [1] * (rank - 1))
+        return tf.pow(2.0, tf.cast(exponent, tf.float32))  # [N, 1, ...] float32, exact
+
     # floor(rois * 2**(bits+1)) then a rounding halving in int32: rois to the nearest 2**-bits.
-    halves = tf.cast(tf.math.floordiv(rois, 2.0 ** -(bits + 1)), tf.int32)
+    halves = tf.cast(tf.math.floordiv(rois, power_of_two(-(bits + 1), 2)), tf.int32)
     rois_fixed = tf.clip_by_value(
         tf.math.floordiv(halves + 1, 2), -COORDINATE_RANGE * one, COORDINATE_RANGE * one
     )
@@ -337,7 +348,12 @@ def _fixed_point_crop_and_resize(feature_maps, rois, box_indexes, crop_size):
     top_left = unit - wy - wx + bottom_right
 
     def weight(fixed):
-        return (tf.cast(fixed, feature_maps.dtype) * (1.0 / unit))[..., None]
+        # In float32 (a float16 feature map could not hold 2**22), then the features' dtype.
+        # Two constant factors of 2**-11: each is a normal float16 (a float16-converted model
+        # stores 2**-22 as a subnormal), and int8 conversion requantizes both exactly.
+        half_scale = 2.0 ** -(WEIGHT_BITS // 2)
+        scaled = tf.cast(fixed, tf.float32) * half_scale * half_scale
+        return tf.cast(scaled, feature_maps.dtype)[..., None]
 
     # Four MULs and three ADDs (not a stacked SUM): fast elementwise int8 kernels under XNNPACK.
     return (

@@ -3,7 +3,7 @@
 Approximate joint training in one graph: the RPN learns objectness and box deltas on sampled
 anchors; the head learns on the RPN's own (NMS-ed, gradient-stopped) proposals plus the true boxes
 and jittered copies of them, pooled by RoIPooling's ``crop_and_resize`` lowering (the exported head uses the
-builtin-only ``gather`` lowering of the same op; a test checks both give the same head outputs). Every random
+builtin-only default lowering of the same op; a test checks both give the same head outputs). Every random
 choice derives from ``--seed`` (data stream, sampling, jitter, weights), so a retrain lands within
 noise of the shipped model. Writes ``<out>`` (.keras), its config sidecar and ``<stem>.training.json``.
 """

@@ -18,6 +18,7 @@ from models.detector import (
     load_detector,
     save_detector,
 )
+from models.roi_pooling import DEFAULT_IMPLEMENTATION
 from runtime.config import DetectorConfig
 from runtime.errors import RoiedgeError
 
@@ -182,13 +183,13 @@ def test_training_graph_box_math_matches_runtime_numpy():
 
 
 def test_head_lowerings_agree_on_the_shipped_weights(shipped):
-    """Training pools with the crop_and_resize lowering; the shipped head uses gather."""
+    """Training pools with the crop_and_resize lowering; the shipped head uses the default."""
     import keras
 
     config = shipped.head.get_config()
     for layer in config["layers"]:
         if layer["class_name"] == "RoIPooling":
-            assert layer["config"]["implementation"] == "gather"
+            assert layer["config"]["implementation"] == DEFAULT_IMPLEMENTATION
             layer["config"]["implementation"] = "crop_and_resize"
     oracle = keras.Model.from_config(config)
     oracle.set_weights(shipped.head.get_weights())

@@ -195,6 +195,28 @@ def test_tflite_builtins_only_float32_matches_tensorflow(implementation):
     )
 
 
+# fixed_point's float constants are powers of two float16 holds exactly; gather's sample-step
+# constants (1/13, edge slack) round to float16 (~5e-4 relative), moving its samples slightly.
+FLOAT16_TOLERANCE = {"fixed_point": 1e-5, "gather": 0.02}
+
+
+@pytest.mark.parametrize("implementation", BUILTIN_IMPLEMENTATIONS)
+def test_tflite_float16_conversion_keeps_the_float_numbers(implementation):
+    """Float16 conversion stores every float constant as float16 (2**-25 would become 0)."""
+    rng = np.random.default_rng(25)
+    model = _convert(implementation, 17, "float16", rng)
+    features = rng.random((1, 20, 20, 16), dtype=np.float32)
+    rois = random_boxes(rng, 17)
+    box_indexes = np.zeros(17, np.int32)
+    actual, ops = _run_tflite(model, features, rois, box_indexes)
+    assert "DEQUANTIZE" in ops  # really float16 constants
+    np.testing.assert_allclose(
+        actual,
+        tf_reference(features, rois, box_indexes, (7, 7), 2),
+        atol=FLOAT16_TOLERANCE[implementation],
+    )
+
+
 @pytest.mark.parametrize("implementation", BUILTIN_IMPLEMENTATIONS)
 @pytest.mark.parametrize("map_size", [(1, 1), (2, 7), (7, 2), (3, 9)])
 def test_tflite_float32_converts_and_matches_on_small_maps(implementation, map_size):
