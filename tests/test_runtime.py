@@ -14,7 +14,7 @@ import pytest
 from runtime_fakes import CONFIG, build_fake_artifacts, build_keras_models, fake_image
 
 from runtime import processing
-from runtime.check import error_metrics
+from runtime.golden import error_metrics
 from runtime.cli import main
 from runtime.detector import Detector, DetectorOptions
 from runtime.errors import ArtifactError, RoiedgeError
