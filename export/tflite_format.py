@@ -226,7 +226,6 @@ def layer_errors(debug_model: bytes, samples: Sequence[dict[str, np.ndarray]]) -
     import csv
     import io
 
-
     runner = _interpreter(debug_model).get_signature_runner()
     by_index = {d["index"]: key for key, d in runner.get_input_details().items()}
     order = [by_index[i] for i in sorted(by_index)]

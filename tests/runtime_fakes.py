@@ -16,6 +16,8 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from export.formats import ARTIFACTS
+from export.stages import STAGE_IO
 from runtime import processing
 from runtime.config import DetectorConfig
 from runtime.manifest import (
@@ -41,11 +43,11 @@ CONFIG = DetectorConfig(
     score_threshold=0.05,
     max_detections=5,
 )
-BACKBONE_IO = (("image",), ("features", "rpn_scores", "rpn_deltas"))
-HEAD_IO = (("features", "proposals", "box_indexes"), ("class_scores", "box_deltas"))
+BACKBONE_IO = STAGE_IO["backbone_rpn"]
+HEAD_IO = STAGE_IO["head"]
 TFLITE_PRECISIONS = {
-    "backbone_rpn": ("float32", "float16", "dynamic_int8", "int8", "int8_io"),
-    "head": ("float32", "float16", "dynamic_int8", "int8"),
+    model: tuple(a.precision for a in ARTIFACTS if a.model == model and a.format == "tflite")
+    for model in STAGE_IO
 }
 
 
