@@ -115,7 +115,7 @@ class _Reader:
     def get_next(self):
         return next(self._iter, None)
 
-    def rewind(self):  # pragma: no cover - not used by MinMax calibration
+    def rewind(self):  # pragma: no cover - onnxruntime's calibrators (MinMax, Percentile) read once
         pass
 
 

@@ -61,20 +61,30 @@ def set_converter_flag(converter: Any, flag: str, value: bool) -> None:
     setattr(converter, flag, value)
 
 
-def mlir_quantize(calibrated: bytes, **kwargs: Any) -> bytes:
-    """``tensorflow.lite.python.convert.mlir_quantize`` on a calibrated model (kwargs as TF's)."""
-    api = "tensorflow.lite.python.convert.mlir_quantize"
+def _private(module: str, name: str | None = None) -> Any:
+    """``module`` (or its attribute ``name``), or a PrivateApiError naming what is gone."""
+    import importlib
+
+    api = f"{module}.{name}" if name else module
     try:
-        from tensorflow.lite.python import convert
+        imported = importlib.import_module(module)
     except ImportError:
         raise _fail(api, "module not importable") from None
-    function = getattr(convert, "mlir_quantize", None)
-    if function is None:
+    if name is None:
+        return imported
+    found = getattr(imported, name, None)
+    if found is None:
         raise _fail(api, "no such function")
+    return found
+
+
+def mlir_quantize(calibrated: bytes, **kwargs: Any) -> bytes:
+    """``tensorflow.lite.python.convert.mlir_quantize`` on a calibrated model (kwargs as TF's)."""
+    function = _private("tensorflow.lite.python.convert", "mlir_quantize")
     parameters = inspect.signature(function).parameters
     missing = [name for name in MLIR_QUANTIZE_ARGS if name not in parameters]
     if missing:
-        raise _fail(api, f"no parameter(s) {missing}")
+        raise _fail("tensorflow.lite.python.convert.mlir_quantize", f"no parameter(s) {missing}")
     unknown = [name for name in kwargs if name not in MLIR_QUANTIZE_ARGS]
     if unknown:
         raise ValueError(f"mlir_quantize: unguarded keyword(s) {unknown}")
@@ -83,27 +93,15 @@ def mlir_quantize(calibrated: bytes, **kwargs: Any) -> bytes:
 
 def convert_variables_to_constants_v2(concrete: Any) -> Any:
     """TensorFlow's graph freezing of a ConcreteFunction (variables become constants)."""
-    api = "tensorflow.python.framework.convert_to_constants.convert_variables_to_constants_v2"
-    try:
-        from tensorflow.python.framework import convert_to_constants
-    except ImportError:
-        raise _fail(api, "module not importable") from None
-    function = getattr(convert_to_constants, "convert_variables_to_constants_v2", None)
-    if function is None:
-        raise _fail(api, "no such function")
-    return function(concrete)
+    module = "tensorflow.python.framework.convert_to_constants"
+    return _private(module, "convert_variables_to_constants_v2")(concrete)
 
 
 def flatbuffer_utils() -> Any:
     """``tensorflow.lite.tools.flatbuffer_utils`` (read a .tflite into its object API)."""
-    api = "tensorflow.lite.tools.flatbuffer_utils"
-    try:
-        from tensorflow.lite.tools import flatbuffer_utils as module
-    except ImportError:
-        raise _fail(api, "module not importable") from None
+    module = _private("tensorflow.lite.tools.flatbuffer_utils")
     for name in ("read_model_from_bytearray", "opcode_to_name", "type_to_name"):
-        if not hasattr(module, name):
-            raise _fail(f"{api}.{name}", "no such function")
+        _private("tensorflow.lite.tools.flatbuffer_utils", name)
     return module
 
 

@@ -118,7 +118,7 @@ def _function(model: Any, names: tuple[tuple[str, ...], tuple[str, ...]]) -> Any
         outs = model(list(args) if len(args) > 1 else args[0])
         return {n: tf.identity(o, name=n) for n, o in zip(names[1], outs)}
 
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from export.tf_private import convert_variables_to_constants_v2
 
     # Freeze: Keras 3 variables become READ_VARIABLE ops in TFLite, which break calibration.
     concrete = tf.function(serve, input_signature=specs).get_concrete_function()

@@ -98,7 +98,11 @@ def test_tflite_audit_rejects_op_versions_newer_than_the_oldest_runtime():
         ExportCheckError, match=r"needs TFLite runtime >= 2\.1[5-9].*FULLY_CONNECTED"
     ):
         check_tflite_runtime_version(hybrid, "dense.tflite")
-    converter._experimental_disable_per_channel_quantization_for_dense_layers = True
+    from export.tf_private import set_converter_flag
+
+    set_converter_flag(
+        converter, "_experimental_disable_per_channel_quantization_for_dense_layers", True
+    )
     needed = check_tflite_runtime_version(converter.convert(), "dense.tflite")
     assert tuple(int(v) for v in needed.split(".")) <= (2, 14, 0)
 

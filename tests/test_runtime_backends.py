@@ -30,7 +30,8 @@ def _edgetpu_present() -> bool:
 
 def _frozen(function, specs):
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from export.tf_private import convert_variables_to_constants_v2
 
     concrete = tf.function(function, input_signature=specs).get_concrete_function()
     return convert_variables_to_constants_v2(concrete), concrete

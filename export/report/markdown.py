@@ -45,6 +45,8 @@ def format_markdown(report: dict[str, Any]) -> str:
             f"{_num(row.get('agreement', {}).get('matched'), '.3f')} | {row['bytes']:,} | "
             f"{row['latency_ms']:.2f} | {_verdict(row)} |"
         )
+    if not report["pipelines"]:
+        lines.append("| none: no pipeline has both stages exported (see Not measured) | |||||||")
     lines += [
         "",
         "## Artifacts (the other stage in float Keras)",
