@@ -12,6 +12,7 @@ with a readable message (tests/test_private_apis.py smoke-tests each one).
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any
 
 from export.config import ExportCheckError
@@ -39,6 +40,30 @@ class PrivateApiError(ExportCheckError):
     """A private TensorFlow API is missing or changed shape (a TensorFlow upgrade)."""
 
 
+def check_version(api: str) -> bool:
+    """Whether the installed TensorFlow is the release the private APIs were checked with.
+
+    Another release warns (once per API) naming the API: it may still work, and the shape checks
+    below fail loudly if it does not.
+    """
+    import tensorflow as tf
+
+    installed = ".".join(tf.__version__.split(".")[:2])
+    if installed == CHECKED_TENSORFLOW:
+        return True
+    if api not in _WARNED:
+        _WARNED.add(api)
+        warnings.warn(
+            f"{api}: private TensorFlow API checked with TensorFlow {CHECKED_TENSORFLOW}, "
+            f"running on {tf.__version__}",
+            stacklevel=3,
+        )
+    return False
+
+
+_WARNED: set[str] = set()
+
+
 def _fail(api: str, what: str) -> PrivateApiError:
     import tensorflow as tf
 
@@ -56,6 +81,7 @@ def set_converter_flag(converter: Any, flag: str, value: bool) -> None:
     """
     if flag not in CONVERTER_FLAGS:
         raise ValueError(f"{flag!r} is not one of the guarded converter flags {CONVERTER_FLAGS}")
+    check_version(f"TFLiteConverter.{flag}")
     if not hasattr(converter, flag):
         raise _fail(f"TFLiteConverter.{flag}", "no such attribute")
     setattr(converter, flag, value)
@@ -66,6 +92,7 @@ def _private(module: str, name: str | None = None) -> Any:
     import importlib
 
     api = f"{module}.{name}" if name else module
+    check_version(api)
     try:
         imported = importlib.import_module(module)
     except ImportError:
@@ -110,6 +137,7 @@ def quantization_debugger() -> Any:
     import tensorflow as tf
 
     api = "tf.lite.experimental.QuantizationDebugger"
+    check_version(api)
     debugger = getattr(getattr(tf.lite, "experimental", None), "QuantizationDebugger", None)
     if debugger is None:
         raise _fail(api, "no such class")

@@ -12,7 +12,8 @@ from typing import Any
 
 from runtime.errors import RoiedgeError
 
-#: Interpreter packages and the versions this guard was checked against (tests/test_private_apis.py).
+#: Interpreters this guard was checked with: ai-edge-litert by tests/test_private_apis.py,
+#: tflite-runtime by `make test-edge` (tests/test_edge_envs.py), tf.lite by the fallback test.
 CHECKED_VERSIONS = {"ai-edge-litert": "2.3.0", "tflite-runtime": "2.14.0", "tensorflow-cpu": "2.21"}
 API = "Interpreter._get_full_signature_list"
 

@@ -94,3 +94,12 @@ def test_runtime_signature_guard_on_litert_and_on_a_changed_api(tiny):
     assert full_signature_list(NoApi()) == {}
     with pytest.raises(RoiedgeError, match="_get_full_signature_list"):
         full_signature_list(Changed())
+
+
+def test_another_tensorflow_release_warns_naming_the_api(monkeypatch):
+    monkeypatch.setattr(tf_private, "CHECKED_TENSORFLOW", "2.0")
+    monkeypatch.setattr(tf_private, "_WARNED", set())
+    with pytest.warns(UserWarning, match=r"mlir_quantize: private TensorFlow API checked with"):
+        assert not tf_private.check_version("tensorflow.lite.python.convert.mlir_quantize")
+    monkeypatch.undo()
+    assert tf_private.check_version("tensorflow.lite.python.convert.mlir_quantize")
