@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--precisions", type=_names, default=None, help=f"of {','.join(PRECISIONS)}"
     )
     parser.add_argument(
+        "--target-drop",
+        type=float,
+        default=defaults.target_drop,
+        help="mixed precision: largest mAP@.5:.95 drop vs float Keras, in points (default 0.5)",
+    )
+    parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bars"
     )
     return parser

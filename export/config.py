@@ -50,6 +50,7 @@ class ExportConfig:
     models: tuple[str, ...] | None = None
     formats: tuple[str, ...] | None = None
     precisions: tuple[str, ...] | None = None
+    target_drop: float = 0.5
     progress: bool = True
     schema_version: int = SCHEMA_VERSION
 
@@ -73,6 +74,10 @@ class ExportConfig:
         if self.calibration_images is not None and self.calibration_images < 1:
             raise ExportInputError(
                 f"--calibration-images is {self.calibration_images}; expected a positive int"
+            )
+        if not 0 < self.target_drop <= 100:
+            raise ExportInputError(
+                f"--target-drop is {self.target_drop}; expected mAP@.5:.95 points in (0, 100]"
             )
         if self.golden_samples < 1:
             raise ExportInputError(

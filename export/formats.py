@@ -33,7 +33,7 @@ class ArtifactSpec:
     @property
     def quantized(self) -> bool:
         """True for integer-quantized artifacts (needs calibration data, compared by SNR)."""
-        return self.precision in ("dynamic_int8", "int8", "int8_io")
+        return self.precision in ("dynamic_int8", "int8", "int8_io", "mixed")
 
 
 def _row(model: str, fmt: str, precision: str, description: str) -> ArtifactSpec:
@@ -50,6 +50,11 @@ _DESCRIPTIONS = {
     ("tflite", "int8_io"): "Edge TPU-ready: TFLITE_BUILTINS_INT8 only, int8 inputs/outputs",
     ("onnx", "float32"): f"tf2onnx, opset {ONNX_OPSET}",
     ("onnx", "int8"): "QDQ static quantization (onnxruntime), same calibration data",
+    (
+        "tflite",
+        "mixed",
+    ): "int8 with the fewest most sensitive layers kept float to meet --target-drop",
+    ("onnx", "mixed"): "QDQ int8 with the fewest nodes kept float to meet --target-drop",
 }
 #: int8 inputs would quantize the head's box coordinates, so only the backbone gets int8_io.
 _BACKBONE_ONLY = ("int8_io",)

@@ -119,8 +119,11 @@ class _Reader:
         pass
 
 
-def onnx_int8(build: BuildInput) -> Built:
+def onnx_int8(build: BuildInput, keep_float: Sequence[str] = ()) -> Built:
     """QDQ int8 (per-channel weights, int8 activations); the coordinate path stays float.
+
+    ``keep_float``: more nodes (named as in the pre-processed graph) to leave unquantized
+    (``export.mixed``).
 
     The float graph is first optimised by onnxruntime's quantization pre-processing, which folds
     the BatchNorm scale/shift that tf2onnx leaves after depthwise convolutions into the convs
@@ -168,7 +171,7 @@ def onnx_int8(build: BuildInput) -> Built:
             reduce_range=True,
             calibrate_method=method,
             extra_options=extra,
-            nodes_to_exclude=excluded,
+            nodes_to_exclude=[*excluded, *keep_float],
         )
         quantized = onnx.load(os.fspath(dst))
     compact_names(quantized)
@@ -195,7 +198,14 @@ def onnx_int8(build: BuildInput) -> Built:
 BUILDERS: dict[str, Callable[[BuildInput], Built]] = {
     "float32": onnx_float32,
     "int8": onnx_int8,
+    "mixed": lambda build: _onnx_mixed(build),
 }
+
+
+def _onnx_mixed(build: BuildInput) -> Built:
+    from export.mixed import onnx_mixed  # export.mixed imports this module
+
+    return onnx_mixed(build)
 
 
 def _session(model_bytes: bytes):

@@ -270,7 +270,17 @@ def run_export(config: ExportConfig) -> Manifest:
             for spec in specs:
                 bar.set_postfix_str(spec.name)
                 entry, broken = _build_one(
-                    spec, keras_models, calibration, golden_inputs, golden_outputs, work
+                    spec,
+                    keras_models,
+                    calibration,
+                    golden_inputs,
+                    golden_outputs,
+                    work,
+                    mixed={
+                        "detector": detector,
+                        "validation": "procedural" if files is None else "folder",
+                        "target_drop": config.target_drop,
+                    },
                 )
                 entries.append(entry)
                 failures.extend(broken)
@@ -282,7 +292,13 @@ def run_export(config: ExportConfig) -> Manifest:
         manifest = Manifest(
             artifacts=tuple(entries),
             golden=golden,
-            source_models=_source_models(Path(config.model)),
+            source_models={
+                **_source_models(Path(config.model)),
+                # What the int8 artifacts were calibrated on (the stage-1 input tensors, in order).
+                "calibration_sha256": tflite_format.calibration_sha256(
+                    [{"image": sample[0]} for sample in calibration["backbone_rpn"]]
+                ),
+            },
             detector=detector.config.to_dict(),
             versions=_versions(),
         )
@@ -318,12 +334,14 @@ def _quiet():
         root.setLevel(level)
 
 
-def _build_one(spec, keras_models, calibration, golden_inputs, golden_outputs, work: Path):
+def _build_one(
+    spec, keras_models, calibration, golden_inputs, golden_outputs, work: Path, mixed=None
+):
     from export.tflite_format import BuildInput
 
     names = STAGE_IO[spec.model][0]
     samples = [dict(zip(names, s)) for s in calibration[spec.model]]
-    build = BuildInput(spec.model, keras_models[spec.model], samples)
+    build = BuildInput(spec.model, keras_models[spec.model], samples, **(mixed or {}))
     with _quiet():
         built = BUILDERS[spec.format][spec.precision](build)
     report = audit_artifact(spec, built.data)

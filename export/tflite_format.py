@@ -34,6 +34,13 @@ PER_CHANNEL_WEIGHTS = {"backbone_rpn": False, "head": True}
 #: Calibration samples run through the per-layer debug model of each int8 artifact.
 LAYER_DEBUG_SAMPLES = 16
 
+#: Op types full int8 keeps in float. An int8 SOFTMAX output has 1/256 steps, so the head's
+#: confident detections tie at 255/256 and AP's ranking among them (which box is counted first)
+#: becomes arbitrary: on the shipped model that alone cost ~1 point of mAP@.5:.95 (0.7248 vs
+#: 0.7348 with a float SOFTMAX, float Keras 0.7349, 200 held-out images). A float SOFTMAX on the
+#: dequantized int8 logits costs one DEQUANTIZE of a [64,4] tensor.
+FLOAT_SCORE_OPS = ("SOFTMAX",)
+
 
 @dataclasses.dataclass(frozen=True)
 class BuildInput:
@@ -42,6 +49,11 @@ class BuildInput:
     stage: str
     keras_model: Any
     calibration: Sequence[dict[str, np.ndarray]]
+    #: For ``mixed`` (export.mixed): the whole detector, where the calibration images came from
+    #: ("procedural": labelled validation scenes exist; "folder": no labels) and the target.
+    detector: Any = None
+    validation: str = "folder"
+    target_drop: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,24 +161,22 @@ def quantization_leaks(model_bytes: bytes, stage: str) -> list[str]:
     return sorted(set(leaks))
 
 
-def tflite_int8(build: BuildInput) -> Built:
-    """Full-integer quantization, float I/O, coordinate path kept in float32/int32.
-
-    Calibrates the float model once, then quantizes it with the coordinate path's nodes
-    denylisted (the mechanism behind ``tf.lite.experimental.QuantizationDebugger``'s
-    ``denylisted_nodes``), and verifies no coordinate tensor was quantized.
-    """
+def calibrate(build: BuildInput) -> bytes:
+    """The float model with the representative dataset's min/max recorded on every tensor."""
     import tensorflow as tf
 
     converter = _converter(build)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = _representative(build)
     set_converter_flag(converter, "_experimental_calibrate_only", True)
-    calibrated = converter.convert()
-    fb = flatbuffer_utils()
+    return converter.convert()
 
+
+def coordinate_denylist(calibrated: bytes, stage: str) -> tuple[list[str], list[str]]:
+    """(tensor names, op types) of RoIPooling's coordinate path, to keep out of quantization."""
+    fb = flatbuffer_utils()
     model = _float_model_graph(calibrated)
-    op_indexes, tensor_indexes = _coordinate_path(model, build.stage)
+    op_indexes, tensor_indexes = _coordinate_path(model, stage)
     subgraph = model.subgraphs[0]
     nodes = sorted({subgraph.tensors[t].name.decode() for t in tensor_indexes})
     # A multi-output op (UNPACK of the box columns) is matched by op type, not output name;
@@ -181,22 +191,33 @@ def tflite_int8(build: BuildInput) -> Built:
         for i, op in enumerate(subgraph.operators)
         if i not in set(op_indexes)
     }
-    op_types = sorted(coordinate_types - feature_types)
-    data = mlir_quantize(
+    return nodes, sorted(coordinate_types - feature_types)
+
+
+def quantize_calibrated(
+    calibrated: bytes, stage: str, keep_float: Sequence[str] = (), debug: bool = False
+) -> bytes:
+    """Full int8 of a calibrated model; the coordinate path, FLOAT_SCORE_OPS and the ops whose
+    output tensors are named in ``keep_float`` stay float (``debug``: NumericVerify model)."""
+    nodes, op_types = coordinate_denylist(calibrated, stage)
+    nodes = sorted(set(nodes) | set(keep_float))
+    op_types = sorted(set(op_types) | set(FLOAT_SCORE_OPS))
+    return mlir_quantize(
         calibrated,
-        disable_per_channel=not PER_CHANNEL_WEIGHTS[build.stage],
+        disable_per_channel=not PER_CHANNEL_WEIGHTS[stage],
         fully_quantize=False,
+        enable_numeric_verify=debug,
         denylisted_nodes=nodes or None,
         denylisted_ops=op_types or None,
     )
-    debug_model = mlir_quantize(
-        calibrated,
-        disable_per_channel=not PER_CHANNEL_WEIGHTS[build.stage],
-        fully_quantize=False,
-        enable_numeric_verify=True,
-        denylisted_nodes=nodes or None,
-        denylisted_ops=op_types or None,
-    )
+
+
+def full_int8(build: BuildInput, keep_float: Sequence[str] = (), calibrated: bytes | None = None):
+    """Full-integer artifact of ``build`` with the ``keep_float`` ops in float (see tflite_int8)."""
+    calibrated = calibrate(build) if calibrated is None else calibrated
+    nodes, op_types = coordinate_denylist(calibrated, build.stage)
+    data = quantize_calibrated(calibrated, build.stage, keep_float)
+    debug_model = quantize_calibrated(calibrated, build.stage, keep_float, debug=True)
     layers = layer_errors(debug_model, build.calibration[:LAYER_DEBUG_SAMPLES])
     leaks = quantization_leaks(data, build.stage)
     if leaks:
@@ -208,12 +229,37 @@ def tflite_int8(build: BuildInput) -> Built:
         data,
         {
             "kept_float_coordinate_tensors": len(nodes),
-            "kept_float_op_types": op_types,
+            "kept_float_op_types": sorted(set(op_types) | set(FLOAT_SCORE_OPS)),
+            "kept_float_layers": sorted(keep_float),
             "calibration_samples": len(build.calibration),
+            "calibration_sha256": calibration_sha256(build.calibration),
             "per_channel_weights": PER_CHANNEL_WEIGHTS[build.stage],
             "layer_errors": layers,
         },
     )
+
+
+def tflite_int8(build: BuildInput) -> Built:
+    """Full-integer quantization, float I/O, coordinate path and score softmax kept float.
+
+    Calibrates the float model once, then quantizes it with the coordinate path's nodes
+    denylisted (the mechanism behind ``tf.lite.experimental.QuantizationDebugger``'s
+    ``denylisted_nodes``), and verifies no coordinate tensor was quantized.
+    """
+    return full_int8(build)
+
+
+def calibration_sha256(samples: Sequence[dict[str, np.ndarray]]) -> str:
+    """sha256 over the calibration samples (names, dtypes, shapes and bytes, in order)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for sample in samples:
+        for name in sorted(sample):
+            array = np.ascontiguousarray(sample[name])
+            digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def layer_errors(debug_model: bytes, samples: Sequence[dict[str, np.ndarray]]) -> list[dict]:
@@ -290,7 +336,14 @@ BUILDERS: dict[str, Callable[[BuildInput], Built]] = {
     "dynamic_int8": tflite_dynamic_int8,
     "int8": tflite_int8,
     "int8_io": tflite_int8_io,
+    "mixed": lambda build: _tflite_mixed(build),
 }
+
+
+def _tflite_mixed(build: BuildInput) -> Built:
+    from export.mixed import tflite_mixed  # export.mixed imports this module
+
+    return tflite_mixed(build)
 
 
 def tensor_specs(model_bytes: bytes, stage: str):

@@ -103,6 +103,15 @@ def map50_drop_failures(precision: str, keras_map50: float, map50: float) -> tup
     return ()
 
 
+def map50_95_drop_failures(precision: str, keras_map: float, map50_95: float) -> tuple[str, ...]:
+    """The mAP@.5:.95 drop bound of ``precision`` (mAP as fractions; a NaN drop breaks it)."""
+    bound = tolerance_for(precision).max_map50_95_drop
+    drop = keras_map - map50_95
+    if bound is not None and not drop <= bound + 1e-12:
+        return (f"mAP@.5:.95 drop {100 * drop:.2f} pts > {100 * bound:.2f} pts",)
+    return ()
+
+
 @dataclasses.dataclass(frozen=True)
 class OutputResult:
     """One output of one artifact: its metrics and the bounds it broke (empty = pass).

@@ -39,6 +39,8 @@ PIPELINES: tuple[Pipeline, ...] = (
     Pipeline("tflite/int8_io+int8", "tflite", "int8_io", "int8"),
     Pipeline("onnx/float32", "onnx", "float32", "float32"),
     Pipeline("onnx/int8", "onnx", "int8", "int8"),
+    Pipeline("tflite/mixed", "tflite", "mixed", "mixed"),
+    Pipeline("onnx/mixed", "onnx", "mixed", "mixed"),
 )
 
 

@@ -33,30 +33,34 @@ def format_markdown(report: dict[str, Any]) -> str:
         "",
         "## Pipelines (both stages exported)",
         "",
-        "| pipeline | mAP@0.5 | Δ pts | mAP@.5:.95 | box IoU vs float | matched | bytes | p50 ms | verdict |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| pipeline | mAP@0.5 | Δ pts | mAP@.5:.95 | Δ pts | box IoU vs float | matched | bytes "
+        "| p50 ms | verdict |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     base = keras.get("map50")
+    base95 = keras.get("map50_95")
     for row in report["pipelines"]:
         lines.append(
             f"| {row['name']} | {_num(row.get('map50'), '.4f')} | {_delta(base, row)} | "
-            f"{_num(row.get('map50_95'), '.4f')} | "
+            f"{_num(row.get('map50_95'), '.4f')} | {_delta(base95, row, 'map50_95')} | "
             f"{_num(row.get('agreement', {}).get('mean_iou'), '.3f')} | "
             f"{_num(row.get('agreement', {}).get('matched'), '.3f')} | {row['bytes']:,} | "
             f"{row['latency_ms']:.2f} | {_verdict(row)} |"
         )
     if not report["pipelines"]:
-        lines.append("| none: no pipeline has both stages exported (see Not measured) | |||||||")
+        lines.append("| none: no pipeline has both stages exported (see Not measured) | |||||||||")
     lines += [
         "",
         "## Artifacts (the other stage in float Keras)",
         "",
-        "| artifact | mAP@0.5 | Δ pts | top-1 | box IoU | bytes | p50 ms | verdict |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| artifact | mAP@0.5 | Δ pts | mAP@.5:.95 | Δ pts | top-1 | box IoU | bytes | p50 ms "
+        "| verdict |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in report["artifacts"]:
         lines.append(
             f"| {row['name']} | {_num(row.get('map50'), '.4f')} | {_delta(base, row)} | "
+            f"{_num(row.get('map50_95'), '.4f')} | {_delta(base95, row, 'map50_95')} | "
             f"{_num(row.get('top1_agreement'), '.3f')} | "
             f"{_num(row.get('agreement', {}).get('mean_iou'), '.3f')} | {row['bytes']:,} | "
             f"{row['latency_ms']:.2f} | {_verdict(row)} |"
@@ -101,10 +105,10 @@ def format_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _delta(base: float | None, row: dict) -> str:
-    if base is None or row.get("map50") is None:
+def _delta(base: float | None, row: dict, key: str = "map50") -> str:
+    if base is None or row.get(key) is None:
         return "-"
-    return f"{100 * (row['map50'] - base):+.2f}"
+    return f"{100 * (row[key] - base):+.2f}"
 
 
 def _verdict(row: dict) -> str:

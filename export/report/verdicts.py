@@ -13,9 +13,22 @@ from export.report.statistics import machine_info
 from runtime.manifest import ArtifactEntry, Manifest
 
 
-def judge_artifact(entry: ArtifactEntry, row: dict, keras_map50: float) -> list[str]:
+def map_drop_failures(precision: str, keras: dict, row: dict) -> list[str]:
+    """The mAP@0.5 and mAP@.5:.95 drop bounds of ``precision`` this measured row breaks."""
+    from runtime.golden import map50_95_drop_failures, map50_drop_failures
+
+    failures = []
+    if "map50" in row:
+        failures += map50_drop_failures(precision, keras.get("map50", float("nan")), row["map50"])
+    if "map50_95" in row:
+        keras_map = keras.get("map50_95", float("nan"))
+        failures += map50_95_drop_failures(precision, keras_map, row["map50_95"])
+    return failures
+
+
+def judge_artifact(entry: ArtifactEntry, row: dict, keras: dict) -> list[str]:
     """Every tolerance of ``entry.precision`` that this artifact's measured row breaks."""
-    from runtime.golden import ErrorMetrics, judge_metrics, map50_drop_failures
+    from runtime.golden import ErrorMetrics, judge_metrics
 
     metrics = {
         name: ErrorMetrics(
@@ -24,9 +37,7 @@ def judge_artifact(entry: ArtifactEntry, row: dict, keras_map50: float) -> list[
         for name, stats in row.get("outputs", {}).items()
     }
     failures = list(judge_metrics(entry.precision, metrics, row.get("top1_agreement")).failures)
-    if "map50" in row:
-        failures += map50_drop_failures(entry.precision, keras_map50, row["map50"])
-    return failures
+    return failures + map_drop_failures(entry.precision, keras, row)
 
 
 def target_rows(manifest: Manifest, latency: dict, targets: Targets) -> list[dict[str, Any]]:
@@ -75,8 +86,6 @@ def _not_measured(what: str, bound: float, reason: str) -> dict[str, Any]:
 
 def build_report(config: ReportConfig) -> dict[str, Any]:
     """Measure everything and return the report dict (``report.json``'s content)."""
-    from runtime.golden import map50_drop_failures
-
     measurer = Measurer(config)
     manifest = measurer.manifest
     latency = measurer.latencies()
@@ -88,7 +97,6 @@ def build_report(config: ReportConfig) -> dict[str, Any]:
     }
     if accuracy:
         keras.update(accuracy["keras"])
-    keras_map50 = keras.get("map50", float("nan"))
     artifacts = []
     for entry in manifest.artifacts:
         row: dict[str, Any] = {
@@ -101,7 +109,7 @@ def build_report(config: ReportConfig) -> dict[str, Any]:
         }
         if accuracy:
             row.update(accuracy["artifacts"][entry.name])
-            row["failures"] = judge_artifact(entry, row, keras_map50)
+            row["failures"] = judge_artifact(entry, row, keras)
             row["passed"] = not row["failures"]
         artifacts.append(row)
     pipelines = []
@@ -118,8 +126,7 @@ def build_report(config: ReportConfig) -> dict[str, Any]:
         }
         if accuracy:
             row.update(accuracy["pipelines"][pipeline.name])
-            drop = map50_drop_failures(pipeline.precision, keras_map50, row["map50"])
-            row["failures"] = list(drop)
+            row["failures"] = map_drop_failures(pipeline.precision, keras, row)
             row["passed"] = not row["failures"]
         pipelines.append(row)
     return {
