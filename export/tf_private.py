@@ -127,7 +127,12 @@ def convert_variables_to_constants_v2(concrete: Any) -> Any:
 def flatbuffer_utils() -> Any:
     """``tensorflow.lite.tools.flatbuffer_utils`` (read a .tflite into its object API)."""
     module = _private("tensorflow.lite.tools.flatbuffer_utils")
-    for name in ("read_model_from_bytearray", "opcode_to_name", "type_to_name"):
+    for name in (
+        "read_model_from_bytearray",
+        "convert_object_to_bytearray",
+        "opcode_to_name",
+        "type_to_name",
+    ):
         _private("tensorflow.lite.tools.flatbuffer_utils", name)
     return module
 

@@ -9,6 +9,7 @@ weights) in float32/int32 and quantizes the feature path only; see :func:`_coord
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +31,18 @@ from export.tf_private import (
 #: Edge TPU compilers require. The head's dense layers keep per-channel scales.
 PER_CHANNEL_WEIGHTS = {"backbone_rpn": False, "head": True}
 
+
+#: How full int8 sets each activation's range, per stage. "mse": the converter's min/max shrunk
+#: to the clipping range with the least squared 8-bit quantization error on the calibration
+#: activations (:func:`mse_activation_ranges`); "minmax": the converter's own. On the shipped
+#: backbone, whose ReLU activations have rare outliers, MSE ranges are 0.6-0.9x the min/max and
+#: raise the int8 SNR of features 21.6 -> 24.0 dB and rpn_deltas 25.8 -> 28.1 dB (held-out
+#: mAP@.5:.95 0.7377 -> 0.7392, float 0.7442). The head keeps min/max: its int8 already matches
+#: float Keras mAP once its softmax is float (see FLOAT_SCORE_OPS).
+ACTIVATION_RANGES = {"backbone_rpn": "mse", "head": "minmax"}
+#: Calibration samples whose activations choose the MSE ranges, and the shrink factors tried.
+RANGE_SAMPLES = 100
+RANGE_FACTORS = np.linspace(0.3, 1.0, 36)
 
 #: Calibration samples run through the per-layer debug model of each int8 artifact.
 LAYER_DEBUG_SAMPLES = 16
@@ -162,14 +175,76 @@ def quantization_leaks(model_bytes: bytes, stage: str) -> list[str]:
 
 
 def calibrate(build: BuildInput) -> bytes:
-    """The float model with the representative dataset's min/max recorded on every tensor."""
+    """The float model with every tensor's activation range recorded (ACTIVATION_RANGES)."""
     import tensorflow as tf
 
     converter = _converter(build)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = _representative(build)
     set_converter_flag(converter, "_experimental_calibrate_only", True)
-    return converter.convert()
+    calibrated = converter.convert()
+    if ACTIVATION_RANGES[build.stage] == "mse":
+        calibrated = mse_activation_ranges(calibrated, build.calibration[:RANGE_SAMPLES])
+    return calibrated
+
+
+def mse_clip(values: np.ndarray, low: float, high: float) -> tuple[float, float]:
+    """The (low, high) among ``RANGE_FACTORS`` x (low, high) whose 8-bit uniform quantization of
+    ``values`` (clipped to the range) has the least mean squared error."""
+    best = (np.inf, low, high)
+    for factor in RANGE_FACTORS:
+        a, b = low * factor, high * factor
+        if b - a <= 0:
+            continue
+        step = (b - a) / 255.0
+        error = float(
+            np.mean((values - (np.clip(np.round((values - a) / step), 0, 255) * step + a)) ** 2)
+        )
+        if error < best[0]:
+            best = (error, a, b)
+    return best[1], best[2]
+
+
+def mse_activation_ranges(calibrated: bytes, samples: Sequence[dict[str, np.ndarray]]) -> bytes:
+    """A calibrated model with each recorded activation range replaced by :func:`mse_clip`'s.
+
+    Runs the calibrated (float) model on ``samples`` keeping every intermediate tensor, and
+    rewrites the per-tensor min/max the quantizer reads. Zero stays inside every range.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    fb = flatbuffer_utils()
+    model = _float_model_graph(calibrated)
+    subgraph = model.subgraphs[0]
+    ranged = [
+        i
+        for i, t in enumerate(subgraph.tensors)
+        if t.quantization is not None
+        and t.quantization.min is not None
+        and len(t.quantization.min) == 1
+        and fb.type_to_name(t.type) == "FLOAT32"
+    ]
+    with warnings.catch_warnings():
+        # "intended for debugging": it is, a one-off pass over the calibration samples.
+        warnings.simplefilter("ignore")
+        interpreter = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
+    runner_inputs = interpreter.get_signature_runner().get_input_details()
+    interpreter.allocate_tensors()
+    collected: dict[int, list[np.ndarray]] = {i: [] for i in ranged}
+    for sample in samples:
+        for key, detail in runner_inputs.items():
+            interpreter.set_tensor(detail["index"], sample[key])
+        interpreter.invoke()
+        for i in ranged:
+            # Every third value: the same distribution at a third of the memory.
+            collected[i].append(np.array(interpreter.get_tensor(i)).ravel()[::3])
+    for i in ranged:
+        tensor = subgraph.tensors[i]
+        low, high = float(tensor.quantization.min[0]), float(tensor.quantization.max[0])
+        low, high = mse_clip(np.concatenate(collected[i]), min(low, 0.0), max(high, 0.0))
+        tensor.quantization.min = np.array([low], np.float32)
+        tensor.quantization.max = np.array([high], np.float32)
+    return bytes(fb.convert_object_to_bytearray(model))
 
 
 def coordinate_denylist(calibrated: bytes, stage: str) -> tuple[list[str], list[str]]:
@@ -234,6 +309,7 @@ def full_int8(build: BuildInput, keep_float: Sequence[str] = (), calibrated: byt
             "calibration_samples": len(build.calibration),
             "calibration_sha256": calibration_sha256(build.calibration),
             "per_channel_weights": PER_CHANNEL_WEIGHTS[build.stage],
+            "activation_ranges": ACTIVATION_RANGES[build.stage],
             "layer_errors": layers,
         },
     )

@@ -49,6 +49,7 @@ TOLERANCES: tuple[Tolerance, ...] = (
         min_snr_db=60.0,
         min_top1_agreement=0.99,
         max_map50_drop=0.001,
+        max_map50_95_drop=0.0005,
     ),
     # Weights (and most activations) rounded to 11-bit mantissas: ~1e-2 relative.
     Tolerance(
@@ -59,6 +60,7 @@ TOLERANCES: tuple[Tolerance, ...] = (
         target_snr_db=45.0,
         min_top1_agreement=0.97,
         max_map50_drop=0.003,
+        max_map50_95_drop=0.001,
     ),
     # Quantized: judged by signal-to-noise and by the decision the head makes, not elementwise.
     Tolerance(

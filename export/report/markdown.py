@@ -80,6 +80,22 @@ def format_markdown(report: dict[str, Any]) -> str:
                     f"{stats['p99_abs']:.2e} | {_num(stats['snr_db'], '.1f')} | "
                     f"{_num(stats['cosine'], '.6f')} |"
                 )
+    if report.get("mixed"):
+        lines += [
+            "",
+            "## Mixed precision (layers kept float; cost against the int8 artifact)",
+            "",
+            "| artifact | target | met | layers kept float | + bytes | + p50 ms |",
+            "| --- | --- | --- | --- | ---: | ---: |",
+        ]
+        for row in report["mixed"]:
+            target = ", ".join(f"{k} {v}" for k, v in row["target"].items() if k != "target_met")
+            kept = "<br>".join(row["kept_float_layers"]) or "none (int8 meets the target)"
+            lines.append(
+                f"| {row['name']} | {target} | {row['target_met']} | {kept} | "
+                f"{_num(row.get('extra_bytes_vs_int8'), ',')} | "
+                f"{_num(row.get('extra_ms_vs_int8'), '+.2f')} |"
+            )
     lines += [
         "",
         "## Targets",

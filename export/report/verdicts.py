@@ -84,6 +84,33 @@ def _not_measured(what: str, bound: float, reason: str) -> dict[str, Any]:
     }
 
 
+def mixed_rows(directory: Path, manifest: Manifest, latency: dict) -> list[dict[str, Any]]:
+    """Per mixed artifact: the layers its search kept float, and their cost against int8."""
+    import json
+
+    rows = []
+    for entry in manifest.artifacts:
+        if entry.precision != "mixed" or not entry.op_report:
+            continue
+        report = json.loads((directory / entry.op_report).read_text(encoding="utf-8"))
+        notes = report.get("build_notes", {}).get("mixed", {})
+        row = {
+            "name": entry.name,
+            "kept_float_layers": notes.get("kept_float_layers", []),
+            "target": {k: v for k, v in notes.items() if k.startswith(("target", "max_", "min_"))},
+            "target_met": notes.get("target_met"),
+            "bytes": entry.bytes,
+            "latency_ms": latency["artifacts"].get(entry.name),
+        }
+        int8 = f"{entry.model}/{entry.format}/int8"
+        if int8 in latency["artifacts"]:
+            int8_entry = manifest.find(entry.model, entry.format, "int8")
+            row["extra_bytes_vs_int8"] = entry.bytes - int8_entry.bytes
+            row["extra_ms_vs_int8"] = row["latency_ms"] - latency["artifacts"][int8]
+        rows.append(row)
+    return rows
+
+
 def build_report(config: ReportConfig) -> dict[str, Any]:
     """Measure everything and return the report dict (``report.json``'s content)."""
     measurer = Measurer(config)
@@ -141,6 +168,7 @@ def build_report(config: ReportConfig) -> dict[str, Any]:
         "pipelines": pipelines,
         "not_measured": measurer.not_measured(),
         "targets": target_rows(manifest, latency, Targets()),
+        "mixed": mixed_rows(Path(config.artifacts), manifest, latency),
         "error_bins": ERROR_BINS.tolist(),
         "passed": all(r.get("passed", True) for r in artifacts + pipelines),
     }
