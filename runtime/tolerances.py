@@ -84,6 +84,7 @@ TOLERANCES: tuple[Tolerance, ...] = (
         target_snr_db=30.0,
         min_top1_agreement=0.9,
         max_map50_drop=0.01,
+        max_map50_95_drop=0.005,
     ),
     Tolerance(
         "int8_io",

@@ -114,19 +114,19 @@ def test_map50_95_bound_fails_a_deliberately_miscalibrated_int8_head(head_setup)
     from runtime.tolerances import tolerance_for
 
     detector, samples = head_setup
-    assert tolerance_for("int8").max_map50_95_drop is not None
-    # Proposals shifted by half a box: the box regressor sees 10x its usual deltas while
-    # calibrating, so its int8 output steps are ~10x too coarse for the real boxes.
-    rng = np.random.default_rng(0)
-    wrong = []
-    for s in samples:
-        p = s["proposals"].copy()
-        h, w = p[:, 2] - p[:, 0], p[:, 3] - p[:, 1]
-        shift = rng.uniform(-0.5, 0.5, (len(p), 2)) * np.stack([h, w], 1)
-        p[:, [0, 2]] += shift[:, :1]
-        p[:, [1, 3]] += shift[:, 1:]
-        wrong.append({**s, "proposals": np.clip(p, 0, 1).astype(np.float32)})
-    bad = tflite_int8(BuildInput("head", detector.head, wrong)).data
-    keras, row = _held_out_map(detector, bad, HELD_OUT_IMAGES)
-    failures = map_drop_failures("int8", keras, row)
-    assert any("mAP@.5:.95" in f for f in failures), (keras, row)
+    # Judged as "mixed" (int8 with layers kept float; here none): the precision whose mAP@.5:.95
+    # bound the default export meets in both formats (ONNX int8 does not, see README).
+    assert tolerance_for("mixed").max_map50_95_drop is not None
+    # Calibrated on features 8x their real size: every activation range of the feature path is
+    # ~8x too wide, so the real features use ~3 bits fewer. Classes survive, boxes do not.
+    wrong = [{**s, "features": (s["features"] * 8.0).astype(np.float32)} for s in samples]
+    verdicts = {}
+    for label, calibration in (("right", samples), ("wrong", wrong)):
+        head = tflite_int8(BuildInput("head", detector.head, calibration)).data
+        keras, row = _held_out_map(detector, head, HELD_OUT_IMAGES)
+        verdicts[label] = (map_drop_failures("mixed", keras, row), keras, row)
+    assert verdicts["right"][0] == [], verdicts["right"]
+    failures = verdicts["wrong"][0]
+    assert any("mAP@.5:.95" in f for f in failures), verdicts["wrong"]
+    # mAP@0.5 alone would have passed it: the bound the new one adds is what catches it.
+    assert not any("mAP@0.5 " in f for f in failures), verdicts["wrong"]
