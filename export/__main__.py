@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="mixed precision: largest mAP@.5:.95 drop vs float Keras, in points (default 0.5)",
     )
     parser.add_argument(
+        "--val-images",
+        type=int,
+        default=defaults.val_images,
+        help="mixed precision: procedural validation images its search scores (default 200)",
+    )
+    parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bars"
     )
     return parser

@@ -51,6 +51,7 @@ class ExportConfig:
     formats: tuple[str, ...] | None = None
     precisions: tuple[str, ...] | None = None
     target_drop: float = 0.5
+    val_images: int = 200
     progress: bool = True
     schema_version: int = SCHEMA_VERSION
 
@@ -79,6 +80,8 @@ class ExportConfig:
             raise ExportInputError(
                 f"--target-drop is {self.target_drop}; expected mAP@.5:.95 points in (0, 100]"
             )
+        if self.val_images < 1:
+            raise ExportInputError(f"--val-images is {self.val_images}; expected a positive int")
         if self.golden_samples < 1:
             raise ExportInputError(
                 f"--golden-samples is {self.golden_samples}; expected a positive int"

@@ -41,7 +41,6 @@ DEFAULT_TARGET_DROP = 0.5
 #: Procedural split of the labelled validation images (0 train, 1 held-out, 2 calibration,
 #: 3 golden).
 VAL_SPLIT = 4
-VAL_IMAGES = 200
 #: Label-free target: every output of the stage at least this SNR against float Keras.
 MIN_OUTPUT_SNR_DB = 30.0
 #: Calibration samples held back as the label-free target's validation inputs.
@@ -189,7 +188,7 @@ class SnrTarget:
 class MapDropTarget:
     """Loss = the stage's mAP@.5:.95 drop (points, other stage float Keras) minus ``max_drop``."""
 
-    def __init__(self, detector: Any, stage: str, max_drop: float, images: int = VAL_IMAGES):
+    def __init__(self, detector: Any, stage: str, max_drop: float, images: int = 200):
         from models.data import EVAL_SEED, make_batch
         from models.detector import FloatDetector
         from models.evaluate import score
@@ -267,9 +266,11 @@ def target_for(build: BuildInput) -> SnrTarget | MapDropTarget:
         if not _TARGETS_OF or _TARGETS_OF[0] is not build.detector:
             _TARGETS.clear()
             _TARGETS_OF[:] = [build.detector]
-        key = (build.stage, build.target_drop)
+        key = (build.stage, build.target_drop, build.val_images)
         if key not in _TARGETS:
-            _TARGETS[key] = MapDropTarget(build.detector, build.stage, build.target_drop / 2)
+            _TARGETS[key] = MapDropTarget(
+                build.detector, build.stage, build.target_drop / 2, build.val_images
+            )
         return _TARGETS[key]
     return SnrTarget(build)
 

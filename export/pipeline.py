@@ -280,6 +280,7 @@ def run_export(config: ExportConfig) -> Manifest:
                         "detector": detector,
                         "validation": "procedural" if files is None else "folder",
                         "target_drop": config.target_drop,
+                        "val_images": config.val_images,
                     },
                 )
                 entries.append(entry)

@@ -67,6 +67,7 @@ class BuildInput:
     detector: Any = None
     validation: str = "folder"
     target_drop: float = 0.5
+    val_images: int = 200
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 #: Small on purpose: `make export` calibrates on 300 images; tests only need every artifact built.
 SESSION_CALIBRATION_IMAGES = 40
 SESSION_GOLDEN_SAMPLES = 3
+#: Validation images of the mixed-precision search (make export: 200).
+SESSION_VAL_IMAGES = 40
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +26,7 @@ def exported_artifacts(tmp_path_factory):
         out=out,
         calibration_images=SESSION_CALIBRATION_IMAGES,
         golden_samples=SESSION_GOLDEN_SAMPLES,
+        val_images=SESSION_VAL_IMAGES,
         progress=False,
     )
     return out, run_export(config)
