@@ -145,13 +145,6 @@ def greedy_search(
 # -- targets
 
 
-def _snr_db(actual: np.ndarray, reference: np.ndarray) -> float:
-    reference = np.asarray(reference, np.float64)
-    noise = float(((np.asarray(actual, np.float64) - reference) ** 2).sum())
-    signal = float((reference**2).sum())
-    return float("inf") if noise == 0 else 10.0 * np.log10(max(signal, 1e-30) / noise)
-
-
 class SnrTarget:
     """Loss = how many dB the worst output falls short of ``min_snr_db`` (label-free)."""
 
@@ -171,10 +164,14 @@ class SnrTarget:
 
     def snrs(self, run: Callable[[dict], dict]) -> dict[str, float]:
         """Per-output SNR (dB) of a model runner over the samples."""
+        from runtime.golden import error_metrics
+
         names = STAGE_IO[self.stage][1]
         actual = [run(s) for s in self.samples]
         return {
-            n: _snr_db(np.stack([a[n] for a in actual]), np.stack([r[j] for r in self.reference]))
+            n: error_metrics(
+                np.stack([a[n] for a in actual]), np.stack([r[j] for r in self.reference])
+            ).snr_db
             for j, n in enumerate(names)
         }
 
