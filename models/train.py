@@ -1,4 +1,9 @@
-"""Train the tiny two-stage detector from scratch on procedural shapes: ``python -m models.train``.
+"""Train the tiny two-stage detector from scratch: ``python -m models.train``.
+
+Without ``--data`` it trains on the procedural shapes (the shipped detector); with
+``--data TRAIN.json`` (a COCO instances dataset, see :mod:`models.coco`) on the user's images at
+``--image-size H W``, class names from the dataset, with horizontal flips and scale jitter, and
+with ``--val VAL.json`` a per-epoch validation mAP line.
 
 Approximate joint training in one graph: the RPN learns objectness and box deltas on sampled
 anchors; the head learns on the RPN's own (NMS-ed, gradient-stopped) proposals plus the true boxes
@@ -20,17 +25,22 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from models.data import TRAIN_SPLIT, DataConfig, make_batch
+from models.data import CLASS_NAMES, TRAIN_SPLIT, Batch, DataConfig, make_batch
 from runtime.config import DetectorConfig
 from runtime.errors import RoiedgeError
 from runtime.manifest import atomic_write_bytes
 from runtime.processing import box_iou, encode_boxes, make_anchors
 
-MAX_GT = 6  # DataConfig.max_objects; ground truth is padded to this many boxes per image
+MAX_GT = 6  # DataConfig.max_objects; procedural ground truth is padded to this many boxes per image
+#: Scale jitter of --data training: each image is zoomed by a log-uniform factor in this range and
+#: cropped or padded back to the model size.
+SCALE_JITTER = (0.75, 1.25)
+#: An augmented box is kept when at least this fraction of it stays inside the frame.
+MIN_KEPT_FRACTION = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +65,10 @@ class TrainConfig:
     threads: int = 2
     out: str = "models/shipped/detector.keras"
     quiet: bool = False
+    data: str | None = None
+    val: str | None = None
+    images: str | None = None
+    image_size: tuple[int, int] | None = None
 
     @property
     def steps(self) -> int:
@@ -65,7 +79,11 @@ class TrainConfig:
 
 
 def rpn_targets(
-    boxes: np.ndarray, anchors: np.ndarray, rng: np.random.Generator, cfg: TrainConfig
+    boxes: np.ndarray,
+    anchors: np.ndarray,
+    rng: np.random.Generator,
+    cfg: TrainConfig,
+    scales: tuple[float, float, float, float] = DetectorConfig().box_coder_scales,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Anchor labels [N] (1 object, 0 background, -1 ignored) and delta targets [N,4] of one image."""
     n = anchors.shape[0]
@@ -82,7 +100,7 @@ def rpn_targets(
         per_gt = ious.max(axis=0)  # the best anchors of every box are positive too
         forced = ((ious >= per_gt[None, :] - 1e-6) & (ious > 0.1)).any(axis=1)
         labels[forced] = 1
-        targets = encode_boxes(boxes[best], anchors, DetectorConfig().box_coder_scales)
+        targets = encode_boxes(boxes[best], anchors, scales)
     positives = np.flatnonzero(labels == 1)
     max_pos = int(cfg.rpn_batch * cfg.rpn_positive_fraction)
     if len(positives) > max_pos:
@@ -94,21 +112,104 @@ def rpn_targets(
     return labels, targets
 
 
+def augment(
+    image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random horizontal flip and scale jitter of one uint8 [H,W,3] image, boxes [n,4] pixels.
+
+    The zoomed image (resized by the runtime's resize) is cropped or padded with its mean colour
+    back to H x W at a random offset; boxes follow and are clipped, and a box keeping less than
+    MIN_KEPT_FRACTION of its area (or under 2 pixels a side) is dropped with its label.
+    """
+    from runtime.images import resize
+
+    height, width = image.shape[:2]
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
+    if rng.random() < 0.5:
+        image = image[:, ::-1]
+        boxes = np.stack([boxes[:, 0], width - boxes[:, 3], boxes[:, 2], width - boxes[:, 1]], 1)
+    factor = float(np.exp(rng.uniform(*np.log(SCALE_JITTER))))
+    new_h, new_w = max(1, round(height * factor)), max(1, round(width * factor))
+    zoomed = resize(np.ascontiguousarray(image), (new_h, new_w))
+    boxes = boxes * np.asarray([new_h / height, new_w / width] * 2, np.float32)
+    # offset of the zoomed image's top-left corner in the frame (negative = cropped)
+    oy = int(rng.integers(min(0, height - new_h), max(0, height - new_h) + 1))
+    ox = int(rng.integers(min(0, width - new_w), max(0, width - new_w) + 1))
+    canvas = np.empty_like(image)
+    canvas[:] = image.reshape(-1, 3).mean(axis=0).astype(np.uint8)
+    ys, xs = max(oy, 0), max(ox, 0)
+    ye, xe = min(oy + new_h, height), min(ox + new_w, width)
+    canvas[ys:ye, xs:xe] = zoomed[ys - oy : ye - oy, xs - ox : xe - ox]
+    moved = boxes + np.asarray([oy, ox, oy, ox], np.float32)
+    clipped = np.clip(moved, 0, np.asarray([height, width, height, width], np.float32))
+    area = (moved[:, 2] - moved[:, 0]) * (moved[:, 3] - moved[:, 1])
+    kept_h, kept_w = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
+    keep = (kept_h >= 2) & (kept_w >= 2) & (kept_h * kept_w >= MIN_KEPT_FRACTION * area)
+    return canvas, clipped[keep], np.asarray(labels)[keep]
+
+
+class DatasetBatches:
+    """Training batches drawn (with replacement, seeded by step) from a resized dataset, augmented."""
+
+    def __init__(self, data: Batch, cfg: TrainConfig) -> None:
+        self.data = data
+        self.cfg = cfg
+        self.max_gt = max(1, max(len(b) for b in data.boxes))
+
+    def __call__(self, step: int) -> Batch:
+        rng = np.random.default_rng([self.cfg.seed, 2000, step])
+        picks = rng.integers(0, len(self.data.images), self.cfg.batch_size)
+        images, boxes, labels = [], [], []
+        for index in picks:
+            image, b, lab = augment(
+                self.data.images[index], self.data.boxes[index], self.data.labels[index], rng
+            )
+            images.append(image)
+            boxes.append(b)
+            labels.append(lab)
+        return Batch(np.stack(images), boxes, labels)
+
+
+class ProceduralBatches:
+    """Training batches of the procedural stream (the shipped detector's data)."""
+
+    max_gt = MAX_GT
+
+    def __init__(self, cfg: TrainConfig, data: DataConfig) -> None:
+        self.cfg = cfg
+        self.data = data
+
+    def __call__(self, step: int) -> Batch:
+        cfg = self.cfg
+        return make_batch(cfg.seed, TRAIN_SPLIT, step * cfg.batch_size, cfg.batch_size, self.data)
+
+
 def training_batch(
-    step: int, cfg: TrainConfig, anchors: np.ndarray, data: DataConfig
+    step: int,
+    cfg: TrainConfig,
+    anchors: np.ndarray,
+    data: DataConfig | None = None,
+    source=None,
+    det: DetectorConfig | None = None,
 ) -> dict[str, np.ndarray]:
-    """Batch ``step`` of the training stream: images, padded ground truth and RPN targets."""
-    batch = make_batch(cfg.seed, TRAIN_SPLIT, step * cfg.batch_size, cfg.batch_size, data)
+    """Batch ``step`` of the training stream: images, padded ground truth and RPN targets.
+
+    ``source(step) -> Batch`` (with a ``max_gt`` attribute) defaults to the procedural stream.
+    """
+    source = source or ProceduralBatches(cfg, data or DataConfig())
+    batch = source(step)
+    scales = (det or DetectorConfig()).box_coder_scales
     rng = np.random.default_rng([cfg.seed, 1000 + TRAIN_SPLIT, step])
     b = cfg.batch_size
-    gt_boxes = np.zeros((b, MAX_GT, 4), np.float32)
-    gt_labels = np.full((b, MAX_GT), -1, np.int32)
+    max_gt = source.max_gt
+    gt_boxes = np.zeros((b, max_gt, 4), np.float32)
+    gt_labels = np.full((b, max_gt), -1, np.int32)
     rpn_labels = np.zeros((b, anchors.shape[0]), np.int8)
     rpn_deltas = np.zeros((b, anchors.shape[0], 4), np.float32)
     for i, (boxes, labels) in enumerate(zip(batch.boxes, batch.labels)):
         gt_boxes[i, : len(boxes)] = boxes
         gt_labels[i, : len(labels)] = labels
-        rpn_labels[i], rpn_deltas[i] = rpn_targets(boxes, anchors, rng, cfg)
+        rpn_labels[i], rpn_deltas[i] = rpn_targets(boxes, anchors, rng, cfg, scales)
     return {
         "images": batch.images.astype(np.float32),
         "gt_boxes": gt_boxes,
@@ -118,18 +219,24 @@ def training_batch(
     }
 
 
-def _prefetch(cfg: TrainConfig, anchors: np.ndarray, data: DataConfig, depth: int = 4):
+def _prefetch(cfg: TrainConfig, anchors: np.ndarray, source, det: DetectorConfig, depth: int = 4):
     """Yields batches 0..steps-1 in order, produced by a background thread."""
     out: queue.Queue = queue.Queue(maxsize=depth)
 
     def work() -> None:
-        for step in range(cfg.steps):
-            out.put(training_batch(step, cfg, anchors, data))
+        try:
+            for step in range(cfg.steps):
+                out.put(training_batch(step, cfg, anchors, source=source, det=det))
+        except BaseException as error:  # re-raised in the training thread, not lost
+            out.put(error)
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
     for _ in range(cfg.steps):
-        yield out.get()
+        item = out.get()
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 # ---------------------------------------------------------------------------- TF graph pieces
@@ -181,8 +288,9 @@ def _huber(tf, x):
     return tf.where(ax < 1.0, 0.5 * x * x, ax - 0.5)
 
 
-def make_train_step(layers, cfg: TrainConfig, det: DetectorConfig, optimizer):
-    """A compiled ``step(batch, step_index) -> dict of losses`` updating the shared layers."""
+def make_train_step(layers, cfg: TrainConfig, det: DetectorConfig, optimizer, max_gt: int = MAX_GT):
+    """A compiled ``step(batch, step_index) -> dict of losses`` updating the shared layers;
+    ground truth comes padded to ``max_gt`` boxes per image."""
     import keras
     import tensorflow as tf
 
@@ -245,7 +353,7 @@ def make_train_step(layers, cfg: TrainConfig, det: DetectorConfig, optimizer):
             prop_valid = tf.range(pt)[None, :] < num_keep[:, None]
             # --- jittered copies of the true boxes
             seed = tf.stack([tf.constant(cfg.seed, tf.int32), tf.cast(step_index, tf.int32)])
-            noise = tf.random.stateless_uniform((b, MAX_GT, j, 4), seed, -1.0, 1.0)
+            noise = tf.random.stateless_uniform((b, max_gt, j, 4), seed, -1.0, 1.0)
             gh = gt_boxes[..., 2] - gt_boxes[..., 0]
             gw = gt_boxes[..., 3] - gt_boxes[..., 1]
             cy = (gt_boxes[..., 0] + 0.5 * gh)[..., None] + 0.15 * noise[..., 0] * gh[..., None]
@@ -253,11 +361,11 @@ def make_train_step(layers, cfg: TrainConfig, det: DetectorConfig, optimizer):
             jh = gh[..., None] * tf.exp(0.25 * noise[..., 2])
             jw = gw[..., None] * tf.exp(0.25 * noise[..., 3])
             jitter = tf.stack([cy - jh / 2, cx - jw / 2, cy + jh / 2, cx + jw / 2], -1)
-            jitter = tf.reshape(tf.minimum(tf.maximum(jitter, 0.0), size), (b, MAX_GT * j, 4))
-            jitter_valid = tf.reshape(tf.tile(gt_valid[..., None], (1, 1, j)), (b, MAX_GT * j))
+            jitter = tf.reshape(tf.minimum(tf.maximum(jitter, 0.0), size), (b, max_gt * j, 4))
+            jitter_valid = tf.reshape(tf.tile(gt_valid[..., None], (1, 1, j)), (b, max_gt * j))
             rois = tf.concat([proposals, gt_boxes, jitter], axis=1)  # [B, R, 4]
             roi_valid = tf.concat([prop_valid, gt_valid, jitter_valid], axis=1)
-            r = pt + MAX_GT * (1 + j)
+            r = pt + max_gt * (1 + j)
             # --- head targets
             ious = _iou_tf(tf, rois, gt_boxes)  # [B, R, G]
             ious = tf.where(gt_valid[:, None, :], ious, -1.0)
@@ -300,17 +408,89 @@ def make_train_step(layers, cfg: TrainConfig, det: DetectorConfig, optimizer):
 # ---------------------------------------------------------------------------- driver
 
 
+class TrainingData(NamedTuple):
+    """What one training run learns from and is validated on."""
+
+    det: DetectorConfig
+    source: Any  # step -> Batch, with max_gt
+    description: dict[str, Any]
+    val: Any  # (CocoDataset, Batch at det.image_size) or None
+
+
+def training_data(cfg: TrainConfig, det: DetectorConfig | None) -> TrainingData:
+    """The detector config and batch source of ``cfg``: a COCO dataset or the procedural stream.
+
+    With ``cfg.data`` the class names come from the dataset and the config from
+    :func:`models.detector.detector_config` at ``cfg.image_size``; a given ``det`` must agree.
+    """
+    from models.coco import load_coco, resized_batch
+    from models.detector import detector_config
+
+    if cfg.data is None:
+        if cfg.val is not None:
+            raise RoiedgeError(
+                f"--val {cfg.val} needs --data (the procedural data has its own held-out split)"
+            )
+        if det is None:
+            det = detector_config(cfg.image_size or (160, 160))
+        if tuple(det.class_names) != CLASS_NAMES:
+            raise RoiedgeError(
+                f"class names {list(det.class_names)} do not match the procedural data's "
+                f"{list(CLASS_NAMES)}; train on your own labels with --data TRAIN.json"
+            )
+        scale = min(det.image_size) / 160
+        data = DataConfig(
+            image_size=det.image_size, min_size=12.0 * min(scale, 1.0), max_size=90.0 * scale
+        )
+        if det.image_size == (160, 160):
+            data = DataConfig()  # exactly the shipped detector's data
+        return TrainingData(
+            det, ProceduralBatches(cfg, data), {"procedural": dataclasses.asdict(data)}, None
+        )
+    dataset = load_coco(cfg.data, cfg.images)
+    size = tuple(cfg.image_size) if cfg.image_size else (det.image_size if det else (160, 160))
+    if det is None:
+        det = detector_config(size, dataset.class_names)
+    if tuple(det.class_names) != dataset.class_names or tuple(det.image_size) != size:
+        raise RoiedgeError(
+            f"detector config (classes {list(det.class_names)}, image size {det.image_size}) does "
+            f"not match --data {cfg.data} (classes {list(dataset.class_names)}) at image size {size}"
+        )
+    from tqdm import tqdm
+
+    with tqdm(
+        total=len(dataset.images), disable=cfg.quiet, desc=f"loading {cfg.data}", file=sys.stderr
+    ) as bar:
+        resized = resized_batch(dataset, det.image_size, progress=bar)
+    val = None
+    if cfg.val is not None:
+        val_set = load_coco(cfg.val, cfg.images)
+        if val_set.class_names != dataset.class_names:
+            raise RoiedgeError(
+                f"--val {cfg.val} has classes {list(val_set.class_names)}; expected the training "
+                f"classes {list(dataset.class_names)}"
+            )
+        val = (val_set, resized_batch(val_set, det.image_size))
+    description = {
+        "dataset": str(cfg.data),
+        "images": len(dataset.images),
+        "annotations": dataset.num_annotations,
+        "class_names": list(dataset.class_names),
+        "augmentation": {"hflip": 0.5, "scale_jitter": list(SCALE_JITTER)},
+    }
+    return TrainingData(det, DatasetBatches(resized, cfg), description, val)
+
+
 def train(cfg: TrainConfig, det: DetectorConfig | None = None) -> dict[str, Any]:
     """Train, save ``cfg.out`` (+ sidecars) and return the training record."""
     import keras
     import tensorflow as tf
     from tqdm import tqdm
 
-    from models.detector import DetectorLayers, save_detector
+    from models.detector import DetectorLayers, FloatDetector, LoadedDetector, save_detector
     from models.tf_threads import set_tensorflow_threads
 
-    det = det or DetectorConfig()
-    data = DataConfig(image_size=det.image_size)
+    det, source, description, val = training_data(cfg, det)
     set_tensorflow_threads(cfg.threads)
     keras.utils.set_random_seed(cfg.seed)
     started = time.time()
@@ -323,11 +503,13 @@ def train(cfg: TrainConfig, det: DetectorConfig | None = None) -> dict[str, Any]
         alpha=0.02,
     )
     optimizer = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
-    step_fn = make_train_step(layers, cfg, det, optimizer)
+    step_fn = make_train_step(layers, cfg, det, optimizer, source.max_gt)
     anchors = make_anchors(det)
+    backbone_rpn, head = layers.export_models()  # shares the trained layers' weights
+    validate = FloatDetector(LoadedDetector(backbone_rpn, head, det)) if val else None
     history: list[dict[str, float]] = []
     sums: dict[str, float] = {}
-    batches = _prefetch(cfg, anchors, data)
+    batches = _prefetch(cfg, anchors, source, det)
     progress = tqdm(total=cfg.steps, disable=cfg.quiet, unit="step", file=sys.stderr)
     for step in range(cfg.steps):
         batch = next(batches)
@@ -351,14 +533,23 @@ def train(cfg: TrainConfig, det: DetectorConfig | None = None) -> dict[str, Any]
                     + "  ".join(f"{k} {epoch[k]:.4f}" for k in ("head_cls", "head_reg", "fg"))
                     + f"  ({epoch['elapsed_s']:.0f}s)"
                 )
+            if validate is not None:
+                from models.evaluate import score_dataset
+
+                summary = score_dataset(validate, *val)
+                epoch["val_map50"] = summary["map50"]
+                epoch["val_map50_95"] = summary["map50_95"]
+                progress.write(
+                    f"epoch {epoch['epoch']:3d}/{cfg.epochs}  val mAP@0.5 {summary['map50']:.4f}"
+                    f"  mAP@0.5:0.95 {summary['map50_95']:.4f}  ({summary['images']} images)"
+                )
     progress.close()
     wall = time.time() - started
-    backbone_rpn, head = layers.export_models()
     out = Path(cfg.out)
     save_detector(backbone_rpn, head, det, out)
     record = {
         "train_config": dataclasses.asdict(cfg),
-        "data_config": dataclasses.asdict(data),
+        "data": description,
         "detector_config": det.to_dict(),
         "steps": cfg.steps,
         "images_seen": cfg.steps * cfg.batch_size,
@@ -381,20 +572,30 @@ def train(cfg: TrainConfig, det: DetectorConfig | None = None) -> dict[str, Any]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__)
+    helps = {
+        "data": "COCO instances JSON to train on (default: procedural shapes)",
+        "val": "COCO instances JSON scored after every epoch (mAP line)",
+        "images": "folder the datasets' file_name entries are relative to (default: the JSON's)",
+        "image_size": "model input H W, multiples of 8 (default 160 160)",
+    }
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
-        if field.type in ("bool", bool):
-            parser.add_argument(flag, action="store_true", help=f"(default {field.default})")
+        text = helps.get(field.name, f"(default {field.default})")
+        kind = str(field.type)
+        if kind == "bool":
+            parser.add_argument(flag, action="store_true", help=text)
+        elif kind.startswith("tuple[int, int]"):
+            parser.add_argument(flag, type=int, nargs=2, metavar=("H", "W"), help=text)
         else:
-            kind = {"int": int, "float": float, "str": str}[str(field.type)]
-            parser.add_argument(
-                flag, type=kind, default=field.default, help=f"(default {field.default})"
-            )
+            convert = {"int": int, "float": float, "str": str, "str | None": str}[kind]
+            parser.add_argument(flag, type=convert, default=field.default, help=text)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.image_size is not None:
+        args.image_size = tuple(args.image_size)
     cfg = TrainConfig(**vars(args))
     if cfg.epochs < 1 or cfg.steps_per_epoch < 1 or cfg.batch_size < 1:
         print("error: --epochs, --steps-per-epoch and --batch-size must be >= 1", file=sys.stderr)
@@ -402,11 +603,20 @@ def main(argv: list[str] | None = None) -> int:
     if not cfg.out.endswith(".keras"):
         print(f"error: --out {cfg.out!r} must end in .keras", file=sys.stderr)
         return 2
+    if cfg.data is not None and cfg.out == TrainConfig.out:
+        print(
+            f"error: --data needs --out PATH.keras (the default {cfg.out} is the shipped detector)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         record = train(cfg)
     except RoiedgeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     print(
         f"saved {cfg.out} after {record['steps']} steps in {record['wall_time_s']:.0f}s; "
         f"final loss {record['final_losses'].get('loss', float('nan')):.4f}"
