@@ -37,13 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration",
         type=Path,
         default=None,
-        help="folder of .jpg/.png calibration images (default: procedural scenes)",
+        help="a folder of .jpg/.png images or a COCO instances .json; --golden-samples of them "
+        "are held back as golden samples (default: procedural scenes at the model's size)",
     )
     parser.add_argument(
         "--calibration-images",
         type=int,
         default=None,
-        help="how many calibration images (default: 300 procedural, or all of --calibration)",
+        help="how many calibration images (default: 300 procedural, or all of --calibration "
+        "but the golden samples)",
     )
     parser.add_argument(
         "--golden-samples",

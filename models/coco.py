@@ -92,8 +92,13 @@ def _image_size(path: Path) -> tuple[int, int]:
         ) from None
 
 
-def load_coco(path: Path | str, images_dir: Path | str | None = None) -> CocoDataset:
-    """Read and validate a COCO instances JSON; image files are checked to exist and be readable."""
+def load_coco(
+    path: Path | str, images_dir: Path | str | None = None, require_annotations: bool = True
+) -> CocoDataset:
+    """Read and validate a COCO instances JSON; image files are checked to exist and be readable.
+
+    ``require_annotations=False`` accepts a dataset without boxes (calibration images only).
+    """
     source = Path(path)
     if not source.is_file():
         raise DatasetError(f"{source}: no such dataset file (expected a COCO instances .json)")
@@ -214,7 +219,7 @@ def load_coco(path: Path | str, images_dir: Path | str | None = None) -> CocoDat
         per_image[index_of[image_id]].append(
             ([y1, x1, y2, x2], class_of[cid], bool(crowd), float(area))
         )
-    if not any(not crowd for anns in per_image for _, _, crowd, _ in anns):
+    if require_annotations and not any(not c for anns in per_image for _, _, c, _ in anns):
         raise DatasetError(
             f"{source}: empty dataset (no non-crowd annotations); expected boxes in annotations[]"
         )
