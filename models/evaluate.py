@@ -72,21 +72,30 @@ def to_original_pixels(detections: Detections, size: tuple[int, int], item: Any)
     return Detections(detections.boxes * back, detections.scores, detections.class_ids)
 
 
+def score_on_dataset(
+    predictions: list[Detections], dataset: Any, size: tuple[int, int]
+) -> dict[str, Any]:
+    """mAP of ``predictions`` (one per image of the COCO ``dataset``, boxes in model pixels of
+    ``size`` = (H, W)) scored in the photos' own pixels, as COCOeval scores them."""
+    from models.coco import ground_truth
+
+    if len(predictions) != len(dataset.images):
+        raise ValueError(f"{len(predictions)} predictions for {len(dataset.images)} images")
+    original = [to_original_pixels(p, size, i) for p, i in zip(predictions, dataset.images)]
+    summary = summarize(original, ground_truth(dataset), dataset.class_names)
+    summary["dataset"] = str(dataset.source)
+    return summary
+
+
 def score_dataset(
     run: Any, dataset: Any, resized: Batch, predictions: list[Detections] | None = None
 ) -> dict[str, Any]:
     """mAP of a :class:`models.detector.FloatDetector` ``run`` on a COCO ``dataset`` whose images
     ``resized`` are at the model size; scored in the original pixels. ``predictions`` (model
     pixels) are computed when not given."""
-    from models.coco import ground_truth
-
     if predictions is None:
         predictions = [run(image) for image in resized.images]
-    size = tuple(resized.images.shape[1:3])
-    original = [to_original_pixels(p, size, i) for p, i in zip(predictions, dataset.images)]
-    summary = summarize(original, ground_truth(dataset), dataset.class_names)
-    summary["dataset"] = str(dataset.source)
-    return summary
+    return score_on_dataset(predictions, dataset, tuple(resized.images.shape[1:3]))
 
 
 def format_table(summary: dict[str, Any]) -> str:

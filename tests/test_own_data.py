@@ -106,6 +106,16 @@ def test_train_evaluate_export_check_detect_at_128x192(datasets, tmp_path, capsy
     _check_detect_output(result.stdout, photos)
     _check_boxes_in_photo_pixels(model, art, val_json)
 
+    # the parity report scores every artifact on the user's val set, like models.evaluate does
+    from export.report.cli import main as report_main
+
+    args = ["--artifacts", str(art), "--data", str(val_json), "--runs", "2", "--warmup", "0"]
+    assert report_main([*args, "--stage-images", "2", "--no-progress"]) == 0
+    report = json.loads((art / "report.json").read_text())
+    assert report["keras"]["images"] == 6 and report["keras"]["scored_on"] == str(val_json)
+    assert report["keras"]["map50_95"] == pytest.approx(summary["map50_95"], abs=1e-9)
+    assert {row["name"] for row in report["pipelines"]} >= {"tflite/float32", "tflite/int8"}
+
 
 def _check_boxes_in_photo_pixels(model, art, val_json):
     """The runtime's float32 pipeline on each photo == float Keras on the dataset's resized image,
