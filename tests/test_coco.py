@@ -169,3 +169,20 @@ def test_augment_keeps_boxes_on_their_objects(seed):
     rows, cols = np.flatnonzero(red.any(1)), np.flatnonzero(red.any(0))
     found = np.array([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1], float)
     np.testing.assert_allclose(out_boxes[0], found, atol=1.5)
+
+
+def test_export_calibration_sources_hold_back_golden_images(tmp_path):
+    from export.calibration import calibration_files, hold_out_golden
+    from export.config import ExportInputError
+
+    path = write_dataset(tmp_path, 9, seed=3)
+    files = calibration_files(path)  # a COCO json: its images, in file order
+    assert files == [i.path for i in load_coco(path).images]
+    assert calibration_files(tmp_path / "images") == sorted(files)  # a folder of images
+    calibration, golden = hold_out_golden(files, 3)
+    assert len(golden) == 3 and len(calibration) == 6
+    assert not set(golden) & set(calibration) and set(golden) | set(calibration) == set(files)
+    with pytest.raises(ExportInputError, match=r"has 3 images; expected more than --golden"):
+        hold_out_golden(files[:3], 3)
+    with pytest.raises(ExportInputError, match=r"--calibration .*nope\.json: no such dataset"):
+        calibration_files(tmp_path / "nope.json")
