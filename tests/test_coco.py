@@ -154,7 +154,7 @@ def test_clis_refuse_a_bad_dataset_in_one_line(tmp_path, capsys):
 @pytest.mark.parametrize("seed", range(12))
 def test_augment_keeps_boxes_on_their_objects(seed):
     # a solid rectangle on a flat background: after flip and zoom, the box still encloses it
-    from models.train import augment
+    from models.train_data import augment
 
     pixels = np.full((64, 96, 3), 30, np.uint8)
     pixels[10:40, 50:80] = (250, 20, 20)
