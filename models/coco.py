@@ -77,19 +77,11 @@ def _require(ok: bool, where: str, seen: Any, expected: str) -> None:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the file header, or a one-line error naming the file."""
-    from PIL import Image, UnidentifiedImageError
-
+    """(height, width) of ``path`` as the runtime's loader sees it (one-line error otherwise)."""
     try:
-        with Image.open(path) as image:
-            return int(image.size[1]), int(image.size[0])
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: image not found") from None
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise DatasetError(
-            f"{path}: cannot read it as an image ({type(error).__name__}); expected a PNG, JPEG "
-            "or other Pillow-readable file"
-        ) from None
+        return tuple(load_image(path).shape[:2])
+    except RoiedgeError as error:
+        raise DatasetError(str(error)) from None
 
 
 def load_coco(
