@@ -1,0 +1,158 @@
+"""Swap a user's RoIPooling layer for roiedge's builtin-only lowering, in a copy, and prove it.
+
+A tutorial-style RoIPooling layer returns ``tf.image.crop_and_resize(feature_maps, rois,
+box_indexes, size)``, which TFLite runs only as a Flex op. :func:`swap_roi_layers` builds a copy
+of the model in which every such layer is replaced by :class:`SwappedRoIPooling` (same name,
+same inputs, same ``size``; every other layer is the original object, weights untouched), and
+:func:`prove_swap` checks that the copy computes what the original does.
+
+TensorFlow's kernel decides whether a sample lies on the map from its float32 position
+``y1 * (H - 1) + i * ((y2 - y1) * (H - 1) / (crop - 1))``; for a box ending at exactly 1.0 that
+rounds to a hair past ``H - 1`` for some heights (29.000002 on a 30-row map) and the sample is
+zeroed. roiedge's lowerings count such samples as on the edge (``models.roi_pooling.EDGE_SLACK``),
+so the swapped layer multiplies by the inside/outside mask recomputed with TF's own float32
+operation order (the divisor is a run-time tensor, so converters keep a true division instead of
+folding it into a reciprocal multiply): the copy reproduces TF's rounding instead of the tolerance
+being loosened for those boxes. The RoIs where this matters are counted in the proof.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from export.config import ExportCheckError, ExportInputError
+from models.roi_pooling import COORDINATE_RANGE, RoIPooling, roi_pool
+
+#: Class name of the layers swapped by default (the tutorials' name for it).
+DEFAULT_ROI_LAYER = "RoIPooling"
+#: Largest allowed max abs difference between the swapped and the original float model.
+PROOF_MAX_ABS = 1e-5
+#: Config keys of a saved RoIPooling layer that carry no semantics (Keras bookkeeping).
+_BOOKKEEPING_KEYS = frozenset({"name", "trainable", "dtype", "autocast", "input_dim", "batch_size"})
+#: Config keys the swap understands: the pooled grid size, under either common name.
+_SIZE_KEYS = ("size", "pool_size")
+
+
+def _size_pair(value: Any, where: str) -> tuple[int, int]:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (int(value), int(value))
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in value)
+    ):
+        raise ExportInputError(f"{where}: size {value!r} is not two positive ints (height, width)")
+    return int(value[0]), int(value[1])
+
+
+def _edge_inside(lo, hi, length: int, crop_length: int, zeros):
+    """[N, crop_length] float 0/1: which samples TF's CropAndResize kernel puts on the map.
+
+    Same float32 operations in the same order as ``crop_and_resize_op.cc``. ``zeros`` is an [N]
+    int32 zero tensor computed from an input, so the divisor is not a constant.
+    """
+    last = float(length - 1)
+    if crop_length > 1:
+        divisor = tf.cast(zeros + (crop_length - 1), tf.float32)  # [N]
+        step = ((hi - lo) * last) / divisor
+        steps = tf.range(crop_length, dtype=tf.float32)
+        positions = lo[:, None] * last + steps[None, :] * step[:, None]
+    else:
+        positions = ((0.5 * (lo + hi)) * last)[:, None]
+    inside = tf.logical_and(positions >= 0.0, positions <= last)
+    return tf.cast(inside, tf.float32)
+
+
+def tf_edge_mask(feature_maps, rois, box_indexes, crop_size):
+    """[N, ch, cw] float32 0/1: TF CropAndResize's on-map test of every sample of every RoI."""
+    height, width = int(feature_maps.shape[1]), int(feature_maps.shape[2])
+    zeros = tf.math.floordiv(tf.cast(box_indexes, tf.int32), 1 << 30)
+    y1, x1, y2, x2 = tf.unstack(tf.cast(rois, tf.float32), axis=1)
+    ys = _edge_inside(y1, y2, height, crop_size[0], zeros)
+    xs = _edge_inside(x1, x2, width, crop_size[1], zeros)
+    return ys[:, :, None] * xs[:, None, :]
+
+
+def edge_rounding_rois(feature_shape, rois: np.ndarray, crop_size) -> np.ndarray:
+    """Indexes of RoIs with a sample TF zeroes that lies within rounding of the map edge.
+
+    Numpy float32 twin of :func:`_edge_inside`: a sample counts when TF puts it outside
+    ``[0, L - 1]`` by less than ``models.roi_pooling.EDGE_SLACK`` relative (where roiedge's
+    lowering alone would still sample the edge pixel). ``rois`` is [N, 4] y1x1y2x2.
+    """
+    from models.roi_pooling import EDGE_SLACK
+
+    rois = np.asarray(rois, np.float32).reshape(-1, 4)
+    hit = np.zeros(len(rois), bool)
+    for axis, length, crop in ((0, feature_shape[1], crop_size[0]), (1, feature_shape[2], crop_size[1])):
+        lo, hi = rois[:, axis], rois[:, axis + 2]
+        last = np.float32(length - 1)
+        if crop > 1:
+            step = ((hi - lo) * last) / np.float32(crop - 1)
+            positions = lo[:, None] * last + np.arange(crop, dtype=np.float32)[None, :] * step[:, None]
+        else:
+            positions = ((np.float32(0.5) * (lo + hi)) * last)[:, None]
+        slack = last * np.float32(EDGE_SLACK)
+        near = ((positions < 0) & (positions >= -slack)) | ((positions > last) & (positions <= last + slack))
+        hit |= near.any(axis=1)
+    return np.flatnonzero(hit)
+
+
+@keras.saving.register_keras_serializable(package="roiedge")
+class SwappedRoIPooling(keras.layers.Layer):
+    """roiedge's builtin-only RoIPooling with TF CropAndResize's edge rounding, for swapped layers.
+
+    ``call(feature_maps [B,H,W,C], rois [N,4] normalized y1x1y2x2, box_indexes [N] int32)`` ->
+    ``[N, size[0], size[1], C]``: ``max_pool(crop_and_resize(..., size * s), s)`` with
+    ``s = samples_per_bin``, computed by ``roi_pool(implementation="fixed_point")`` and masked with
+    TF's own on-map test (:func:`tf_edge_mask`).
+    """
+
+    def __init__(self, size=(7, 7), samples_per_bin: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.size = _size_pair(size, f"layer {kwargs.get('name', '?')}")
+        if isinstance(samples_per_bin, bool) or not isinstance(samples_per_bin, (int, np.integer)):
+            raise ExportInputError(f"samples_per_bin {samples_per_bin!r} is not an int >= 1")
+        if samples_per_bin < 1:
+            raise ExportInputError(f"samples_per_bin {samples_per_bin!r} is not an int >= 1")
+        self.samples_per_bin = int(samples_per_bin)
+
+    def call(self, feature_maps, rois=None, box_indexes=None):
+        if rois is None and box_indexes is None and isinstance(feature_maps, (list, tuple)):
+            if len(feature_maps) != 3:
+                raise ExportInputError(
+                    f"layer {self.name}: takes (feature_maps, rois, box_indexes), "
+                    f"got a list of {len(feature_maps)} inputs"
+                )
+            feature_maps, rois, box_indexes = feature_maps
+        s = self.samples_per_bin
+        crop_size = (self.size[0] * s, self.size[1] * s)
+        crops = roi_pool(
+            feature_maps,
+            rois,
+            box_indexes,
+            size=crop_size,
+            samples_per_bin=1,
+            implementation="fixed_point",
+        )
+        mask = tf_edge_mask(feature_maps, rois, box_indexes, crop_size)
+        crops = crops * tf.cast(mask, crops.dtype)[..., None]
+        if s == 1:
+            return crops
+        return tf.nn.max_pool2d(crops, s, s, "VALID")
+
+    def compute_output_shape(self, feature_maps_shape, rois_shape=None, box_indexes_shape=None):
+        if rois_shape is None and isinstance(feature_maps_shape, (list, tuple)):
+            if len(feature_maps_shape) == 3 and isinstance(feature_maps_shape[0], (list, tuple)):
+                feature_maps_shape, rois_shape, _ = feature_maps_shape
+        rows = None if rois_shape is None else rois_shape[0]
+        return (rows, self.size[0], self.size[1], feature_maps_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "size": list(self.size), "samples_per_bin": self.samples_per_bin}
