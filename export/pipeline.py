@@ -32,7 +32,7 @@ from export.config import (
     ExportInputError,
 )
 from export.formats import ArtifactSpec
-from export.stages import STAGE_IO
+from export.stages import STAGE_IO, ModelIO, model_io
 from runtime.manifest import (
     MANIFEST_NAME,
     ArtifactEntry,
@@ -131,15 +131,16 @@ def golden_check(
     data: bytes,
     inputs: list[list[np.ndarray]],
     reference: list[list[np.ndarray]],
+    io: ModelIO | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Run the artifact on the golden inputs; per-output metrics and broken bounds."""
     from runtime.check import error_metrics, judge, top1_agreement
     from runtime.tolerances import tolerance_for
 
-    actual = RUNNERS[spec.format](data, spec.model, inputs)
+    actual = RUNNERS[spec.format](data, spec.model, inputs, io)
     results: dict[str, Any] = {}
     failures: list[str] = []
-    for j, name in enumerate(STAGE_IO[spec.model][1]):
+    for j, name in enumerate(model_io(spec.model, io).outputs):
         got = np.stack([s[j] for s in actual])
         want = np.stack([s[j] for s in reference])
         metrics = error_metrics(got, want)
@@ -314,18 +315,22 @@ def _quiet():
         root.setLevel(level)
 
 
-def _build_one(spec, keras_models, calibration, golden_inputs, golden_outputs, work: Path):
+def _build_one(spec, keras_models, calibration, golden_inputs, golden_outputs, work: Path, io=None):
+    """Build, audit and golden-check one artifact into ``work``; (ArtifactEntry, failures).
+
+    ``io`` is the model's I/O when it is not a detector stage (see :class:`ModelIO`).
+    """
     from export.tflite_format import BuildInput
 
-    names = STAGE_IO[spec.model][0]
+    names = model_io(spec.model, io).inputs
     samples = [dict(zip(names, s)) for s in calibration[spec.model]]
-    build = BuildInput(spec.model, keras_models[spec.model], samples)
+    build = BuildInput(spec.model, keras_models[spec.model], samples, io)
     with _quiet():
         built = BUILDERS[spec.format][spec.precision](build)
     report = audit_artifact(spec, built.data)
-    inputs, outputs = SPECS[spec.format](built.data, spec.model)
+    inputs, outputs = SPECS[spec.format](built.data, spec.model, io)
     metrics, broken = golden_check(
-        spec, built.data, golden_inputs[spec.model], golden_outputs[spec.model]
+        spec, built.data, golden_inputs[spec.model], golden_outputs[spec.model], io
     )
     report.update(
         {

@@ -18,7 +18,6 @@ being loosened for those boxes. The RoIs where this matters are counted in the p
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from export.config import ExportCheckError, ExportInputError
-from models.roi_pooling import COORDINATE_RANGE, RoIPooling, roi_pool
+from models.roi_pooling import RoIPooling, roi_pool
 
 #: Class name of the layers swapped by default (the tutorials' name for it).
 DEFAULT_ROI_LAYER = "RoIPooling"
@@ -90,16 +89,23 @@ def edge_rounding_rois(feature_shape, rois: np.ndarray, crop_size) -> np.ndarray
 
     rois = np.asarray(rois, np.float32).reshape(-1, 4)
     hit = np.zeros(len(rois), bool)
-    for axis, length, crop in ((0, feature_shape[1], crop_size[0]), (1, feature_shape[2], crop_size[1])):
+    for axis, length, crop in (
+        (0, feature_shape[1], crop_size[0]),
+        (1, feature_shape[2], crop_size[1]),
+    ):
         lo, hi = rois[:, axis], rois[:, axis + 2]
         last = np.float32(length - 1)
         if crop > 1:
             step = ((hi - lo) * last) / np.float32(crop - 1)
-            positions = lo[:, None] * last + np.arange(crop, dtype=np.float32)[None, :] * step[:, None]
+            positions = (
+                lo[:, None] * last + np.arange(crop, dtype=np.float32)[None, :] * step[:, None]
+            )
         else:
             positions = ((np.float32(0.5) * (lo + hi)) * last)[:, None]
         slack = last * np.float32(EDGE_SLACK)
-        near = ((positions < 0) & (positions >= -slack)) | ((positions > last) & (positions <= last + slack))
+        near = ((positions < 0) & (positions >= -slack)) | (
+            (positions > last) & (positions <= last + slack)
+        )
         hit |= near.any(axis=1)
     return np.flatnonzero(hit)
 
@@ -148,11 +154,242 @@ class SwappedRoIPooling(keras.layers.Layer):
         return tf.nn.max_pool2d(crops, s, s, "VALID")
 
     def compute_output_shape(self, feature_maps_shape, rois_shape=None, box_indexes_shape=None):
-        if rois_shape is None and isinstance(feature_maps_shape, (list, tuple)):
-            if len(feature_maps_shape) == 3 and isinstance(feature_maps_shape[0], (list, tuple)):
-                feature_maps_shape, rois_shape, _ = feature_maps_shape
+        if (
+            rois_shape is None
+            and isinstance(feature_maps_shape, (list, tuple))
+            and len(feature_maps_shape) == 3
+            and isinstance(feature_maps_shape[0], (list, tuple))
+        ):
+            feature_maps_shape, rois_shape, _ = feature_maps_shape
         rows = None if rois_shape is None else rois_shape[0]
         return (rows, self.size[0], self.size[1], feature_maps_shape[-1])
 
     def get_config(self):
-        return {**super().get_config(), "size": list(self.size), "samples_per_bin": self.samples_per_bin}
+        return {
+            **super().get_config(),
+            "size": list(self.size),
+            "samples_per_bin": self.samples_per_bin,
+        }
+
+
+def _is_roiedge(layer: Any) -> bool:
+    return isinstance(layer, (RoIPooling, SwappedRoIPooling))
+
+
+def roi_pooling_layers(model: Any) -> list[Any]:
+    """The model's RoIPooling layers after the swap (roiedge's and swapped ones)."""
+    return [layer for layer in model.layers if _is_roiedge(layer)]
+
+
+def _layer_size(layer: Any) -> tuple[int, int]:
+    """``size`` (or ``pool_size``) of a live layer, from its config, else its attributes."""
+    try:
+        config = layer.get_config()
+    except Exception:  # a tutorial layer without get_config: Keras 3 raises NotImplementedError
+        config = {}
+    for key in _SIZE_KEYS:
+        value = config.get(key, getattr(layer, key, None))
+        if value is not None:
+            return _size_pair(value, f"layer {layer.name} ({type(layer).__name__})")
+    raise ExportInputError(
+        f"layer {layer.name} ({type(layer).__name__}): has no size or pool_size; the swap cannot "
+        "tell what grid it pools to"
+    )
+
+
+def swap_roi_layers(model: Any, roi_layer: str, samples_per_bin: int):
+    """(copy, swaps): ``model`` with every non-roiedge layer of class ``roi_layer`` replaced.
+
+    The copy shares every other layer object with ``model`` (same weights, nothing retrained);
+    ``model`` itself is not edited. ``swaps`` lists what was replaced, with the size read.
+    """
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and any(
+            type(inner).__name__ == roi_layer and not _is_roiedge(inner)
+            for inner in layer._flatten_layers(include_self=False)
+        ):
+            raise ExportInputError(
+                f"layer {layer.name} is a nested model containing a {roi_layer}; the swap "
+                "handles layers of the top-level functional model only (flatten the model)"
+            )
+    targets = {
+        id(layer): layer
+        for layer in model.layers
+        if type(layer).__name__ == roi_layer and not _is_roiedge(layer)
+    }
+    if not targets:
+        return model, []
+    swaps = []
+    replacements = {}
+    for key, layer in targets.items():
+        size = _layer_size(layer)
+        replacements[key] = SwappedRoIPooling(size, samples_per_bin, name=layer.name)
+        swaps.append(
+            {
+                "layer": layer.name,
+                "class": f"{type(layer).__module__}.{type(layer).__name__}",
+                "size": list(size),
+                "samples_per_bin": samples_per_bin,
+                "read_from": "the live layer",
+            }
+        )
+
+    def clone(layer):
+        return replacements.get(id(layer), layer)
+
+    try:
+        copy = keras.models.clone_model(model, clone_function=clone)
+    except Exception as error:  # clone_model raises ValueError/TypeError for non-functional models
+        raise ExportInputError(
+            f"model {model.name}: cannot copy it to swap its {roi_layer} layer(s) "
+            f"({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''});"
+            " build it as a functional keras.Model(inputs, outputs)"
+        ) from None
+    return copy, swaps
+
+
+def substitute_class(entry: dict[str, Any], samples_per_bin: int) -> type:
+    """A layer class that loads a saved ``entry``'s config as a :class:`SwappedRoIPooling`.
+
+    Refuses (one-line ExportInputError) configs with keys whose meaning the swap cannot know.
+    """
+    config = entry["config"]
+    name = config.get("name", "?")
+    unknown = sorted(set(config) - _BOOKKEEPING_KEYS - set(_SIZE_KEYS))
+    if unknown:
+        raise ExportInputError(
+            f"layer {name} ({entry['class_name']}): its saved config has {', '.join(unknown)}, "
+            "which the swap cannot interpret (it knows size/pool_size); pass --custom-objects "
+            "FILE.py defining the class so the original runs and the swap is proven on it"
+        )
+    if not any(k in config for k in _SIZE_KEYS):
+        raise ExportInputError(
+            f"layer {name} ({entry['class_name']}): its saved config has no size or pool_size "
+            "(the class lacks get_config); pass --custom-objects FILE.py defining it"
+        )
+
+    class Substitute(SwappedRoIPooling):
+        def __init__(self, **kwargs):
+            size = next(kwargs.pop(k) for k in _SIZE_KEYS if k in kwargs)
+            for key in _SIZE_KEYS:
+                kwargs.pop(key, None)
+            kwargs = {k: v for k, v in kwargs.items() if k in ("name", "trainable", "dtype")}
+            super().__init__(size=size, samples_per_bin=samples_per_bin, **kwargs)
+
+    Substitute.__name__ = f"Swapped{entry['class_name']}"
+    return Substitute
+
+
+def _roi_layer_values(model: Any, rows: Sequence[Sequence[np.ndarray]]):
+    """Per RoIPooling layer: (layer, [(feature map shape, rois [N,4]) per sample])."""
+    import keras
+
+    layers = roi_pooling_layers(model)
+    if not layers:
+        return []
+    args = [
+        layer.input if isinstance(layer.input, (list, tuple)) else [layer.input] for layer in layers
+    ]
+    if any(len(a) != 3 for a in args):
+        return []
+    probe = keras.Model(model.inputs, [t for a in args for t in a[:2]])
+    call = tf.function(lambda *x: probe(list(x) if len(x) > 1 else x[0], training=False))
+    found = [(layer, []) for layer in layers]
+    for row in rows:
+        values = [np.asarray(v) for v in call(*row)]
+        for i, (_, per_sample) in enumerate(found):
+            per_sample.append((values[2 * i].shape, values[2 * i + 1]))
+    return found
+
+
+def roi_inputs(model: Any, rows: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """The ``rois`` reaching each RoIPooling layer, for every sample (a flat list of [N,4])."""
+    return [rois for _, values in _roi_layer_values(model, rows) for _, rois in values]
+
+
+def prove_swap(
+    swapped: Any,
+    rows: Sequence[Sequence[np.ndarray]],
+    reference: Sequence[Sequence[np.ndarray]],
+    output_names: Sequence[str],
+    source: str,
+    swaps: list[dict[str, Any]] | None,
+    extra_reference: Sequence[Sequence[np.ndarray]] | None = None,
+) -> dict[str, Any]:
+    """Check the swapped float model against the original outputs on the golden samples.
+
+    Raises ExportCheckError (one line: how far apart, where, what to try) if any output differs
+    by more than :data:`PROOF_MAX_ABS`; returns the proof record for ``reports/swap_proof.json``.
+    """
+    from export.pipeline import _keras_outputs
+
+    if swaps is None:  # swapped while loading: read back what was swapped
+        swaps = [
+            {
+                "layer": layer.name,
+                "class": type(layer).__name__.removeprefix("Swapped"),
+                "size": list(layer.size),
+                "samples_per_bin": layer.samples_per_bin,
+                "read_from": "the saved config",
+            }
+            for layer in swapped.layers
+            if isinstance(layer, SwappedRoIPooling)
+        ]
+    if not swaps:
+        return {
+            "swapped_layers": [],
+            "summary": "no layer to swap (the model's RoIPooling is roiedge's); exported as is",
+        }
+    actual = _keras_outputs(swapped, rows)
+    per_output = {}
+    worst = (0.0, output_names[0], 0)
+    for j, name in enumerate(output_names):
+        diffs = [float(np.max(np.abs(a[j] - r[j]))) for a, r in zip(actual, reference)]
+        per_output[name] = max(diffs)
+        sample = int(np.argmax(diffs))
+        if diffs[sample] > worst[0]:
+            worst = (diffs[sample], name, sample)
+    edges = []
+    for layer, values in _roi_layer_values(swapped, rows):
+        if not isinstance(layer, SwappedRoIPooling):
+            continue
+        crop = (layer.size[0] * layer.samples_per_bin, layer.size[1] * layer.samples_per_bin)
+        for sample, (shape, rois) in enumerate(values):
+            for roi in edge_rounding_rois(shape, rois, crop):
+                edges.append({"layer": layer.name, "golden_sample": sample, "roi": int(roi)})
+    total_rois = sum(len(r) for _, v in _roi_layer_values(swapped, rows) for _, r in v)
+    record = {
+        "swapped_layers": swaps,
+        "proof": source,
+        "max_abs_by_output": per_output,
+        "bound": PROOF_MAX_ABS,
+        "edge_rounding_rois": edges,
+        "edge_rounding": (
+            f"{len(edges)} of {total_rois} golden RoIs have a sample TensorFlow rounds just past "
+            "the map edge and zeroes; the swapped layer reproduces that rounding"
+        ),
+    }
+    if extra_reference is not None:
+        record["given_outputs_max_abs_vs_original"] = {
+            name: max(
+                float(np.max(np.abs(g[j] - r[j]))) for g, r in zip(extra_reference, reference)
+            )
+            for j, name in enumerate(output_names)
+        }
+    layers = ", ".join(
+        f"{s['layer']} ({s['class'].rsplit('.', 1)[-1]} size {tuple(s['size'])})" for s in swaps
+    )
+    if not worst[0] <= PROOF_MAX_ABS:
+        raise ExportCheckError(
+            f"swap proof failed: swapped {layers} differs from the original by {worst[0]:.3g} max "
+            f"abs (output {worst[1]}, golden sample {worst[2]}; bound {PROOF_MAX_ABS:g}; proof: "
+            f"{source}); if the layer also max-pools its crops try --samples-per-bin 2, and "
+            "check that it computes tf.image.crop_and_resize(feature_maps, rois, box_indexes, size)"
+        )
+    record["summary"] = (
+        f"swapped {layers}: max abs {worst[0]:.2g} <= {PROOF_MAX_ABS:g} on {len(rows)} golden "
+        f"samples ({source}); {record['edge_rounding']}"
+    )
+    return record
