@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if any(a == "--keras-model" or a.startswith("--keras-model=") for a in argv):
         from export.keras_model import main as keras_main  # any Keras model, not the detector
 

@@ -180,7 +180,8 @@ def load_keras_model(
     targets = [
         e
         for e in _layer_entries(config)
-        if e["class_name"] == roi_layer and not _is_roiedge_entry(e)
+        # tf.keras 2 HDF5 configs store a registered class as "package>Name".
+        if e["class_name"].rsplit(">", 1)[-1] == roi_layer and not _is_roiedge_entry(e)
     ]
     if not targets:
         raise ExportInputError(f"--keras-model {path}: Keras cannot load it ({why})")

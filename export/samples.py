@@ -105,7 +105,7 @@ def load_samples(
     for name in given_outputs:
         if name not in output_names:
             raise ExportInputError(
-                f"{where}: key {OUTPUT_PREFIX}{name!r} is not a model output; the outputs are "
+                f"{where}: key {OUTPUT_PREFIX + name!r} is not a model output; the outputs are "
                 f"{', '.join(output_names)}"
             )
     checked_inputs = {t.name: _check(where, t.name, given_inputs[t.name], t, True) for t in inputs}

@@ -1,0 +1,371 @@
+"""``python -m export --keras-model``: a user's own model, judged against the user's TF model.
+
+References are independent of the code under test: the user's original Keras model with its
+``tf.image.crop_and_resize`` layer, run by TensorFlow; artifacts run through ai-edge-litert,
+onnxruntime and, in a throwaway env, tflite-runtime 2.14 without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.config import ExportCheckError, ExportInputError
+from runtime.manifest import read_manifest, sha256_file
+from tests.keras_models import (
+    head_model,
+    import_layer_file,
+    sample_arrays,
+    snr_db,
+    write_layer_file,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+#: A 30-row map: boxes ending at 1.0 hit TF's edge rounding (row 29.000002 zeroed) here.
+HEIGHT, WIDTH, CHANNELS, ROIS, SAMPLES = 30, 40, 8, 24, 12
+
+
+def _keras_run(model, arrays, count):
+    names = [t.name for t in model.inputs]
+    rows = [[arrays[n][i] for n in names] for i in range(count)]
+    outs = [model([np.asarray(v) for v in row], training=False) for row in rows]
+    return {
+        name: np.stack([np.asarray(o[j]) for o in outs])
+        for j, name in enumerate(model.output_names)
+    }
+
+
+@pytest.fixture(scope="module")
+def tutorial(tmp_path_factory):
+    """(dir, layer file, .keras path, samples path, original model) of a tutorial-style head."""
+    import keras
+
+    tmp = tmp_path_factory.mktemp("tutorial")
+    layer_file = write_layer_file(tmp)
+    module = import_layer_file(layer_file)
+    keras.utils.set_random_seed(3)
+    model = head_model(
+        module.RoIPooling(size=(7, 7), name="roi_pool"), HEIGHT, WIDTH, CHANNELS, ROIS
+    )
+    model_path = tmp / "user_head.keras"
+    model.save(model_path)
+    samples = tmp / "samples.npz"
+    np.savez(samples, **sample_arrays(SAMPLES, HEIGHT, WIDTH, CHANNELS, ROIS, seed=1))
+    return tmp, layer_file, model_path, samples, model
+
+
+@pytest.fixture(scope="module")
+def tutorial_export(tutorial):
+    """The CLI export of the tutorial model (every artifact of the table)."""
+    from export.__main__ import main
+
+    tmp, layer_file, model_path, samples, _ = tutorial
+    before = sha256_file(model_path)
+    out = tmp / "artifacts"
+    argv = ["--keras-model", str(model_path), "--samples", str(samples), "--out", str(out)]
+    code = main([*argv, "--custom-objects", str(layer_file), "--no-progress"])
+    assert code == 0
+    assert sha256_file(model_path) == before  # the user's model file is never edited
+    return out
+
+
+def test_tutorial_layer_exports_and_matches_the_original_tf_model(tutorial, tutorial_export):
+    from runtime.check import check_directory
+    from runtime.run import run_artifact
+
+    _, _, _, _, original = tutorial
+    out = tutorial_export
+    manifest = read_manifest(out)
+    assert {e.model for e in manifest.artifacts} == {"user_head"}
+    assert sorted(e.name.split("/", 1)[1] for e in manifest.artifacts) == sorted(
+        [f"tflite/{p}" for p in ("float32", "float16", "dynamic_int8", "int8")]
+        + ["onnx/float32", "onnx/int8"]
+    )
+    proof = json.loads((out / "reports" / "swap_proof.json").read_text())
+    assert [s["layer"] for s in proof["swapped_layers"]] == ["roi_pool"]
+    assert proof["proof"].startswith("ran the original model here")
+    for entry in manifest.artifacts:
+        report = json.loads((out / entry.op_report).read_text())
+        assert report.get("builtin_ops_only") or report.get("loop_free")
+        assert set(report["golden_check"]) == {"class_scores", "box_deltas"}
+        if entry.precision == "int8" and entry.format == "tflite":
+            assert report["build_notes"]["layer_errors"]  # per-layer int8 error
+    assert all(r.ok for r in check_directory(out))
+
+    # Fresh inputs (never seen by the export), many boxes ending on the map edge.
+    fresh = sample_arrays(4, HEIGHT, WIDTH, CHANNELS, ROIS, seed=99)
+    want = _keras_run(original, fresh, 4)
+    for fmt in ("tflite", "onnx"):
+        got = run_artifact(out, fresh, format=fmt, precision="float32")
+        for name in ("class_scores", "box_deltas"):
+            assert np.max(np.abs(got[name] - want[name])) <= 1e-5, (fmt, name)
+        got = run_artifact(out, fresh, format=fmt, precision="int8")
+        assert snr_db(got["class_scores"], want["class_scores"]) >= 30.0, fmt
+
+
+def test_edge_rounding_is_reproduced_not_tolerated(tutorial):
+    """A box ending at 1.0 on a 30-row map: TF zeroes its last row; the swapped layer too."""
+    import tensorflow as tf
+
+    from export.swap import SwappedRoIPooling, edge_rounding_rois
+    from models.roi_pooling import roi_pool
+
+    rng = np.random.default_rng(5)
+    features = rng.random((1, HEIGHT, WIDTH, CHANNELS), dtype=np.float32)
+    starts = rng.uniform(0.0, 0.8, 200).astype(np.float32)
+    rois = np.stack([starts, starts[::-1], np.ones(200), np.ones(200)], axis=1).astype(np.float32)
+    indexes = np.zeros(200, np.int32)
+    want = tf.image.crop_and_resize(features, rois, indexes, (7, 7)).numpy()
+    plain = roi_pool(features, rois, indexes, size=(7, 7), samples_per_bin=1).numpy()
+    swapped = SwappedRoIPooling((7, 7))(features, rois, indexes).numpy()
+    differ = np.flatnonzero(np.abs(plain - want).max(axis=(1, 2, 3)) > 1e-5)
+    assert len(differ) > 0  # the trap is real on this map
+    np.testing.assert_array_equal(edge_rounding_rois(features.shape, rois, (7, 7)), differ)
+    assert np.max(np.abs(swapped - want)) <= 1e-5
+
+
+def test_runtime_run_in_tflite_runtime_214_env(tutorial, tutorial_export, tmp_path):
+    """`python -m runtime run` with only numpy<2 + tflite-runtime 2.14 reproduces the model."""
+    _, _, _, _, original = tutorial
+    python = _edge_env("tflite-runtime")
+    device = tmp_path / "device"
+    shutil.copytree(REPO / "runtime", device / "runtime", ignore=shutil.ignore_patterns("__py*"))
+    shutil.copytree(tutorial_export, device / "artifacts")
+    fresh = sample_arrays(3, HEIGHT, WIDTH, CHANNELS, ROIS, seed=7)
+    np.savez(device / "x.npz", **fresh)
+    want = _keras_run(original, fresh, 3)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for precision in ("float32", "int8"):
+        proc = subprocess.run(
+            [
+                *(python, "-m", "runtime", "run", "artifacts", "--inputs", "x.npz"),
+                *("--out", f"y_{precision}.npz", "--precision", precision),
+                *("--backend", "tflite_runtime"),
+            ],
+            cwd=device,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        with np.load(device / f"y_{precision}.npz") as got:
+            if precision == "float32":
+                for name in ("class_scores", "box_deltas"):
+                    assert np.max(np.abs(got[name] - want[name])) <= 1e-5, name
+            else:
+                assert snr_db(got["class_scores"], want["class_scores"]) >= 30.0
+    proc = subprocess.run(
+        [
+            *(python, "-m", "runtime", "check", "artifacts", "--formats", "tflite"),
+            *("--tflite-backend", "tflite_runtime"),
+        ],
+        cwd=device,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+def _edge_env(name: str) -> str:
+    """The python of scripts/test_edge.sh's env ``name`` (built the same way if missing)."""
+    script = (REPO / "scripts" / "test_edge.sh").read_text(encoding="utf-8")
+    requirements = re.search(rf'\[{re.escape(name)}\]="([^"]+)"', script).group(1)
+    env = REPO / ".edge-envs" / name
+    stamp = env / ".requirements"
+    if not (stamp.is_file() and stamp.read_text().strip() == requirements):
+        shutil.rmtree(env, ignore_errors=True)
+        boot = os.environ.get("PYTHON_BOOT", "python3")
+        subprocess.run([boot, "-m", "venv", str(env)], check=True)
+        subprocess.run(
+            [
+                *(str(env / "bin" / "python"), "-m", "pip", "install", "--quiet"),
+                *("--disable-pip-version-check", *requirements.split()),
+            ],
+            check=True,
+        )
+        stamp.write_text(requirements + "\n")
+    return str(env / "bin" / "python")
+
+
+def test_roiedge_layer_model_with_two_outputs(tmp_path):
+    """roiedge's own RoIPooling (nothing to swap) through the Python API with a dict of arrays."""
+    import keras
+
+    from export.keras_model import export_keras_model
+    from models.roi_pooling import RoIPooling
+    from runtime.run import run_artifact
+
+    keras.utils.set_random_seed(4)
+    model = head_model(RoIPooling(size=(5, 5), name="pool"), 16, 20, 6, 10, name="own_head")
+    arrays = sample_arrays(10, 16, 20, 6, 10, seed=2)
+    out = tmp_path / "own"
+    manifest = export_keras_model(
+        model, arrays, out, precisions=("float32", "int8"), formats=("tflite",), progress=False
+    )
+    assert [e.name for e in manifest.artifacts] == [
+        "own_head/tflite/float32",
+        "own_head/tflite/int8",
+    ]
+    entry = manifest.artifacts[0]
+    assert [s.name for s in entry.inputs] == [
+        f"serving_default_{n}:0" for n in ("features", "rois", "box_indexes")
+    ]
+    with np.load(out / manifest.golden["own_head"]) as golden:
+        assert sorted(golden.files) == ["input_0", "input_1", "input_2", "output_0", "output_1"]
+        want = model([golden["input_0"][0], golden["input_1"][0], golden["input_2"][0]])
+        np.testing.assert_allclose(golden["output_0"][0], want[0], atol=1e-6)
+    proof = json.loads((out / "reports" / "swap_proof.json").read_text())
+    assert proof["swapped_layers"] == []
+    fresh = sample_arrays(2, 16, 20, 6, 10, seed=8)
+    got = run_artifact(out, fresh)
+    want = _keras_run(model, fresh, 2)
+    assert sorted(got) == ["box_deltas", "class_scores"]
+    for name in got:
+        assert np.max(np.abs(got[name] - want[name])) <= 1e-5
+
+
+# ------------------------------------------------------------------------------- proofs and errors
+
+
+@pytest.fixture(scope="module")
+def pooled(tmp_path_factory):
+    """A tutorial layer that also max-pools a 2x finer crop, saved with its samples."""
+    import keras
+
+    tmp = tmp_path_factory.mktemp("pooled")
+    layer_file = write_layer_file(tmp)
+    module = import_layer_file(layer_file)
+    keras.utils.set_random_seed(6)
+    model = head_model(module.MaxPooledRoIPooling(size=(4, 4), name="roi_pool"), 12, 14, 4, 6)
+    path = tmp / "pooled.keras"
+    model.save(path)
+    arrays = sample_arrays(8, 12, 14, 4, 6, seed=3)
+    return tmp, layer_file, path, arrays, model
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "export", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+def _our_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    """stderr without TensorFlow's start-up logging (absl/oneDNN lines we cannot silence)."""
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    noise = ("WARNING: All log messages", "I0000 ", "W0000 ", "E0000 ")
+    return [line for line in proc.stderr.strip().splitlines() if not line.startswith(noise)]
+
+
+def test_failed_proof_says_how_far_and_what_to_try(pooled):
+    from export.keras_model import KerasExportConfig, run_keras_export
+
+    tmp, layer_file, path, arrays, _ = pooled
+    np.savez(tmp / "s.npz", **arrays)
+    common = dict(keras_model=path, samples=tmp / "s.npz", custom_objects=(layer_file,))
+    common.update(roi_layer="MaxPooledRoIPooling", formats=("onnx",), precisions=("float32",))
+    with pytest.raises(
+        ExportCheckError, match=r"differs from the original by .*--samples-per-bin 2"
+    ):
+        run_keras_export(KerasExportConfig(out=tmp / "a", progress=False, **common))
+    assert not (tmp / "a").exists()  # nothing partial left behind
+    run_keras_export(KerasExportConfig(out=tmp / "b", samples_per_bin=2, progress=False, **common))
+    proof = json.loads((tmp / "b" / "reports" / "swap_proof.json").read_text())
+    assert max(proof["max_abs_by_output"].values()) <= 1e-5
+
+
+def test_legacy_model_whose_layer_cannot_run_here_is_proven_from_given_outputs(pooled):
+    """No user code: the swap reads the saved config (.keras, legacy .h5); the proof then needs
+    the original's outputs as output:NAME arrays, and says it used them."""
+    tmp, _, path, arrays, model = pooled
+    legacy = tmp / "legacy.h5"
+    model.save(legacy)  # tf.keras-2-era HDF5
+    np.savez(tmp / "no_outputs.npz", **arrays)
+    argv = ["--roi-layer", "MaxPooledRoIPooling", "--samples-per-bin", "2"]
+    argv += ["--formats", "onnx", "--precisions", "float32", "--no-progress"]
+    proc = _cli(
+        "--keras-model", str(path), "--samples", str(tmp / "no_outputs.npz"),
+        "--out", str(tmp / "l0"), *argv,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    (line,) = _our_lines(proc)
+    assert line.startswith("error: ") and "output:class_scores" in line, line
+    outputs = _keras_run(model, arrays, 8)
+    np.savez(tmp / "with_outputs.npz", **arrays, **{f"output:{k}": v for k, v in outputs.items()})
+    proc = _cli(
+        "--keras-model", str(legacy), "--samples", str(tmp / "with_outputs.npz"),
+        "--out", str(tmp / "l1"), *argv,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "swap proof: " in proc.stderr and "original outputs from" in proc.stderr
+    proof = json.loads((tmp / "l1" / "reports" / "swap_proof.json").read_text())
+    assert proof["swapped_layers"][0]["read_from"] == "the saved config"
+    assert max(proof["max_abs_by_output"].values()) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a.pop("rois"), r"missing key 'rois'"),
+        (lambda a: a.update(extra=a["rois"]), r"key 'extra' is not a model input"),
+        (lambda a: a.update(rois=a["rois"][:, :, :3]), r"key 'rois' has shape \(8, 6, 3\)"),
+        (lambda a: a.update(rois=a["rois"].astype(np.float64)), r"key 'rois' has dtype float64"),
+        (
+            lambda a: a.update({k: v[:5] for k, v in a.items()}),
+            r"key 'features' has 5 samples; expected at least 8",
+        ),
+        (lambda a: a.update({"output:nope": a["rois"]}), r"'output:nope' is not a model output"),
+    ],
+)
+def test_bad_samples_are_one_line_errors_naming_the_key(pooled, change, message):
+    from export.keras_model import io_infos
+    from export.samples import load_samples
+
+    _, _, _, arrays, model = pooled
+    arrays = dict(arrays)
+    change(arrays)
+    with pytest.raises(ExportInputError, match=message) as raised:
+        load_samples(arrays, *io_infos(model))
+    assert "\n" not in str(raised.value)
+
+
+def test_dynamic_input_names_the_input_and_the_fix():
+    import keras
+
+    from export.keras_model import io_infos
+
+    features = keras.Input((8, 8, 3), name="features")  # batch left dynamic
+    model = keras.Model(features, keras.layers.Flatten()(features), name="dyn")
+    with pytest.raises(
+        ExportInputError, match=r"input 'features'.*keras.Input\(shape=.*batch_size"
+    ):
+        io_infos(model)
+
+
+def test_cli_bad_input_exits_2_with_one_line(pooled, tmp_path):
+    _, layer_file, path, arrays, _ = pooled
+    np.savez(tmp_path / "s.npz", **{k: v[:3] for k, v in arrays.items()})
+    proc = _cli(
+        "--keras-model", str(path), "--samples", str(tmp_path / "s.npz"),
+        "--out", str(tmp_path / "o"), "--custom-objects", str(layer_file),
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert _our_lines(proc) == [
+        f"error: --samples {tmp_path / 's.npz'}: key 'features' has 3 samples; expected at least "
+        "8 (some are held back as golden samples, the rest calibrate int8)"
+    ]
