@@ -42,6 +42,30 @@ TUTORIAL_LAYER = textwrap.dedent(
 )
 
 
+#: The held-out bar case's layer: another user's style (one list input, ``pool_size``, not
+#: registered), never seen by the other tests.
+HELD_OUT_LAYER = textwrap.dedent(
+    """
+    import keras
+    import tensorflow as tf
+
+
+    class RoIPooling(keras.layers.Layer):
+        def __init__(self, pool_size=7, **kwargs):
+            super().__init__(**kwargs)
+            self.pool_size = pool_size
+
+        def call(self, inputs):
+            feature_maps, rois, box_indexes = inputs
+            size = (self.pool_size, self.pool_size)
+            return tf.image.crop_and_resize(feature_maps, rois, box_indexes, size)
+
+        def get_config(self):
+            return {**super().get_config(), "pool_size": self.pool_size}
+    """
+)
+
+
 def write_layer_file(directory: Path) -> Path:
     """The tutorial layer module as ``directory/user_layers.py``."""
     path = Path(directory) / "user_layers.py"
