@@ -290,6 +290,28 @@ def test_failed_proof_says_how_far_and_what_to_try(pooled):
     assert max(proof["max_abs_by_output"].values()) <= 1e-5
 
 
+def test_rois_beyond_the_exact_range_are_warned_and_named_when_the_proof_fails(pooled, capsys):
+    from export.keras_model import KerasExportConfig, run_keras_export
+
+    tmp, layer_file, path, arrays, _ = pooled
+    wide = {**arrays, "rois": (arrays["rois"] * 5.0 - 2.0).astype(np.float32)}  # [-2, 3]
+    np.savez(tmp / "wide.npz", **wide)
+    config = KerasExportConfig(
+        keras_model=path,
+        samples=tmp / "wide.npz",
+        out=tmp / "wide",
+        custom_objects=(layer_file,),
+        roi_layer="MaxPooledRoIPooling",
+        samples_per_bin=2,
+        formats=("onnx",),
+        precisions=("float32",),
+        progress=False,
+    )
+    with pytest.raises(ExportCheckError, match=r"note: \d+ sample RoI\(s\) .* beyond \+-2"):
+        run_keras_export(config)
+    assert "warning: " in capsys.readouterr().err
+
+
 def test_legacy_model_whose_layer_cannot_run_here_is_proven_from_given_outputs(pooled):
     """No user code: the swap reads the saved config (.keras, legacy .h5); the proof then needs
     the original's outputs as output:NAME arrays, and says it used them."""
