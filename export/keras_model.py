@@ -172,6 +172,12 @@ def load_keras_model(
         raise ExportInputError(f"--keras-model {path}: no such file (expected a .keras or .h5)")
     objects = _import_custom_objects(custom_files)
     config = saved_config(path)
+    for entry in _layer_entries(config):
+        # A class saved as "package>Name" is found by that key only; the user's file may define
+        # it without registering it (or under another package).
+        registered = entry.get("registered_name")
+        if registered and registered not in objects and registered.rsplit(">", 1)[-1] in objects:
+            objects[registered] = objects[registered.rsplit(">", 1)[-1]]
     try:
         model = keras.models.load_model(path, custom_objects=objects, compile=False)
         return LoadedModel(model, None)
@@ -304,13 +310,21 @@ def _check_out(out: Path) -> None:
 
 
 def _selected(config: KerasExportConfig, model_name: str):
+    """The table rows ``--formats``/``--precisions`` select; refuses a selection of nothing."""
     rows = model_artifacts(model_name)
-    return tuple(
+    chosen = tuple(
         a
         for a in rows
         if (config.formats is None or a.format in config.formats)
         and (config.precisions is None or a.precision in config.precisions)
     )
+    if not chosen:
+        raise ExportInputError(
+            f"--formats {','.join(config.formats or FORMATS)} with --precisions "
+            f"{','.join(config.precisions or _PRECISIONS)} selects no artifact; the table has "
+            f"{', '.join(a.name.split('/', 1)[1] for a in rows)}"
+        )
+    return chosen
 
 
 def _bar(config: KerasExportConfig, **kwargs):

@@ -338,10 +338,14 @@ def prove_swap(
             if isinstance(layer, SwappedRoIPooling)
         ]
     if not swaps:
-        return {
-            "swapped_layers": [],
-            "summary": "no layer to swap (the model's RoIPooling is roiedge's); exported as is",
-        }
+        found = ", ".join(layer.name for layer in roi_pooling_layers(swapped))
+        summary = (
+            f"nothing to swap: RoIPooling layer(s) {found} are roiedge's; exported as is"
+            if found
+            else "nothing to swap: no RoIPooling layer found (a crop_and_resize layer of another "
+            "class name needs --roi-layer NAME); exported as is"
+        )
+        return {"swapped_layers": [], "summary": summary}
     actual = _keras_outputs(swapped, rows)
     per_output = {}
     worst = (0.0, output_names[0], 0)
