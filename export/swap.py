@@ -205,10 +205,15 @@ def swap_roi_layers(model: Any, roi_layer: str, samples_per_bin: int):
     """
     import keras
 
+    def inner_layers(layer):
+        for inner in getattr(layer, "layers", ()):
+            yield inner
+            yield from inner_layers(inner)
+
     for layer in model.layers:
         if isinstance(layer, keras.Model) and any(
             type(inner).__name__ == roi_layer and not _is_roiedge(inner)
-            for inner in layer._flatten_layers(include_self=False)
+            for inner in inner_layers(layer)
         ):
             raise ExportInputError(
                 f"layer {layer.name} is a nested model containing a {roi_layer}; the swap "
