@@ -11,6 +11,7 @@ holds ``input_i``/``output_i`` in Keras order; tensors are named after the Keras
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -182,7 +183,7 @@ def load_keras_model(
         model = keras.models.load_model(path, custom_objects=objects, compile=False)
         return LoadedModel(model, None)
     except Exception as error:  # Keras raises TypeError/ValueError/... for an unloadable layer
-        why = _first_line(error)
+        why = _first_line(error).split(". ")[0]
     targets = [
         e
         for e in _layer_entries(config)
@@ -196,7 +197,8 @@ def load_keras_model(
         key = entry.get("registered_name") or entry["class_name"]
         substitutes[key] = substitute_class(entry, samples_per_bin)
     try:
-        swapped = keras.models.load_model(path, custom_objects=substitutes, compile=False)
+        with _positional_legacy_nodes(path, config, targets) as loadable:
+            swapped = keras.models.load_model(loadable, custom_objects=substitutes, compile=False)
     except ExportInputError:
         raise
     except Exception as error:
@@ -205,6 +207,48 @@ def load_keras_model(
             f"saved config ({_first_line(error)})"
         ) from None
     return LoadedModel(None, swapped, why)
+
+
+def _is_legacy_reference(value: Any) -> bool:
+    """``["layer", node_index, tensor_index]``: a tensor in a tf.keras 2 config."""
+    return (
+        isinstance(value, list)
+        and len(value) == 3
+        and isinstance(value[0], str)
+        and all(isinstance(v, int) for v in value[1:])
+    )
+
+
+@contextlib.contextmanager
+def _positional_legacy_nodes(path: Path, config: dict[str, Any], targets: list[dict[str, Any]]):
+    """``path``, or a temp copy whose RoIPooling calls pass rois/box_indexes positionally.
+
+    tf.keras 2 saves ``layer(fm, rois, box_indexes)`` as one inbound tensor plus kwargs holding
+    ``["rois", 0, 0]`` references, which Keras 3's legacy loader passes on as plain lists; as
+    three positional inputs the layer is called with the list ``[fm, rois, box_indexes]``.
+    """
+    changed = False
+    for entry in targets:
+        for node in entry.get("inbound_nodes") or []:
+            if not (isinstance(node, list) and len(node) == 1 and len(node[0]) == 4):
+                continue
+            kwargs = node[0][3]
+            refs = {k: v for k, v in kwargs.items() if _is_legacy_reference(v)}
+            if refs:
+                node[0] = [*node[0][:3], {k: v for k, v in kwargs.items() if k not in refs}]
+                node.extend([*ref, {}] for ref in refs.values())
+                changed = True
+    if not changed or zipfile.is_zipfile(path):
+        yield path
+        return
+    import h5py
+
+    with tempfile.TemporaryDirectory(prefix="roiedge-legacy-") as tmp:
+        copy = Path(tmp) / path.name
+        shutil.copyfile(path, copy)
+        with h5py.File(copy, "r+") as handle:
+            handle.attrs["model_config"] = json.dumps(config)
+        yield copy
 
 
 def io_infos(model: Any) -> tuple[list[TensorInfo], list[TensorInfo]]:

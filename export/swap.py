@@ -153,17 +153,6 @@ class SwappedRoIPooling(keras.layers.Layer):
             return crops
         return tf.nn.max_pool2d(crops, s, s, "VALID")
 
-    def compute_output_shape(self, feature_maps_shape, rois_shape=None, box_indexes_shape=None):
-        if (
-            rois_shape is None
-            and isinstance(feature_maps_shape, (list, tuple))
-            and len(feature_maps_shape) == 3
-            and isinstance(feature_maps_shape[0], (list, tuple))
-        ):
-            feature_maps_shape, rois_shape, _ = feature_maps_shape
-        rows = None if rois_shape is None else rois_shape[0]
-        return (rows, self.size[0], self.size[1], feature_maps_shape[-1])
-
     def get_config(self):
         return {
             **super().get_config(),

@@ -312,12 +312,41 @@ def test_rois_beyond_the_exact_range_are_warned_and_named_when_the_proof_fails(p
     assert "warning: " in capsys.readouterr().err
 
 
+def _save_as_tf_keras_2_h5(model, path: Path) -> None:
+    """HDF5 whose RoIPooling entry is what tf.keras 2 (tf-keras 2.21) writes for
+    ``layer(fm, rois, box_indexes)``: an unregistered class name and one inbound tensor with the
+    other two as ``["name", 0, 0]`` references in its kwargs."""
+    import h5py
+
+    model.save(path)
+    with h5py.File(path, "r+") as handle:
+        config = json.loads(handle.attrs["model_config"])
+        for layer in config["config"]["layers"]:
+            if layer["name"] == "roi_pool":
+                layer.pop("module", None)
+                layer.pop("registered_name", None)
+                layer.pop("build_config", None)
+                layer["class_name"] = "MaxPooledRoIPooling"
+                layer["config"]["dtype"] = "float32"
+                layer["inbound_nodes"] = [
+                    [
+                        [
+                            "features",
+                            0,
+                            0,
+                            {"rois": ["rois", 0, 0], "box_indexes": ["box_indexes", 0, 0]},
+                        ]
+                    ]
+                ]
+        handle.attrs["model_config"] = json.dumps(config)
+
+
 def test_legacy_model_whose_layer_cannot_run_here_is_proven_from_given_outputs(pooled):
     """No user code: the swap reads the saved config (.keras, legacy .h5); the proof then needs
     the original's outputs as output:NAME arrays, and says it used them."""
     tmp, _, path, arrays, model = pooled
     legacy = tmp / "legacy.h5"
-    model.save(legacy)  # tf.keras-2-era HDF5
+    _save_as_tf_keras_2_h5(model, legacy)
     np.savez(tmp / "no_outputs.npz", **arrays)
     argv = ["--roi-layer", "MaxPooledRoIPooling", "--samples-per-bin", "2"]
     argv += ["--formats", "onnx", "--precisions", "float32", "--no-progress"]
