@@ -341,30 +341,26 @@ def _save_as_tf_keras_2_h5(model, path: Path) -> None:
         handle.attrs["model_config"] = json.dumps(config)
 
 
-def test_legacy_model_whose_layer_cannot_run_here_is_proven_from_given_outputs(pooled):
-    """No user code: the swap reads the saved config (.keras, legacy .h5); the proof then needs
-    the original's outputs as output:NAME arrays, and says it used them."""
-    tmp, _, path, arrays, model = pooled
+def test_legacy_model_whose_layer_cannot_run_here_is_proven_from_given_outputs(pooled, capsys):
+    """No user code: the swap reads the saved config of a tf.keras 2 HDF5 file; the proof then
+    needs the original's outputs as output:NAME arrays, and says it used them."""
+    from export.keras_model import KerasExportConfig, run_keras_export
+
+    tmp, _, _, arrays, model = pooled
     legacy = tmp / "legacy.h5"
-    _save_as_tf_keras_2_h5(model, legacy)
+    _save_as_tf_keras_2_h5(model, legacy)  # its class name is registered nowhere here
     np.savez(tmp / "no_outputs.npz", **arrays)
-    argv = ["--roi-layer", "MaxPooledRoIPooling", "--samples-per-bin", "2"]
-    argv += ["--formats", "onnx", "--precisions", "float32", "--no-progress"]
-    proc = _cli(
-        "--keras-model", str(path), "--samples", str(tmp / "no_outputs.npz"),
-        "--out", str(tmp / "l0"), *argv,
-    )  # fmt: skip
-    assert proc.returncode == 2, proc.stderr
-    (line,) = _our_lines(proc)
-    assert line.startswith("error: ") and "output:class_scores" in line, line
     outputs = _keras_run(model, arrays, 8)
     np.savez(tmp / "with_outputs.npz", **arrays, **{f"output:{k}": v for k, v in outputs.items()})
-    proc = _cli(
-        "--keras-model", str(legacy), "--samples", str(tmp / "with_outputs.npz"),
-        "--out", str(tmp / "l1"), *argv,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "swap proof: " in proc.stderr and "original outputs from" in proc.stderr
+    common = dict(keras_model=legacy, roi_layer="MaxPooledRoIPooling", samples_per_bin=2)
+    common.update(formats=("onnx",), precisions=("float32",), progress=False)
+    config = KerasExportConfig(samples=tmp / "no_outputs.npz", out=tmp / "l0", **common)
+    with pytest.raises(ExportInputError, match=r"cannot run here .*output:class_scores"):
+        run_keras_export(config)
+    config = KerasExportConfig(samples=tmp / "with_outputs.npz", out=tmp / "l1", **common)
+    run_keras_export(config)
+    said = [line for line in capsys.readouterr().err.splitlines() if "swap proof:" in line]
+    assert len(said) == 1 and "original outputs from" in said[0]
     proof = json.loads((tmp / "l1" / "reports" / "swap_proof.json").read_text())
     assert proof["swapped_layers"][0]["read_from"] == "the saved config"
     assert max(proof["max_abs_by_output"].values()) <= 1e-5
