@@ -476,6 +476,9 @@ def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> M
             detector={},
             versions=pipeline._versions(),
         )
+        from export import output_report
+
+        output_report.write(manifest, work, proof["summary"])
         pipeline.write_manifest(manifest, work)
         for entry in pipeline.read_manifest(work).artifacts:
             pipeline.verified_path(work, entry)

@@ -100,6 +100,9 @@ def test_tutorial_layer_exports_and_matches_the_original_tf_model(tutorial, tuto
         if entry.precision == "int8" and entry.format == "tflite":
             assert report["build_notes"]["layer_errors"]  # per-layer int8 error
     assert all(r.ok for r in check_directory(out))
+    table = (out / "report.md").read_text()
+    assert table.count("| user_head/") == 2 * len(manifest.artifacts)  # one row per output
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
 
     # Fresh inputs (never seen by the export), many boxes ending on the map edge.
     fresh = sample_arrays(4, HEIGHT, WIDTH, CHANNELS, ROIS, seed=99)
