@@ -501,3 +501,56 @@ def test_held_out_bar_case_in_both_device_envs(tmp_path):
                     snr = snr_db(got[output], want[output])
                     print(f"{name} {entry.name} {output}: {snr:.1f} dB")
                     assert snr >= floors[entry.precision], (name, entry.name, output, snr)
+
+
+def test_python_api_leaves_the_users_model_untouched(pooled, tmp_path):
+    from export import export_keras_model
+
+    _, _, _, arrays, model = pooled
+    weights = [w.copy() for w in model.get_weights()]
+    layers = [type(layer) for layer in model.layers]
+    export_keras_model(
+        model,
+        arrays,
+        tmp_path / "api",
+        roi_layer="MaxPooledRoIPooling",
+        samples_per_bin=2,
+        formats=("onnx",),
+        precisions=("float32",),
+        progress=False,
+    )
+    assert [type(layer) for layer in model.layers] == layers
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), weights))
+
+
+def test_saved_layer_with_unknown_semantics_is_refused():
+    from export.swap import substitute_class
+
+    entry = {
+        "class_name": "RoIPooling",
+        "config": {"name": "pool", "size": [7, 7], "spatial_scale": 0.0625},
+    }
+    with pytest.raises(ExportInputError, match=r"layer pool \(RoIPooling\).*spatial_scale"):
+        substitute_class(entry, 1)
+    entry = {"class_name": "RoIPooling", "config": {"name": "pool", "trainable": True}}
+    with pytest.raises(ExportInputError, match=r"no size or pool_size"):
+        substitute_class(entry, 1)
+
+
+def test_runtime_run_bad_inputs_are_one_line_errors(tutorial_export, tmp_path, capsys):
+    from runtime.cli import main
+
+    fresh = sample_arrays(2, HEIGHT, WIDTH, CHANNELS, ROIS, seed=3)
+    cases = {
+        "missing": ({k: v for k, v in fresh.items() if k != "rois"}, "inputs lack 'rois'"),
+        "extra": ({**fresh, "nope": fresh["rois"]}, "unknown key(s) nope"),
+        "float index": ({**fresh, "box_indexes": fresh["box_indexes"] * 1.0}, "box_indexes"),
+        "mixed axes": ({**fresh, "rois": fresh["rois"][0]}, "leading sample axis"),
+    }
+    for name, (arrays, message) in cases.items():
+        np.savez(tmp_path / "x.npz", **arrays)
+        argv = ["run", str(tutorial_export), "--inputs", str(tmp_path / "x.npz")]
+        code = main([*argv, "--out", str(tmp_path / "y.npz")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and message in err[0], (name, err)
+    assert not (tmp_path / "y.npz").exists()
