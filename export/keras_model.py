@@ -294,12 +294,6 @@ def coordinate_inputs(model: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _run(model: Any, rows: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
-    from export.pipeline import _keras_outputs
-
-    return _keras_outputs(model, rows)
-
-
 # ------------------------------------------------------------------------------------- the export
 
 
@@ -378,65 +372,24 @@ def _bar(config: KerasExportConfig, **kwargs):
 
 
 def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> Manifest:
-    from export import pipeline
-    from export.swap import prove_swap, swap_roi_layers
+    """Validate, swap and prove, then build, check and install the artifacts in ``config.out``."""
+    from export import output_report, pipeline
 
     out = Path(config.out)
     _check_out(out)
     base = loaded.original if loaded.original is not None else loaded.swapped_at_load
     inputs, outputs = io_infos(base)
+    specs = _selected(config, base.name)
     samples = load_samples(samples_source, inputs, outputs)
     names_in = [t.name for t in inputs]
     names_out = [t.name for t in outputs]
     golden_rows = samples.rows(names_in, samples.golden_indexes)
-
-    if loaded.original is not None:
-        swapped, swaps = swap_roi_layers(loaded.original, config.roi_layer, config.samples_per_bin)
-        golden_outputs = _run(loaded.original, golden_rows)
-        proof_source = "ran the original model here on the golden samples"
-    else:
-        swapped, swaps = loaded.swapped_at_load, None
-        if not samples.outputs:
-            raise ExportInputError(
-                f"{config.keras_model}: its {config.roi_layer} layer cannot run here "
-                f"({loaded.why_no_original}); pass --custom-objects FILE.py defining it, or "
-                f"add the original model's outputs to {config.samples} as "
-                f"{', '.join('output:' + n for n in names_out)} for the proof"
-            )
-        golden_outputs = samples.output_rows(names_out, samples.golden_indexes)
-        proof_source = (
-            f"original outputs from {config.samples} (output:NAME; the original layer cannot "
-            f"run here: {loaded.why_no_original})"
-        )
-    if samples.outputs and loaded.original is not None:
-        # Recorded, not judged: they may come from another TF build (different rounding).
-        golden_outputs_check = samples.output_rows(names_out, samples.golden_indexes)
-        proof_source += "; the given output:NAME arrays are compared in the report"
-    else:
-        golden_outputs_check = None
-    # Before the proof: RoIs beyond the exact range are the likeliest reason for it to fail.
-    range_warning = _range_warning(swapped, samples, names_in)
-    if range_warning:
-        print(f"warning: {range_warning}", file=sys.stderr)
-    try:
-        proof = prove_swap(
-            swapped,
-            golden_rows,
-            golden_outputs,
-            names_out,
-            proof_source,
-            swaps,
-            extra_reference=golden_outputs_check,
-        )
-    except ExportCheckError as error:
-        if range_warning:
-            raise ExportCheckError(f"{error}; note: {range_warning}") from None
-        raise
-    print(f"swap proof: {proof['summary']}", file=sys.stderr)
+    swapped, golden_outputs, proof = _swap_and_prove(
+        config, loaded, samples, golden_rows, names_in, names_out
+    )
 
     name = base.name
     io = ModelIO(tuple(names_in), tuple(names_out), coordinate_inputs(swapped))
-    specs = _selected(config, name)
     calibration = {name: samples.rows(names_in, samples.calibration_indexes)}
     golden_in = {name: golden_rows}
     golden_out = {name: golden_outputs}
@@ -447,7 +400,6 @@ def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> M
         relative = f"{pipeline.GOLDEN_DIR}/{name}.npz"
         arrays = pipeline.golden_arrays(golden_rows, golden_outputs)
         pipeline.atomic_write_bytes(work / relative, pipeline._npz_bytes(arrays))
-        proof["coordinate_range_warning"] = range_warning
         proof["coordinate_inputs"] = list(io.coordinate_inputs)
         proof["golden_samples"] = samples.golden_indexes
         proof["calibration_samples"] = len(samples.calibration_indexes)
@@ -476,8 +428,6 @@ def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> M
             detector={},
             versions=pipeline._versions(),
         )
-        from export import output_report
-
         output_report.write(manifest, work, proof["summary"])
         pipeline.write_manifest(manifest, work)
         for entry in pipeline.read_manifest(work).artifacts:
@@ -488,6 +438,56 @@ def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> M
         shutil.rmtree(work, ignore_errors=True)
         raise
     return manifest
+
+
+def _swap_and_prove(
+    config, loaded: LoadedModel, samples: Samples, golden_rows, names_in, names_out
+):
+    """(swapped model, golden outputs = the original's, proof record); raises if unproven.
+
+    The original runs here when it can; otherwise its outputs come from ``output:NAME`` arrays.
+    """
+    from export.pipeline import _keras_outputs
+    from export.swap import prove_swap, swap_roi_layers
+
+    if loaded.original is not None:
+        swapped, swaps = swap_roi_layers(loaded.original, config.roi_layer, config.samples_per_bin)
+        golden_outputs = _keras_outputs(loaded.original, golden_rows)
+        source = "ran the original model here on the golden samples"
+    else:
+        swapped, swaps = loaded.swapped_at_load, None
+        if not samples.outputs:
+            raise ExportInputError(
+                f"{config.keras_model}: its {config.roi_layer} layer cannot run here "
+                f"({loaded.why_no_original}); pass --custom-objects FILE.py defining it, or "
+                f"add the original model's outputs to {config.samples} as "
+                f"{', '.join('output:' + n for n in names_out)} for the proof"
+            )
+        golden_outputs = samples.output_rows(names_out, samples.golden_indexes)
+        source = (
+            f"original outputs from {config.samples} (output:NAME; the original layer cannot "
+            f"run here: {loaded.why_no_original})"
+        )
+    given = None
+    if samples.outputs and loaded.original is not None:
+        # Recorded, not judged: they may come from another TF build (different rounding).
+        given = samples.output_rows(names_out, samples.golden_indexes)
+        source += "; the given output:NAME arrays are compared in the report"
+    # Before the proof: RoIs beyond the exact range are the likeliest reason for it to fail.
+    range_warning = _range_warning(swapped, samples, names_in)
+    if range_warning:
+        print(f"warning: {range_warning}", file=sys.stderr)
+    try:
+        proof = prove_swap(
+            swapped, golden_rows, golden_outputs, names_out, source, swaps, extra_reference=given
+        )
+    except ExportCheckError as error:
+        if range_warning:
+            raise ExportCheckError(f"{error}; note: {range_warning}") from None
+        raise
+    print(f"swap proof: {proof['summary']}", file=sys.stderr)
+    proof["coordinate_range_warning"] = range_warning
+    return swapped, golden_outputs, proof
 
 
 def _source(config: KerasExportConfig, name: str) -> dict[str, str]:
@@ -532,7 +532,7 @@ def build_parser():
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m export --keras-model",
+        prog="python -m export",
         description="Convert any Keras model with a RoIPooling layer (roiedge's or a "
         "tutorial-style crop_and_resize one, swapped and proven) to TFLite and ONNX.",
     )

@@ -408,18 +408,21 @@ def test_dynamic_input_names_the_input_and_the_fix():
         io_infos(model)
 
 
-def test_cli_bad_input_exits_2_with_one_line(pooled, tmp_path):
+def test_cli_bad_input_exits_2_with_one_line(pooled, tmp_path, capsys):
+    from export.__main__ import main
+
     _, layer_file, path, arrays, _ = pooled
     np.savez(tmp_path / "s.npz", **{k: v[:3] for k, v in arrays.items()})
-    proc = _cli(
-        "--keras-model", str(path), "--samples", str(tmp_path / "s.npz"),
-        "--out", str(tmp_path / "o"), "--custom-objects", str(layer_file),
+    code = main(
+        ["--keras-model", str(path), "--samples", str(tmp_path / "s.npz"),
+         "--out", str(tmp_path / "o"), "--custom-objects", str(layer_file)]
     )  # fmt: skip
-    assert proc.returncode == 2
-    assert _our_lines(proc) == [
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         f"error: --samples {tmp_path / 's.npz'}: key 'features' has 3 samples; expected at least "
         "8 (some are held back as golden samples, the rest calibrate int8)"
     ]
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow
