@@ -283,14 +283,31 @@ def io_infos(model: Any) -> tuple[list[TensorInfo], list[TensorInfo]]:
 
 
 def coordinate_inputs(model: Any) -> tuple[str, ...]:
-    """Model inputs fed straight into a RoIPooling layer as ``rois`` or ``box_indexes``."""
+    """Model inputs that reach a RoIPooling layer's ``rois`` or ``box_indexes`` argument directly
+    or through single-input layers (a Reshape, a Lambda slice...): their arithmetic is kept
+    out of int8 quantization."""
     from export.swap import roi_pooling_layers
 
     by_id = {id(t): t.name for t in model.inputs}
+    producers = {}
+    for layer in model.layers:
+        try:
+            output, source = layer.output, layer.input
+        except (AttributeError, ValueError):  # a layer called more than once has no single output
+            continue
+        if not isinstance(output, (list, tuple)) and not isinstance(source, (list, tuple)):
+            producers[id(output)] = source
+
+    def origin(tensor):
+        seen = 0
+        while id(tensor) not in by_id and id(tensor) in producers and seen < len(producers):
+            tensor, seen = producers[id(tensor)], seen + 1
+        return by_id.get(id(tensor))
+
     names = []
     for layer in roi_pooling_layers(model):
         args = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
-        names += [by_id[id(t)] for t in args[1:] if id(t) in by_id]
+        names += [n for n in (origin(t) for t in args[1:]) if n is not None]
     return tuple(dict.fromkeys(names))
 
 
@@ -411,9 +428,17 @@ def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> M
         with _bar(config, total=len(specs), desc="artifacts", unit="artifact") as bar:
             for spec in specs:
                 bar.set_postfix_str(spec.name)
-                entry, broken = pipeline._build_one(
-                    spec, {name: swapped}, calibration, golden_in, golden_out, work, io
-                )
+                try:
+                    entry, broken = pipeline._build_one(
+                        spec, {name: swapped}, calibration, golden_in, golden_out, work, io
+                    )
+                except ExportCheckError as error:
+                    if "CropAndResize" not in str(error):
+                        raise
+                    raise ExportCheckError(
+                        f"{error}; a crop_and_resize layer was not swapped: name its class with "
+                        f"--roi-layer (now {config.roi_layer})"
+                    ) from None
                 entries.append(entry)
                 failures.extend(broken)
                 bar.update(1)

@@ -557,3 +557,20 @@ def test_runtime_run_bad_inputs_are_one_line_errors(tutorial_export, tmp_path, c
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and message in err[0], (name, err)
     assert not (tmp_path / "y.npz").exists()
+
+
+def test_coordinate_inputs_are_traced_through_single_input_layers():
+    """Boxes that reach RoIPooling through a slice still count as coordinates (kept float)."""
+    import keras
+
+    from export.keras_model import coordinate_inputs
+    from models.roi_pooling import RoIPooling
+
+    features = keras.Input((8, 8, 4), batch_size=1, name="features")
+    rois = keras.Input((5, 4), batch_size=1, name="rois")
+    indexes = keras.Input((5,), batch_size=1, dtype="int32", name="indexes")
+    first = keras.layers.Lambda(lambda t: t[0], name="first_rois")(rois)
+    first_indexes = keras.layers.Lambda(lambda t: t[0], name="first_indexes")(indexes)
+    pooled = RoIPooling((3, 3))(features, first, first_indexes)
+    model = keras.Model([features, rois, indexes], keras.layers.Flatten()(pooled))
+    assert coordinate_inputs(model) == ("rois", "indexes")
