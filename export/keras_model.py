@@ -432,13 +432,8 @@ def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> M
                     entry, broken = pipeline._build_one(
                         spec, {name: swapped}, calibration, golden_in, golden_out, work, io
                     )
-                except ExportCheckError as error:
-                    if "CropAndResize" not in str(error):
-                        raise
-                    raise ExportCheckError(
-                        f"{error}; a crop_and_resize layer was not swapped: name its class with "
-                        f"--roi-layer (now {config.roi_layer})"
-                    ) from None
+                except Exception as error:  # the converters raise their own types
+                    raise _build_failure(spec.name, error, config, swapped) from None
                 entries.append(entry)
                 failures.extend(broken)
                 bar.update(1)
@@ -513,6 +508,35 @@ def _swap_and_prove(
     print(f"swap proof: {proof['summary']}", file=sys.stderr)
     proof["coordinate_range_warning"] = range_warning
     return swapped, golden_outputs, proof
+
+
+def _build_failure(what: str, error: Exception, config, swapped) -> Exception:
+    """A one-line ExportCheckError for an artifact the converters or audits refused.
+
+    The TFLite converter refuses TF ops without a builtin (``'tf.CropAndResize' op is neither a
+    custom op nor a flex op``) with a page of MLIR; tf2onnx lowers CropAndResize to a Loop that
+    the audit refuses. Both usually mean a crop_and_resize layer was not swapped.
+    """
+    from export.swap import roi_pooling_layers
+
+    if not isinstance(error, ExportCheckError) and type(error).__name__ != "ConverterError":
+        return error
+    ops = sorted(
+        set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", str(error)))
+    )
+    text = (
+        f"{what}: the TFLite converter has no builtin op for {', '.join(ops) or 'some TF op'}"
+        if not isinstance(error, ExportCheckError)
+        else " ".join(str(error).split())
+    )
+    if "CropAndResize" in str(error) or (
+        ("Loop" in str(error) or ops) and not roi_pooling_layers(swapped)
+    ):
+        text += (
+            f"; no layer of class {config.roi_layer} was swapped: if a layer calls "
+            "tf.image.crop_and_resize, name its class with --roi-layer NAME"
+        )
+    return ExportCheckError(text)
 
 
 def _source(config: KerasExportConfig, name: str) -> dict[str, str]:

@@ -574,3 +574,19 @@ def test_coordinate_inputs_are_traced_through_single_input_layers():
     pooled = RoIPooling((3, 3))(features, first, first_indexes)
     model = keras.Model([features, rois, indexes], keras.layers.Flatten()(pooled))
     assert coordinate_inputs(model) == ("rois", "indexes")
+
+
+def test_unswapped_crop_and_resize_layer_names_the_roi_layer_flag(pooled):
+    from export import export_keras_model
+
+    tmp, _, _, arrays, model = pooled  # its layer class is MaxPooledRoIPooling
+    with pytest.raises(ExportCheckError, match=r"no builtin op for CropAndResize.*--roi-layer"):
+        export_keras_model(
+            model,
+            arrays,
+            tmp / "flex",
+            formats=("tflite",),
+            precisions=("float32",),
+            progress=False,
+        )
+    assert not (tmp / "flex").exists()
