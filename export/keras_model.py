@@ -286,7 +286,7 @@ def coordinate_inputs(model: Any) -> tuple[str, ...]:
     """Model inputs that reach a RoIPooling layer's ``rois`` or ``box_indexes`` argument directly
     or through single-input layers (a Reshape, a Lambda slice...): their arithmetic is kept
     out of int8 quantization."""
-    from export.swap import roi_pooling_layers
+    from export.swap import layer_arguments, roi_pooling_layers
 
     by_id = {id(t): t.name for t in model.inputs}
     producers = {}
@@ -306,7 +306,7 @@ def coordinate_inputs(model: Any) -> tuple[str, ...]:
 
     names = []
     for layer in roi_pooling_layers(model):
-        args = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+        args = layer_arguments(layer)
         names += [n for n in (origin(t) for t in args[1:]) if n is not None]
     return tuple(dict.fromkeys(names))
 

@@ -170,6 +170,15 @@ def roi_pooling_layers(model: Any) -> list[Any]:
     return [layer for layer in model.layers if _is_roiedge(layer)]
 
 
+def layer_arguments(layer: Any) -> list[Any]:
+    """The input tensors of a layer called once (``[]`` for a layer shared by several calls)."""
+    try:
+        inputs = layer.input
+    except (AttributeError, ValueError):  # Keras: a layer with several inbound nodes
+        return []
+    return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+
+
 def _layer_size(layer: Any) -> tuple[int, int]:
     """``size`` (or ``pool_size``) of a live layer, from its config, else its attributes."""
     try:
@@ -283,9 +292,7 @@ def _roi_layer_values(model: Any, rows: Sequence[Sequence[np.ndarray]]):
     layers = roi_pooling_layers(model)
     if not layers:
         return []
-    args = [
-        layer.input if isinstance(layer.input, (list, tuple)) else [layer.input] for layer in layers
-    ]
+    args = [layer_arguments(layer) for layer in layers]
     if any(len(a) != 3 for a in args):
         return []
     probe = keras.Model(model.inputs, [t for a in args for t in a[:2]])
@@ -350,14 +357,15 @@ def prove_swap(
         if diffs[sample] > worst[0]:
             worst = (diffs[sample], name, sample)
     edges = []
+    total_rois = 0
     for layer, values in _roi_layer_values(swapped, rows):
+        total_rois += sum(len(rois) for _, rois in values)
         if not isinstance(layer, SwappedRoIPooling):
             continue
         crop = (layer.size[0] * layer.samples_per_bin, layer.size[1] * layer.samples_per_bin)
         for sample, (shape, rois) in enumerate(values):
             for roi in edge_rounding_rois(shape, rois, crop):
                 edges.append({"layer": layer.name, "golden_sample": sample, "roi": int(roi)})
-    total_rois = sum(len(r) for _, v in _roi_layer_values(swapped, rows) for _, r in v)
     record = {
         "swapped_layers": swaps,
         "proof": source,
