@@ -71,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
 
         return keras_main(argv)
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         config = ExportConfig(**vars(args))
         from export.pipeline import run_export

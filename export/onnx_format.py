@@ -230,7 +230,8 @@ def tensor_specs(model_bytes: bytes, stage: str, io: ModelIO | None = None):
 
     ins = {a.name: a for a in session.get_inputs()}
     outs = {a.name: a for a in session.get_outputs()}
-    names_in, names_out = model_io(stage, io).inputs, model_io(stage, io).outputs
+    io = model_io(stage, io)
+    names_in, names_out = io.inputs, io.outputs
     missing = [n for n in (*names_in, *names_out) if n not in ins and n not in outs]
     if missing:
         raise ExportCheckError(

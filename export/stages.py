@@ -42,7 +42,8 @@ def input_specs(stage: str, keras_model: Any, io: ModelIO | None = None) -> list
     """tf.TensorSpecs of a stage's inputs with the contract's names (checked against Keras)."""
     import tensorflow as tf
 
-    names, outputs = model_io(stage, io).inputs, model_io(stage, io).outputs
+    io = model_io(stage, io)
+    names, outputs = io.inputs, io.outputs
     if len(keras_model.inputs) != len(names) or len(keras_model.outputs) != len(outputs):
         raise ExportInputError(
             f"{stage}: Keras model has {len(keras_model.inputs)} inputs and "

@@ -315,7 +315,8 @@ def tensor_specs(model_bytes: bytes, stage: str, io: ModelIO | None = None):
     runner = interpreter.get_signature_runner()
     in_details = runner.get_input_details()
     out_details = runner.get_output_details()
-    names_in, names_out = model_io(stage, io).inputs, model_io(stage, io).outputs
+    io = model_io(stage, io)
+    names_in, names_out = io.inputs, io.outputs
 
     def spec(details):
         shape = details.get("shape_signature", details["shape"])
