@@ -28,8 +28,6 @@ import tensorflow as tf
 from export.config import ExportCheckError, ExportInputError
 from models.roi_pooling import RoIPooling, roi_pool
 
-#: Class name of the layers swapped by default (the tutorials' name for it).
-DEFAULT_ROI_LAYER = "RoIPooling"
 #: Largest allowed max abs difference between the swapped and the original float model.
 PROOF_MAX_ABS = 1e-5
 #: Config keys of a saved RoIPooling layer that carry no semantics (Keras bookkeeping).
@@ -110,14 +108,39 @@ def edge_rounding_rois(feature_shape, rois: np.ndarray, crop_size) -> np.ndarray
     return np.flatnonzero(hit)
 
 
+def tf_rounding_roi_pool(feature_maps, rois, box_indexes, size, samples_per_bin: int = 1):
+    """``max_pool(crop_and_resize(feature_maps, rois, box_indexes, size * s), s)`` in builtins.
+
+    ``feature_maps`` [B,H,W,C] float (static H, W), ``rois`` [N,4] normalized y1x1y2x2,
+    ``box_indexes`` [N] int32 -> [N, size[0], size[1], C]. roiedge's ``fixed_point`` lowering
+    with every sample TF's CropAndResize puts off the map zeroed (:func:`tf_edge_mask`), so boxes
+    ending on the map edge match TF's kernel too.
+    """
+    s = samples_per_bin
+    crop_size = (size[0] * s, size[1] * s)
+    crops = roi_pool(
+        feature_maps,
+        rois,
+        box_indexes,
+        size=crop_size,
+        samples_per_bin=1,
+        implementation="fixed_point",
+    )
+    mask = tf_edge_mask(feature_maps, rois, box_indexes, crop_size)
+    crops = crops * tf.cast(mask, crops.dtype)[..., None]
+    if s == 1:
+        return crops
+    return tf.nn.max_pool2d(crops, s, s, "VALID")
+
+
 @keras.saving.register_keras_serializable(package="roiedge")
 class SwappedRoIPooling(keras.layers.Layer):
     """roiedge's builtin-only RoIPooling with TF CropAndResize's edge rounding, for swapped layers.
 
     ``call(feature_maps [B,H,W,C], rois [N,4] normalized y1x1y2x2, box_indexes [N] int32)`` ->
-    ``[N, size[0], size[1], C]``: ``max_pool(crop_and_resize(..., size * s), s)`` with
-    ``s = samples_per_bin``, computed by ``roi_pool(implementation="fixed_point")`` and masked with
-    TF's own on-map test (:func:`tf_edge_mask`).
+    ``[N, size[0], size[1], C]`` by :func:`tf_rounding_roi_pool`. Args: ``size`` (height,
+    width) of the pooled grid; ``samples_per_bin`` bilinear samples per bin and axis, max-pooled
+    (1 = plain crop_and_resize); ``**kwargs`` to ``keras.layers.Layer``.
     """
 
     def __init__(self, size=(7, 7), samples_per_bin: int = 1, **kwargs):
@@ -137,21 +160,9 @@ class SwappedRoIPooling(keras.layers.Layer):
                     f"got a list of {len(feature_maps)} inputs"
                 )
             feature_maps, rois, box_indexes = feature_maps
-        s = self.samples_per_bin
-        crop_size = (self.size[0] * s, self.size[1] * s)
-        crops = roi_pool(
-            feature_maps,
-            rois,
-            box_indexes,
-            size=crop_size,
-            samples_per_bin=1,
-            implementation="fixed_point",
+        return tf_rounding_roi_pool(
+            feature_maps, rois, box_indexes, self.size, self.samples_per_bin
         )
-        mask = tf_edge_mask(feature_maps, rois, box_indexes, crop_size)
-        crops = crops * tf.cast(mask, crops.dtype)[..., None]
-        if s == 1:
-            return crops
-        return tf.nn.max_pool2d(crops, s, s, "VALID")
 
     def get_config(self):
         return {
