@@ -242,6 +242,9 @@ def test_roiedge_layer_model_with_two_outputs(tmp_path):
     assert sorted(got) == ["box_deltas", "class_scores"]
     for name in got:
         assert np.max(np.abs(got[name] - want[name])) <= 1e-5
+    single = run_artifact(out, {k: v[1] for k, v in fresh.items()})  # no sample axis
+    for name in got:
+        np.testing.assert_array_equal(single[name], got[name][1])
 
 
 # ------------------------------------------------------------------------------- proofs and errors
