@@ -38,7 +38,7 @@ from export.config import (
     ExportInputError,
 )
 from export.formats import ArtifactSpec
-from export.stages import STAGE_IO
+from export.stages import STAGE_IO, ModelIO, model_io
 from runtime.golden import CLASS_SCORES
 from runtime.manifest import (
     MANIFEST_NAME,
@@ -140,6 +140,7 @@ def golden_check(
     path: Path,
     inputs: list[list[np.ndarray]],
     reference: list[list[np.ndarray]],
+    io: ModelIO | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Run the written artifact through the device's code path on the golden inputs and judge it.
 
@@ -152,7 +153,7 @@ def golden_check(
 
     stage = Stage(entry, open_backend(path, entry.format, num_threads=1), path)
     actual = [stage.run(*sample) for sample in inputs]
-    names = STAGE_IO[entry.model][1]
+    names = model_io(entry.model, io).outputs
     verdict = compare_outputs(
         entry.precision,
         [np.stack([s[j] for s in actual]) for j in range(len(names))],
@@ -332,16 +333,20 @@ def _quiet():
         root.setLevel(level)
 
 
-def _build_one(spec, keras_models, calibration, golden_inputs, golden_outputs, work: Path):
+def _build_one(spec, keras_models, calibration, golden_inputs, golden_outputs, work: Path, io=None):
+    """Build, audit and golden-check one artifact into ``work``; (ArtifactEntry, failures).
+
+    ``io`` is the model's I/O when it is not a detector stage (see :class:`ModelIO`).
+    """
     from export.tflite_format import BuildInput
 
-    names = STAGE_IO[spec.model][0]
+    names = model_io(spec.model, io).inputs
     samples = [dict(zip(names, s)) for s in calibration[spec.model]]
-    build = BuildInput(spec.model, keras_models[spec.model], samples)
+    build = BuildInput(spec.model, keras_models[spec.model], samples, io)
     with _quiet():
         built = BUILDERS[spec.format][spec.precision](build)
     report = audit_artifact(spec, built.data)
-    inputs, outputs = SPECS[spec.format](built.data, spec.model)
+    inputs, outputs = SPECS[spec.format](built.data, spec.model, io)
     path = work / spec.filename
     atomic_write_bytes(path, built.data)
     report_path = f"{REPORT_DIR}/{spec.filename}.json"
@@ -358,7 +363,7 @@ def _build_one(spec, keras_models, calibration, golden_inputs, golden_outputs, w
         op_report=report_path,
     )
     metrics, broken = golden_check(
-        entry, path, golden_inputs[spec.model], golden_outputs[spec.model]
+        entry, path, golden_inputs[spec.model], golden_outputs[spec.model], io
     )
     report.update(
         {
