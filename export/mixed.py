@@ -48,6 +48,8 @@ SNR_SAMPLES = 16
 #: Measurements one search may make; past it every candidate is kept float (the fallback that
 #: always meets the target) rather than the export running for an unbounded time.
 MAX_EVALUATIONS = 48
+#: The same for ONNX, where each measurement re-runs onnxruntime's calibration.
+ONNX_MAX_EVALUATIONS = 8
 #: TFLite op types that are layers worth keeping float (reshapes, gathers and pools only move
 #: quantized values around and add no error of their own).
 TFLITE_LAYER_OPS = (
@@ -151,10 +153,10 @@ class SnrTarget:
     def __init__(self, build: BuildInput, min_snr_db: float = MIN_OUTPUT_SNR_DB, samples=None):
         import tensorflow as tf
 
-        self.stage = build.stage
+        self.outputs = build.model_io.outputs
         self.min_snr_db = min_snr_db
         self.samples = list(samples if samples is not None else build.calibration[:SNR_SAMPLES])
-        names = STAGE_IO[build.stage][0]
+        names = build.model_io.inputs
         call = tf.function(lambda *a: build.keras_model(list(a) if len(a) > 1 else a[0]))
         self.reference = []
         for sample in self.samples:
@@ -166,7 +168,7 @@ class SnrTarget:
         """Per-output SNR (dB) of a model runner over the samples."""
         from runtime.golden import error_metrics
 
-        names = STAGE_IO[self.stage][1]
+        names = self.outputs
         actual = [run(s) for s in self.samples]
         return {
             n: error_metrics(
@@ -259,7 +261,7 @@ def target_for(build: BuildInput) -> SnrTarget | MapDropTarget:
 
     The mAP target of a stage is shared by its TFLite and ONNX searches (same float references).
     """
-    if build.detector is not None and build.validation == "procedural":
+    if build.detector is not None and build.io is None and build.validation == "procedural":
         if not _TARGETS_OF or _TARGETS_OF[0] is not build.detector:
             _TARGETS.clear()
             _TARGETS_OF[:] = [build.detector]
@@ -300,14 +302,14 @@ def onnx_runner(model_bytes: bytes) -> Callable[[dict], dict]:
 # -- builders
 
 
-def tflite_layers(calibrated: bytes, stage: str) -> list[str]:
+def tflite_layers(calibrated: bytes, build: BuildInput) -> list[str]:
     """Output tensor names of the layers full int8 quantizes (candidates to keep float)."""
     from export.tf_private import flatbuffer_utils
     from export.tflite_format import FLOAT_SCORE_OPS, _float_model_graph, coordinate_denylist
 
     fb = flatbuffer_utils()
     model = _float_model_graph(calibrated)
-    coordinate, _ = coordinate_denylist(calibrated, stage)
+    coordinate, _ = coordinate_denylist(calibrated, build.model_io)
     subgraph = model.subgraphs[0]
     names = []
     for op in subgraph.operators:
@@ -355,12 +357,12 @@ def tflite_mixed(build: BuildInput, target: SnrTarget | MapDropTarget | None = N
     target = target_for(build) if target is None else target
 
     def evaluate(kept: tuple[str, ...]) -> float:
-        return target(tflite_runner(quantize_calibrated(calibrated, build.stage, kept)))
+        return target(tflite_runner(quantize_calibrated(calibrated, build, kept)))
 
     start = evaluate(())
-    candidates = tflite_layers(calibrated, build.stage)
+    candidates = tflite_layers(calibrated, build)
     if start > 0:
-        debug = quantize_calibrated(calibrated, build.stage, (), debug=True)
+        debug = quantize_calibrated(calibrated, build, (), debug=True)
         errors = layer_errors(debug, build.calibration[:LAYER_DEBUG_SAMPLES])
         candidates = rank_by_layer_error(candidates, errors)
     measured = {(): start}
@@ -393,7 +395,7 @@ def onnx_layers(build: BuildInput) -> list[str]:
         src.write_bytes(_float_proto(build).SerializeToString())
         quant_pre_process(os.fspath(src), os.fspath(pre), skip_symbolic_shape=True)
         graph = onnx.load(os.fspath(pre)).graph
-    coordinate = set(coordinate_nodes(graph, build.stage))
+    coordinate = set(coordinate_nodes(graph, build.stage, build.io))
     names = [n.name for n in graph.node if n.op_type in ONNX_LAYER_OPS and n.name not in coordinate]
     return names[::-1]
 
@@ -415,6 +417,8 @@ def onnx_mixed(build: BuildInput) -> Built:
         built_by_kept[kept] = onnx_int8(build, kept)
         return target(onnx_runner(built_by_kept[kept].data))
 
-    result = greedy_search(onnx_layers(build), evaluate, rank=False)
+    result = greedy_search(
+        onnx_layers(build), evaluate, rank=False, max_evaluations=ONNX_MAX_EVALUATIONS
+    )
     built = built_by_kept.get(result.kept_float) or onnx_int8(build, result.kept_float)
     return Built(built.data, {**built.notes, "mixed": {**target.describe(), **result.notes()}})

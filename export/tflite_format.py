@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from export.config import ExportCheckError
-from export.stages import COORDINATE_INPUTS, STAGE_IO, frozen_function
+from export.stages import ModelIO, frozen_function, model_io
 from export.tf_private import (
     flatbuffer_utils,
     mlir_quantize,
@@ -62,12 +62,23 @@ class BuildInput:
     stage: str
     keras_model: Any
     calibration: Sequence[dict[str, np.ndarray]]
+    #: I/O of a model that is not a detector stage (None: the stage's STAGE_IO contract).
+    io: ModelIO | None = None
     #: For ``mixed`` (export.mixed): the whole detector, where the calibration images came from
     #: ("procedural": labelled validation scenes exist; "folder": no labels) and the target.
     detector: Any = None
     validation: str = "folder"
     target_drop: float = 0.5
     val_images: int = 200
+
+    @property
+    def model_io(self) -> ModelIO:
+        return model_io(self.stage, self.io)
+
+    @property
+    def per_channel(self) -> bool:
+        """Per-channel weight scales (:data:`PER_CHANNEL_WEIGHTS`; other models: yes)."""
+        return PER_CHANNEL_WEIGHTS.get(self.stage, True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +92,7 @@ class Built:
 def _converter(build: BuildInput):
     import tensorflow as tf
 
-    function = frozen_function(build.stage, build.keras_model)
+    function = frozen_function(build.stage, build.keras_model, build.io)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], tf.Module())
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     return converter
@@ -125,7 +136,7 @@ def _float_model_graph(model_bytes: bytes):
     return flatbuffer_utils().read_model_from_bytearray(bytearray(model_bytes))
 
 
-def _coordinate_path(model, stage: str) -> tuple[list[int], list[int]]:
+def _coordinate_path(model, io: ModelIO) -> tuple[list[int], list[int]]:
     """(operator indexes, tensor indexes) computed from the coordinate inputs alone.
 
     An op is on the coordinate path if none of its inputs depends on a non-coordinate input
@@ -134,8 +145,8 @@ def _coordinate_path(model, stage: str) -> tuple[list[int], list[int]]:
     subgraph = model.subgraphs[0]
     signature = model.signatureDefs[0]
     by_name = {s.name.decode(): s.tensorIndex for s in signature.inputs}
-    feature_inputs = {by_name[n] for n in STAGE_IO[stage][0] if n not in COORDINATE_INPUTS[stage]}
-    coordinate_inputs = {by_name[n] for n in COORDINATE_INPUTS[stage]}
+    feature_inputs = {by_name[n] for n in io.inputs if n not in io.coordinate_inputs}
+    coordinate_inputs = {by_name[n] for n in io.coordinate_inputs}
     depends_on_features = set(feature_inputs)
     reachable = set(coordinate_inputs)
     ops, tensors = [], set()
@@ -150,17 +161,18 @@ def _coordinate_path(model, stage: str) -> tuple[list[int], list[int]]:
     return ops, sorted(tensors | coordinate_inputs)
 
 
-def quantization_leaks(model_bytes: bytes, stage: str) -> list[str]:
+def quantization_leaks(model_bytes: bytes, stage: str, io: ModelIO | None = None) -> list[str]:
     """Coordinate-path tensors that are int8/uint8/int16 (should be none).
 
     Inspects every op computed from the coordinate inputs alone: its inputs and (unless it is the
     QUANTIZE that hands a lerp weight over to the int8 feature path) its outputs.
     """
-    if not COORDINATE_INPUTS[stage]:
+    io = model_io(stage, io)
+    if not io.coordinate_inputs:
         return []
     fb = flatbuffer_utils()
     model = _float_model_graph(model_bytes)
-    op_indexes, _ = _coordinate_path(model, stage)
+    op_indexes, _ = _coordinate_path(model, io)
     subgraph = model.subgraphs[0]
     leaks = []
     for index in op_indexes:
@@ -184,7 +196,7 @@ def calibrate(build: BuildInput) -> bytes:
     converter.representative_dataset = _representative(build)
     set_converter_flag(converter, "_experimental_calibrate_only", True)
     calibrated = converter.convert()
-    if ACTIVATION_RANGES[build.stage] == "mse":
+    if ACTIVATION_RANGES.get(build.stage, "minmax") == "mse":
         calibrated = mse_activation_ranges(calibrated, build.calibration[:RANGE_SAMPLES])
     return calibrated
 
@@ -248,11 +260,11 @@ def mse_activation_ranges(calibrated: bytes, samples: Sequence[dict[str, np.ndar
     return bytes(fb.convert_object_to_bytearray(model))
 
 
-def coordinate_denylist(calibrated: bytes, stage: str) -> tuple[list[str], list[str]]:
+def coordinate_denylist(calibrated: bytes, io: ModelIO) -> tuple[list[str], list[str]]:
     """(tensor names, op types) of RoIPooling's coordinate path, to keep out of quantization."""
     fb = flatbuffer_utils()
     model = _float_model_graph(calibrated)
-    op_indexes, tensor_indexes = _coordinate_path(model, stage)
+    op_indexes, tensor_indexes = _coordinate_path(model, io)
     subgraph = model.subgraphs[0]
     nodes = sorted({subgraph.tensors[t].name.decode() for t in tensor_indexes})
     # A multi-output op (UNPACK of the box columns) is matched by op type, not output name;
@@ -271,16 +283,16 @@ def coordinate_denylist(calibrated: bytes, stage: str) -> tuple[list[str], list[
 
 
 def quantize_calibrated(
-    calibrated: bytes, stage: str, keep_float: Sequence[str] = (), debug: bool = False
+    calibrated: bytes, build: BuildInput, keep_float: Sequence[str] = (), debug: bool = False
 ) -> bytes:
-    """Full int8 of a calibrated model; the coordinate path, FLOAT_SCORE_OPS and the ops whose
-    output tensors are named in ``keep_float`` stay float (``debug``: NumericVerify model)."""
-    nodes, op_types = coordinate_denylist(calibrated, stage)
+    """Full int8 of ``build``'s calibrated model; the coordinate path, FLOAT_SCORE_OPS and the
+    ops whose output tensors are named in ``keep_float`` stay float (``debug``: NumericVerify)."""
+    nodes, op_types = coordinate_denylist(calibrated, build.model_io)
     nodes = sorted(set(nodes) | set(keep_float))
     op_types = sorted(set(op_types) | set(FLOAT_SCORE_OPS))
     return mlir_quantize(
         calibrated,
-        disable_per_channel=not PER_CHANNEL_WEIGHTS[stage],
+        disable_per_channel=not build.per_channel,
         fully_quantize=False,
         enable_numeric_verify=debug,
         denylisted_nodes=nodes or None,
@@ -291,11 +303,11 @@ def quantize_calibrated(
 def full_int8(build: BuildInput, keep_float: Sequence[str] = (), calibrated: bytes | None = None):
     """Full-integer artifact of ``build`` with the ``keep_float`` ops in float (see tflite_int8)."""
     calibrated = calibrate(build) if calibrated is None else calibrated
-    nodes, op_types = coordinate_denylist(calibrated, build.stage)
-    data = quantize_calibrated(calibrated, build.stage, keep_float)
-    debug_model = quantize_calibrated(calibrated, build.stage, keep_float, debug=True)
+    nodes, op_types = coordinate_denylist(calibrated, build.model_io)
+    data = quantize_calibrated(calibrated, build, keep_float)
+    debug_model = quantize_calibrated(calibrated, build, keep_float, debug=True)
     layers = layer_errors(debug_model, build.calibration[:LAYER_DEBUG_SAMPLES])
-    leaks = quantization_leaks(data, build.stage)
+    leaks = quantization_leaks(data, build.stage, build.io)
     if leaks:
         raise ExportCheckError(
             f"{build.stage}/tflite/int8: coordinate tensor(s) {', '.join(leaks[:5])} were "
@@ -309,8 +321,8 @@ def full_int8(build: BuildInput, keep_float: Sequence[str] = (), calibrated: byt
             "kept_float_layers": sorted(keep_float),
             "calibration_samples": len(build.calibration),
             "calibration_sha256": calibration_sha256(build.calibration),
-            "per_channel_weights": PER_CHANNEL_WEIGHTS[build.stage],
-            "activation_ranges": ACTIVATION_RANGES[build.stage],
+            "per_channel_weights": build.per_channel,
+            "activation_ranges": ACTIVATION_RANGES.get(build.stage, "minmax"),
             "layer_errors": layers,
         },
     )
@@ -384,10 +396,10 @@ def tflite_int8_io(build: BuildInput) -> Built:
     """Edge TPU-ready: TFLITE_BUILTINS_INT8 only, int8 inputs and outputs."""
     import tensorflow as tf
 
-    if COORDINATE_INPUTS[build.stage]:
+    if build.model_io.coordinate_inputs:
         raise ExportCheckError(
             f"{build.stage}/tflite/int8_io: int8 I/O would quantize the coordinate inputs "
-            f"{COORDINATE_INPUTS[build.stage]}; only stages without them get an int8_io artifact"
+            f"{build.model_io.coordinate_inputs}; only stages without them get an int8_io artifact"
         )
     converter = _converter(build)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -395,14 +407,12 @@ def tflite_int8_io(build: BuildInput) -> Built:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    set_converter_flag(
-        converter, "_experimental_disable_per_channel", not PER_CHANNEL_WEIGHTS[build.stage]
-    )
+    set_converter_flag(converter, "_experimental_disable_per_channel", not build.per_channel)
     return Built(
         converter.convert(),
         {
             "calibration_samples": len(build.calibration),
-            "per_channel_weights": PER_CHANNEL_WEIGHTS[build.stage],
+            "per_channel_weights": build.per_channel,
         },
     )
 
@@ -423,7 +433,7 @@ def _tflite_mixed(build: BuildInput) -> Built:
     return tflite_mixed(build)
 
 
-def tensor_specs(model_bytes: bytes, stage: str):
+def tensor_specs(model_bytes: bytes, stage: str, io: ModelIO | None = None):
     """(inputs, outputs) TensorSpecs in the Keras order, named as the tensors inside the model.
 
     TFLite sorts signature keys and renames tensors (``serving_default_image:0``,
@@ -435,7 +445,8 @@ def tensor_specs(model_bytes: bytes, stage: str):
     runner = interpreter.get_signature_runner()
     in_details = runner.get_input_details()
     out_details = runner.get_output_details()
-    names_in, names_out = STAGE_IO[stage]
+    io = model_io(stage, io)
+    names_in, names_out = io.inputs, io.outputs
 
     def spec(details):
         shape = details.get("shape_signature", details["shape"])

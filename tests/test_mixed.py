@@ -60,11 +60,11 @@ def test_mixed_search_meets_an_snr_target_with_fewer_float_layers_than_all_float
     build = BuildInput("head", detector.head, samples)
     calibrated = calibrate(build)
     probe = SnrTarget(build, samples=samples[-8:])
-    int8_snr = min(probe.snrs(tflite_runner(quantize_calibrated(calibrated, "head"))).values())
+    int8_snr = min(probe.snrs(tflite_runner(quantize_calibrated(calibrated, build))).values())
     wanted = int8_snr + 3.0  # full int8 misses this by 3 dB
     built = tflite_mixed(build, target=SnrTarget(build, min_snr_db=wanted, samples=samples[-8:]))
     notes = built.notes["mixed"]
-    candidates = tflite_layers(calibrated, "head")
+    candidates = tflite_layers(calibrated, build)
     assert notes["target_met"] and not notes["all_float_fallback"]
     assert 0 < len(notes["kept_float_layers"]) < len(candidates)
     # Independent re-measurement: the built bytes run again, SNR computed here in plain numpy.
