@@ -76,8 +76,8 @@ class KerasExportConfig:
                 )
 
 
-#: Precisions of :func:`export.formats.model_artifacts` (the detector backbone's int8_io is not).
-_PRECISIONS = tuple(p for p in PRECISIONS if p != "int8_io")
+#: Precisions of :func:`export.formats.model_artifacts` (not the backbone's int8_io, not mixed).
+_PRECISIONS = tuple(p for p in PRECISIONS if p not in ("int8_io", "mixed"))
 
 
 @dataclasses.dataclass(frozen=True)
