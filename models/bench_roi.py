@@ -90,29 +90,16 @@ def _function(config: BenchConfig, implementation: str):
 
 
 def convert(config: BenchConfig, implementation: str, precision: str, rng) -> bytes:
-    """The TFLite flatbuffer of one implementation: "float32", "float16" (float16 constants) or
-    full-integer "int8", each with the converter's standard settings for that precision."""
-    import tensorflow as tf
+    """The TFLite flatbuffer of one implementation on the benchmark case (see
+    :func:`models.tflite_convert.convert_function`); int8 calibrates on random cases."""
+    from models.tflite_convert import convert_function
 
-    function = _function(config, implementation)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [function.get_concrete_function()], function
-    )
-    # Builtins only: CropAndResize would need Flex, which tflite-runtime/ai-edge-litert refuse.
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if precision == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif precision == "int8":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    def representative():
+        for _ in range(config.calibration_samples):
+            features, rois = random_case(config, rng)
+            yield [features, rois, np.zeros(config.num_rois, np.int32)]
 
-        def representative():
-            for _ in range(config.calibration_samples):
-                features, rois = random_case(config, rng)
-                yield [features, rois, np.zeros(config.num_rois, np.int32)]
-
-        converter.representative_dataset = representative
-    return converter.convert()
+    return convert_function(_function(config, implementation), precision, representative)
 
 
 def _runner(model: bytes, threads: int):

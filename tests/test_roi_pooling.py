@@ -158,11 +158,25 @@ def test_numpy_loop_reference_matches_tensorflow(samples_per_bin):
 
 
 def _convert(implementation, num_rois, precision, rng, height=20, width=20, channels=16, size=7):
-    """The benchmark's converter (builtins only; int8 = Optimize.DEFAULT + representative data)."""
-    from models.bench_roi import BenchConfig, convert
+    """roi_pool (samples_per_bin 2) through the converter's standard settings per precision."""
+    from models.tflite_convert import convert_function
 
-    case = BenchConfig(height=height, width=width, channels=channels, num_rois=num_rois, size=size)
-    return convert(case, implementation, precision, rng)
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec((1, height, width, channels), tf.float32, name="features"),
+            tf.TensorSpec((num_rois, 4), tf.float32, name="rois"),
+            tf.TensorSpec((num_rois,), tf.int32, name="box_indexes"),
+        ]
+    )
+    def pool(features, rois, box_indexes):
+        return roi_pool(features, rois, box_indexes, (size, size), 2, implementation)
+
+    def representative():
+        for _ in range(8):
+            features = rng.random((1, height, width, channels), dtype=np.float32)
+            yield [features, random_boxes(rng, num_rois, 0.0, 1.0), np.zeros(num_rois, np.int32)]
+
+    return convert_function(pool, precision, representative)
 
 
 def _run_tflite(model, features, rois, box_indexes):
