@@ -17,12 +17,14 @@ import tensorflow as tf
 from runtime.errors import RoiedgeError
 
 __all__ = [
+    "EXACT_RANGE",
     "IMPLEMENTATIONS",
     "RoIPooling",
     "RoIPoolingInputError",
     "RoIPoolingTypeError",
     "roi_pool",
     "roi_pool_numpy",
+    "rois_in_exact_range",
 ]
 
 #: Selectable lowerings: the builtin-only forms (the int8-safe default first), then the TF oracle.
@@ -37,11 +39,26 @@ IMPLEMENTATIONS = (
 )
 DEFAULT_IMPLEMENTATION = "fixed_point"
 #: ``fixed_point`` keeps box coordinates in [-COORDINATE_RANGE, COORDINATE_RANGE] (normalized):
-#: the int32 sample arithmetic is sized for that range (boxes are clamped to it).
+#: the int32 sample arithmetic is sized for that range, and every coordinate is clamped to it
+#: first, so the fixed-point forms equal crop_and_resize only for boxes inside it.
 COORDINATE_RANGE = 2
+#: The normalized box coordinates for which the fixed-point lowerings are exact (inclusive).
+EXACT_RANGE = (-float(COORDINATE_RANGE), float(COORDINATE_RANGE))
 #: Relative slack (about 8 float32 ulps) by which a sample may pass the map edge and still count
 #: as on it, absorbing the converter's re-association of the sample-position arithmetic.
 EDGE_SLACK = 2.0**-20
+
+
+def rois_in_exact_range(rois) -> bool:
+    """True if every coordinate of ``rois`` (``[..., 4]`` normalized) lies in :data:`EXACT_RANGE`.
+
+    Outside it the fixed-point lowerings clamp the coordinate to the range (so their result is
+    crop_and_resize of the clamped box); NaN counts as outside. For the export to warn when
+    calibration or golden RoIs leave the range.
+    """
+    values = np.asarray(rois, np.float64)
+    low, high = EXACT_RANGE
+    return bool(np.all((values >= low) & (values <= high)))
 
 
 class RoIPoolingInputError(RoiedgeError, ValueError):
@@ -319,7 +336,19 @@ def _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size) -> _Sampli
         return tf.pow(2.0, tf.cast(exponent, tf.float32))  # [N, 1, ...] float32, exact
 
     # floor(rois * 2**(bits+1)) then a rounding halving in int32: rois to the nearest 2**-bits.
-    halves = tf.cast(tf.math.floordiv(rois, power_of_two(-(bits + 1), 2)), tf.int32)
+    # Clamped before any large value meets a float->int32 cast (which overflows past 2**31, i.e.
+    # |rois| >= 2**(30 - bits), ~64, and no float clamp survives int8 conversion unquantized):
+    # the integer part is cast alone (exact below 2**31); coarser casts of rois / 2**31, 2**62,
+    # ... (each exact where the finer one overflows) saturate it for any finite coordinate. The
+    # fraction (FLOOR_MOD, in [0, 1): no int8 kernel either) is then scaled exactly.
+    whole = tf.cast(tf.math.floordiv(rois, 1.0), tf.int32)
+    for exponent in (31, 62, 93, 124):
+        coarse = tf.cast(tf.math.floordiv(rois, power_of_two(exponent, 2)), tf.int32)
+        whole = tf.where(coarse >= 1, COORDINATE_RANGE, whole)
+        whole = tf.where(coarse <= -2, -COORDINATE_RANGE - 1, whole)
+    whole = tf.clip_by_value(whole, -COORDINATE_RANGE - 1, COORDINATE_RANGE)
+    fraction = tf.math.floordiv(tf.math.floormod(rois, 1.0), power_of_two(-(bits + 1), 2))
+    halves = whole * (1 << (bits + 1)) + tf.cast(fraction, tf.int32)
     rois_fixed = tf.clip_by_value(
         tf.math.floordiv(halves + 1, 2), -COORDINATE_RANGE * one, COORDINATE_RANGE * one
     )
@@ -566,10 +595,17 @@ def roi_pool(
         samples_per_bin: bilinear samples per bin along each axis (``1`` is plain
             crop_and_resize; ``2`` is the TF Object Detection API's 14x14 crop + 2x2 max pool).
         implementation: ``"fixed_point"`` (the default: TFLite builtins only, coordinates in
-            int32 fixed point so full-int8 conversion stays accurate; boxes clamped to
-            ``[-COORDINATE_RANGE, COORDINATE_RANGE]``), ``"gather"`` (builtins only, float
-            coordinates: exact in float, but full-int8 conversion quantizes its coordinates) or
-            ``"crop_and_resize"`` (TF's fused kernel; the reference, Flex-only in TFLite).
+            int32 fixed point so full-int8 conversion stays accurate), its variants
+            ``"fixed_point_tiled"``, ``"neighbour_pool"``, ``"neighbour_matmul"`` and
+            ``"separable_matmul"`` (the same sampling grid, other feature paths; compared by
+            ``make bench``), ``"gather"`` (builtins only, float coordinates: exact in float, but
+            full-int8 conversion quantizes its coordinates) or ``"crop_and_resize"`` (TF's
+            fused kernel; the reference, Flex-only in TFLite).
+
+    Range: the fixed-point forms are exact for box coordinates in :data:`EXACT_RANGE`
+    (``[-2, 2]``); any finite coordinate outside it is clamped to it first (the result is that
+    of the clamped box; NaN and infinities are unspecified). :func:`rois_in_exact_range` checks
+    a set of boxes. ``gather`` and ``crop_and_resize`` have no range limit.
 
     Returns:
         ``[N, size[0], size[1], C]`` with the dtype of ``feature_maps``.
