@@ -138,6 +138,23 @@ class TestGather(RoIPoolTester):
     implementation = "gather"
 
 
+# The fixed-point variants make bench compares (same sampling grid, other feature paths).
+class TestFixedPointTiled(RoIPoolTester):
+    implementation = "fixed_point_tiled"
+
+
+class TestNeighbourPool(RoIPoolTester):
+    implementation = "neighbour_pool"
+
+
+class TestNeighbourMatmul(RoIPoolTester):
+    implementation = "neighbour_matmul"
+
+
+class TestSeparableMatmul(RoIPoolTester):
+    implementation = "separable_matmul"
+
+
 def test_default_is_the_int8_safe_builtin_form():
     assert DEFAULT_IMPLEMENTATION == "fixed_point"
     assert RoIPooling().implementation == "fixed_point"
@@ -192,7 +209,10 @@ def _run_tflite(model, features, rois, box_indexes):
     return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]), ops
 
 
-@pytest.mark.parametrize("implementation", BUILTIN_IMPLEMENTATIONS)
+VARIANTS = ("fixed_point_tiled", "neighbour_pool", "neighbour_matmul", "separable_matmul")
+
+
+@pytest.mark.parametrize("implementation", BUILTIN_IMPLEMENTATIONS + VARIANTS)
 def test_tflite_builtins_only_float32_matches_tensorflow(implementation):
     rng = np.random.default_rng(21)
     model = _convert(implementation, 17, "float32", rng)
