@@ -3,6 +3,8 @@ JSON and PNG, bad usage."""
 
 import json
 
+import pytest
+
 from models import bench_roi
 
 TINY = [
@@ -41,3 +43,21 @@ def test_bench_bad_usage_exits_2_with_one_line(capsys):
     assert bench_roi.main(["--num-rois", "0"]) == 2
     error = capsys.readouterr().err.strip()
     assert error == "error: --num-rois is 0; expected >= 1"
+
+
+@pytest.mark.slow
+def test_scaling_sweep_writes_cases_errors_and_a_log_log_plot(tmp_path, capsys):
+    from models import bench_scaling
+
+    out_json, out_png = tmp_path / "scaling.json", tmp_path / "scaling.png"
+    argv = ["--rois", "2,5", "--channels", "3,8", "--height", "6", "--width", "7"]
+    argv += ["--runs", "1", "--rounds", "1", "--json", str(out_json), "--png", str(out_png)]
+    assert bench_scaling.main(argv) == 0
+    cases = json.loads(out_json.read_text())["cases"]
+    assert {(c["num_rois"], c["channels"]) for c in cases} == {(2, 3), (5, 3), (2, 8), (5, 8)}
+    for case in cases:
+        assert case["float32_max_abs_error"] <= 1e-5  # one resizable model serves every count
+        assert case["int8_max_abs_error"] <= 0.05
+    assert out_png.read_bytes().startswith(b"\x89PNG")
+    assert bench_scaling.main(["--rois", "16,x"]) == 2
+    assert "error: --rois is '16,x'" in capsys.readouterr().err
