@@ -1,0 +1,22 @@
+"""runtime bench's pipeline rows carry detect()'s split and the post-processing share."""
+
+from __future__ import annotations
+
+import pytest
+from runtime_fakes import build_fake_artifacts
+
+from runtime.bench import format_table, measure_pipeline
+
+
+@pytest.mark.slow  # builds a fake export (~30 s)
+def test_pipeline_row_splits_detect_into_its_steps(tmp_path):
+    build_fake_artifacts(tmp_path)
+    row = measure_pipeline(str(tmp_path), "int8", runs=3, warmup=1, backend=None, threads=1)
+    split = row["split_ms"]
+    assert set(split) == {"preprocess", "backbone_rpn", "proposals", "head", "detections", "total"}
+    assert all(value > 0 for value in split.values())
+    # The steps are disjoint parts of detect(): together no more than its total.
+    assert sum(v for k, v in split.items() if k != "total") <= split["total"] * 1.001
+    share = (split["proposals"] + split["detections"]) / split["total"]
+    assert abs(row["postprocess_share"] - share) < 1e-9 and 0 < share < 1
+    assert "post-processing" in format_table([row])
