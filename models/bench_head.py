@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -164,10 +165,13 @@ def _onnx(function, config: HeadBenchConfig, calibration: list, int8: bool) -> b
         return dst.read_bytes()
 
 
-def _tflite_call(model: bytes, threads: int):
-    from ai_edge_litert.interpreter import Interpreter
+def _tflite_call(model: bytes, threads: int, xnnpack: bool = True):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interpreter = Interpreter(model_content=model, num_threads=threads)
+    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interpreter = Interpreter(
+        model_content=model, num_threads=threads, experimental_op_resolver_type=resolver
+    )
     interpreter.allocate_tensors()
     inputs = {d["name"]: d["index"] for d in interpreter.get_input_details()}
     order = [next(i for n, i in inputs.items() if key in n) for key in ("features", "rois", "box")]
@@ -285,14 +289,27 @@ def run(config: HeadBenchConfig) -> dict[str, Any]:
     blobs, calls, rows = {}, {"keras/float32": lambda: function(*arrays)}, {}
     for name, build in tqdm(builders.items(), desc="convert", file=sys.stderr):
         blobs[name] = build()
-        maker = _tflite_call if name.startswith("tflite") else _onnx_call
-        call = maker(blobs[name], config.threads)
+    # The TFLite forms also without XNNPACK (the interpreter's builtin kernels: ruy GEMMs).
+    makers = {}
+    for name in blobs:
+        if name.startswith("tflite"):
+            makers[name] = functools.partial(_tflite_call, blobs[name], config.threads)
+            makers[f"{name}:no_xnnpack"] = functools.partial(
+                _tflite_call, blobs[name], config.threads, xnnpack=False
+            )
+        else:
+            makers[name] = functools.partial(_onnx_call, blobs[name], config.threads)
+    for name, maker in makers.items():
+        call = maker()
         calls[name] = lambda call=call: call(arrays)
         top1 = [
             float(np.mean(np.argmax(call(s), 1) == np.argmax(keras_scores(s), 1)))
             for s in agreement
         ]
-        rows[name] = {"bytes": len(blobs[name]), "top1_agreement": float(np.mean(top1))}
+        rows[name] = {
+            "bytes": len(blobs[name.split(":")[0]]),
+            "top1_agreement": float(np.mean(top1)),
+        }
     rows["keras/float32"] = {"bytes": None, "top1_agreement": 1.0}
     timed = interleaved(
         calls,
