@@ -5,13 +5,14 @@ cost is measured as the growth in latency between two prefixes of the graph: the
 op ``k`` (every intermediate tensor kept as an output, so XNNPACK prunes nothing) against the
 model cut at the previous cut point. Cuts are placed after every op whose output has at least
 ``min_output_bytes`` bytes; the small ops before a cut are charged to it together (for
-RoIPooling: the int32 coordinate arithmetic). Noisy on a loaded machine; the prefixes are timed
-interleaved over ``rounds`` rounds and each delta is the median.
+RoIPooling: the int32 coordinate arithmetic). Noisy on a loaded machine: the prefixes are timed
+interleaved over ``rounds`` rounds and each prefix's time is its minimum (load only adds time).
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -67,7 +68,7 @@ def profile_tflite(
     model_bytes: bytes,
     inputs: dict[str, np.ndarray],
     threads: int,
-    rounds: int = 3,
+    rounds: int = 5,
     runs: int = 3,
     min_output_bytes: int = 1 << 20,
 ) -> dict[str, Any]:
@@ -78,8 +79,6 @@ def profile_tflite(
     (runs of small ops grouped under ``"small ops (...)"``), and ``total_ms`` (the full model).
     """
     from ai_edge_litert.tools import flatbuffer_utils
-
-    from runtime.bench import latencies
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
     graph = model.subgraphs[0]
@@ -100,11 +99,17 @@ def profile_tflite(
         | {last}
     )
     calls = [_runner(_prefix(model_bytes, cut), inputs, threads) for cut in cuts]
-    times = np.zeros((rounds, len(cuts)))
-    for r in range(rounds):
+    # The minimum over rounds and runs: other processes' load only ever adds time, and the
+    # difference of two medians on a loaded machine can even come out negative.
+    times = np.full(len(cuts), np.inf)
+    for _ in range(rounds):
         for c, call in enumerate(calls):
-            times[r, c] = latencies(call, runs, 1)["p50_ms"]
-    cumulative = np.median(times, axis=0)
+            call()
+            for _ in range(runs):
+                start = time.perf_counter()
+                call()
+                times[c] = min(times[c], (time.perf_counter() - start) * 1e3)
+    cumulative = times
     rows, by_op, previous, first = [], {}, 0.0, 0
     small_key = f"small ops (<{min_output_bytes // 1024} KiB outputs)"
     for cut, total in zip(cuts, cumulative):
