@@ -111,7 +111,7 @@ def profile_tflite(
                 times[c] = min(times[c], (time.perf_counter() - start) * 1e3)
     cumulative = times
     rows, by_op, previous, first = [], {}, 0.0, 0
-    small_key = f"small ops (<{min_output_bytes // 1024} KiB outputs)"
+    small_key = "small ops"
     for cut, total in zip(cuts, cumulative):
         group = names[first : cut + 1]
         delta = float(total - previous)
