@@ -19,13 +19,7 @@ from runtime.backends import EDGETPU_MODES, Stage, load_stage
 from runtime.config import DetectorConfig
 from runtime.errors import RoiedgeError
 from runtime.images import load_image, resize
-from runtime.manifest import Manifest, read_manifest
-
-# Precisions each stage is exported in, per format.
-PRECISIONS = {
-    "tflite": ("float32", "float16", "dynamic_int8", "int8", "int8_io"),
-    "onnx": ("float32", "int8"),
-}
+from runtime.manifest import FORMAT_PRECISIONS, Manifest, read_manifest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,10 +88,10 @@ class Detector:
 
     def _load(self, model: str) -> Stage:
         format, precision, backend = self.options.stage_choice(model)
-        if precision not in PRECISIONS.get(format, ()):
+        if precision not in FORMAT_PRECISIONS.get(format, ()):
             raise RoiedgeError(
                 f"precision {precision!r} is not exported for {format}; expected one of "
-                f"{PRECISIONS.get(format, ())}"
+                f"{FORMAT_PRECISIONS.get(format, ())}"
             )
         entry = self.manifest.find(model, format, precision)
         edgetpu = self.options.edgetpu if model == "backbone_rpn" and format == "tflite" else "off"

@@ -21,6 +21,11 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MODELS = ("backbone_rpn", "head")
 FORMATS = ("tflite", "onnx")
+#: Precisions each format is exported in (export/formats.py builds its artifact table from this).
+FORMAT_PRECISIONS: dict[str, tuple[str, ...]] = {
+    "tflite": ("float32", "float16", "dynamic_int8", "int8", "int8_io"),
+    "onnx": ("float32", "int8"),
+}
 
 
 @dataclasses.dataclass(frozen=True)

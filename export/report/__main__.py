@@ -1,0 +1,7 @@
+"""``python -m export.report``."""
+
+import sys
+
+from export.report.cli import main
+
+sys.exit(main())
