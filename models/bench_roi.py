@@ -250,7 +250,8 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any]) -> bytes:
-    """PNG bytes: each form's latency ratio to TF's fused kernel (bars) and max error (labels)."""
+    """PNG bytes: each form's latency ratio to TF's fused kernel (median, range over rounds as
+    whiskers; log scale) with its max error, the precision's bar as a dashed line."""
     import io
 
     import matplotlib
@@ -259,32 +260,37 @@ def plot(result: dict[str, Any]) -> bytes:
     import matplotlib.pyplot as plt
 
     forms = result["forms"]
-    names = [f"{row['implementation']}\n{row['precision']}" for row in forms]
-    ratios = [row["ratio_vs_tf_fused"] for row in forms]
+    names = [f"{row['implementation']} {row['precision']}" for row in forms]
+    ratios = np.asarray([row["ratio_vs_tf_fused"] for row in forms])
+    low = ratios - np.asarray([row["ratio_range"][0] for row in forms])
+    high = np.asarray([row["ratio_range"][1] for row in forms]) - ratios
     colors = ["tab:green" if row["meets_target"] else "tab:red" for row in forms]
-    figure, axes = plt.subplots(figsize=(7, 4))
-    bars = axes.bar(names, ratios, color=colors)
-    for bar, row in zip(bars, forms):
+    figure, axes = plt.subplots(figsize=(8, 0.45 * len(forms) + 1.6))
+    positions = np.arange(len(forms))[::-1]
+    axes.barh(positions, ratios, xerr=[low, high], color=colors, alpha=0.8, capsize=3)
+    axes.set_yticks(positions, names, fontsize=8)
+    for position, row, ratio in zip(positions, forms, ratios):
         axes.annotate(
-            f"max err {row['max_abs_error']:.1e}",
-            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-            ha="center",
-            va="bottom",
-            fontsize=8,
+            f"  {ratio:.2f}x, err {row['max_abs_error']:.1e}",
+            (row["ratio_range"][1], position),
+            va="center",
+            fontsize=7,
         )
     for precision, (max_ratio, _) in TARGETS.items():
-        axes.axhline(max_ratio, linestyle="--", color="gray", linewidth=0.8)
-        axes.annotate(f"{precision} target", (len(forms) - 0.5, max_ratio), ha="right", fontsize=8)
-    axes.axhline(1.0, color="black", linewidth=0.8)
-    config = result["config"]
+        axes.axvline(max_ratio, linestyle="--", color="gray", linewidth=0.8)
+        axes.annotate(f"{precision} bar", (max_ratio, len(forms) - 0.4), fontsize=7, ha="center")
+    axes.axvline(1.0, color="black", linewidth=0.8)
+    axes.set_xscale("log")
+    axes.set_xlim(right=axes.get_xlim()[1] * 4)
+    config, host = result["config"], result["host"]
     axes.set_title(
-        f"RoIPooling in TFLite vs TF fused CropAndResize+MaxPool ({result['tf_fused_ms']:.0f} ms)\n"
-        f"{config['height']}x{config['width']}x{config['channels']}, {config['num_rois']} boxes, "
-        f"{config['size']}x{config['size']}, samples_per_bin {config['samples_per_bin']}, "
-        f"{config['threads']} threads; green = meets target",
-        fontsize=9,
+        f"RoIPooling in TFLite vs TF fused CropAndResize+MaxPool ({result['tf_fused_ms']:.1f} ms), "
+        f"{config['height']}x{config['width']}x{config['channels']}, {config['num_rois']} boxes\n"
+        f"{host['cpu_model']}, {config['threads']} threads, load {host['load_avg']}; "
+        f"median and range over {config['rounds']} rounds; green = meets its bar",
+        fontsize=8,
     )
-    axes.set_ylabel("latency / TF fused (lower is faster)")
+    axes.set_xlabel("latency / TF fused (log; lower is faster)")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
