@@ -24,12 +24,6 @@ CALIBRATION_PERCENTILE = 99.99
 #: outliers: 22.7 -> 24.7 dB); min/max for the head, whose histograms over 64 RoIs per image
 #: took 150 s for 300 images (vs ~10 s) for no measurable gain.
 CALIBRATION_METHODS = {"backbone_rpn": "percentile", "head": "minmax"}
-#: Op types left unquantized (float between a DequantizeLinear and the next QuantizeLinear).
-#: onnxruntime (1.31, CPU) runs a QDQ MaxPool as an 8-bit NCHW MaxPool on a slow generic kernel:
-#: its profile of the int8 head put 43% of the run in that one node (17.6 of 40.5 ms over
-#: 14x14 -> 7x7 x 64 RoIs), where the float MaxPool is an MLAS kernel. Max commutes with the
-#: (monotonic) quantization, so keeping it float changes no value.
-FLOAT_OP_TYPES = ("MaxPool",)
 
 
 def _float_proto(build: BuildInput):
@@ -158,9 +152,7 @@ def onnx_int8(build: BuildInput) -> Built:
         src, pre, dst = (Path(tmp) / f"{n}.onnx" for n in ("float", "pre", "int8"))
         src.write_bytes(proto.SerializeToString())
         quant_pre_process(os.fspath(src), os.fspath(pre), skip_symbolic_shape=True)
-        graph = onnx.load(os.fspath(pre)).graph
-        excluded = coordinate_nodes(graph, build.stage)
-        kept_float = [n.name for n in graph.node if n.op_type in FLOAT_OP_TYPES]
+        excluded = coordinate_nodes(onnx.load(os.fspath(pre)).graph, build.stage)
         quantize_static(
             os.fspath(pre),
             os.fspath(dst),
@@ -181,7 +173,7 @@ def onnx_int8(build: BuildInput) -> Built:
             reduce_range=True,
             calibrate_method=method,
             extra_options=extra,
-            nodes_to_exclude=excluded + kept_float,
+            nodes_to_exclude=excluded,
         )
         quantized = onnx.load(os.fspath(dst))
     compact_names(quantized)
@@ -197,7 +189,6 @@ def onnx_int8(build: BuildInput) -> Built:
         {
             "opset": ONNX_OPSET,
             "kept_float_coordinate_nodes": len(excluded),
-            "kept_float_op_types": sorted({n.op_type for n in graph.node if n.name in kept_float}),
             "calibration_samples": len(build.calibration),
             "calibration_method": CALIBRATION_METHODS[build.stage],
             "per_channel_weights": PER_CHANNEL_WEIGHTS[build.stage],

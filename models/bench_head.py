@@ -151,9 +151,8 @@ def _onnx(function, config: HeadBenchConfig, calibration: list, int8: bool) -> b
             elif any(i in coordinates for i in inputs):
                 coordinates.update(node.output)
                 excluded.append(node.name)
-        # The export's choices (export.onnx_format): uint8 activations, which onnxruntime's x86
-        # kernels fuse into integer ops, and MaxPool kept float (its 8-bit MaxPool is slow).
-        excluded += [node.name for node in graph.node if node.op_type == "MaxPool"]
+        # The export's choice (export.onnx_format): uint8 activations, which onnxruntime's x86
+        # kernels fuse into integer ops.
         quantize_static(
             os.fspath(pre),
             os.fspath(dst),
