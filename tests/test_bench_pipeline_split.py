@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 from runtime_fakes import build_fake_artifacts
 
 from runtime.bench import format_table, measure_pipeline
 
 
-@pytest.mark.slow  # builds a fake export (~30 s)
 def test_pipeline_row_splits_detect_into_its_steps(tmp_path):
     build_fake_artifacts(tmp_path)
     row = measure_pipeline(str(tmp_path), "int8", runs=3, warmup=1, backend=None, threads=1)

@@ -3,8 +3,6 @@ JSON and PNG, bad usage."""
 
 import json
 
-import pytest
-
 from models import bench_roi
 
 TINY = [
@@ -45,7 +43,6 @@ def test_bench_bad_usage_exits_2_with_one_line(capsys):
     assert error == "error: --num-rois is 0; expected >= 1"
 
 
-@pytest.mark.slow
 def test_scaling_sweep_writes_cases_errors_and_a_log_log_plot(tmp_path, capsys):
     from models import bench_scaling
 
