@@ -312,13 +312,12 @@ def _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size) -> _Sampli
 
     Full-integer quantization (``Optimize.DEFAULT`` + a representative dataset) quantizes every
     float op with an int8 kernel; box coordinates quantized to 8 bits put samples pixels away
-    (errors near 1.0 on unit features). Here the boxes enter through FLOOR_DIV, which has no
-    int8 kernel and so stays float, and become ``round(rois * 2**bits)`` exactly (dividing by a
-    power of two is exact); everything after is int32, which is never quantized. The four
-    bilinear weights are int32 products too, so int8 conversion rounds each of them once (at
-    its CAST) instead of through a chain of quantized SUB/MUL ops. The feature path is four
-    GATHERs (``[N, ch, cw, C]`` each), four MULs and three ADDs: elementwise int8 ops that XNNPACK
-    runs fast, where a stacked ``[N, ch, cw, 4, C]`` tensor reduced with SUM was ~2x slower.
+    (errors near 1.0 on unit features). Here the boxes enter through FLOOR_DIV and FLOOR_MOD,
+    which have no int8 kernels and so stay float, and become ``round(rois * 2**bits)`` exactly
+    (dividing by a power of two is exact), clamped to :data:`EXACT_RANGE`; everything after is
+    int32, which is never quantized. The four bilinear weights are int32 products too, so int8
+    conversion rounds each of them once (at its CAST) instead of through a chain of quantized
+    SUB/MUL ops.
     """
     _, height, width, channels = _static_or_dynamic(feature_maps)
     crop_height, crop_width = crop_size
@@ -421,7 +420,12 @@ def _fixed_weight(fixed, dtype, scale: float = 1.0):
 
 
 def _fixed_point_crop_and_resize(feature_maps, rois, box_indexes, crop_size):
-    """crop_and_resize with int32 coordinates: four GATHERs, four MULs, three ADDs."""
+    """crop_and_resize with int32 coordinates: four GATHERs, four MULs, three ADDs.
+
+    Each GATHER gives ``[N, ch, cw, C]``; the MULs and ADDs are elementwise int8 ops that XNNPACK
+    runs fast, where a stacked ``[N, ch, cw, 4, C]`` tensor reduced with SUM was ~2x slower (and
+    the single-GATHER variants below are slower still: ``make bench``).
+    """
     grid = _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
     return _four_gathers(feature_maps, box_indexes, grid, slice(None))
 
