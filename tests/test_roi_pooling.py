@@ -442,7 +442,7 @@ def _grid_with_extremes(top: int, count: int) -> np.ndarray:
 
 def test_fixed_point_product_is_within_half_a_unit_over_its_whole_domain():
     """round(a*b / 2**22) for a, b in [0, 2**22]: every grid pair, against exact int64 maths."""
-    from models.roi_pooling import WEIGHT_BITS, _fixed_point_product
+    from models.roi_lowerings import WEIGHT_BITS, _fixed_point_product
 
     top = 1 << WEIGHT_BITS
     values = _grid_with_extremes(top, 1200)
@@ -458,7 +458,7 @@ def test_fixed_point_product_is_within_half_a_unit_over_its_whole_domain():
 
 @pytest.mark.parametrize("length", [1, 2, 3, 7, 38, 64, 65, 1000, 1024, 4096, 1 << 20])
 def test_fraction_bits_keep_positions_inside_int32(length):
-    from models.roi_pooling import COORDINATE_RANGE, _fraction_bits
+    from models.roi_lowerings import COORDINATE_RANGE, _fraction_bits
 
     bits = _fraction_bits(length)
     last = max(length - 1, 1)
@@ -470,7 +470,7 @@ def test_fraction_bits_keep_positions_inside_int32(length):
 
 
 def test_fraction_bits_of_an_unknown_length_cover_maps_up_to_1024():
-    from models.roi_pooling import _fraction_bits
+    from models.roi_lowerings import _fraction_bits
 
     assert _fraction_bits(tf.constant(5)) == _fraction_bits(1024)
 
