@@ -13,8 +13,11 @@ def test_pipeline_row_splits_detect_into_its_steps(tmp_path):
     split = row["split_ms"]
     assert set(split) == {"preprocess", "backbone_rpn", "proposals", "head", "detections", "total"}
     assert all(value > 0 for value in split.values())
-    # The steps are disjoint parts of detect(): together no more than its total.
-    assert sum(v for k, v in split.items() if k != "total") <= split["total"] * 1.001
+    # The steps are disjoint parts of detect(): each below its total, together about its total
+    # (medians per step do not add up exactly; a double-counted or missing step would show).
+    parts = [v for k, v in split.items() if k != "total"]
+    assert max(parts) < split["total"]
+    assert 0.5 * split["total"] <= sum(parts) <= 1.2 * split["total"]
     share = (split["proposals"] + split["detections"]) / split["total"]
     assert abs(row["postprocess_share"] - share) < 1e-9 and 0 < share < 1
     assert "post-processing" in format_table([row])
