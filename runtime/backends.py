@@ -12,6 +12,7 @@ import dataclasses
 import os
 import platform
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -185,6 +186,12 @@ class _TFLiteBackend(Backend):
 
     def __init__(self, path: Path, num_threads: int | None = None, edgetpu: str = "off") -> None:
         module = self._interpreter_module()
+        # A TFLite interpreter holds one set of tensors: two threads interleaving set_tensor /
+        # invoke / get_tensor swap each other's inputs or hit "There is at least 1 reference to
+        # internal data". One lock per interpreter serialises a stage; different stages (and
+        # different artifacts) still run concurrently (measured against per-thread interpreters
+        # in runtime/README.md).
+        self._lock = threading.Lock()
         delegates = []
         if edgetpu != "off":
             delegate = load_edgetpu_delegate(module, required=edgetpu == "require")
@@ -233,10 +240,12 @@ class _TFLiteBackend(Backend):
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         interpreter = self._interpreter
-        for name, value in feeds.items():
-            interpreter.set_tensor(self._in_index[name], value)
-        interpreter.invoke()
-        return {name: interpreter.get_tensor(i) for name, i in self._out_index.items()}
+        with self._lock:
+            for name, value in feeds.items():
+                interpreter.set_tensor(self._in_index[name], value)
+            interpreter.invoke()
+            # get_tensor copies, so the results stay valid after the lock is released.
+            return {name: interpreter.get_tensor(i) for name, i in self._out_index.items()}
 
 
 def _signature_keys(interpreter: Any) -> dict[int, str]:
@@ -378,6 +387,7 @@ class OnnxRuntimeBackend(Backend):
         return TensorInfo(name=arg.name, shape=shape, dtype=_ONNX_DTYPES.get(arg.type, "float32"))
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # InferenceSession.run is thread-safe (onnxruntime documents concurrent Run calls).
         names = [t.name for t in self.outputs]
         return dict(zip(names, self._session.run(names, feeds)))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,9 @@ class Detector:
     """Two-stage detector over an artifacts directory; ``detect(image)`` -> list of Detection.
 
     Verifies each artifact's sha256 before loading it. ``timings`` holds the seconds spent per step
-    of the last ``detect`` call.
+    of the calling thread's last ``detect`` call. One Detector may be shared by threads: each
+    TFLite stage runs under its own lock (onnxruntime sessions are thread-safe), so two threads
+    can be in different stages at once.
     """
 
     def __init__(
@@ -90,7 +93,12 @@ class Detector:
         self.anchors = processing.make_anchors(self.config)
         self.backbone = self._load("backbone_rpn")
         self.head = self._load("head")
-        self.timings: dict[str, float] = {}
+        self._local = threading.local()
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds per step of this thread's last ``detect``/``detect_tensor`` call."""
+        return getattr(self._local, "timings", {})
 
     def _load(self, model: str) -> Stage:
         format, precision, backend = self.options.stage_choice(model)
@@ -123,7 +131,7 @@ class Detector:
 
     def detect_tensor(self, tensor: np.ndarray) -> processing.Detections:
         """The ``image`` tensor [1,H,W,3] float32 in [0,255] -> Detections in model pixels."""
-        timings = self.timings
+        timings = self._local.__dict__.setdefault("timings", {})
         start = time.perf_counter()
         features, rpn_scores, rpn_deltas = self.backbone.run(tensor)
         timings["backbone_rpn"] = time.perf_counter() - start
@@ -146,13 +154,14 @@ class Detector:
 
     def detect(self, image: Any) -> list[processing.Detection]:
         """A path, PIL image or HxWx3 uint8 array -> detections, boxes in that image's pixels."""
-        self.timings = {}
+        timings: dict[str, float] = {}
+        self._local.timings = timings
         start = time.perf_counter()
         tensor, (sy, sx) = self._preprocess(image)
-        self.timings["preprocess"] = time.perf_counter() - start
+        timings["preprocess"] = time.perf_counter() - start
         found = self.detect_tensor(tensor)
         boxes = found.boxes * np.asarray([sy, sx, sy, sx], dtype=np.float32)
-        self.timings["total"] = time.perf_counter() - start
+        timings["total"] = time.perf_counter() - start
         return processing.Detections(boxes, found.scores, found.class_ids).to_list(
             self.config.class_names
         )
