@@ -130,6 +130,17 @@ def _from_stored(value: np.ndarray, info: TensorInfo) -> np.ndarray:
     return value
 
 
+def missing_interpreter(format: str, backend: str | None = None) -> str | None:
+    """Why no interpreter can run ``format`` here (e.g. "onnxruntime not installed"), else None."""
+    if backend is not None:
+        known = _REGISTRY.get(backend)
+        return None if known is None or known.available() else f"{backend} not installed"
+    if any(_REGISTRY[n].available() for n in PREFERENCE.get(format, ())):
+        return None
+    names = [n for n in PREFERENCE.get(format, ()) if n != "tensorflow"]
+    return f"{' or '.join(names) or format} not installed"
+
+
 def open_backend(
     path: os.PathLike,
     format: str,
@@ -185,6 +196,11 @@ class _TFLiteBackend(Backend):
         raise NotImplementedError
 
     def __init__(self, path: Path, num_threads: int | None = None, edgetpu: str = "off") -> None:
+        from runtime.flatbuffer import validate_tflite_file
+
+        # Old interpreters (tflite-runtime 2.14) do not verify the flatbuffer and can segfault on
+        # a truncated or corrupt file: walk its structure first (a few ms).
+        self.summary = validate_tflite_file(path)
         module = self._interpreter_module()
         # A TFLite interpreter holds one set of tensors: two threads interleaving set_tensor /
         # invoke / get_tensor swap each other's inputs or hit "There is at least 1 reference to

@@ -185,7 +185,7 @@ def thread_scaling(
 
     shared = build()
     own = [build() for _ in range(max(thread_counts))]
-    for detector in own + [shared]:
+    for detector in [*own, shared]:
         detector.detect(image)  # warm-up: first invocations allocate
     rows = {
         (mode, n): {"mode": mode, "threads": n, "per_s": []}

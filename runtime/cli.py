@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--tflite-backend", default=None)
     check.add_argument("--threads", type=_threads, default=None)
     check.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    check.add_argument(
+        "--require-all",
+        action="store_true",
+        help="fail (exit 1) when an artifact is skipped because its interpreter is not installed",
+    )
 
     bench = verbs.add_parser("bench", help="load/latency/RSS per artifact and per pipeline")
     bench.add_argument("artifacts", type=Path, metavar="DIR")
@@ -59,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--only", nargs="*", default=None, help="artifact names (default: all)")
     bench.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    bench.add_argument(
+        "--require-all",
+        action="store_true",
+        help="fail (exit 1) when a measurement is skipped because its interpreter is not installed",
+    )
 
     child = verbs.add_parser("_bench-child")  # internal: one measurement in a fresh process
     child.add_argument("kind", choices=("artifact", "pipeline"))
@@ -137,34 +147,61 @@ def _check(args: argparse.Namespace) -> int:
                     o.name: {**vars(o.metrics), "failures": list(o.failures)} for o in r.outputs
                 },
                 "failures": list(r.failures),
+                "skipped": r.skipped,
             }
             for r in results
         ]
         text = json.dumps(rows, indent=2, default=str).replace("Infinity", '"inf"')
         atomic_write_bytes(args.json, (text + "\n").encode())
-    return 0 if all(r.ok for r in results) else 1
+    ran = [r for r in results if r.skipped is None]
+    skipped = len(results) - len(ran)
+    if not ran:
+        print("error: no artifact could run here; install an interpreter", file=sys.stderr)
+        return 1
+    if skipped and args.require_all:
+        print(
+            f"check failed: {skipped} artifact(s) skipped and --require-all given", file=sys.stderr
+        )
+        return 1
+    return 0 if all(r.ok for r in ran) else 1
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from runtime.backends import missing_interpreter
     from runtime.bench import format_table, run_child
     from runtime.manifest import atomic_write_bytes, read_manifest
     from runtime.progress import progress
 
     manifest = read_manifest(args.artifacts)
-    names = [e.name for e in manifest.artifacts if args.only is None or e.name in args.only]
+    entries = [e for e in manifest.artifacts if args.only is None or e.name in args.only]
     common = ["--runs", str(args.runs), "--warmup", str(args.warmup)]
     if args.threads:
         common += ["--threads", str(args.threads)]
     if args.backend:
         common += ["--backend", args.backend]
-    jobs = [["artifact", n] for n in names] + [["pipeline", p] for p in args.pipelines]
-    rows = [
-        run_child([kind, what, str(args.artifacts), *common])
-        for kind, what in progress(jobs, len(jobs), "bench")
-    ]
+
+    def why_not(fmt: str) -> str | None:
+        return missing_interpreter(fmt, args.backend if fmt == "tflite" else None)
+
+    jobs = [("artifact", e.name, why_not(e.format)) for e in entries]
+    for pipeline in args.pipelines:
+        fmt = pipeline.rpartition(":")[0] or "tflite"
+        jobs.append(("pipeline", pipeline, why_not(fmt) if fmt in ("tflite", "onnx") else None))
+    rows = []
+    skipped = []
+    for kind, what, reason in progress(jobs, len(jobs), "bench"):
+        if reason is None:
+            rows.append(run_child([kind, what, str(args.artifacts), *common]))
+        else:
+            skipped.append({"kind": kind, "name": what, "skipped": reason})
     print(format_table(rows))
+    for row in skipped:
+        print(f"{row['name']:<34} skipped ({row['skipped']})")
     if args.json is not None:
-        atomic_write_bytes(args.json, (json.dumps(rows, indent=2) + "\n").encode())
+        atomic_write_bytes(args.json, (json.dumps(rows + skipped, indent=2) + "\n").encode())
+    if skipped and args.require_all:
+        print(f"bench failed: {len(skipped)} skipped and --require-all given", file=sys.stderr)
+        return 1
     return 0
 
 

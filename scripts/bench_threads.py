@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runtime.bench import thread_scaling  # noqa: E402
-from runtime.manifest import atomic_write_bytes  # noqa: E402
+from runtime.bench import thread_scaling
+from runtime.manifest import atomic_write_bytes
 
 
 def main() -> int:

@@ -23,6 +23,7 @@ from runtime.manifest import (
     Manifest,
     TensorSpec,
     atomic_write_bytes,
+    seal,
     sha256_file,
     write_manifest,
 )
@@ -232,5 +233,6 @@ def build_fake_artifacts(directory: os.PathLike, onnx: bool = True) -> Manifest:
         detector=CONFIG.to_dict(),
         versions={"tensorflow": "test"},
     )
+    manifest = seal(manifest, directory)
     write_manifest(manifest, directory)
     return manifest
