@@ -205,7 +205,7 @@ def test_backend_choice_errors(tmp_path):
     }
     garbage = tmp_path / "garbage.tflite"
     garbage.write_bytes(b"not a flatbuffer at all" * 10)
-    with pytest.raises(ArtifactError, match=r"garbage\.tflite: ai_edge_litert cannot load it"):
+    with pytest.raises(ArtifactError, match=r"garbage\.tflite: not a structurally valid TFLite"):
         open_backend(garbage, "tflite", "ai_edge_litert")
     with pytest.raises(ArtifactError, match=r"garbage\.onnx: onnxruntime cannot load it"):
         (tmp_path / "garbage.onnx").write_bytes(b"junk")
