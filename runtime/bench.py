@@ -23,7 +23,18 @@ from runtime.errors import RoiedgeError
 
 
 def peak_rss_mb() -> float | None:
-    """Peak resident set size of this process in MiB (None where ``resource`` is unavailable)."""
+    """Peak resident set size of this process in MiB (None where it cannot be read).
+
+    Linux: VmHWM from /proc (ru_maxrss survives execve, so a child forked from a large parent
+    would report the parent's peak); elsewhere ru_maxrss.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:

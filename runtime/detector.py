@@ -19,7 +19,7 @@ from runtime import processing
 from runtime.backends import EDGETPU_MODES, Stage, load_stage
 from runtime.config import DetectorConfig
 from runtime.errors import RoiedgeError
-from runtime.images import load_image, resize
+from runtime.images import open_image, resize
 from runtime.manifest import Manifest, read_manifest
 
 # Precisions each stage is exported in, per format.
@@ -123,8 +123,8 @@ class Detector:
 
     def _preprocess(self, image: Any) -> tuple[np.ndarray, tuple[float, float]]:
         """Any image -> (``image`` tensor [1,H,W,3] float32, (sy, sx) from model to input pixels)."""
-        pixels = load_image(image)
-        height, width = pixels.shape[:2]
+        # JPEGs decode at a reduced scale (>= the model size); boxes scale to the full size.
+        pixels, (height, width) = open_image(image, reduce_to=self.config.image_size)
         model_h, model_w = self.config.image_size
         tensor = processing.preprocess(resize(pixels, (model_h, model_w)), self.config)
         return tensor, (height / model_h, width / model_w)
