@@ -105,4 +105,6 @@ def summary(manifest, out: Path) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from runtime.interrupts import run_main
+
+    sys.exit(run_main(main))

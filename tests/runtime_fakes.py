@@ -236,3 +236,15 @@ def build_fake_artifacts(directory: os.PathLike, onnx: bool = True) -> Manifest:
     manifest = seal(manifest, directory)
     write_manifest(manifest, directory)
     return manifest
+
+
+_BUILT: dict[bool, Path] = {}
+
+
+def shared_fake_artifacts(tmp_path_factory: Any, onnx: bool = True) -> Path:
+    """One read-only fake artifacts directory per test process (building one takes ~10 s)."""
+    if onnx not in _BUILT:
+        directory = tmp_path_factory.mktemp("fake_artifacts_shared")
+        build_fake_artifacts(directory, onnx=onnx)
+        _BUILT[onnx] = directory
+    return _BUILT[onnx]

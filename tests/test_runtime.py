@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runtime_fakes import CONFIG, build_fake_artifacts, build_keras_models, fake_image
+from runtime_fakes import CONFIG, build_keras_models, fake_image, shared_fake_artifacts
 
 from runtime import processing
 from runtime.check import error_metrics
@@ -27,9 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def fake_dir(tmp_path_factory):
     """A complete artifacts directory of the fake detector (read-only for tests: copy to modify)."""
-    directory = tmp_path_factory.mktemp("fake_artifacts")
-    build_fake_artifacts(directory)
-    return directory
+    return shared_fake_artifacts(tmp_path_factory)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 import pytest
-from runtime_fakes import build_fake_artifacts, fake_image
+from runtime_fakes import fake_image, shared_fake_artifacts
 from test_runtime import _one_line_exit_2, run_cli
 
 from runtime import backends
@@ -30,9 +30,7 @@ from runtime.manifest import (
 
 @pytest.fixture(scope="module")
 def fake_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("fake_artifacts")
-    build_fake_artifacts(directory)
-    return directory
+    return shared_fake_artifacts(tmp_path_factory)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
-from runtime_fakes import fake_image
+from runtime_fakes import fake_image, shared_fake_artifacts
 from test_runtime import REPO, _one_line_exit_2, run_cli
 
 from runtime.detector import Detector
@@ -21,11 +21,7 @@ from runtime.images import load_image, open_image
 
 @pytest.fixture(scope="module")
 def fake_dir(tmp_path_factory):
-    from runtime_fakes import build_fake_artifacts
-
-    directory = tmp_path_factory.mktemp("fake_artifacts")
-    build_fake_artifacts(directory, onnx=False)
-    return directory
+    return shared_fake_artifacts(tmp_path_factory)
 
 
 def _boxes(found):
