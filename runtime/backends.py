@@ -201,6 +201,7 @@ class _TFLiteBackend(Backend):
         # Old interpreters (tflite-runtime 2.14) do not verify the flatbuffer and can segfault on
         # a truncated or corrupt file: walk its structure first (a few ms).
         self.summary = validate_tflite_file(path)
+        edgetpu = _edgetpu_mode_for(path, self.summary.edgetpu_compiled, edgetpu)
         module = self._interpreter_module()
         # A TFLite interpreter holds one set of tensors: two threads interleaving set_tensor /
         # invoke / get_tensor swap each other's inputs or hit "There is at least 1 reference to
@@ -280,6 +281,40 @@ def _signature_keys(interpreter: Any) -> dict[int, str]:
     return keys
 
 
+def _edgetpu_mode_for(path: Path, compiled: bool, edgetpu: str) -> str:
+    """The delegate mode to use for a model: only an edgetpu_compiler output can use the TPU.
+
+    An uncompiled model under ``try`` runs on the CPU (said on stderr); under ``require`` it is an
+    error. A compiled model needs the delegate: its ``edgetpu-custom-op`` has no CPU kernel.
+    """
+    if compiled:
+        return "require"  # edgetpu-custom-op has no CPU kernel: no delegate, no run
+    if edgetpu == "off":
+        return "off"
+    message = (
+        f"{path.name} was not compiled by edgetpu_compiler (it has no edgetpu-custom-op), so the "
+        "Edge TPU would run none of it"
+    )
+    if edgetpu == "require":
+        raise BackendError(
+            f"{path}: {message}; expected the compiled backbone (python -m export edgetpu DIR "
+            "adds backbone_rpn/tflite/int8_io_edgetpu)"
+        )
+    print(f"warning: {message}; running it on the CPU", file=sys.stderr)
+    return "off"
+
+
+def edgetpu_available() -> bool:
+    """Whether the Coral Edge TPU runtime library can be loaded here."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(_EDGETPU_LIBRARY.get(platform.system(), "libedgetpu.so.1"))
+    except OSError:
+        return False
+    return True
+
+
 def load_edgetpu_delegate(module: Any, required: bool) -> Any:
     """The Coral Edge TPU delegate via ``module.load_delegate``, or None (with a message) if absent.
 
@@ -297,7 +332,8 @@ def load_edgetpu_delegate(module: Any, required: bool) -> Any:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         message = (
             f"Edge TPU delegate {library} could not be loaded ({reason}); expected the Coral "
-            "runtime (libedgetpu) installed and a Coral device attached"
+            "runtime (libedgetpu) installed and a Coral device attached (a model compiled by "
+            "edgetpu_compiler cannot run without it)"
         )
         if required:
             raise BackendError(message) from None

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends import Stage, missing_interpreter, open_backend
+from runtime.backends import Stage, edgetpu_available, missing_interpreter, open_backend
 from runtime.errors import ArtifactError, RoiedgeError
 from runtime.manifest import ArtifactEntry, Manifest, read_manifest, verified_file, verified_path
 from runtime.tolerances import tolerance_for
@@ -194,6 +194,8 @@ def _judge_stage(
     outputs = []
     top1 = None
     failures: list[str] = []
+    # The Edge TPU runs the same int8 arithmetic as the CPU: its compilation keeps int8_io's bounds.
+    precision = entry.precision.removesuffix("_edgetpu")
     for j, spec in enumerate(entry.outputs):
         key = f"output_{j}"
         if key not in golden:
@@ -207,10 +209,10 @@ def _judge_stage(
             )
         metrics = error_metrics(actual, reference)
         label = stage.output_labels[j]
-        outputs.append(OutputResult(label, metrics, judge(entry.precision, label, metrics)))
+        outputs.append(OutputResult(label, metrics, judge(precision, label, metrics)))
         if entry.model == "head" and j == 0:
             top1 = top1_agreement(actual, reference)
-            floor = tolerance_for(entry.precision).min_top1_agreement
+            floor = tolerance_for(precision).min_top1_agreement
             if floor is not None and not top1 >= floor:
                 failures.append(f"top-1 class agreement {top1:.3f} < {floor:.3f}")
     return ArtifactResult(entry, stage.backend.name, tuple(outputs), top1, tuple(failures))
@@ -237,6 +239,8 @@ def check_directory(
     for entry in iterator:
         backend = (backends or {}).get(entry.format)
         reason = missing_interpreter(entry.format, backend)
+        if reason is None and entry.precision.endswith("_edgetpu") and not edgetpu_available():
+            reason = "Edge TPU runtime libedgetpu not installed"
         if reason is not None:
             results.append(ArtifactResult(entry, backend or "-", (), None, (), skipped=reason))
             continue

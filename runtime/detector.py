@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from runtime import processing
-from runtime.backends import EDGETPU_MODES, Stage, load_stage
+from runtime.backends import EDGETPU_MODES, Stage, edgetpu_available, load_stage
 from runtime.config import DetectorConfig
 from runtime.errors import RoiedgeError
 from runtime.images import open_image, resize
@@ -24,7 +25,7 @@ from runtime.manifest import Manifest, read_manifest
 
 # Precisions each stage is exported in, per format.
 PRECISIONS = {
-    "tflite": ("float32", "float16", "dynamic_int8", "int8", "int8_io"),
+    "tflite": ("float32", "float16", "dynamic_int8", "int8", "int8_io", "int8_io_edgetpu"),
     "onnx": ("float32", "int8"),
 }
 
@@ -34,7 +35,8 @@ class DetectorOptions:
     """Which artifacts run each stage, and how.
 
     ``precision``/``format``/``backend`` choose the backbone_rpn artifact; the ``head_*`` fields
-    default to them (``int8_io`` exists for the backbone only, so its head defaults to ``int8``).
+    default to them (``int8_io`` and its Edge TPU compilation ``int8_io_edgetpu`` exist for the
+    backbone only, so their head defaults to ``int8``).
     ``edgetpu`` ("off", "try", "require") applies to the TFLite backbone; ``score_threshold`` and
     ``max_detections`` override the manifest's detector config when set.
     """
@@ -55,7 +57,7 @@ class DetectorOptions:
         if model == "backbone_rpn":
             return self.format, self.precision, self.backend
         precision = self.head_precision or (
-            "int8" if self.precision == "int8_io" else self.precision
+            "int8" if self.precision.startswith("int8_io") else self.precision
         )
         return self.head_format or self.format, precision, self.head_backend or self.backend
 
@@ -107,11 +109,34 @@ class Detector:
                 f"precision {precision!r} is not exported for {format}; expected one of "
                 f"{PRECISIONS.get(format, ())}"
             )
-        entry = self.manifest.find(model, format, precision)
         edgetpu = self.options.edgetpu if model == "backbone_rpn" and format == "tflite" else "off"
+        if edgetpu != "off":
+            precision = self._edgetpu_precision(precision, edgetpu)
+        entry = self.manifest.find(model, format, precision)
         return load_stage(
             self.directory, entry, backend, num_threads=self.options.num_threads, edgetpu=edgetpu
         )
+
+    def _edgetpu_precision(self, precision: str, edgetpu: str) -> str:
+        """The backbone precision to load under ``--edgetpu try/require``.
+
+        ``int8_io`` becomes its edgetpu_compiler output ``int8_io_edgetpu`` when the manifest has
+        it and the Edge TPU runtime is installed; under ``try`` a missing runtime keeps the
+        uncompiled model on the CPU (said on stderr), under ``require`` it is an error.
+        """
+        compiled = f"{precision}_edgetpu"
+        if precision.endswith("_edgetpu") or not any(
+            (e.model, e.format, e.precision) == ("backbone_rpn", "tflite", compiled)
+            for e in self.manifest.artifacts
+        ):
+            return precision  # the backend says whether the model is compiled
+        if edgetpu_available():
+            return compiled
+        message = f"Edge TPU runtime (libedgetpu) not installed, so {compiled} cannot run"
+        if edgetpu == "require":
+            raise RoiedgeError(f"{message}; expected the Coral runtime and a Coral device")
+        print(f"warning: {message}; running the uncompiled {precision} on the CPU", file=sys.stderr)
+        return precision
 
     def describe(self) -> str:
         """One line naming the artifact and backend of each stage."""
