@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["edgetpu"]:  # `python -m export edgetpu DIR`: compile for the Coral Edge TPU
+        from export.edgetpu import main as edgetpu_main
+
+        return edgetpu_main(argv[1:])
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
