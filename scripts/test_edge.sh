@@ -89,6 +89,9 @@ sys.exit(f'unexpected packages in a device env: {present}' if present else 0)"
             '$py' -m runtime check artifacts | grep -q 'skipped (onnxruntime not installed)'"
         step "[$name] check --require-all fails on skips" bash -c "
             ! '$py' -m runtime check artifacts --require-all >/dev/null 2>&1"
+        step "[$name] bench (ONNX skipped)" bash -c "
+            '$py' -m runtime bench artifacts --runs 2 --warmup 0 --only backbone_rpn/tflite/int8 \
+                backbone_rpn/onnx/float32 | grep -q 'skipped (onnxruntime not installed)'"
     fi
     # shellcheck disable=SC2086
     step "[$name] check (${FORMATS[$name]})" "$py" -m runtime check artifacts \
