@@ -35,7 +35,7 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-## model: train the detector from scratch on procedural data (~15 min on 2 cores).
+## model: train the detector from scratch on procedural data (~16 min on 2 cores; see README).
 model: $(STAMP)
 	$(PY) -m models.train
 

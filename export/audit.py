@@ -23,14 +23,18 @@ _TFLITE_CUSTOM = 32
 
 
 def _tflite_model(model_bytes: bytes):
-    from tensorflow.lite.tools import flatbuffer_utils
+    from export.tf_private import flatbuffer_utils as _flatbuffer_utils
+
+    flatbuffer_utils = _flatbuffer_utils()
 
     return flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
 
 
 def _tflite_op_name(model, opcode_index: int) -> str:
     """``CONV_2D`` for a builtin, the custom code (``FlexCropAndResize``...) for a custom op."""
-    from tensorflow.lite.tools import flatbuffer_utils
+    from export.tf_private import flatbuffer_utils as _flatbuffer_utils
+
+    flatbuffer_utils = _flatbuffer_utils()
 
     code = model.operatorCodes[opcode_index]
     builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
@@ -152,7 +156,9 @@ def check_onnx_loop_free(model, what: str = "onnx model") -> Counter:
 
 def tflite_tensor_report(model_bytes: bytes) -> dict[str, Any]:
     """Per-tensor facts an Edge TPU compatibility check needs (types, dynamic dims, constness)."""
-    from tensorflow.lite.tools import flatbuffer_utils
+    from export.tf_private import flatbuffer_utils as _flatbuffer_utils
+
+    flatbuffer_utils = _flatbuffer_utils()
 
     model = _tflite_model(model_bytes)
     tensors = []

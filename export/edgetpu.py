@@ -24,6 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from runtime.manifest import EDGETPU_PRECISION as COMPILED_PRECISION
+
 #: Coral's supported operations, as TFLite builtin op names. Transcribed from
 #: "Supported operations" on https://coral.ai/docs/edgetpu/models-intro/ (table of ops the Edge TPU
 #: compiler maps to the TPU; LSTM is unidirectional only). Data, not code: update it from that
@@ -83,7 +85,6 @@ _QUANTIZED_TYPES = ("int8", "uint8")
 #: Integer tensors the compiler accepts unquantized (biases, shape/axis operands).
 _INTEGER_OPERANDS = ("int32", "int64")
 
-COMPILED_PRECISION = "int8_io_edgetpu"
 COMPILER = "edgetpu_compiler"
 INSTALL_HINT = (
     "edgetpu_compiler not found on PATH; install it on a Debian/Ubuntu x86-64 host from Coral's "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from runtime.manifest import MODELS
+from runtime.manifest import FORMAT_PRECISIONS, MODELS
 
 #: One pinned ONNX opset for every ONNX artifact.
 ONNX_OPSET = 17
@@ -41,29 +41,32 @@ def _row(model: str, fmt: str, precision: str, description: str) -> ArtifactSpec
     return ArtifactSpec(model, fmt, precision, f"{model}.{precision}.{ext}", description)
 
 
-_TFLITE_PRECISIONS = (
-    ("float32", "float32 weights and activations"),
-    ("float16", "float16 weights, float32 compute"),
-    ("dynamic_int8", "int8 weights, activations quantized on the fly (dynamic range)"),
-    ("int8", "full integer with a representative dataset; float32 inputs/outputs"),
-)
+#: What each (format, precision) is; the precisions themselves are runtime.manifest's.
+_DESCRIPTIONS = {
+    ("tflite", "float32"): "float32 weights and activations",
+    ("tflite", "float16"): "float16 weights, float32 compute",
+    ("tflite", "dynamic_int8"): "int8 weights, activations quantized on the fly (dynamic range)",
+    ("tflite", "int8"): "full integer with a representative dataset; float32 inputs/outputs",
+    ("tflite", "int8_io"): "Edge TPU-ready: TFLITE_BUILTINS_INT8 only, int8 inputs/outputs",
+    ("onnx", "float32"): f"tf2onnx, opset {ONNX_OPSET}",
+    ("onnx", "int8"): "QDQ static quantization (onnxruntime), same calibration data",
+}
+#: int8 inputs would quantize the head's box coordinates, so only the backbone gets int8_io.
+_BACKBONE_ONLY = ("int8_io",)
 
 #: Every artifact, in build order.
 ARTIFACTS: tuple[ArtifactSpec, ...] = (
-    *(_row(m, "tflite", p, d) for m in MODELS for p, d in _TFLITE_PRECISIONS),
-    _row(
-        "backbone_rpn",
-        "tflite",
-        "int8_io",
-        "Edge TPU-ready: TFLITE_BUILTINS_INT8 only, int8 inputs/outputs",
-    ),
     *(
-        _row(m, "onnx", p, d)
+        _row(m, "tflite", p, _DESCRIPTIONS["tflite", p])
         for m in MODELS
-        for p, d in (
-            ("float32", f"tf2onnx, opset {ONNX_OPSET}"),
-            ("int8", "QDQ static quantization (onnxruntime), same calibration data"),
-        )
+        for p in FORMAT_PRECISIONS["tflite"]
+        if p not in _BACKBONE_ONLY
+    ),
+    *(_row("backbone_rpn", "tflite", p, _DESCRIPTIONS["tflite", p]) for p in _BACKBONE_ONLY),
+    *(
+        _row(m, "onnx", p, _DESCRIPTIONS["onnx", p])
+        for m in MODELS
+        for p in FORMAT_PRECISIONS["onnx"]
     ),
 )
 

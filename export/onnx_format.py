@@ -115,7 +115,7 @@ class _Reader:
     def get_next(self):
         return next(self._iter, None)
 
-    def rewind(self):  # pragma: no cover - not used by MinMax calibration
+    def rewind(self):  # pragma: no cover - onnxruntime's calibrators (MinMax, Percentile) read once
         pass
 
 
@@ -237,14 +237,3 @@ def tensor_specs(model_bytes: bytes, stage: str):
             f"it has inputs {sorted(ins)} and outputs {sorted(outs)}"
         )
     return tuple(spec(ins[n]) for n in names_in), tuple(spec(outs[n]) for n in names_out)
-
-
-def run(model_bytes: bytes, stage: str, samples: Sequence[Sequence[np.ndarray]]):
-    """Run samples (each a list of inputs in Keras order) with onnxruntime (CPU)."""
-    names_in, names_out = STAGE_IO[stage]
-    session = _session(model_bytes)
-    results = []
-    for inputs in samples:
-        out = session.run(list(names_out), dict(zip(names_in, inputs)))
-        results.append([np.asarray(v, np.float32) for v in out])
-    return results

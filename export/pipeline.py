@@ -33,6 +33,7 @@ from export.config import (
 )
 from export.formats import ArtifactSpec
 from export.stages import STAGE_IO
+from runtime.golden import CLASS_SCORES
 from runtime.manifest import (
     MANIFEST_NAME,
     ArtifactEntry,
@@ -48,7 +49,6 @@ from runtime.manifest import (
 GOLDEN_DIR = "golden"
 REPORT_DIR = "reports"
 BUILDERS = {"tflite": tflite_format.BUILDERS, "onnx": onnx_format.BUILDERS}
-RUNNERS = {"tflite": tflite_format.run, "onnx": onnx_format.run}
 SPECS = {"tflite": tflite_format.tensor_specs, "onnx": onnx_format.tensor_specs}
 
 
@@ -128,33 +128,37 @@ def golden_arrays(
 
 
 def golden_check(
-    spec: ArtifactSpec,
-    data: bytes,
+    entry: ArtifactEntry,
+    path: Path,
     inputs: list[list[np.ndarray]],
     reference: list[list[np.ndarray]],
 ) -> tuple[dict[str, Any], list[str]]:
-    """Run the artifact on the golden inputs; per-output metrics and broken bounds."""
-    from runtime.check import error_metrics, judge, top1_agreement
-    from runtime.tolerances import tolerance_for
+    """Run the written artifact through the device's code path on the golden inputs and judge it.
 
-    actual = RUNNERS[spec.format](data, spec.model, inputs)
+    ``runtime.backends`` loads ``path`` (ai-edge-litert / onnxruntime, quantized I/O converted with
+    the tensors' own parameters) and :mod:`runtime.golden` judges the outputs: the same loader,
+    binding and judge as ``python -m runtime check``. Returns per-output metrics and broken bounds.
+    """
+    from runtime.backends import Stage, open_backend
+    from runtime.golden import compare_outputs
+
+    stage = Stage(entry, open_backend(path, entry.format, num_threads=1), path)
+    actual = [stage.run(*sample) for sample in inputs]
+    names = STAGE_IO[entry.model][1]
+    verdict = compare_outputs(
+        entry.precision,
+        [np.stack([s[j] for s in actual]) for j in range(len(names))],
+        [np.stack([s[j] for s in reference]) for j in range(len(names))],
+        names,
+        class_scores=names.index(CLASS_SCORES) if CLASS_SCORES in names else None,
+    )
     results: dict[str, Any] = {}
-    failures: list[str] = []
-    for j, name in enumerate(STAGE_IO[spec.model][1]):
-        got = np.stack([s[j] for s in actual])
-        want = np.stack([s[j] for s in reference])
-        metrics = error_metrics(got, want)
-        broken = judge(spec.precision, name, metrics)
-        results[name] = {k: float(v) for k, v in vars(metrics).items()}
-        results[name]["failures"] = list(broken)
-        failures.extend(f"{spec.name}: {b}" for b in broken)
-        if name == "class_scores":
-            top1 = top1_agreement(got, want)
-            results[name]["top1_agreement"] = top1
-            floor = tolerance_for(spec.precision).min_top1_agreement
-            if floor is not None and not top1 >= floor:
-                failures.append(f"{spec.name}: top-1 class agreement {top1:.3f} < {floor:.3f}")
-    return results, failures
+    for output in verdict.outputs:
+        results[output.name] = {k: float(v) for k, v in vars(output.metrics).items()}
+        results[output.name]["failures"] = list(output.failures)
+    if verdict.top1_agreement is not None:
+        results[CLASS_SCORES]["top1_agreement"] = verdict.top1_agreement
+    return results, [f"{entry.name}: {failure}" for failure in verdict.failures]
 
 
 def audit_artifact(spec: ArtifactSpec, data: bytes) -> dict[str, Any]:
@@ -328,23 +332,9 @@ def _build_one(spec, keras_models, calibration, golden_inputs, golden_outputs, w
         built = BUILDERS[spec.format][spec.precision](build)
     report = audit_artifact(spec, built.data)
     inputs, outputs = SPECS[spec.format](built.data, spec.model)
-    metrics, broken = golden_check(
-        spec, built.data, golden_inputs[spec.model], golden_outputs[spec.model]
-    )
-    report.update(
-        {
-            "format": spec.format,
-            "precision": spec.precision,
-            "description": spec.description,
-            "bytes": len(built.data),
-            "build_notes": built.notes,
-            "golden_check": metrics,
-        }
-    )
     path = work / spec.filename
     atomic_write_bytes(path, built.data)
     report_path = f"{REPORT_DIR}/{spec.filename}.json"
-    atomic_write_bytes(work / report_path, (json.dumps(report, indent=2) + "\n").encode())
     entry = ArtifactEntry(
         name=spec.name,
         model=spec.model,
@@ -357,4 +347,18 @@ def _build_one(spec, keras_models, calibration, golden_inputs, golden_outputs, w
         outputs=outputs,
         op_report=report_path,
     )
+    metrics, broken = golden_check(
+        entry, path, golden_inputs[spec.model], golden_outputs[spec.model]
+    )
+    report.update(
+        {
+            "format": spec.format,
+            "precision": spec.precision,
+            "description": spec.description,
+            "bytes": len(built.data),
+            "build_notes": built.notes,
+            "golden_check": metrics,
+        }
+    )
+    atomic_write_bytes(work / report_path, (json.dumps(report, indent=2) + "\n").encode())
     return entry, broken

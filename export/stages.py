@@ -64,9 +64,8 @@ def frozen_function(stage: str, keras_model: Any):
     break calibration); freezing first gives a variable-free graph with the same signature.
     """
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
+
+    from export.tf_private import convert_variables_to_constants_v2
 
     function, specs = named_function(stage, keras_model)
     concrete = function.get_concrete_function()

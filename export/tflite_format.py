@@ -16,6 +16,12 @@ import numpy as np
 
 from export.config import ExportCheckError
 from export.stages import COORDINATE_INPUTS, STAGE_IO, frozen_function
+from export.tf_private import (
+    flatbuffer_utils,
+    mlir_quantize,
+    quantization_debugger,
+    set_converter_flag,
+)
 
 #: Per-channel weight scales for full-integer TFLite and ONNX, per stage. The backbone uses
 #: per-tensor: on the shipped model TFLite is as accurate (features 22.0 vs 21.2 dB SNR), ONNX
@@ -83,14 +89,14 @@ def tflite_dynamic_int8(build: BuildInput) -> Built:
     # Per-channel hybrid FULLY_CONNECTED is op version 12, which tflite-runtime 2.14 lacks
     # ("Didn't find op for builtin opcode 'FULLY_CONNECTED' version '12'"); per-tensor dense
     # weights keep it at a version every stock runtime has.
-    converter._experimental_disable_per_channel_quantization_for_dense_layers = True
+    set_converter_flag(
+        converter, "_experimental_disable_per_channel_quantization_for_dense_layers", True
+    )
     return Built(converter.convert(), {"per_channel_dense_weights": False})
 
 
 def _float_model_graph(model_bytes: bytes):
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    return flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+    return flatbuffer_utils().read_model_from_bytearray(bytearray(model_bytes))
 
 
 def _coordinate_path(model, stage: str) -> tuple[list[int], list[int]]:
@@ -124,10 +130,9 @@ def quantization_leaks(model_bytes: bytes, stage: str) -> list[str]:
     Inspects every op computed from the coordinate inputs alone: its inputs and (unless it is the
     QUANTIZE that hands a lerp weight over to the int8 feature path) its outputs.
     """
-    from tensorflow.lite.tools import flatbuffer_utils
-
     if not COORDINATE_INPUTS[stage]:
         return []
+    fb = flatbuffer_utils()
     model = _float_model_graph(model_bytes)
     op_indexes, _ = _coordinate_path(model, stage)
     subgraph = model.subgraphs[0]
@@ -135,11 +140,11 @@ def quantization_leaks(model_bytes: bytes, stage: str) -> list[str]:
     for index in op_indexes:
         op = subgraph.operators[index]
         checked = [i for i in op.inputs if i >= 0]
-        if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) != "QUANTIZE":
+        if fb.opcode_to_name(model, op.opcodeIndex) != "QUANTIZE":
             checked += list(op.outputs)
         for t in checked:
             tensor = subgraph.tensors[t]
-            if flatbuffer_utils.type_to_name(tensor.type) in ("INT8", "UINT8", "INT16"):
+            if fb.type_to_name(tensor.type) in ("INT8", "UINT8", "INT16"):
                 leaks.append(tensor.name.decode())
     return sorted(set(leaks))
 
@@ -152,14 +157,13 @@ def tflite_int8(build: BuildInput) -> Built:
     ``denylisted_nodes``), and verifies no coordinate tensor was quantized.
     """
     import tensorflow as tf
-    from tensorflow.lite.python import convert as tflite_convert
-    from tensorflow.lite.tools import flatbuffer_utils
 
     converter = _converter(build)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = _representative(build)
-    converter._experimental_calibrate_only = True
+    set_converter_flag(converter, "_experimental_calibrate_only", True)
     calibrated = converter.convert()
+    fb = flatbuffer_utils()
 
     model = _float_model_graph(calibrated)
     op_indexes, tensor_indexes = _coordinate_path(model, build.stage)
@@ -168,24 +172,24 @@ def tflite_int8(build: BuildInput) -> Built:
     # A multi-output op (UNPACK of the box columns) is matched by op type, not output name;
     # only types used nowhere on the feature path are denylisted that way.
     coordinate_types = {
-        flatbuffer_utils.opcode_to_name(model, subgraph.operators[i].opcodeIndex)
+        fb.opcode_to_name(model, subgraph.operators[i].opcodeIndex)
         for i in op_indexes
         if len(subgraph.operators[i].outputs) > 1
     }
     feature_types = {
-        flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
+        fb.opcode_to_name(model, op.opcodeIndex)
         for i, op in enumerate(subgraph.operators)
         if i not in set(op_indexes)
     }
     op_types = sorted(coordinate_types - feature_types)
-    data = tflite_convert.mlir_quantize(
+    data = mlir_quantize(
         calibrated,
         disable_per_channel=not PER_CHANNEL_WEIGHTS[build.stage],
         fully_quantize=False,
         denylisted_nodes=nodes or None,
         denylisted_ops=op_types or None,
     )
-    debug_model = tflite_convert.mlir_quantize(
+    debug_model = mlir_quantize(
         calibrated,
         disable_per_channel=not PER_CHANNEL_WEIGHTS[build.stage],
         fully_quantize=False,
@@ -222,8 +226,6 @@ def layer_errors(debug_model: bytes, samples: Sequence[dict[str, np.ndarray]]) -
     import csv
     import io
 
-    import tensorflow as tf
-
     runner = _interpreter(debug_model).get_signature_runner()
     by_index = {d["index"]: key for key, d in runner.get_input_details().items()}
     order = [by_index[i] for i in sorted(by_index)]
@@ -232,9 +234,7 @@ def layer_errors(debug_model: bytes, samples: Sequence[dict[str, np.ndarray]]) -
         for sample in samples:
             yield [sample[key] for key in order]
 
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        quant_debug_model_content=debug_model, debug_dataset=dataset
-    )
+    debugger = quantization_debugger()(quant_debug_model_content=debug_model, debug_dataset=dataset)
     debugger.run()
     text = io.StringIO()
     debugger.layer_statistics_dump(text)
@@ -272,7 +272,9 @@ def tflite_int8_io(build: BuildInput) -> Built:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    converter._experimental_disable_per_channel = not PER_CHANNEL_WEIGHTS[build.stage]
+    set_converter_flag(
+        converter, "_experimental_disable_per_channel", not PER_CHANNEL_WEIGHTS[build.stage]
+    )
     return Built(
         converter.convert(),
         {
@@ -323,35 +325,3 @@ def _interpreter(model_bytes: bytes):
     from ai_edge_litert.interpreter import Interpreter
 
     return Interpreter(model_content=model_bytes, num_threads=1)
-
-
-def run(model_bytes: bytes, stage: str, samples: Sequence[Sequence[np.ndarray]]):
-    """Run samples (each a list of inputs in Keras order) with ai-edge-litert.
-
-    int8 inputs/outputs (``int8_io``) are quantized/dequantized with the tensors' own parameters,
-    so every artifact is compared in float.
-    """
-    runner = _interpreter(model_bytes).get_signature_runner()
-    names_in, names_out = STAGE_IO[stage]
-    in_details = runner.get_input_details()
-    out_details = runner.get_output_details()
-    results = []
-    for inputs in samples:
-        feed = {}
-        for name, value in zip(names_in, inputs):
-            details = in_details[name]
-            dtype = np.dtype(details["dtype"])
-            scale, zero_point = details["quantization"]
-            if dtype == np.int8 and scale:
-                value = np.clip(np.round(np.asarray(value) / scale + zero_point), -128, 127)
-            feed[name] = np.asarray(value).astype(dtype)
-        out = runner(**feed)
-        row = []
-        for name in names_out:
-            value = out[name]
-            scale, zero_point = out_details[name]["quantization"]
-            if value.dtype == np.int8 and scale:
-                value = (value.astype(np.float32) - zero_point) * scale
-            row.append(np.asarray(value, np.float32))
-        results.append(row)
-    return results

@@ -231,8 +231,6 @@ def save_detector(backbone_rpn, head, config: DetectorConfig, path: Path | str) 
     sidecar = {"format": "roiedge-detector", "config": config.to_dict()}
     atomic_write_bytes(config_path(path), (json.dumps(sidecar, indent=2) + "\n").encode())
     atomic_write_bytes(path, data)
-    for written in (path, config_path(path)):
-        written.chmod(0o644)  # mkstemp creates 0600 files
     return path
 
 

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from runtime.errors import ArtifactError, RoiedgeError
+from runtime.interpreter_private import full_signature_list
 
 # Backend names by artifact format, in order of preference.
 PREFERENCE: dict[str, tuple[str, ...]] = {
@@ -100,15 +101,20 @@ class Backend:
         missing = [t.name for t in self.inputs if t.name not in feeds]
         if missing:
             raise BackendError(f"{self.name}: no value for inputs {missing}")
-        arrays = {t.name: _to_stored(feeds[t.name], t, self.name) for t in self.inputs}
+        arrays = {t.name: to_stored(feeds[t.name], t, self.name) for t in self.inputs}
         raw = self._run(arrays)
-        return {t.name: _from_stored(raw[t.name], t) for t in self.outputs}
+        return {t.name: from_stored(raw[t.name], t) for t in self.outputs}
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
 
-def _to_stored(value: Any, info: TensorInfo, backend: str) -> np.ndarray:
+def to_stored(value: Any, info: TensorInfo, backend: str) -> np.ndarray:
+    """A caller's array -> the tensor's stored dtype: quantized (round, clip) when it has a scale.
+
+    A float array for an integer tensor without a scale (e.g. int32 box indexes) is refused: a
+    silent cast would truncate 2.7 to 2.
+    """
     array = np.asarray(value)
     if info.shape and None not in info.shape and tuple(array.shape) != tuple(info.shape):
         raise BackendError(
@@ -119,10 +125,16 @@ def _to_stored(value: Any, info: TensorInfo, backend: str) -> np.ndarray:
         limits = np.iinfo(dtype)
         quantized = np.round(array.astype(np.float64) / info.scale) + (info.zero_point or 0)
         return np.clip(quantized, limits.min, limits.max).astype(dtype)
+    if dtype.kind in "iu" and array.dtype.kind == "f":
+        raise BackendError(
+            f"{backend}: input {info.name!r} is {array.dtype} but the tensor is {dtype.name} "
+            "without a quantization scale; expected an integer array"
+        )
     return np.ascontiguousarray(array, dtype=dtype)
 
 
-def _from_stored(value: np.ndarray, info: TensorInfo) -> np.ndarray:
+def from_stored(value: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """A stored output -> float32 (dequantized with its scale and zero point) or unchanged."""
     if info.scale and np.dtype(info.dtype).kind in "iu":
         return ((value.astype(np.float32) - np.float32(info.zero_point or 0)) * info.scale).astype(
             np.float32
@@ -267,10 +279,7 @@ class _TFLiteBackend(Backend):
 
 def _signature_keys(interpreter: Any) -> dict[int, str]:
     """Tensor index -> signature key of the model's only signature ({} if none or several)."""
-    try:
-        signatures = interpreter._get_full_signature_list()
-    except AttributeError:
-        return {}
+    signatures = full_signature_list(interpreter)
     if not signatures or len(signatures) != 1:
         return {}
     (signature,) = signatures.values()

@@ -63,7 +63,8 @@ def measure_artifact(
 ) -> dict[str, Any]:
     """In this process: load artifact ``name`` and time it on its golden inputs (first sample)."""
     from runtime.backends import load_stage
-    from runtime.check import _samples, load_golden
+    from runtime.check import load_golden
+    from runtime.golden import golden_samples
     from runtime.manifest import read_manifest
 
     manifest = read_manifest(directory)
@@ -71,7 +72,7 @@ def measure_artifact(
     if not matches:
         raise RoiedgeError(f"{directory}: manifest has no artifact named {name!r}")
     entry = matches[0]
-    inputs = _samples(load_golden(directory, manifest, entry.model), entry, name)[0]
+    inputs = golden_samples(load_golden(directory, manifest, entry.model), entry, name)[0]
     start = time.perf_counter()
     backend = backend if entry.format == "tflite" else None  # --backend names a TFLite interpreter
     stage = load_stage(directory, entry, backend, num_threads=threads)

@@ -20,70 +20,8 @@ import numpy as np
 
 from runtime.backends import Stage, edgetpu_available, missing_interpreter, open_backend
 from runtime.errors import ArtifactError, RoiedgeError
+from runtime.golden import OutputResult, compare_outputs, golden_samples
 from runtime.manifest import ArtifactEntry, Manifest, read_manifest, verified_file, verified_path
-from runtime.tolerances import tolerance_for
-
-
-@dataclasses.dataclass(frozen=True)
-class ErrorMetrics:
-    """How one output differs from its reference (all samples pooled).
-
-    ``snr_db`` = 10 log10(sum ref^2 / sum err^2); ``psnr_db`` = 20 log10(peak-to-peak of ref / RMSE);
-    both +inf when the error is exactly zero. ``peak`` is max |reference|.
-    """
-
-    max_abs: float
-    mean_abs: float
-    snr_db: float
-    psnr_db: float
-    peak: float
-
-
-def error_metrics(actual: np.ndarray, reference: np.ndarray) -> ErrorMetrics:
-    """Compare ``actual`` with ``reference`` (same shape, any float dtype) -> ErrorMetrics."""
-    actual = np.asarray(actual, dtype=np.float64)
-    reference = np.asarray(reference, dtype=np.float64)
-    if actual.shape != reference.shape:
-        raise RoiedgeError(f"output shape {actual.shape} differs from the golden {reference.shape}")
-    error = actual - reference
-    if reference.size == 0:
-        return ErrorMetrics(0.0, 0.0, math.inf, math.inf, 0.0)
-    abs_error = np.abs(error)
-    noise = float(np.sum(error**2))
-    signal = float(np.sum(reference**2))
-    mse = noise / error.size
-    span = float(reference.max() - reference.min())
-    if noise == 0.0:
-        snr = psnr = math.inf
-    else:
-        snr = 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf
-        psnr = 20.0 * math.log10(span / math.sqrt(mse)) if span > 0 else -math.inf
-    return ErrorMetrics(
-        max_abs=float(abs_error.max()),
-        mean_abs=float(abs_error.mean()),
-        snr_db=snr,
-        psnr_db=psnr,
-        peak=float(np.abs(reference).max()),
-    )
-
-
-def top1_agreement(class_scores: np.ndarray, reference: np.ndarray) -> float:
-    """Fraction of rows whose argmax over the last axis matches the reference's ([..., K+1])."""
-    a = np.asarray(class_scores).reshape(-1, np.shape(class_scores)[-1]).argmax(-1)
-    b = np.asarray(reference).reshape(-1, np.shape(reference)[-1]).argmax(-1)
-    return float(np.mean(a == b)) if a.size else 1.0
-
-
-@dataclasses.dataclass(frozen=True)
-class OutputResult:
-    """One output of one artifact: its metrics and the bounds it broke (empty = pass).
-
-    ``name`` is the readable output name (the TFLite signature key, else the tensor name).
-    """
-
-    name: str
-    metrics: ErrorMetrics
-    failures: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,18 +47,6 @@ class ArtifactResult:
         )
 
 
-def judge(precision: str, name: str, metrics: ErrorMetrics) -> tuple[str, ...]:
-    """The bounds of ``precision``'s tolerance that output ``name`` with ``metrics`` breaks."""
-    tolerance = tolerance_for(precision)
-    failures = []
-    bound = tolerance.max_abs_bound(metrics.peak)
-    if bound is not None and not metrics.max_abs <= bound:
-        failures.append(f"{name}: max abs error {metrics.max_abs:.3g} > {bound:.3g}")
-    if tolerance.min_snr_db is not None and not metrics.snr_db >= tolerance.min_snr_db:
-        failures.append(f"{name}: SNR {metrics.snr_db:.1f} dB < {tolerance.min_snr_db:.1f} dB")
-    return tuple(failures)
-
-
 def load_golden(directory: os.PathLike, manifest: Manifest, model: str) -> dict[str, np.ndarray]:
     """The golden arrays of ``model`` (``input_i``/``output_i``) named by the manifest."""
     if model not in manifest.golden:
@@ -139,22 +65,6 @@ def load_golden(directory: os.PathLike, manifest: Manifest, model: str) -> dict[
             return {key: data[key] for key in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise ArtifactError(f"{path}: not a readable .npz of golden arrays ({error})") from None
-
-
-def _samples(golden: dict[str, np.ndarray], entry: ArtifactEntry, path: str) -> list[list[Any]]:
-    """Golden inputs split into per-sample lists in manifest order."""
-    arrays = []
-    for i, spec in enumerate(entry.inputs):
-        key = f"input_{i}"
-        if key not in golden:
-            raise ArtifactError(
-                f"{path}: golden data lacks {key} ({spec.name}); has {sorted(golden)}"
-            )
-        arrays.append(golden[key])
-    stacked = arrays[0].ndim == len(entry.inputs[0].shape) + 1
-    if not stacked:
-        return [arrays]
-    return [[a[n] for a in arrays] for n in range(arrays[0].shape[0])]
 
 
 def check_artifact(
@@ -190,31 +100,25 @@ def check_artifact(
 def _judge_stage(
     entry: ArtifactEntry, stage: Stage, golden: dict[str, np.ndarray], source: str
 ) -> ArtifactResult:
-    per_sample = [stage.run(*inputs) for inputs in _samples(golden, entry, source)]
-    outputs = []
-    top1 = None
-    failures: list[str] = []
-    # The Edge TPU runs the same int8 arithmetic as the CPU: its compilation keeps int8_io's bounds.
-    precision = entry.precision.removesuffix("_edgetpu")
+    per_sample = [stage.run(*inputs) for inputs in golden_samples(golden, entry, source)]
+    actuals, references = [], []
     for j, spec in enumerate(entry.outputs):
         key = f"output_{j}"
         if key not in golden:
             raise ArtifactError(f"{source}: golden data lacks {key} ({spec.name})")
         actual = np.stack([s[j] for s in per_sample]) if len(per_sample) > 1 else per_sample[0][j]
-        reference = golden[key].reshape(actual.shape) if golden[key].size == actual.size else None
-        if reference is None:
+        if golden[key].size != actual.size:
             raise ArtifactError(
                 f"{source}: output {spec.name!r} has shape {actual.shape}; golden {key} has "
                 f"{golden[key].shape}"
             )
-        metrics = error_metrics(actual, reference)
-        label = stage.output_labels[j]
-        outputs.append(OutputResult(label, metrics, judge(precision, label, metrics)))
-        if entry.model == "head" and j == 0:
-            top1 = top1_agreement(actual, reference)
-            floor = tolerance_for(precision).min_top1_agreement
-            if floor is not None and not top1 >= floor:
-                failures.append(f"top-1 class agreement {top1:.3f} < {floor:.3f}")
+        actuals.append(actual)
+        references.append(golden[key].reshape(actual.shape))
+    class_scores = 0 if entry.model == "head" else None
+    # The Edge TPU runs the same int8 arithmetic as the CPU: its compilation keeps int8_io's bounds.
+    precision = entry.precision.removesuffix("_edgetpu")
+    verdict = compare_outputs(precision, actuals, references, stage.output_labels, class_scores)
+    outputs, top1, failures = verdict.outputs, verdict.top1_agreement, verdict.top1_failures
     return ArtifactResult(entry, stage.backend.name, tuple(outputs), top1, tuple(failures))
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
+from typing import Any
 
 from runtime.errors import RoiedgeError
 
@@ -242,7 +244,7 @@ def _check(args: argparse.Namespace) -> int:
             }
             for r in results
         ]
-        text = json.dumps(rows, indent=2, default=str).replace("Infinity", '"inf"')
+        text = json.dumps(_json_floats(rows), indent=2, default=str, allow_nan=False)
         atomic_write_bytes(args.json, (text + "\n").encode())
     ran = [r for r in results if r.skipped is None]
     skipped = len(results) - len(ran)
@@ -315,3 +317,14 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(error).split())
         print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+def _json_floats(value: Any) -> Any:
+    """``value`` with every non-finite float as the string "inf", "-inf" or "nan" (JSON has none)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _json_floats(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_floats(v) for v in value]
+    return value

@@ -21,13 +21,7 @@ from runtime.backends import EDGETPU_MODES, Stage, edgetpu_available, load_stage
 from runtime.config import DetectorConfig
 from runtime.errors import RoiedgeError
 from runtime.images import open_image, resize
-from runtime.manifest import Manifest, read_manifest
-
-# Precisions each stage is exported in, per format.
-PRECISIONS = {
-    "tflite": ("float32", "float16", "dynamic_int8", "int8", "int8_io", "int8_io_edgetpu"),
-    "onnx": ("float32", "int8"),
-}
+from runtime.manifest import EDGETPU_PRECISION, FORMAT_PRECISIONS, Manifest, read_manifest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,10 +98,12 @@ class Detector:
 
     def _load(self, model: str) -> Stage:
         format, precision, backend = self.options.stage_choice(model)
-        if precision not in PRECISIONS.get(format, ()):
+        known = FORMAT_PRECISIONS.get(format, ()) + (
+            (EDGETPU_PRECISION,) if format == "tflite" else ()
+        )
+        if precision not in known:
             raise RoiedgeError(
-                f"precision {precision!r} is not exported for {format}; expected one of "
-                f"{PRECISIONS.get(format, ())}"
+                f"precision {precision!r} is not exported for {format}; expected one of {known}"
             )
         edgetpu = self.options.edgetpu if model == "backbone_rpn" and format == "tflite" else "off"
         if edgetpu != "off":

@@ -26,6 +26,14 @@ SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 MODELS = ("backbone_rpn", "head")
 FORMATS = ("tflite", "onnx")
+#: Precisions each format is exported in (export/formats.py builds its artifact table from this).
+FORMAT_PRECISIONS: dict[str, tuple[str, ...]] = {
+    "tflite": ("float32", "float16", "dynamic_int8", "int8", "int8_io"),
+    "onnx": ("float32", "int8"),
+}
+#: The int8_io backbone compiled by edgetpu_compiler (added by `python -m export edgetpu`, never
+#: built by the export itself: the compiler cannot be installed everywhere).
+EDGETPU_PRECISION = "int8_io_edgetpu"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,8 +18,6 @@ import dataclasses
 
 from runtime.errors import RoiedgeError
 
-SCHEMA_VERSION = 1
-
 
 @dataclasses.dataclass(frozen=True)
 class Tolerance:

@@ -16,6 +16,8 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from export.formats import ARTIFACTS
+from export.stages import STAGE_IO
 from runtime import processing
 from runtime.config import DetectorConfig
 from runtime.manifest import (
@@ -42,11 +44,11 @@ CONFIG = DetectorConfig(
     score_threshold=0.05,
     max_detections=5,
 )
-BACKBONE_IO = (("image",), ("features", "rpn_scores", "rpn_deltas"))
-HEAD_IO = (("features", "proposals", "box_indexes"), ("class_scores", "box_deltas"))
+BACKBONE_IO = STAGE_IO["backbone_rpn"]
+HEAD_IO = STAGE_IO["head"]
 TFLITE_PRECISIONS = {
-    "backbone_rpn": ("float32", "float16", "dynamic_int8", "int8", "int8_io"),
-    "head": ("float32", "float16", "dynamic_int8", "int8"),
+    model: tuple(a.precision for a in ARTIFACTS if a.model == model and a.format == "tflite")
+    for model in STAGE_IO
 }
 
 
@@ -117,7 +119,7 @@ def _function(model: Any, names: tuple[tuple[str, ...], tuple[str, ...]]) -> Any
         outs = model(list(args) if len(args) > 1 else args[0])
         return {n: tf.identity(o, name=n) for n, o in zip(names[1], outs)}
 
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from export.tf_private import convert_variables_to_constants_v2
 
     # Freeze: Keras 3 variables become READ_VARIABLE ops in TFLite, which break calibration.
     concrete = tf.function(serve, input_signature=specs).get_concrete_function()

@@ -22,10 +22,6 @@ def test_bench_writes_every_form_with_errors_against_tf(tmp_path, capsys):
     assert forms["fixed_point", "int8"]["max_abs_error"] <= 0.05
     for row in forms.values():
         assert row["latency_ms"] > 0 and row["ratio_vs_tf_fused"] > 0
-        max_ratio, max_error = bench_roi.TARGETS[row["precision"]]
-        assert row["meets_target"] == (
-            row["ratio_vs_tf_fused"] <= max_ratio and row["max_abs_error"] <= max_error
-        )
     assert out_png.read_bytes().startswith(b"\x89PNG")
     assert "tflite fixed_point int8" in capsys.readouterr().out
 

@@ -106,6 +106,7 @@ def test_load_errors_name_the_file(tmp_path):
         load_detector(nosidecar)
 
 
+@pytest.mark.slow  # trains / exports in a subprocess: minutes on 2 cores
 def test_short_training_lowers_the_loss(tmp_path):
     from models.train import TrainConfig, train
 

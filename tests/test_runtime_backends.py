@@ -30,7 +30,8 @@ def _edgetpu_present() -> bool:
 
 def _frozen(function, specs):
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from export.tf_private import convert_variables_to_constants_v2
 
     concrete = tf.function(function, input_signature=specs).get_concrete_function()
     return convert_variables_to_constants_v2(concrete), concrete
@@ -271,17 +272,13 @@ def test_edgetpu_delegate_is_used_when_loadable():
     assert loaded == ["libedgetpu.so.1"]
 
 
-def test_tolerance_table_lookup():
-    precisions = [t.precision for t in TOLERANCES]
-    assert precisions == ["float32", "float16", "dynamic_int8", "int8", "int8_io"]
-    assert tolerance_for("float32").max_abs_bound(0.0) == pytest.approx(1e-4)
-    assert tolerance_for("float16").max_abs_bound(10.0) == pytest.approx(1e-3 + 0.1)
-    assert tolerance_for("int8").max_abs_bound(10.0) is None
-    assert tolerance_for("int8").min_snr_db == 20.0
+def test_every_exported_precision_has_a_tolerance():
+    """The export's artifact table and the tolerance table agree (each read where it lives)."""
+    from export.formats import PRECISIONS
+
+    assert {t.precision for t in TOLERANCES} == set(PRECISIONS)
     with pytest.raises(RoiedgeError, match="no tolerance defined for precision 'int4'"):
         tolerance_for("int4")
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        tolerance_for("int8").min_snr_db = 0.0  # type: ignore[misc]
 
 
 def test_runtime_imports_no_tensorflow_keras_or_sibling_packages():
@@ -344,3 +341,17 @@ def test_load_image_accepts_paths_pil_and_arrays_and_rejects_others(tmp_path):
         load_image(np.zeros((4, 6), np.uint8))
     with pytest.raises(RoiedgeError, match="dtype float32; expected HxWx3 uint8"):
         load_image(np.zeros((4, 6, 3), np.float32))
+
+
+def test_float_into_an_unscaled_integer_input_is_refused():
+    """int32 box indexes have no quantization scale: 2.7 must not silently become 2."""
+    info = backends.TensorInfo("box_indexes", (3,), "int32")
+    with pytest.raises(BackendError, match=r"'box_indexes' is float32 .* int32 without a"):
+        backends.to_stored(np.array([0.0, 2.7, 1.0], np.float32), info, "ai_edge_litert")
+    stored = backends.to_stored(np.array([0, 2, 1]), info, "ai_edge_litert")
+    assert stored.dtype == np.int32 and stored.tolist() == [0, 2, 1]
+    # with a scale, floats are quantized (round half to even, then clipped to int8)
+    scaled = backends.TensorInfo("image", (3,), "int8", scale=0.5, zero_point=-1)
+    quantized = backends.to_stored(np.array([1.0, 100.0, -0.25]), scaled, "x")
+    assert quantized.tolist() == [1, 127, -1]
+    np.testing.assert_allclose(backends.from_stored(quantized, scaled), [1.0, 64.0, 0.0])

@@ -1,0 +1,75 @@
+"""What the parity report measures: its config, the pipelines and the project's targets, as data."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import RoiedgeError
+
+SCHEMA_VERSION = 1
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+REPORT_PNG = "report.png"
+
+#: Final detections at or above this score are matched against the float model's.
+AGREEMENT_MIN_SCORE = 0.5
+#: Log-spaced bins of the abs-error histograms (errors below the first bin are counted in it).
+ERROR_BINS = np.logspace(-8, 1, 46)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+    """A deployable combination of one backbone_rpn and one head artifact."""
+
+    name: str
+    format: str
+    precision: str
+    head_precision: str
+
+
+#: Every pipeline the report measures (data, not flags). ``int8_io`` exists for the backbone only.
+PIPELINES: tuple[Pipeline, ...] = (
+    Pipeline("tflite/float32", "tflite", "float32", "float32"),
+    Pipeline("tflite/float16", "tflite", "float16", "float16"),
+    Pipeline("tflite/dynamic_int8", "tflite", "dynamic_int8", "dynamic_int8"),
+    Pipeline("tflite/int8", "tflite", "int8", "int8"),
+    Pipeline("tflite/int8_io+int8", "tflite", "int8_io", "int8"),
+    Pipeline("onnx/float32", "onnx", "float32", "float32"),
+    Pipeline("onnx/int8", "onnx", "int8", "int8"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Targets:
+    """The project's speed and size goals, reported met or missed with the margin; not tolerances."""
+
+    head_int8_vs_keras: float = 0.5  # int8 TFLite head latency / float Keras head latency
+    head_float32_vs_keras: float = 1.0
+    int8_bytes_vs_float32: float = 0.3
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportConfig:
+    """One report run; the CLI flags map 1:1 onto these fields."""
+
+    artifacts: Path
+    images: int = 500
+    stage_images: int = 64
+    runs: int = 50
+    warmup: int = 5
+    threads: int = 2
+    speed_only: bool = False
+    progress: bool = True
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        for field in ("images", "stage_images", "runs", "threads"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 1:
+                flag = field.replace("_", "-")
+                raise RoiedgeError(f"--{flag} is {value!r}; expected a positive int")
+        if self.warmup < 0:
+            raise RoiedgeError(f"--warmup is {self.warmup}; expected an int >= 0")

@@ -1,0 +1,263 @@
+"""Measuring: the float Keras detector and whatever artifacts a manifest has, on the held-out split.
+
+Works on any subset of the artifact table: an artifact is measured against the float Keras model
+(the other stage kept in Keras), so it needs nothing else exported; a pipeline is measured only
+when both of its artifacts are present, and is listed as not measured with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.report.config import AGREEMENT_MIN_SCORE, PIPELINES, Pipeline, ReportConfig
+from export.report.statistics import OutputAccumulator, detection_agreement
+from export.stages import STAGE_IO
+from runtime.errors import RoiedgeError
+from runtime.manifest import ArtifactEntry, Manifest, read_manifest
+
+
+def progress(iterable: Any, enabled: bool, description: str, total: int | None = None) -> Any:
+    """``iterable`` with a tqdm bar on stderr (none when ``enabled`` is false)."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=description, total=total, disable=not enabled, file=sys.stderr)
+
+
+def _p50_ms(call: Any, runs: int, warmup: int) -> float:
+    from runtime.bench import latencies
+
+    return latencies(call, runs, warmup)["p50_ms"]
+
+
+class Measurer:
+    """Holds the float Keras detector and the loaded artifacts of one artifacts directory."""
+
+    def __init__(self, config: ReportConfig) -> None:
+        from models.detector import FloatDetector, load_detector
+        from models.tf_threads import set_tensorflow_threads
+        from runtime.backends import load_stage
+
+        self.config = config
+        self.directory = Path(config.artifacts)
+        self.manifest: Manifest = read_manifest(self.directory)
+        self.keras_threads = set_tensorflow_threads(config.threads)
+        self.keras = FloatDetector(load_detector(self._source_model()))
+        self.detector_config = self.keras.config
+        self.stages = {
+            entry.name: load_stage(self.directory, entry, None, num_threads=config.threads)
+            for entry in self.manifest.artifacts
+        }
+
+    def _source_model(self) -> Path:
+        """The .keras file the artifacts came from (manifest ``source_models``: ``PATH#stage``)."""
+        sources = [v for k, v in self.manifest.source_models.items() if k in STAGE_IO]
+        source = sources[0] if sources else ""
+        path = Path(source.split("#", 1)[0])
+        repo_root = Path(__file__).resolve().parents[2]
+        for candidate in (path, repo_root / path):
+            if source and candidate.is_file():
+                return candidate
+        raise RoiedgeError(
+            f"{self.directory / 'manifest.json'}: source model {source!r} is not a readable "
+            "file; the report needs the float Keras model the artifacts came from"
+        )
+
+    def _has(self, model: str, format: str, precision: str) -> bool:
+        return any(
+            (e.model, e.format, e.precision) == (model, format, precision)
+            for e in self.manifest.artifacts
+        )
+
+    def pipelines(self) -> list[Pipeline]:
+        """The PIPELINES whose two artifacts are both in the manifest."""
+        return [p for p in PIPELINES if not self._missing(p)]
+
+    def _missing(self, pipeline: Pipeline) -> list[str]:
+        wanted = (
+            ("backbone_rpn", pipeline.format, pipeline.precision),
+            ("head", pipeline.format, pipeline.head_precision),
+        )
+        return ["/".join(w) for w in wanted if not self._has(*w)]
+
+    def not_measured(self) -> list[dict[str, str]]:
+        """Each pipeline that cannot be measured here, with the reason (its missing artifacts)."""
+        return [
+            {"name": p.name, "reason": f"not exported: {', '.join(self._missing(p))}"}
+            for p in PIPELINES
+            if self._missing(p)
+        ]
+
+    def pipeline_detector(self, pipeline: Pipeline) -> Any:
+        """A runtime Detector running ``pipeline``'s two artifacts."""
+        from runtime.detector import Detector, DetectorOptions
+
+        options = DetectorOptions(
+            precision=pipeline.precision,
+            format=pipeline.format,
+            head_precision=pipeline.head_precision,
+            num_threads=self.config.threads,
+        )
+        return Detector(self.directory, options)
+
+    # -- speed
+
+    def latencies(self) -> dict[str, Any]:
+        """p50 ms of every artifact (on its golden inputs), every pipeline and the Keras stages."""
+        from models.data import eval_split
+        from runtime.check import load_golden
+        from runtime.golden import golden_samples
+
+        cfg = self.config
+        result: dict[str, Any] = {"artifacts": {}, "pipelines": {}, "keras": {}}
+        goldens = {m: load_golden(self.directory, self.manifest, m) for m in self.manifest.golden}
+        for entry in progress(self.manifest.artifacts, cfg.progress, "latency"):
+            feeds = golden_samples(goldens[entry.model], entry, entry.path)[0]
+            result["artifacts"][entry.name] = _p50_ms(
+                functools.partial(self.stages[entry.name].run, *feeds), cfg.runs, cfg.warmup
+            )
+        # The Keras reference needs no artifact: its inputs come from the held-out split.
+        image = eval_split(1).images[0]
+        ref = self.keras.stages(image)
+        head_feeds = (ref["features"], ref["proposals"], ref["box_indexes"])
+        keras = result["keras"]
+        keras["backbone_rpn"] = _p50_ms(
+            lambda: self.keras.backbone_outputs(ref["image"]), cfg.runs, cfg.warmup
+        )
+        keras["head"] = _p50_ms(lambda: self.keras.head_outputs(*head_feeds), cfg.runs, cfg.warmup)
+        keras["pipeline"] = _p50_ms(lambda: self.keras(image), cfg.runs, cfg.warmup)
+        for pipeline in self.pipelines():
+            detector = self.pipeline_detector(pipeline)
+            result["pipelines"][pipeline.name] = _p50_ms(
+                functools.partial(detector.detect, image), cfg.runs, cfg.warmup
+            )
+        return result
+
+    # -- accuracy
+
+    def accuracy(self) -> dict[str, Any]:
+        """mAP, per-output error statistics and detection agreement of everything measured."""
+        from models.data import eval_split
+
+        batch = eval_split(self.config.images)
+        run = _AccuracyRun(self)
+        images = progress(batch.images, self.config.progress, "held-out images")
+        for index, image in enumerate(images):
+            run.add(image, with_errors=index < self.config.stage_images)
+        return run.summary(batch)
+
+
+class _AccuracyRun:
+    """Per-image detections and output errors of Keras, each artifact and each pipeline."""
+
+    def __init__(self, measurer: Measurer) -> None:
+        self.measurer = measurer
+        self.det_cfg = measurer.detector_config
+        self.entries = measurer.manifest.artifacts
+        self.pipelines = measurer.pipelines()
+        self.detectors = {p.name: measurer.pipeline_detector(p) for p in self.pipelines}
+        self.keras_dets: list = []
+        self.artifact_dets: dict[str, list] = {e.name: [] for e in self.entries}
+        self.pipeline_dets: dict[str, list] = {p.name: [] for p in self.pipelines}
+        self.errors = {
+            e.name: {name: OutputAccumulator() for name in STAGE_IO[e.model][1]}
+            for e in self.entries
+        }
+        self.top1_hits = {e.name: [0, 0] for e in self.entries if e.model == "head"}
+
+    def add(self, image: np.ndarray, with_errors: bool) -> None:
+        """Run one held-out image through Keras, every artifact and every pipeline."""
+        from runtime.processing import detections_from_head
+
+        ref = self.measurer.keras.stages(image)
+        self.keras_dets.append(
+            detections_from_head(
+                ref["class_scores"],
+                ref["box_deltas"],
+                ref["proposals"],
+                int(ref["num_valid"]),
+                self.det_cfg,
+            )
+        )
+        for entry in self.entries:
+            run = self._backbone if entry.model == "backbone_rpn" else self._head
+            outputs, (scores, deltas, proposals, num_valid) = run(entry, ref)
+            self.artifact_dets[entry.name].append(
+                detections_from_head(scores, deltas, proposals, num_valid, self.det_cfg)
+            )
+            if with_errors:
+                for name, actual in zip(STAGE_IO[entry.model][1], outputs):
+                    self.errors[entry.name][name].add(actual, ref[name])
+        for pipeline in self.pipelines:
+            detections = self.detectors[pipeline.name].detect_tensor(ref["image"])
+            self.pipeline_dets[pipeline.name].append(detections)
+
+    def _backbone(self, entry: ArtifactEntry, ref: dict) -> tuple[list, tuple]:
+        """Isolated cost of a backbone artifact: its outputs through the float Keras head."""
+        from runtime.processing import proposals_from_rpn
+
+        outputs = self.measurer.stages[entry.name].run(ref["image"])
+        props = proposals_from_rpn(
+            outputs[1], outputs[2], self.det_cfg, self.measurer.keras.anchors
+        )
+        scores, deltas = self.measurer.keras.head_outputs(
+            outputs[0], props.proposals, props.box_indexes
+        )
+        return outputs, (scores, deltas, props.proposals, props.num_valid)
+
+    def _head(self, entry: ArtifactEntry, ref: dict) -> tuple[list, tuple]:
+        """Isolated cost of a head artifact: the float Keras features and proposals in."""
+        proposals, num_valid = ref["proposals"], int(ref["num_valid"])
+        outputs = self.measurer.stages[entry.name].run(
+            ref["features"], proposals, ref["box_indexes"]
+        )
+        scores, deltas = outputs
+        # Top-1 over the real proposals only: padded rows carry no decision.
+        hits = np.argmax(scores[:num_valid], -1) == np.argmax(ref["class_scores"][:num_valid], -1)
+        self.top1_hits[entry.name][0] += int(hits.sum())
+        self.top1_hits[entry.name][1] += num_valid
+        return outputs, (scores, deltas, proposals, num_valid)
+
+    def summary(self, batch: Any) -> dict[str, Any]:
+        """Scores of everything added: ``keras``, ``artifacts`` and ``pipelines`` rows by name."""
+        from models.evaluate import score
+
+        names = self.det_cfg.class_names
+        keras = score(self.keras_dets, batch, names)
+        result: dict[str, Any] = {
+            "keras": {
+                "map50": keras["map50"],
+                "map50_95": keras["map50_95"],
+                "images": len(batch.images),
+            },
+            "artifacts": {},
+            "pipelines": {},
+        }
+        for entry in self.entries:
+            row = self._scored(self.artifact_dets[entry.name], batch)
+            stats = {n: acc.result() for n, acc in self.errors[entry.name].items() if acc.actual}
+            row["outputs"] = {n: s for n, (s, _) in stats.items()}
+            row["histograms"] = {n: h for n, (_, h) in stats.items()}
+            if entry.name in self.top1_hits:
+                hits, total = self.top1_hits[entry.name]
+                row["top1_agreement"] = hits / total if total else float("nan")
+            result["artifacts"][entry.name] = row
+        for pipeline in self.pipelines:
+            result["pipelines"][pipeline.name] = self._scored(
+                self.pipeline_dets[pipeline.name], batch
+            )
+        return result
+
+    def _scored(self, detections: list, batch: Any) -> dict[str, Any]:
+        from models.evaluate import score
+
+        summary = score(detections, batch, self.det_cfg.class_names)
+        return {
+            "map50": summary["map50"],
+            "map50_95": summary["map50_95"],
+            "agreement": detection_agreement(detections, self.keras_dets, AGREEMENT_MIN_SCORE),
+        }

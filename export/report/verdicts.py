@@ -1,0 +1,139 @@
+"""Verdicts: every measured row judged by the tolerance table (runtime.golden), targets, the report."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from export.report.config import ERROR_BINS, SCHEMA_VERSION, ReportConfig, Targets
+from export.report.measure import Measurer
+from export.report.statistics import machine_info
+from runtime.manifest import ArtifactEntry, Manifest
+
+
+def judge_artifact(entry: ArtifactEntry, row: dict, keras_map50: float) -> list[str]:
+    """Every tolerance of ``entry.precision`` that this artifact's measured row breaks."""
+    from runtime.golden import ErrorMetrics, judge_metrics, map50_drop_failures
+
+    metrics = {
+        name: ErrorMetrics(
+            stats["max_abs"], stats["mean_abs"], stats["snr_db"], stats["psnr_db"], stats["peak"]
+        )
+        for name, stats in row.get("outputs", {}).items()
+    }
+    failures = list(judge_metrics(entry.precision, metrics, row.get("top1_agreement")).failures)
+    if "map50" in row:
+        failures += map50_drop_failures(entry.precision, keras_map50, row["map50"])
+    return failures
+
+
+def target_rows(manifest: Manifest, latency: dict, targets: Targets) -> list[dict[str, Any]]:
+    """Each target with what was measured and whether it is met, or why it was not measured."""
+    rows = []
+    keras_head = latency.get("keras", {}).get("head")
+    for precision, bound in (
+        ("int8", targets.head_int8_vs_keras),
+        ("float32", targets.head_float32_vs_keras),
+    ):
+        name = f"head/tflite/{precision}"
+        what = f"{name} latency / Keras head latency"
+        if keras_head and name in latency.get("artifacts", {}):
+            rows.append(_target(what, latency["artifacts"][name] / keras_head, bound))
+        else:
+            rows.append(_not_measured(what, bound, f"{name} not exported"))
+    sizes = {(e.model, e.format, e.precision): e.bytes for e in manifest.artifacts}
+    for (model, fmt, precision), size in sorted(sizes.items()):
+        if precision not in ("int8", "int8_io"):
+            continue
+        what = f"{model}/{fmt}/{precision} bytes / float32 bytes"
+        if (model, fmt, "float32") in sizes:
+            ratio = size / sizes[(model, fmt, "float32")]
+            rows.append(_target(what, ratio, targets.int8_bytes_vs_float32))
+        else:
+            reason = f"{model}/{fmt}/float32 not exported"
+            rows.append(_not_measured(what, targets.int8_bytes_vs_float32, reason))
+    return rows
+
+
+def _target(what: str, measured: float, bound: float) -> dict[str, Any]:
+    met = measured <= bound
+    note = "met" if met else f"MISSED by {measured / bound:.2f}x"
+    return {"target": what, "measured": measured, "bound": bound, "met": met, "note": note}
+
+
+def _not_measured(what: str, bound: float, reason: str) -> dict[str, Any]:
+    return {
+        "target": what,
+        "measured": None,
+        "bound": bound,
+        "met": None,
+        "note": f"not measured: {reason}",
+    }
+
+
+def build_report(config: ReportConfig) -> dict[str, Any]:
+    """Measure everything and return the report dict (``report.json``'s content)."""
+    from runtime.golden import map50_drop_failures
+
+    measurer = Measurer(config)
+    manifest = measurer.manifest
+    latency = measurer.latencies()
+    accuracy = None if config.speed_only else measurer.accuracy()
+    keras = {
+        "latency_ms": latency["keras"]["pipeline"],
+        "backbone_rpn_latency_ms": latency["keras"]["backbone_rpn"],
+        "head_latency_ms": latency["keras"]["head"],
+    }
+    if accuracy:
+        keras.update(accuracy["keras"])
+    keras_map50 = keras.get("map50", float("nan"))
+    artifacts = []
+    for entry in manifest.artifacts:
+        row: dict[str, Any] = {
+            "name": entry.name,
+            "model": entry.model,
+            "format": entry.format,
+            "precision": entry.precision,
+            "bytes": entry.bytes,
+            "latency_ms": latency["artifacts"][entry.name],
+        }
+        if accuracy:
+            row.update(accuracy["artifacts"][entry.name])
+            row["failures"] = judge_artifact(entry, row, keras_map50)
+            row["passed"] = not row["failures"]
+        artifacts.append(row)
+    pipelines = []
+    for pipeline in measurer.pipelines():
+        backbone = manifest.find("backbone_rpn", pipeline.format, pipeline.precision)
+        head = manifest.find("head", pipeline.format, pipeline.head_precision)
+        row = {
+            "name": pipeline.name,
+            "format": pipeline.format,
+            "precision": pipeline.precision,
+            "head_precision": pipeline.head_precision,
+            "bytes": backbone.bytes + head.bytes,
+            "latency_ms": latency["pipelines"][pipeline.name],
+        }
+        if accuracy:
+            row.update(accuracy["pipelines"][pipeline.name])
+            drop = map50_drop_failures(pipeline.precision, keras_map50, row["map50"])
+            row["failures"] = list(drop)
+            row["passed"] = not row["failures"]
+        pipelines.append(row)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": {
+            k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()
+        },
+        "machine": {**machine_info(), "keras_threads": measurer.keras_threads},
+        "keras": keras,
+        "artifacts": artifacts,
+        "pipelines": pipelines,
+        "not_measured": measurer.not_measured(),
+        "targets": target_rows(manifest, latency, Targets()),
+        "error_bins": ERROR_BINS.tolist(),
+        "passed": all(r.get("passed", True) for r in artifacts + pipelines),
+    }
