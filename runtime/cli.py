@@ -260,9 +260,9 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from runtime.backends import missing_interpreter
+    from runtime.backends import edgetpu_available, missing_interpreter
     from runtime.bench import format_table, run_child
-    from runtime.manifest import atomic_write_bytes, read_manifest
+    from runtime.manifest import EDGETPU_PRECISION, atomic_write_bytes, read_manifest
     from runtime.progress import progress
 
     manifest = read_manifest(args.artifacts)
@@ -276,7 +276,19 @@ def _bench(args: argparse.Namespace) -> int:
     def why_not(fmt: str) -> str | None:
         return missing_interpreter(fmt, args.backend if fmt == "tflite" else None)
 
-    jobs = [("artifact", e.name, why_not(e.format)) for e in entries]
+    jobs = [
+        (
+            "artifact",
+            e.name,
+            why_not(e.format)
+            or (
+                "Edge TPU runtime libedgetpu not installed"
+                if e.precision == EDGETPU_PRECISION and not edgetpu_available()
+                else None
+            ),
+        )
+        for e in entries
+    ]
     for pipeline in args.pipelines:
         fmt = pipeline.rpartition(":")[0] or "tflite"
         jobs.append(("pipeline", pipeline, why_not(fmt) if fmt in ("tflite", "onnx") else None))
