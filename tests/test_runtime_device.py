@@ -189,3 +189,40 @@ def test_flatbuffer_walk_agrees_with_tflite_and_catches_every_truncation(fake_di
         for cut in range(0, len(data), max(1, len(data) // 97)):
             with pytest.raises(ValueError):
                 summarize_tflite(data[:cut])
+
+
+# ------------------------------------------------------------------------------------- Edge TPU
+
+
+def test_int8_io_uses_its_compiled_backbone_only_where_the_edge_tpu_runtime_is(fake_copy, capsys):
+    from test_runtime_backends import _edgetpu_present, with_edgetpu_opcode
+
+    from runtime.backends import BackendError
+    from runtime.errors import RoiedgeError
+    from runtime.manifest import EDGETPU_PRECISION
+
+    if _edgetpu_present():
+        pytest.skip("an Edge TPU runtime is installed here")
+    manifest = read_manifest(fake_copy)
+    source = manifest.find("backbone_rpn", "tflite", "int8_io")
+    compiled = fake_copy / f"backbone_rpn.{EDGETPU_PRECISION}.tflite"
+    with_edgetpu_opcode(fake_copy / source.path, compiled)
+    entry = dataclasses.replace(
+        source,
+        name=f"backbone_rpn/tflite/{EDGETPU_PRECISION}",
+        precision=EDGETPU_PRECISION,
+        path=compiled.name,
+        sha256=sha256_file(compiled),
+        bytes=compiled.stat().st_size,
+    )
+    write_manifest(dataclasses.replace(manifest, artifacts=(*manifest.artifacts, entry)), fake_copy)
+
+    detector = Detector(fake_copy, precision="int8_io", edgetpu="try")
+    assert detector.backbone.entry.precision == "int8_io"
+    assert "running the uncompiled int8_io on the CPU" in capsys.readouterr().err
+    with pytest.raises(RoiedgeError, match="libedgetpu\\) not installed"):
+        Detector(fake_copy, precision="int8_io", edgetpu="require")
+    with pytest.raises(BackendError, match="could not be loaded"):
+        Detector(fake_copy, precision=EDGETPU_PRECISION)
+    (result,) = check_directory(fake_copy, only=[entry.name])
+    assert result.skipped == "Edge TPU runtime libedgetpu not installed" and not result.ok
