@@ -77,7 +77,13 @@ def test_placement_applies_the_compiler_rules(pool_concat_model):
 def test_export_edgetpu_without_the_compiler_says_how_to_install_it(tmp_path, capsys):
     if shutil.which("edgetpu_compiler") is not None:
         pytest.skip("edgetpu_compiler is installed: covered by the compile path on that host")
-    assert edgetpu_main([str(tmp_path)]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == [f"error: {INSTALL_HINT}"]
-    assert "apt-get install edgetpu-compiler" in lines[0]
+    from export.__main__ import main as export_main
+
+    for run in (
+        lambda: edgetpu_main([str(tmp_path)]),
+        lambda: export_main(["edgetpu", str(tmp_path)]),
+    ):
+        assert run() == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines == [f"error: {INSTALL_HINT}"]
+        assert "apt-get install edgetpu-compiler" in lines[0]
