@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     table = "\n".join(f"  {a.name:34s} {a.filename}" for a in ARTIFACTS)
     parser = argparse.ArgumentParser(
         prog="python -m export",
-        description="Convert the two-stage Keras detector to TFLite and ONNX edge artifacts.",
+        description="Convert the two-stage Keras detector to TFLite and ONNX edge artifacts "
+        "(any other Keras model with RoIPooling: python -m export --keras-model M --help).",
         epilog=f"artifacts (model/format/precision, file):\n{table}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -37,13 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration",
         type=Path,
         default=None,
-        help="folder of .jpg/.png calibration images (default: procedural scenes)",
+        help="a folder of .jpg/.png images or a COCO instances .json; --golden-samples of them "
+        "are held back as golden samples (default: procedural scenes at the model's size)",
     )
     parser.add_argument(
         "--calibration-images",
         type=int,
         default=None,
-        help="how many calibration images (default: 300 procedural, or all of --calibration)",
+        help="how many calibration images (default: 300 procedural, or all of --calibration "
+        "but the golden samples)",
     )
     parser.add_argument(
         "--golden-samples",
@@ -68,8 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         from export.edgetpu import main as edgetpu_main
 
         return edgetpu_main(argv[1:])
-    args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if any(a == "--keras-model" or a.startswith("--keras-model=") for a in argv):
+        from export.keras_model import main as keras_main  # any Keras model, not the detector
+
+        return keras_main(argv)
+    args = build_parser().parse_args(argv)
     try:
         config = ExportConfig(**vars(args))
         from export.pipeline import run_export

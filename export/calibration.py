@@ -1,4 +1,8 @@
-"""Calibration and golden inputs of both stages, from procedural scenes or a folder of images.
+"""Calibration and golden inputs of both stages, from procedural scenes or the user's images.
+
+The user's images (a folder, or the ``images[]`` of a COCO instances JSON) load and resize exactly
+as the runtime does at inference; the golden images are held back from them, never calibrated on.
+Procedural scenes are rendered at the detector's own input size.
 
 Head inputs are realistic: each image goes through the float ``backbone_rpn`` and the runtime's
 ``proposals_from_rpn``, exactly as at inference time.
@@ -18,13 +22,20 @@ from runtime.errors import RoiedgeError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-def procedural_images(count: int, split: int, seed: int = CALIBRATION_SEED, progress=None):
-    """``count`` procedural uint8 HxWx3 scenes of ``models.data`` (split ``split``)."""
-    from models.data import make_sample, sample_rng
+def procedural_images(
+    count: int,
+    split: int,
+    seed: int = CALIBRATION_SEED,
+    progress=None,
+    size: tuple[int, int] = (160, 160),
+):
+    """``count`` procedural uint8 [H,W,3] scenes of ``models.data`` (split ``split``) at ``size``."""
+    from models.data import data_config_for, make_sample, sample_rng
 
+    data = data_config_for(size)
     images = []
     for index in range(count):
-        images.append(make_sample(sample_rng(seed, split, index)).image)
+        images.append(make_sample(sample_rng(seed, split, index), data).image)
         if progress is not None:
             progress.update(1)
     return images
@@ -41,6 +52,34 @@ def image_files(directory: Path) -> list[Path]:
     if not files:
         raise ExportInputError(f"--calibration {directory}: contains no .jpg/.jpeg/.png images")
     return files
+
+
+def calibration_files(source: Path) -> list[Path]:
+    """The image files of ``--calibration``: a folder's .jpg/.png files, or a COCO JSON's images."""
+    source = Path(source)
+    if source.suffix.lower() != ".json":
+        return image_files(source)
+    from models.coco import load_coco
+
+    try:
+        dataset = load_coco(source, require_annotations=False)
+    except RoiedgeError as error:
+        raise ExportInputError(f"--calibration {' '.join(str(error).split())}") from None
+    return [item.path for item in dataset.images]
+
+
+def hold_out_golden(files: Sequence[Path], count: int) -> tuple[list[Path], list[Path]]:
+    """(calibration files, golden files): ``count`` files spread evenly over ``files`` are held
+    back as golden samples, so the on-device check never runs on an image it was calibrated on."""
+    files = list(files)
+    if len(files) <= count:
+        raise ExportInputError(
+            f"--calibration has {len(files)} images; expected more than --golden-samples "
+            f"({count}): golden samples are held back from calibration"
+        )
+    picks = {int((i + 0.5) * len(files) / count) for i in range(count)}
+    golden = [f for i, f in enumerate(files) if i in picks]
+    return [f for i, f in enumerate(files) if i not in picks], golden
 
 
 def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:

@@ -35,9 +35,11 @@ def _default_model() -> Path:
 class ExportConfig:
     """One export run.
 
-    ``calibration`` None means procedural images from ``models.data``; otherwise a folder of
-    .jpg/.png images. ``calibration_images`` None means DEFAULT_CALIBRATION_IMAGES procedural
-    images, or every image of the folder; a folder with fewer images than asked is refused. ``models``/``formats``/``precisions`` select rows of
+    ``calibration`` None means procedural images from ``models.data`` at the detector's size;
+    otherwise a folder of .jpg/.png images or a COCO instances JSON, of which ``golden_samples``
+    images are held back as golden samples. ``calibration_images`` None means
+    DEFAULT_CALIBRATION_IMAGES procedural images, or every remaining image of the user's; fewer
+    images than asked is refused. ``models``/``formats``/``precisions`` select rows of
     :data:`export.formats.ARTIFACTS` (None = all); every value named explicitly must select at
     least one row, so a request is refused rather than silently dropped.
     """

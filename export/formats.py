@@ -73,6 +73,16 @@ ARTIFACTS: tuple[ArtifactSpec, ...] = (
 PRECISIONS: tuple[str, ...] = tuple(dict.fromkeys(a.precision for a in ARTIFACTS))
 
 
+def model_artifacts(model: str) -> tuple[ArtifactSpec, ...]:
+    """The table's rows for any Keras model (``export --keras-model``): every TFLite precision
+    but the detector backbone's Edge TPU ``int8_io``, and both ONNX precisions."""
+    return tuple(
+        dataclasses.replace(a, model=model, filename=a.filename.replace(a.model, model, 1))
+        for a in ARTIFACTS
+        if a.model == "head"
+    )
+
+
 def find_spec(model: str, format: str, precision: str) -> ArtifactSpec:
     """The row for one (model, format, precision); KeyError if the table has none."""
     for spec in ARTIFACTS:

@@ -15,8 +15,8 @@ import numpy as np
 
 from export.config import ExportCheckError
 from export.formats import ONNX_OPSET
-from export.stages import COORDINATE_INPUTS, STAGE_IO, named_function
-from export.tflite_format import PER_CHANNEL_WEIGHTS, BuildInput, Built
+from export.stages import ModelIO, model_io, named_function
+from export.tflite_format import BuildInput, Built
 
 #: Activation range = this percentile of |x| over the calibration set (ONNX int8 backbone).
 CALIBRATION_PERCENTILE = 99.99
@@ -29,7 +29,7 @@ CALIBRATION_METHODS = {"backbone_rpn": "percentile", "head": "minmax"}
 def _float_proto(build: BuildInput):
     import tf2onnx
 
-    function, specs = named_function(build.stage, build.keras_model)
+    function, specs = named_function(build.stage, build.keras_model, build.io)
     proto, _ = tf2onnx.convert.from_function(function, input_signature=specs, opset=ONNX_OPSET)
     return proto
 
@@ -65,10 +65,11 @@ def onnx_float32(build: BuildInput) -> Built:
     return Built(proto.SerializeToString(), {"opset": ONNX_OPSET})
 
 
-def coordinate_nodes(graph, stage: str) -> list[str]:
+def coordinate_nodes(graph, stage: str, io: ModelIO | None = None) -> list[str]:
     """Names of the nodes computed from the coordinate inputs alone (kept float by int8)."""
-    features = {n for n in STAGE_IO[stage][0] if n not in COORDINATE_INPUTS[stage]}
-    coordinates = set(COORDINATE_INPUTS[stage])
+    io = model_io(stage, io)
+    features = {n for n in io.inputs if n not in io.coordinate_inputs}
+    coordinates = set(io.coordinate_inputs)
     names = []
     for node in graph.node:
         inputs = [i for i in node.input if i]
@@ -80,13 +81,13 @@ def coordinate_nodes(graph, stage: str) -> list[str]:
     return names
 
 
-def quantization_leaks(proto, stage: str) -> list[str]:
+def quantization_leaks(proto, stage: str, io: ModelIO | None = None) -> list[str]:
     """Coordinate-path tensors fed through QuantizeLinear (should be none).
 
     A lerp weight quantized where it meets the feature path is fine; a QuantizeLinear whose
     output feeds another coordinate node (or a coordinate input being quantized) is a leak.
     """
-    coordinate = set(coordinate_nodes(proto.graph, stage))
+    coordinate = set(coordinate_nodes(proto.graph, stage, io))
     consumers: dict[str, list] = {}
     for node in proto.graph.node:
         for i in node.input:
@@ -139,7 +140,7 @@ def onnx_int8(build: BuildInput) -> Built:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     proto = _float_proto(build)
-    if CALIBRATION_METHODS[build.stage] == "percentile":
+    if CALIBRATION_METHODS.get(build.stage, "minmax") == "percentile":
         method = CalibrationMethod.Percentile
         extra = {"CalibPercentile": CALIBRATION_PERCENTILE}
     else:
@@ -152,7 +153,7 @@ def onnx_int8(build: BuildInput) -> Built:
         src, pre, dst = (Path(tmp) / f"{n}.onnx" for n in ("float", "pre", "int8"))
         src.write_bytes(proto.SerializeToString())
         quant_pre_process(os.fspath(src), os.fspath(pre), skip_symbolic_shape=True)
-        excluded = coordinate_nodes(onnx.load(os.fspath(pre)).graph, build.stage)
+        excluded = coordinate_nodes(onnx.load(os.fspath(pre)).graph, build.stage, build.io)
         quantize_static(
             os.fspath(pre),
             os.fspath(dst),
@@ -160,7 +161,7 @@ def onnx_int8(build: BuildInput) -> Built:
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
-            per_channel=PER_CHANNEL_WEIGHTS[build.stage],
+            per_channel=build.per_channel,
             # 7-bit weights: onnxruntime's x86 int8 kernels without VNNI (AVX2 vpmaddubsw) saturate
             # int16 partial sums, which took a test backbone's first conv to ~15 dB SNR here;
             # reduce_range avoids the overflow on every CPU. See onnxruntime's quantization docs
@@ -173,7 +174,7 @@ def onnx_int8(build: BuildInput) -> Built:
         quantized = onnx.load(os.fspath(dst))
     compact_names(quantized)
     data = quantized.SerializeToString()
-    leaks = quantization_leaks(quantized, build.stage)
+    leaks = quantization_leaks(quantized, build.stage, build.io)
     if leaks:
         raise ExportCheckError(
             f"{build.stage}/onnx/int8: coordinate tensor(s) {', '.join(leaks[:5])} were "
@@ -185,8 +186,8 @@ def onnx_int8(build: BuildInput) -> Built:
             "opset": ONNX_OPSET,
             "kept_float_coordinate_nodes": len(excluded),
             "calibration_samples": len(build.calibration),
-            "calibration_method": CALIBRATION_METHODS[build.stage],
-            "per_channel_weights": PER_CHANNEL_WEIGHTS[build.stage],
+            "calibration_method": CALIBRATION_METHODS.get(build.stage, "minmax"),
+            "per_channel_weights": build.per_channel,
             "calibration_options": extra,
         },
     )
@@ -207,7 +208,7 @@ def _session(model_bytes: bytes):
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
-def tensor_specs(model_bytes: bytes, stage: str):
+def tensor_specs(model_bytes: bytes, stage: str, io: ModelIO | None = None):
     """(inputs, outputs) TensorSpecs in the Keras order, as named inside the ONNX graph."""
     from runtime.manifest import TensorSpec
 
@@ -229,7 +230,8 @@ def tensor_specs(model_bytes: bytes, stage: str):
 
     ins = {a.name: a for a in session.get_inputs()}
     outs = {a.name: a for a in session.get_outputs()}
-    names_in, names_out = STAGE_IO[stage]
+    io = model_io(stage, io)
+    names_in, names_out = io.inputs, io.outputs
     missing = [n for n in (*names_in, *names_out) if n not in ins and n not in outs]
     if missing:
         raise ExportCheckError(

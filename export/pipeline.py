@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 
 from export import audit, onnx_format, tflite_format
-from export.calibration import image_files, load_image, procedural_images, stage_samples
+from export.calibration import (
+    calibration_files,
+    hold_out_golden,
+    load_image,
+    procedural_images,
+    stage_samples,
+)
 from export.config import (
     CALIBRATION_SPLIT,
     DEFAULT_CALIBRATION_IMAGES,
@@ -32,7 +38,7 @@ from export.config import (
     ExportInputError,
 )
 from export.formats import ArtifactSpec
-from export.stages import STAGE_IO
+from export.stages import STAGE_IO, ModelIO, model_io
 from runtime.golden import CLASS_SCORES
 from runtime.manifest import (
     MANIFEST_NAME,
@@ -58,8 +64,9 @@ def _bar(config: ExportConfig, **kwargs):
     return tqdm(disable=not config.progress, dynamic_ncols=True, **kwargs)
 
 
-def check_inputs(config: ExportConfig) -> list[Path] | None:
-    """Validate paths before any heavy work; returns the calibration files (None = procedural)."""
+def check_inputs(config: ExportConfig) -> tuple[list[Path], list[Path]] | None:
+    """Validate paths before any heavy work; returns the (calibration, golden) image files of
+    ``--calibration`` (None = procedural scenes)."""
     model = Path(config.model)
     if not model.is_file():
         raise ExportInputError(
@@ -75,20 +82,22 @@ def check_inputs(config: ExportConfig) -> list[Path] | None:
         )
     if config.calibration is None:
         return None
-    files = image_files(Path(config.calibration))
-    if config.calibration_images is not None and config.calibration_images > len(files):
+    files = calibration_files(Path(config.calibration))
+    calibration, golden = hold_out_golden(files, config.golden_samples)
+    if config.calibration_images is not None and config.calibration_images > len(calibration):
         raise ExportInputError(
-            f"--calibration {config.calibration}: has {len(files)} images but "
-            f"--calibration-images asks for {config.calibration_images}"
+            f"--calibration {config.calibration}: has {len(files)} images, {len(golden)} of them "
+            f"held back as golden samples, but --calibration-images asks for "
+            f"{config.calibration_images}"
         )
-    return files
+    return calibration, golden
 
 
 def _calibration_images(config: ExportConfig, files: list[Path] | None, size) -> list[np.ndarray]:
     if files is None:
         count = config.calibration_images or DEFAULT_CALIBRATION_IMAGES
         with _bar(config, total=count, desc="calibration images (procedural)") as bar:
-            return procedural_images(count, CALIBRATION_SPLIT, progress=bar)
+            return procedural_images(count, CALIBRATION_SPLIT, progress=bar, size=size)
     files = files[: config.calibration_images] if config.calibration_images else files
     images = []
     with _bar(config, total=len(files), desc=f"calibration images ({config.calibration})") as bar:
@@ -132,6 +141,7 @@ def golden_check(
     path: Path,
     inputs: list[list[np.ndarray]],
     reference: list[list[np.ndarray]],
+    io: ModelIO | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Run the written artifact through the device's code path on the golden inputs and judge it.
 
@@ -144,7 +154,7 @@ def golden_check(
 
     stage = Stage(entry, open_backend(path, entry.format, num_threads=1), path)
     actual = [stage.run(*sample) for sample in inputs]
-    names = STAGE_IO[entry.model][1]
+    names = model_io(entry.model, io).outputs
     verdict = compare_outputs(
         entry.precision,
         [np.stack([s[j] for s in actual]) for j in range(len(names))],
@@ -249,10 +259,15 @@ def run_export(config: ExportConfig) -> Manifest:
     keras_models = {"backbone_rpn": detector.backbone_rpn, "head": detector.head}
     stages = [m for m in STAGE_IO if any(s.model == m for s in specs)]
 
-    images = _calibration_images(config, files, detector.config.image_size)
+    size = detector.config.image_size
+    calibration_paths, golden_paths = files if files is not None else (None, None)
+    images = _calibration_images(config, calibration_paths, size)
     with _bar(config, total=len(images), desc="calibration inputs (float backbone + RPN)") as bar:
         calibration = stage_samples(detector, images, progress=bar)
-    golden_images = procedural_images(config.golden_samples, GOLDEN_SPLIT)
+    if golden_paths is None:
+        golden_images = procedural_images(config.golden_samples, GOLDEN_SPLIT, size=size)
+    else:  # held back from the user's images, resized as the runtime resizes
+        golden_images = [load_image(path, size) for path in golden_paths]
     golden_inputs = stage_samples(detector, golden_images)
     golden_outputs = {m: _keras_outputs(keras_models[m], golden_inputs[m]) for m in stages}
 
@@ -322,16 +337,20 @@ def _quiet():
         root.setLevel(level)
 
 
-def _build_one(spec, keras_models, calibration, golden_inputs, golden_outputs, work: Path):
+def _build_one(spec, keras_models, calibration, golden_inputs, golden_outputs, work: Path, io=None):
+    """Build, audit and golden-check one artifact into ``work``; (ArtifactEntry, failures).
+
+    ``io`` is the model's I/O when it is not a detector stage (see :class:`ModelIO`).
+    """
     from export.tflite_format import BuildInput
 
-    names = STAGE_IO[spec.model][0]
+    names = model_io(spec.model, io).inputs
     samples = [dict(zip(names, s)) for s in calibration[spec.model]]
-    build = BuildInput(spec.model, keras_models[spec.model], samples)
+    build = BuildInput(spec.model, keras_models[spec.model], samples, io)
     with _quiet():
         built = BUILDERS[spec.format][spec.precision](build)
     report = audit_artifact(spec, built.data)
-    inputs, outputs = SPECS[spec.format](built.data, spec.model)
+    inputs, outputs = SPECS[spec.format](built.data, spec.model, io)
     path = work / spec.filename
     atomic_write_bytes(path, built.data)
     report_path = f"{REPORT_DIR}/{spec.filename}.json"
@@ -348,7 +367,7 @@ def _build_one(spec, keras_models, calibration, golden_inputs, golden_outputs, w
         op_report=report_path,
     )
     metrics, broken = golden_check(
-        entry, path, golden_inputs[spec.model], golden_outputs[spec.model]
+        entry, path, golden_inputs[spec.model], golden_outputs[spec.model], io
     )
     report.update(
         {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from export.config import ExportInputError
@@ -20,11 +21,29 @@ COORDINATE_INPUTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def input_specs(stage: str, keras_model: Any) -> list:
+@dataclasses.dataclass(frozen=True)
+class ModelIO:
+    """Input and output names of one exported model in Keras order, and which inputs are
+    coordinates (box corners, batch indexes) whose arithmetic int8 conversion must not quantize."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    coordinate_inputs: tuple[str, ...] = ()
+
+
+def model_io(stage: str, io: ModelIO | None = None) -> ModelIO:
+    """``io`` if given, else the detector stage's contract from STAGE_IO / COORDINATE_INPUTS."""
+    if io is not None:
+        return io
+    return ModelIO(*STAGE_IO[stage], COORDINATE_INPUTS[stage])
+
+
+def input_specs(stage: str, keras_model: Any, io: ModelIO | None = None) -> list:
     """tf.TensorSpecs of a stage's inputs with the contract's names (checked against Keras)."""
     import tensorflow as tf
 
-    names, outputs = STAGE_IO[stage]
+    io = model_io(stage, io)
+    names, outputs = io.inputs, io.outputs
     if len(keras_model.inputs) != len(names) or len(keras_model.outputs) != len(outputs):
         raise ExportInputError(
             f"{stage}: Keras model has {len(keras_model.inputs)} inputs and "
@@ -41,12 +60,12 @@ def input_specs(stage: str, keras_model: Any) -> list:
     return specs
 
 
-def named_function(stage: str, keras_model: Any):
+def named_function(stage: str, keras_model: Any, io: ModelIO | None = None):
     """A tf.function of the stage: contract-named inputs, dict of contract-named outputs."""
     import tensorflow as tf
 
-    specs = input_specs(stage, keras_model)
-    output_names = STAGE_IO[stage][1]
+    specs = input_specs(stage, keras_model, io)
+    output_names = model_io(stage, io).outputs
 
     def serve(*args):
         outs = keras_model(list(args) if len(args) > 1 else args[0], training=False)
@@ -57,7 +76,7 @@ def named_function(stage: str, keras_model: Any):
     return tf.function(serve, input_signature=specs), specs
 
 
-def frozen_function(stage: str, keras_model: Any):
+def frozen_function(stage: str, keras_model: Any, io: ModelIO | None = None):
     """The stage as a ConcreteFunction with its weights frozen to constants.
 
     The TFLite converter keeps Keras 3 variables as resource variables (READ_VARIABLE ops that
@@ -67,7 +86,7 @@ def frozen_function(stage: str, keras_model: Any):
 
     from export.tf_private import convert_variables_to_constants_v2
 
-    function, specs = named_function(stage, keras_model)
+    function, specs = named_function(stage, keras_model, io)
     concrete = function.get_concrete_function()
     frozen = convert_variables_to_constants_v2(concrete)
     structure = concrete.structured_outputs

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from export.config import ExportCheckError
-from export.stages import COORDINATE_INPUTS, STAGE_IO, frozen_function
+from export.stages import ModelIO, frozen_function, model_io
 from export.tf_private import (
     flatbuffer_utils,
     mlir_quantize,
@@ -42,6 +42,17 @@ class BuildInput:
     stage: str
     keras_model: Any
     calibration: Sequence[dict[str, np.ndarray]]
+    #: I/O of a model that is not a detector stage (None: the stage's STAGE_IO contract).
+    io: ModelIO | None = None
+
+    @property
+    def model_io(self) -> ModelIO:
+        return model_io(self.stage, self.io)
+
+    @property
+    def per_channel(self) -> bool:
+        """Per-channel weight scales (:data:`PER_CHANNEL_WEIGHTS`; other models: yes)."""
+        return PER_CHANNEL_WEIGHTS.get(self.stage, True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +66,7 @@ class Built:
 def _converter(build: BuildInput):
     import tensorflow as tf
 
-    function = frozen_function(build.stage, build.keras_model)
+    function = frozen_function(build.stage, build.keras_model, build.io)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], tf.Module())
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     return converter
@@ -99,7 +110,7 @@ def _float_model_graph(model_bytes: bytes):
     return flatbuffer_utils().read_model_from_bytearray(bytearray(model_bytes))
 
 
-def _coordinate_path(model, stage: str) -> tuple[list[int], list[int]]:
+def _coordinate_path(model, io: ModelIO) -> tuple[list[int], list[int]]:
     """(operator indexes, tensor indexes) computed from the coordinate inputs alone.
 
     An op is on the coordinate path if none of its inputs depends on a non-coordinate input
@@ -108,8 +119,8 @@ def _coordinate_path(model, stage: str) -> tuple[list[int], list[int]]:
     subgraph = model.subgraphs[0]
     signature = model.signatureDefs[0]
     by_name = {s.name.decode(): s.tensorIndex for s in signature.inputs}
-    feature_inputs = {by_name[n] for n in STAGE_IO[stage][0] if n not in COORDINATE_INPUTS[stage]}
-    coordinate_inputs = {by_name[n] for n in COORDINATE_INPUTS[stage]}
+    feature_inputs = {by_name[n] for n in io.inputs if n not in io.coordinate_inputs}
+    coordinate_inputs = {by_name[n] for n in io.coordinate_inputs}
     depends_on_features = set(feature_inputs)
     reachable = set(coordinate_inputs)
     ops, tensors = [], set()
@@ -124,17 +135,18 @@ def _coordinate_path(model, stage: str) -> tuple[list[int], list[int]]:
     return ops, sorted(tensors | coordinate_inputs)
 
 
-def quantization_leaks(model_bytes: bytes, stage: str) -> list[str]:
+def quantization_leaks(model_bytes: bytes, stage: str, io: ModelIO | None = None) -> list[str]:
     """Coordinate-path tensors that are int8/uint8/int16 (should be none).
 
     Inspects every op computed from the coordinate inputs alone: its inputs and (unless it is the
     QUANTIZE that hands a lerp weight over to the int8 feature path) its outputs.
     """
-    if not COORDINATE_INPUTS[stage]:
+    io = model_io(stage, io)
+    if not io.coordinate_inputs:
         return []
     fb = flatbuffer_utils()
     model = _float_model_graph(model_bytes)
-    op_indexes, _ = _coordinate_path(model, stage)
+    op_indexes, _ = _coordinate_path(model, io)
     subgraph = model.subgraphs[0]
     leaks = []
     for index in op_indexes:
@@ -166,7 +178,7 @@ def tflite_int8(build: BuildInput) -> Built:
     fb = flatbuffer_utils()
 
     model = _float_model_graph(calibrated)
-    op_indexes, tensor_indexes = _coordinate_path(model, build.stage)
+    op_indexes, tensor_indexes = _coordinate_path(model, build.model_io)
     subgraph = model.subgraphs[0]
     nodes = sorted({subgraph.tensors[t].name.decode() for t in tensor_indexes})
     # A multi-output op (UNPACK of the box columns) is matched by op type, not output name;
@@ -184,21 +196,21 @@ def tflite_int8(build: BuildInput) -> Built:
     op_types = sorted(coordinate_types - feature_types)
     data = mlir_quantize(
         calibrated,
-        disable_per_channel=not PER_CHANNEL_WEIGHTS[build.stage],
+        disable_per_channel=not build.per_channel,
         fully_quantize=False,
         denylisted_nodes=nodes or None,
         denylisted_ops=op_types or None,
     )
     debug_model = mlir_quantize(
         calibrated,
-        disable_per_channel=not PER_CHANNEL_WEIGHTS[build.stage],
+        disable_per_channel=not build.per_channel,
         fully_quantize=False,
         enable_numeric_verify=True,
         denylisted_nodes=nodes or None,
         denylisted_ops=op_types or None,
     )
     layers = layer_errors(debug_model, build.calibration[:LAYER_DEBUG_SAMPLES])
-    leaks = quantization_leaks(data, build.stage)
+    leaks = quantization_leaks(data, build.stage, build.io)
     if leaks:
         raise ExportCheckError(
             f"{build.stage}/tflite/int8: coordinate tensor(s) {', '.join(leaks[:5])} were "
@@ -210,7 +222,7 @@ def tflite_int8(build: BuildInput) -> Built:
             "kept_float_coordinate_tensors": len(nodes),
             "kept_float_op_types": op_types,
             "calibration_samples": len(build.calibration),
-            "per_channel_weights": PER_CHANNEL_WEIGHTS[build.stage],
+            "per_channel_weights": build.per_channel,
             "layer_errors": layers,
         },
     )
@@ -261,10 +273,10 @@ def tflite_int8_io(build: BuildInput) -> Built:
     """Edge TPU-ready: TFLITE_BUILTINS_INT8 only, int8 inputs and outputs."""
     import tensorflow as tf
 
-    if COORDINATE_INPUTS[build.stage]:
+    if build.model_io.coordinate_inputs:
         raise ExportCheckError(
             f"{build.stage}/tflite/int8_io: int8 I/O would quantize the coordinate inputs "
-            f"{COORDINATE_INPUTS[build.stage]}; only stages without them get an int8_io artifact"
+            f"{build.model_io.coordinate_inputs}; only stages without them get an int8_io artifact"
         )
     converter = _converter(build)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -272,14 +284,12 @@ def tflite_int8_io(build: BuildInput) -> Built:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    set_converter_flag(
-        converter, "_experimental_disable_per_channel", not PER_CHANNEL_WEIGHTS[build.stage]
-    )
+    set_converter_flag(converter, "_experimental_disable_per_channel", not build.per_channel)
     return Built(
         converter.convert(),
         {
             "calibration_samples": len(build.calibration),
-            "per_channel_weights": PER_CHANNEL_WEIGHTS[build.stage],
+            "per_channel_weights": build.per_channel,
         },
     )
 
@@ -293,7 +303,7 @@ BUILDERS: dict[str, Callable[[BuildInput], Built]] = {
 }
 
 
-def tensor_specs(model_bytes: bytes, stage: str):
+def tensor_specs(model_bytes: bytes, stage: str, io: ModelIO | None = None):
     """(inputs, outputs) TensorSpecs in the Keras order, named as the tensors inside the model.
 
     TFLite sorts signature keys and renames tensors (``serving_default_image:0``,
@@ -305,7 +315,8 @@ def tensor_specs(model_bytes: bytes, stage: str):
     runner = interpreter.get_signature_runner()
     in_details = runner.get_input_details()
     out_details = runner.get_output_details()
-    names_in, names_out = STAGE_IO[stage]
+    io = model_io(stage, io)
+    names_in, names_out = io.inputs, io.outputs
 
     def spec(details):
         shape = details.get("shape_signature", details["shape"])

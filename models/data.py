@@ -36,6 +36,22 @@ class DataConfig:
     min_color_distance: float = 80.0
 
 
+def data_config_for(image_size: tuple[int, int]) -> DataConfig:
+    """Procedural scenes at ``image_size`` = (H, W): object sizes scale with the shorter side
+    (at 160x160 this is exactly ``DataConfig()``, the shipped detector's data)."""
+    height, width = (int(v) for v in image_size)
+    if (height, width) == DataConfig().image_size:
+        return DataConfig()
+    scale = min(height, width) / min(DataConfig().image_size)
+    base = DataConfig()
+    return dataclasses.replace(
+        base,
+        image_size=(height, width),
+        min_size=base.min_size * min(scale, 1.0),
+        max_size=base.max_size * scale,
+    )
+
+
 class Sample(NamedTuple):
     """One scene: ``image`` [H,W,3] uint8; ``boxes`` [n,4] float32 pixels; ``labels`` [n] int32;
     ``masks`` [n,H,W] bool visible masks (the boxes are their extents)."""

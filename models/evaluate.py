@@ -1,8 +1,11 @@
-"""mAP of the float Keras detector on the held-out split: ``python -m models.evaluate``.
+"""mAP of the float Keras detector: ``python -m models.evaluate [--data VAL.json]``.
 
-Prints a per-class table, optionally writes ``--json FILE`` (``map50``, ``map50_95``, ``images``,
-``per_class``...) and ``--show N --out PNG`` (a grid of held-out images with predicted and true
-boxes). ``--min-map50 X`` turns it into a check: exit 1 when mAP@0.5 < X.
+On the procedural held-out split by default, or on a COCO instances dataset (``--data``; images
+resized as the runtime resizes them, detections mapped back to the original pixels and scored
+there, crowd boxes as COCO handles them: the numbers equal pycocotools' COCOeval). Prints a
+per-class table, optionally writes ``--json FILE`` (``map50``, ``map50_95``, ``images``,
+``per_class``...) and ``--show N --out PNG`` (a grid of images, at the model size, with predicted
+and true boxes). ``--min-map50 X`` turns it into a check: exit 1 when mAP@0.5 < X.
 Exit codes: 0 ok, 1 check failed, 2 bad input (missing/corrupt model, bad paths or numbers).
 """
 
@@ -34,25 +37,65 @@ def predict(detector: Any, images: np.ndarray, progress: bool = False) -> list[D
     return [run(image) for image in tqdm(images, disable=not progress, unit="img", file=sys.stderr)]
 
 
-def score(
-    predictions: list[Detections], batch: Batch, class_names: tuple[str, ...]
+def summarize(
+    predictions: list[Any], ground_truths: list[Any], class_names: tuple[str, ...]
 ) -> dict[str, Any]:
-    """The JSON-ready mAP summary of ``predictions`` against ``batch``'s ground truth."""
+    """The JSON-ready mAP summary (``map50``, ``map50_95``, ``images``, ``per_class``, ...)."""
     result = mean_average_precision(
-        predictions,
-        list(zip(batch.boxes, batch.labels)),
-        len(class_names),
-        COCO_IOU_THRESHOLDS,
+        predictions, ground_truths, len(class_names), COCO_IOU_THRESHOLDS
     )
     return {
         "map50": result["map50"],
         "map50_95": result["map50_95"],
-        "images": len(batch.images),
+        "images": len(ground_truths),
         "per_class": {class_names[c]: values for c, values in sorted(result["per_class"].items())},
         "iou_thresholds": result["iou_thresholds"],
         "ap": result["ap"],
-        "split": {"seed": EVAL_SEED, "split": EVAL_SPLIT, "images": len(batch.images)},
     }
+
+
+def score(
+    predictions: list[Detections], batch: Batch, class_names: tuple[str, ...]
+) -> dict[str, Any]:
+    """The JSON-ready mAP summary of ``predictions`` against ``batch``'s ground truth."""
+    summary = summarize(predictions, list(zip(batch.boxes, batch.labels)), class_names)
+    summary["split"] = {"seed": EVAL_SEED, "split": EVAL_SPLIT, "images": len(batch.images)}
+    return summary
+
+
+def to_original_pixels(detections: Detections, size: tuple[int, int], item: Any) -> Detections:
+    """Detections in model pixels (``size`` = (H, W)) -> in the pixels of ``item``'s photo,
+    mapped as the runtime maps them (scaled by photo size / model size)."""
+    from models.coco import scale_to
+
+    back = 1.0 / scale_to(size, item.height, item.width)
+    return Detections(detections.boxes * back, detections.scores, detections.class_ids)
+
+
+def score_on_dataset(
+    predictions: list[Detections], dataset: Any, size: tuple[int, int]
+) -> dict[str, Any]:
+    """mAP of ``predictions`` (one per image of the COCO ``dataset``, boxes in model pixels of
+    ``size`` = (H, W)) scored in the photos' own pixels, as COCOeval scores them."""
+    from models.coco import ground_truth
+
+    if len(predictions) != len(dataset.images):
+        raise ValueError(f"{len(predictions)} predictions for {len(dataset.images)} images")
+    original = [to_original_pixels(p, size, i) for p, i in zip(predictions, dataset.images)]
+    summary = summarize(original, ground_truth(dataset), dataset.class_names)
+    summary["dataset"] = str(dataset.source)
+    return summary
+
+
+def score_dataset(
+    run: Any, dataset: Any, resized: Batch, predictions: list[Detections] | None = None
+) -> dict[str, Any]:
+    """mAP of a :class:`models.detector.FloatDetector` ``run`` on a COCO ``dataset`` whose images
+    ``resized`` are at the model size; scored in the original pixels. ``predictions`` (model
+    pixels) are computed when not given."""
+    if predictions is None:
+        predictions = [run(image) for image in resized.images]
+    return score_on_dataset(predictions, dataset, tuple(resized.images.shape[1:3]))
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -64,7 +107,7 @@ def format_table(summary: dict[str, Any]) -> str:
         )
     lines.append(
         f"{'mean':<12} {'':>6} {summary['map50']:>7.3f} {summary['map50_95']:>10.3f}"
-        f"   ({summary['images']} held-out images)"
+        f"   ({summary['images']} images)"
     )
     return "\n".join(lines)
 
@@ -76,6 +119,7 @@ def show(
     count: int,
     out: Path,
     min_score: float = 0.3,
+    title: str = "held-out",
 ) -> Path:
     """Write a PNG grid of the first ``count`` images: true boxes dashed white, predictions coloured."""
     import io
@@ -108,7 +152,7 @@ def show(
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=colour, lw=1.5))
             ax.text(x1, y1, f"{class_names[int(c)]} {s:.2f}", color="black", fontsize=6,
                     bbox={"facecolor": colour, "pad": 0.5, "lw": 0})  # fmt: skip
-        ax.set_title(f"held-out #{i}", fontsize=8)
+        ax.set_title(f"{title} #{i}", fontsize=8)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
@@ -122,6 +166,12 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="python -m models.evaluate", description=__doc__)
     parser.add_argument("--model", default=str(SHIPPED), help="detector .keras file")
+    parser.add_argument(
+        "--data", default=None, help="COCO instances JSON (default: the procedural held-out split)"
+    )
+    parser.add_argument(
+        "--images-dir", default=None, help="folder --data's file_name entries are relative to"
+    )
     parser.add_argument("--json", default=None, help="write the summary JSON here")
     parser.add_argument("--images", type=int, default=EVAL_IMAGES, help="first N held-out images")
     parser.add_argument("--show", type=int, default=0, help="draw the first N images")
@@ -151,9 +201,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     names = detector.config.class_names
     started = time.time()
-    batch = eval_split(args.images)
-    predictions = predict(detector, batch.images, progress=True)
-    summary = score(predictions, batch, names)
+    if args.data is None:
+        batch = eval_split(args.images)
+        predictions = predict(detector, batch.images, progress=True)
+        summary = score(predictions, batch, names)
+        title = "held-out"
+    else:
+        from models.coco import load_coco, resized_batch
+        from models.detector import FloatDetector
+
+        try:
+            dataset = load_coco(args.data, args.images_dir)
+            if dataset.class_names != names:
+                raise RoiedgeError(
+                    f"--data {args.data} has classes {list(dataset.class_names)}; the detector "
+                    f"{args.model} has {list(names)}"
+                )
+            batch = resized_batch(dataset, detector.config.image_size)
+        except RoiedgeError as error:
+            print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+            return 2
+        predictions = predict(detector, batch.images, progress=True)
+        summary = score_dataset(FloatDetector(detector), dataset, batch, predictions)
+        title = Path(args.data).name
     summary["model"] = str(args.model)
     summary["seconds"] = round(time.time() - started, 1)
     print(format_table(summary))
@@ -163,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_bytes(Path(args.json), text.encode())
             print(f"wrote {args.json}")
         if args.show:
-            show(batch, predictions, names, args.show, Path(args.out))
+            show(batch, predictions, names, args.show, Path(args.out), title=title)
             print(f"wrote {args.out}")
     except OSError as error:
         print(f"error: cannot write output ({error})", file=sys.stderr)

@@ -2,10 +2,12 @@
 
 ``mean_average_precision`` takes per-image predictions and ground truth as numpy arrays, so the
 float Keras detector, TFLite and ONNX pipelines are all scored by the same code. Matching follows
-pycocotools' ``bbox`` evaluation: predictions of a class are taken by descending score over all
-images; each is a true positive when its best-IoU still-unmatched ground-truth box of that class
-in the same image has IoU >= the threshold. AP is the 101-point interpolated area under the
-monotone precision envelope; classes without ground truth are left out of the mean.
+pycocotools' ``bbox`` evaluation (area range "all", maxDets 100): per image and class, detections by descending
+score each take the best-IoU still-unmatched ground-truth box with IoU >= the threshold; crowd
+boxes are ignored regions (IoU = intersection / detection area, matched any number of times, and a
+detection on one counts neither way). Over all images, AP is the 101-point interpolated area under
+the monotone precision envelope; classes without (non-crowd) ground truth are left out of the
+mean. A test checks the numbers against pycocotools' COCOeval.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from runtime.processing import box_iou
-
 #: IoU thresholds 0.50:0.05:0.95 as COCO defines them.
 COCO_IOU_THRESHOLDS = tuple(np.round(np.linspace(0.5, 0.95, 10), 2).tolist())
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+#: COCO's maxDets for the reported AP: the best 100 detections per image and class count.
+MAX_DETECTIONS = 100
 
 
 def _prediction(item: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -35,13 +37,68 @@ def _prediction(item: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     )
 
 
-def _ground_truth(item: Any) -> tuple[np.ndarray, np.ndarray]:
+def _ground_truth(item: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    crowd = None
     if isinstance(item, Mapping):
         classes = item.get("class_ids", item.get("classes", item.get("labels")))
         boxes = item["boxes"]
+        crowd = item.get("crowd", item.get("iscrowd"))
+    elif len(item) == 3:
+        boxes, classes, crowd = item
     else:
         boxes, classes = item
-    return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(classes, np.int64).reshape(-1)
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    crowd = np.zeros(len(boxes), bool) if crowd is None else np.asarray(crowd, bool).reshape(-1)
+    return boxes, np.asarray(classes, np.int64).reshape(-1), crowd
+
+
+def coco_iou(detections: np.ndarray, truths: np.ndarray, crowd: np.ndarray) -> np.ndarray:
+    """IoU [D,G] float64 as COCO's ``bbox`` evaluation defines it: for a crowd truth, the
+    intersection over the detection's own area. Boxes ``[y1, x1, y2, x2]``."""
+    d = np.asarray(detections, np.float64).reshape(-1, 4)
+    g = np.asarray(truths, np.float64).reshape(-1, 4)
+    area_d = (d[:, 2] - d[:, 0]) * (d[:, 3] - d[:, 1])
+    area_g = (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1])
+    inter_h = np.minimum(d[:, None, 2], g[None, :, 2]) - np.maximum(d[:, None, 0], g[None, :, 0])
+    inter_w = np.minimum(d[:, None, 3], g[None, :, 3]) - np.maximum(d[:, None, 1], g[None, :, 1])
+    inter = np.maximum(inter_h, 0) * np.maximum(inter_w, 0)
+    union = np.where(
+        np.asarray(crowd, bool)[None, :], area_d[:, None], area_d[:, None] + area_g - inter
+    )
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def _match(ious: np.ndarray, ignore: np.ndarray, thresholds: list[float]):
+    """COCO's greedy matching of one image and class: detections (rows, by descending score)
+    against truths (columns; ignored = crowd last). Returns matched [T,D] and ignored [T,D] bools.
+
+    A detection takes the highest-IoU truth with IoU >= t that is unmatched (crowds may match
+    many times), preferring regular truths: once it holds one, ignored truths are not tried.
+    A detection matched to an ignored truth is itself ignored (neither TP nor FP).
+    """
+    num_det, num_gt = ious.shape
+    matched = np.zeros((len(thresholds), num_det), bool)
+    ignored = np.zeros((len(thresholds), num_det), bool)
+    for t_index, threshold in enumerate(thresholds):
+        taken = np.zeros(num_gt, bool)
+        for d in range(num_det):
+            best_iou = min(threshold, 1 - 1e-10)
+            best = -1
+            for g in range(num_gt):
+                if taken[g] and not ignore[g]:
+                    continue
+                if best > -1 and not ignore[best] and ignore[g]:
+                    break
+                if ious[d, g] < best_iou:
+                    continue
+                best_iou = ious[d, g]
+                best = g
+            if best == -1:
+                continue
+            matched[t_index, d] = True
+            ignored[t_index, d] = ignore[best]
+            taken[best] = True
+    return matched, ignored
 
 
 def interpolated_ap(recall: np.ndarray, precision: np.ndarray) -> float:
@@ -70,16 +127,19 @@ def mean_average_precision(
     ground_truths: Sequence[Any],
     num_classes: int,
     iou_thresholds: Sequence[float] = COCO_IOU_THRESHOLDS,
+    max_detections: int = MAX_DETECTIONS,
 ) -> dict[str, Any]:
-    """COCO-style mAP over images.
+    """COCO mAP over images (pycocotools' ``bbox`` COCOeval, area range "all").
 
     Args:
         predictions: one item per image, ``(boxes [n,4], scores [n], class_ids [n])`` or a mapping
             with ``boxes``, ``scores`` and ``class_ids`` (a ``runtime.processing.Detections`` works).
-        ground_truths: one item per image, ``(boxes [m,4], class_ids [m])`` or a mapping with
-            ``boxes`` and ``class_ids``. Boxes are ``[y1, x1, y2, x2]`` in any one unit.
+        ground_truths: one item per image, ``(boxes [m,4], class_ids [m][, crowd [m]])`` or a
+            mapping with ``boxes``, ``class_ids`` and optionally ``crowd`` (bool). Boxes are
+            ``[y1, x1, y2, x2]`` in any one unit. Crowd boxes are ignored regions, as in COCO.
         num_classes: K; class ids are 0..K-1.
         iou_thresholds: the IoU thresholds to average over (COCO's 0.50:0.05:0.95 by default).
+        max_detections: per image and class, only the best this many count (COCO's maxDets).
 
     Returns:
         ``{"map": mean AP over thresholds and classes, "map50": AP at IoU 0.5 (NaN if 0.5 is not
@@ -96,37 +156,34 @@ def mean_average_precision(
     ap = np.full((len(thresholds), num_classes), np.nan)
     num_gt = np.zeros(num_classes, np.int64)
     for cls in range(num_classes):
-        gt_boxes = [boxes[labels == cls] for boxes, labels in gts]
-        total = sum(len(b) for b in gt_boxes)
-        num_gt[cls] = total
-        entries = [
-            (image, score, box)
-            for image, (boxes, scores, labels) in enumerate(preds)
-            for box, score in zip(boxes[labels == cls], scores[labels == cls])
-        ]
-        order = sorted(range(len(entries)), key=lambda i: -entries[i][1])  # stable
-        ious = [
-            box_iou(entries[i][2][None], gt_boxes[entries[i][0]])[0]
-            if len(gt_boxes[entries[i][0]])
-            else np.zeros(0, np.float32)
-            for i in order
-        ]
+        scores_all, matched_all, ignored_all = [], [], []
+        for (p_boxes, p_scores, p_labels), (g_boxes, g_labels, g_crowd) in zip(preds, gts):
+            mine = p_labels == cls
+            order = np.argsort(-p_scores[mine], kind="stable")[:max_detections]
+            d_boxes, d_scores = p_boxes[mine][order], p_scores[mine][order]
+            truth = g_labels == cls
+            crowd = g_crowd[truth]
+            gt_order = np.argsort(crowd, kind="stable")  # regular truths first, crowds last
+            t_boxes, crowd = g_boxes[truth][gt_order], crowd[gt_order]
+            num_gt[cls] += int((~crowd).sum())
+            matched, ignored = _match(coco_iou(d_boxes, t_boxes, crowd), crowd, thresholds)
+            scores_all.append(d_scores)
+            matched_all.append(matched)
+            ignored_all.append(ignored)
+        total = int(num_gt[cls])
         if total == 0:
             continue
-        for t_index, threshold in enumerate(thresholds):
-            matched = [np.zeros(len(b), bool) for b in gt_boxes]
-            tp = np.zeros(len(order))
-            for rank, i in enumerate(order):
-                image = entries[i][0]
-                candidate = np.where(matched[image], -1.0, ious[rank])
-                if len(candidate) and candidate.max() >= threshold:
-                    best = int(candidate.argmax())
-                    matched[image][best] = True
-                    tp[rank] = 1.0
-            tp_cum = np.cumsum(tp)
-            fp_cum = np.cumsum(1.0 - tp)
+        scores = np.concatenate(scores_all)
+        rank = np.argsort(-scores, kind="stable")
+        matched = np.concatenate(matched_all, axis=1)[:, rank]
+        ignored = np.concatenate(ignored_all, axis=1)[:, rank]
+        for t_index in range(len(thresholds)):
+            tp_cum = np.cumsum(matched[t_index] & ~ignored[t_index]).astype(np.float64)
+            fp_cum = np.cumsum(~matched[t_index] & ~ignored[t_index]).astype(np.float64)
             recall = tp_cum / total
-            precision = tp_cum / np.maximum(tp_cum + fp_cum, 1e-12)
+            # COCO adds eps to the denominator; max() gives the same 0 for no counted detections
+            # and keeps exact fractions (1/1 == 1.0) otherwise
+            precision = tp_cum / np.maximum(tp_cum + fp_cum, np.spacing(1))
             ap[t_index, cls] = interpolated_ap(recall, precision)
     with np.errstate(all="ignore"):
         valid = ~np.isnan(ap)

@@ -1,4 +1,4 @@
-"""``python -m runtime <verb>``: detect, check, bench. Exit 0 ok, 1 check failed, 2 bad input.
+"""``python -m runtime <verb>``: detect, check, bench, run. Exit 0 ok, 1 check failed, 2 bad input.
 
 Ctrl-C / SIGTERM: one line, exit 130 / 143 (``runtime.interrupts.run_main`` in ``__main__``).
 """
@@ -88,6 +88,10 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fail (exit 1) when a measurement is skipped because its interpreter is not installed",
     )
+
+    from runtime.run import add_arguments as add_run_arguments
+
+    add_run_arguments(verbs.add_parser("run", help="run one artifact on inputs from an .npz"))
 
     child = verbs.add_parser("_bench-child")  # internal: one measurement in a fresh process
     child.add_argument("kind", choices=("artifact", "pipeline"))
@@ -322,7 +326,10 @@ def _bench_child(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, run the verb; user mistakes print one line to stderr and return 2."""
     args = _parser().parse_args(argv)
+    from runtime.run import main as _run
+
     verb = {"detect": _detect, "check": _check, "bench": _bench, "_bench-child": _bench_child}
+    verb["run"] = _run
     try:
         return verb[args.verb](args)
     except RoiedgeError as error:

@@ -198,3 +198,29 @@ def test_head_lowerings_agree_on_the_shipped_weights(shipped):
     inputs = [stages["features"], stages["proposals"], stages["box_indexes"]]
     for got, want in zip(shipped.head(inputs), oracle(inputs)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4)
+
+
+def test_detector_config_for_other_sizes_and_classes():
+    from models.detector import detector_config
+    from runtime.config import ConfigError
+
+    # the shipped sidecar's config is exactly the default config at 160x160
+    shipped = DetectorConfig.from_dict(json.loads(config_path(SHIPPED).read_text())["config"])
+    assert detector_config((160, 160)) == shipped == CONFIG
+    config = detector_config((128, 192), ("disc", "block"))
+    assert config.class_names == ("disc", "block") and config.feature_size == (16, 24)
+    # anchors follow the shorter side: 128 / 160 of the default sizes
+    np.testing.assert_allclose(config.anchor_sizes, [0.8 * s for s in CONFIG.anchor_sizes])
+    _, backbone_rpn, head = build_detector(config)
+    check_contract(backbone_rpn, head, config)
+    with pytest.raises(ConfigError, match=r"image_size=\(130, 192\).*multiples of stride 8"):
+        detector_config((130, 192))
+
+
+def test_training_refuses_class_names_the_procedural_data_lacks(tmp_path):
+    from models.train import TrainConfig, train
+
+    config = DetectorConfig(class_names=("cat", "dog"))
+    with pytest.raises(RoiedgeError, match=r"\['cat', 'dog'\] do not match .* --data") as error:
+        train(TrainConfig(out=str(tmp_path / "x.keras"), quiet=True), config)
+    assert "\n" not in str(error.value) and not (tmp_path / "x.keras").exists()

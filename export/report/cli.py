@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.stage_images,
         help="images for per-output error statistics",
     )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="score on this COCO instances JSON (your val set) instead of the held-out split",
+    )
     parser.add_argument("--runs", type=int, default=defaults.runs, help="timed runs per latency")
     parser.add_argument("--warmup", type=int, default=defaults.warmup, help="untimed runs first")
     parser.add_argument(

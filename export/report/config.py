@@ -63,6 +63,7 @@ class ReportConfig:
     threads: int = 2
     speed_only: bool = False
     progress: bool = True
+    data: Path | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

@@ -27,7 +27,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         f"{versions}.",
         "",
         f"Float Keras: mAP@0.5 {_num(keras.get('map50'), '.4f')}, mAP@0.5:0.95 "
-        f"{_num(keras.get('map50_95'), '.4f')} on {keras.get('images', '-')} held-out images; "
+        f"{_num(keras.get('map50_95'), '.4f')} on {keras.get('images', '-')} {keras.get('scored_on', 'held-out')} images; "
         f"p50 latency pipeline {keras['latency_ms']:.2f} ms, backbone_rpn "
         f"{keras['backbone_rpn_latency_ms']:.2f} ms, head {keras['head_latency_ms']:.2f} ms.",
         "",

@@ -108,7 +108,7 @@ class Measurer:
 
     def latencies(self) -> dict[str, Any]:
         """p50 ms of every artifact (on its golden inputs), every pipeline and the Keras stages."""
-        from models.data import eval_split
+        from models.data import data_config_for, eval_split
         from runtime.check import load_golden
         from runtime.golden import golden_samples
 
@@ -121,7 +121,7 @@ class Measurer:
                 functools.partial(self.stages[entry.name].run, *feeds), cfg.runs, cfg.warmup
             )
         # The Keras reference needs no artifact: its inputs come from the held-out split.
-        image = eval_split(1).images[0]
+        image = eval_split(1, data_config_for(self.detector_config.image_size)).images[0]
         ref = self.keras.stages(image)
         head_feeds = (ref["features"], ref["proposals"], ref["box_indexes"])
         keras = result["keras"]
@@ -141,21 +141,45 @@ class Measurer:
 
     def accuracy(self) -> dict[str, Any]:
         """mAP, per-output error statistics and detection agreement of everything measured."""
-        from models.data import eval_split
-
-        batch = eval_split(self.config.images)
-        run = _AccuracyRun(self)
-        images = progress(batch.images, self.config.progress, "held-out images")
+        batch, scorer = self._scored_images()
+        run = _AccuracyRun(self, scorer)
+        label = "held-out images" if self.config.data is None else str(self.config.data)
+        images = progress(batch.images, self.config.progress, label)
         for index, image in enumerate(images):
             run.add(image, with_errors=index < self.config.stage_images)
         return run.summary(batch)
+
+    def _scored_images(self) -> tuple[Any, Any]:
+        """(images at the model size, ``scorer(detections) -> mAP summary``): the procedural
+        held-out split rendered at the detector's size, or the user's COCO val set (``--data``),
+        scored in its photos' pixels."""
+        size = self.detector_config.image_size
+        names = self.detector_config.class_names
+        if self.config.data is None:
+            from models.data import data_config_for, eval_split
+            from models.evaluate import score
+
+            batch = eval_split(self.config.images, data_config_for(size))
+            return batch, functools.partial(score, batch=batch, class_names=names)
+        from models.coco import load_coco, resized_batch
+        from models.evaluate import score_on_dataset
+
+        dataset = load_coco(self.config.data)
+        if dataset.class_names != names:
+            raise RoiedgeError(
+                f"--data {self.config.data} has classes {list(dataset.class_names)}; the "
+                f"exported detector has {list(names)}"
+            )
+        batch = resized_batch(dataset, size)
+        return batch, functools.partial(score_on_dataset, dataset=dataset, size=size)
 
 
 class _AccuracyRun:
     """Per-image detections and output errors of Keras, each artifact and each pipeline."""
 
-    def __init__(self, measurer: Measurer) -> None:
+    def __init__(self, measurer: Measurer, scorer: Any) -> None:
         self.measurer = measurer
+        self.scorer = scorer  # detections (model pixels, one per image) -> mAP summary
         self.det_cfg = measurer.detector_config
         self.entries = measurer.manifest.artifacts
         self.pipelines = measurer.pipelines()
@@ -224,15 +248,13 @@ class _AccuracyRun:
 
     def summary(self, batch: Any) -> dict[str, Any]:
         """Scores of everything added: ``keras``, ``artifacts`` and ``pipelines`` rows by name."""
-        from models.evaluate import score
-
-        names = self.det_cfg.class_names
-        keras = score(self.keras_dets, batch, names)
+        keras = self.scorer(self.keras_dets)
         result: dict[str, Any] = {
             "keras": {
                 "map50": keras["map50"],
                 "map50_95": keras["map50_95"],
                 "images": len(batch.images),
+                "scored_on": keras.get("dataset", "held-out"),
             },
             "artifacts": {},
             "pipelines": {},
@@ -253,9 +275,7 @@ class _AccuracyRun:
         return result
 
     def _scored(self, detections: list, batch: Any) -> dict[str, Any]:
-        from models.evaluate import score
-
-        summary = score(detections, batch, self.det_cfg.class_names)
+        summary = self.scorer(detections)
         return {
             "map50": summary["map50"],
             "map50_95": summary["map50_95"],
