@@ -117,9 +117,21 @@ def measure_pipeline(
         "detections": len(found),
         "first_detection_at": first_detection_at,
     }
-    result.update(
-        load_s=load_s, first_s=first_s, **latencies(lambda: detector.detect(image), runs, warmup)
-    )
+    splits: list[dict[str, float]] = []
+
+    def detect_and_record():
+        detector.detect(image)
+        splits.append(dict(detector.timings))
+
+    result.update(load_s=load_s, first_s=first_s, **latencies(detect_and_record, runs, warmup))
+    # detect()'s split (median ms per step over the timed and warm-up calls) and the share of
+    # the numpy post-processing (proposals: decode + NMS; detections: per-class NMS).
+    steps = ("preprocess", "backbone_rpn", "proposals", "head", "detections", "total")
+    result["split_ms"] = {
+        step: float(np.median([split.get(step, 0.0) for split in splits]) * 1e3) for step in steps
+    }
+    post = result["split_ms"]["proposals"] + result["split_ms"]["detections"]
+    result["postprocess_share"] = post / max(result["split_ms"]["total"], 1e-9)
     result["peak_rss_mb"] = peak_rss_mb()
     return result
 
@@ -164,6 +176,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{row['name']:<34} {row['load_s']:>7.3f} {row['first_s']:>8.3f} {row['p50_ms']:>8.2f} "
             f"{row['p90_ms']:>8.2f} {rss:>7} {cold:>7}  {row['backend']}"
         )
+        if "split_ms" in row:
+            split = ", ".join(f"{k} {v:.2f}" for k, v in row["split_ms"].items() if k != "total")
+            lines.append(f"  split ms: {split}; post-processing {row['postprocess_share']:.0%}")
     return "\n".join(lines)
 
 
