@@ -7,7 +7,7 @@ ARTIFACTS   ?= artifacts
 # Keep TensorFlow's C++ logging quiet in every target.
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: venv test test-slow lint format model evaluate export report bench test-edge clean
+.PHONY: venv test test-slow lint format model evaluate export report bench test-edge edgetpu clean
 
 venv: $(STAMP)
 
@@ -64,6 +64,10 @@ bench: $(STAMP) $(ARTIFACTS)/manifest.json
 	$(PY) -m export.report --artifacts $(ARTIFACTS) --speed-only
 	$(PY) -m runtime bench $(ARTIFACTS)
 	$(PY) scripts/bench_cold_start.py --artifacts $(ARTIFACTS)
+
+## edgetpu: compile the int8_io backbone for the Coral Edge TPU (needs edgetpu_compiler installed).
+edgetpu: $(STAMP) $(ARTIFACTS)/manifest.json
+	$(PY) -m export edgetpu $(ARTIFACTS)
 
 ## test-edge: run the TF-free runtime in throwaway device-like environments.
 test-edge: $(STAMP)

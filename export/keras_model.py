@@ -30,7 +30,7 @@ from export.config import ExportCheckError, ExportInputError
 from export.formats import PRECISIONS, model_artifacts
 from export.samples import Samples, TensorInfo, load_samples
 from export.stages import ModelIO
-from runtime.manifest import FORMATS, MANIFEST_NAME, Manifest
+from runtime.manifest import FORMATS, MANIFEST_NAME, Manifest, seal
 
 SCHEMA_VERSION = 1
 #: Artifact files are named after the model, so its name must be a plain file-name word.
@@ -441,12 +441,15 @@ def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> M
             raise ExportCheckError(
                 f"{len(failures)} golden check(s) failed: " + "; ".join(failures)
             )
-        manifest = Manifest(
-            artifacts=tuple(entries),
-            golden={name: relative},
-            source_models=_source(config, name),
-            detector={},
-            versions=pipeline._versions(),
+        manifest = seal(  # golden file's and (empty) detector config's sha256
+            Manifest(
+                artifacts=tuple(entries),
+                golden={name: relative},
+                source_models=_source(config, name),
+                detector={},
+                versions=pipeline._versions(),
+            ),
+            work,
         )
         output_report.write(manifest, work, proof["summary"])
         pipeline.write_manifest(manifest, work)
