@@ -7,7 +7,7 @@ ARTIFACTS   ?= artifacts
 # Keep TensorFlow's C++ logging quiet in every target.
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: venv test test-slow lint format model evaluate export report bench test-edge clean
+.PHONY: venv test test-slow lint format model evaluate export report bench test-edge edgetpu clean
 
 venv: $(STAMP)
 
@@ -55,12 +55,19 @@ $(ARTIFACTS)/manifest.json: | $(STAMP)
 report: $(STAMP) $(ARTIFACTS)/manifest.json
 	$(PY) -m export.report --artifacts $(ARTIFACTS)
 
-## bench: RoIPooling micro-benchmark, artifact speed table, runtime cold start and memory.
+## bench: RoIPooling micro-benchmark (+ per-op profile, lowering variants), realistic head in every
+## format, RoIPooling cost curves, artifact speed table, runtime cold start and memory.
 bench: $(STAMP) $(ARTIFACTS)/manifest.json
 	$(PY) -m models.bench_roi --json $(ARTIFACTS)/bench_roi.json --png $(ARTIFACTS)/bench_roi.png
+	$(PY) -m models.bench_head --json $(ARTIFACTS)/bench_head.json
+	$(PY) -m models.bench_scaling --json $(ARTIFACTS)/bench_scaling.json --png $(ARTIFACTS)/bench_scaling.png
 	$(PY) -m export.report --artifacts $(ARTIFACTS) --speed-only
 	$(PY) -m runtime bench $(ARTIFACTS)
 	$(PY) scripts/bench_cold_start.py --artifacts $(ARTIFACTS)
+
+## edgetpu: compile the int8_io backbone for the Coral Edge TPU (needs edgetpu_compiler installed).
+edgetpu: $(STAMP) $(ARTIFACTS)/manifest.json
+	$(PY) -m export edgetpu $(ARTIFACTS)
 
 ## test-edge: run the TF-free runtime in throwaway device-like environments.
 test-edge: $(STAMP)

@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["edgetpu"]:  # `python -m export edgetpu DIR`: compile for the Coral Edge TPU
+        from export.edgetpu import main as edgetpu_main
+
+        return edgetpu_main(argv[1:])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if any(a == "--keras-model" or a.startswith("--keras-model=") for a in argv):
         from export.keras_model import main as keras_main  # any Keras model, not the detector
@@ -125,4 +129,6 @@ def summary(manifest, out: Path) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from runtime.interrupts import run_main
+
+    sys.exit(run_main(main))

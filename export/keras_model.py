@@ -30,7 +30,7 @@ from export.config import ExportCheckError, ExportInputError
 from export.formats import PRECISIONS, model_artifacts
 from export.samples import Samples, TensorInfo, load_samples
 from export.stages import ModelIO
-from runtime.manifest import FORMATS, MANIFEST_NAME, Manifest
+from runtime.manifest import FORMATS, MANIFEST_NAME, Manifest, seal
 
 SCHEMA_VERSION = 1
 #: Artifact files are named after the model, so its name must be a plain file-name word.
@@ -441,12 +441,15 @@ def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> M
             raise ExportCheckError(
                 f"{len(failures)} golden check(s) failed: " + "; ".join(failures)
             )
-        manifest = Manifest(
-            artifacts=tuple(entries),
-            golden={name: relative},
-            source_models=_source(config, name),
-            detector={},
-            versions=pipeline._versions(),
+        manifest = seal(  # golden file's and (empty) detector config's sha256
+            Manifest(
+                artifacts=tuple(entries),
+                golden={name: relative},
+                source_models=_source(config, name),
+                detector={},
+                versions=pipeline._versions(),
+            ),
+            work,
         )
         output_report.write(manifest, work, proof["summary"])
         pipeline.write_manifest(manifest, work)
@@ -550,22 +553,23 @@ def _source(config: KerasExportConfig, name: str) -> dict[str, str]:
 
 
 def _range_warning(model: Any, samples: Samples, names_in: Sequence[str]) -> str | None:
-    """A warning when calibration RoIs leave the range the fixed_point lowering is exact in."""
+    """A warning when sample RoIs leave the range the fixed-point lowering is exact in
+    (``models.roi_pooling.rois_in_exact_range``); None when they all stay inside."""
     from export.swap import roi_inputs
+    from models.roi_pooling import EXACT_RANGE, rois_in_exact_range
 
     rois = roi_inputs(model, samples.rows(names_in, range(samples.count)))
-    if not rois:
+    if all(rois_in_exact_range(r) for r in rois):
         return None
-    from models.roi_pooling import COORDINATE_RANGE
-
-    worst = max(float(np.max(np.abs(r))) for r in rois)
-    if worst <= COORDINATE_RANGE:
-        return None
-    outside = sum(int(np.any(np.abs(r) > COORDINATE_RANGE, axis=-1).sum()) for r in rois)
+    low, high = EXACT_RANGE
+    outside = sum(
+        int(np.sum(~np.all((r >= low) & (r <= high), axis=-1))) for r in rois
+    )  # NaN counts as outside, as in rois_in_exact_range
+    worst = max(float(np.nanmax(np.abs(r))) if np.isfinite(r).any() else 0.0 for r in rois)
     return (
-        f"{outside} sample RoI(s) have coordinates beyond +-{COORDINATE_RANGE} (up to "
-        f"{worst:.3g}); the builtin RoIPooling is exact only for normalized coordinates in "
-        f"[-{COORDINATE_RANGE}, {COORDINATE_RANGE}] and clamps beyond"
+        f"{outside} sample RoI(s) have coordinates outside [{low:g}, {high:g}] (|max| "
+        f"{worst:.3g}); the builtin RoIPooling is exact only inside that normalized range and "
+        "clamps coordinates to it"
     )
 
 

@@ -46,6 +46,7 @@ from runtime.manifest import (
     Manifest,
     atomic_write_bytes,
     read_manifest,
+    seal,
     sha256_file,
     verified_path,
     write_manifest,
@@ -305,18 +306,21 @@ def run_export(config: ExportConfig) -> Manifest:
             raise ExportCheckError(
                 f"{len(failures)} golden check(s) failed: " + "; ".join(failures)
             )
-        manifest = Manifest(
-            artifacts=tuple(entries),
-            golden=golden,
-            source_models={
-                **_source_models(Path(config.model)),
-                # What the int8 artifacts were calibrated on (the stage-1 input tensors, in order).
-                "calibration_sha256": tflite_format.calibration_sha256(
-                    [{"image": sample[0]} for sample in calibration["backbone_rpn"]]
-                ),
-            },
-            detector=detector.config.to_dict(),
-            versions=_versions(),
+        manifest = seal(  # golden files' and detector config's sha256
+            Manifest(
+                artifacts=tuple(entries),
+                golden=golden,
+                source_models={
+                    **_source_models(Path(config.model)),
+                    # What the int8 artifacts were calibrated on (stage-1 input tensors, in order).
+                    "calibration_sha256": tflite_format.calibration_sha256(
+                        [{"image": sample[0]} for sample in calibration["backbone_rpn"]]
+                    ),
+                },
+                detector=detector.config.to_dict(),
+                versions=_versions(),
+            ),
+            work,
         )
         write_manifest(manifest, work)
         reread = read_manifest(work)

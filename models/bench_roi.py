@@ -10,7 +10,10 @@
 on a realistic case (38x38x512 features, 300 boxes, 7x7, samples_per_bin 2, 2 threads) and prints
 each form's latency ratio to the reference and its max abs error against it on features in [0, 1),
 and whether it meets :data:`TARGETS` (``--json``/``--png`` also write the result and a bar chart).
-Timings are never asserted in tests: these machines are noisy; ratios come from one run.
+The reference and every form are timed in turn over ``--rounds`` rounds (a ratio per round, so
+load that comes and goes hits both; the range is reported), the JSON names the host (CPU model,
+flags, caches, load), and ``--profile 1`` adds a per-op profile of the default implementation
+(:mod:`models.bench_profile`). Timings are never asserted in tests: these machines are noisy.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import dataclasses
 import functools
 import json
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -39,10 +43,13 @@ class BenchConfig:
     size: int = 7
     samples_per_bin: int = 2
     threads: int = 2
-    runs: int = 30
-    warmup: int = 3
+    runs: int = 10
+    rounds: int = 3
+    warmup: int = 1
     calibration_samples: int = 8
     seed: int = 0
+    profile: int = 1
+    implementations: str | None = None
     json: str | None = None
     png: str | None = None
 
@@ -90,29 +97,16 @@ def _function(config: BenchConfig, implementation: str):
 
 
 def convert(config: BenchConfig, implementation: str, precision: str, rng) -> bytes:
-    """The TFLite flatbuffer of one implementation: "float32", "float16" (float16 constants) or
-    full-integer "int8", each with the converter's standard settings for that precision."""
-    import tensorflow as tf
+    """The TFLite flatbuffer of one implementation on the benchmark case (see
+    :func:`models.tflite_convert.convert_function`); int8 calibrates on random cases."""
+    from models.tflite_convert import convert_function
 
-    function = _function(config, implementation)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [function.get_concrete_function()], function
-    )
-    # Builtins only: CropAndResize would need Flex, which tflite-runtime/ai-edge-litert refuse.
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if precision == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif precision == "int8":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    def representative():
+        for _ in range(config.calibration_samples):
+            features, rois = random_case(config, rng)
+            yield [features, rois, np.zeros(config.num_rois, np.int32)]
 
-        def representative():
-            for _ in range(config.calibration_samples):
-                features, rois = random_case(config, rng)
-                yield [features, rois, np.zeros(config.num_rois, np.int32)]
-
-        converter.representative_dataset = representative
-    return converter.convert()
+    return convert_function(_function(config, implementation), precision, representative)
 
 
 def _runner(model: bytes, threads: int):
@@ -137,78 +131,127 @@ def _runner(model: bytes, threads: int):
     return call
 
 
+def _forms(config: BenchConfig) -> list[tuple[str, str]]:
+    from models.roi_pooling import IMPLEMENTATIONS
+
+    chosen = config.implementations.split(",") if config.implementations else IMPLEMENTATIONS
+    return [
+        (impl, precision)
+        for impl in chosen
+        if impl != "crop_and_resize"
+        for precision in ("float32", "int8")
+    ]
+
+
 def run(config: BenchConfig) -> dict[str, Any]:
-    """Measure every form; returns the JSON-ready result."""
+    """Measure every form, interleaved with the reference; returns the JSON-ready result."""
     from tqdm import tqdm
 
-    from models.roi_pooling import IMPLEMENTATIONS
+    from models.bench_host import host_info, interleaved, load_avg
+    from models.bench_profile import profile_tflite
+    from models.roi_pooling import DEFAULT_IMPLEMENTATION
     from models.tf_threads import set_tensorflow_threads
 
+    host = host_info()
     tf_threads = set_tensorflow_threads(config.threads)
     rng = np.random.default_rng(config.seed)
     features, rois = random_case(config, rng)
     box_indexes = np.zeros(config.num_rois, np.int32)
     reference_fn = _function(config, "crop_and_resize")
     reference = reference_fn(features, rois, box_indexes).numpy()
-    reference_ms = _p50_ms(
-        lambda: reference_fn(features, rois, box_indexes), config.runs, config.warmup
-    )
-    rows = []
-    forms = [
-        (impl, precision)
-        for impl in IMPLEMENTATIONS
-        if impl != "crop_and_resize"
-        for precision in ("float32", "int8")
-    ]
-    for implementation, precision in tqdm(forms, desc="convert + time", file=sys.stderr):
+    calls = {"tf_fused": lambda: reference_fn(features, rois, box_indexes)}
+    runs = {"tf_fused": config.runs}
+    models, rows = {}, []
+    for implementation, precision in tqdm(_forms(config), desc="convert", file=sys.stderr):
         model = convert(config, implementation, precision, rng)
         call = functools.partial(_runner(model, config.threads), features, rois, box_indexes)
+        start = time.perf_counter()
         output = call()
-        latency = _p50_ms(call, config.runs, config.warmup)
-        ratio, error = latency / reference_ms, float(np.max(np.abs(output - reference)))
-        max_ratio, max_error = TARGETS[precision]
+        first_s = time.perf_counter() - start
+        name = f"{implementation}/{precision}"
+        models[name] = model
+        calls[name] = call
+        # Keep a slow variant from dominating the run: about half a second per round each.
+        runs[name] = int(np.clip(0.5 / max(first_s, 1e-6), 1, config.runs))
         rows.append(
             {
                 "implementation": implementation,
                 "precision": precision,
-                "latency_ms": latency,
-                "ratio_vs_tf_fused": ratio,
-                "max_abs_error": error,
-                "meets_target": bool(ratio <= max_ratio and error <= max_error),
+                "max_abs_error": float(np.max(np.abs(output - reference))),
                 "bytes": len(model),
             }
         )
+    timed = interleaved(
+        calls,
+        "tf_fused",
+        config.rounds,
+        runs,
+        config.warmup,
+        progress=lambda steps: tqdm(steps, desc="interleaved rounds", file=sys.stderr),
+    )
+    for row in rows:
+        name = f"{row['implementation']}/{row['precision']}"
+        max_ratio, max_error = TARGETS[row["precision"]]
+        row.update(
+            latency_ms=timed[name]["p50_ms"],
+            ratio_vs_tf_fused=timed[name]["ratio"],
+            ratio_range=[timed[name]["ratio_min"], timed[name]["ratio_max"]],
+            round_ratios=timed[name]["round_ratios"],
+            runs_per_round=runs[name],
+            meets_target=bool(
+                timed[name]["ratio"] <= max_ratio and row["max_abs_error"] <= max_error
+            ),
+        )
+    profiles = {}
+    inputs = {"features": features, "rois": rois, "box_indexes": box_indexes}
+    if config.profile:
+        targets = [n for n in models if n.split("/")[0] == DEFAULT_IMPLEMENTATION]
+        for name in tqdm(targets, desc="per-op profile", file=sys.stderr):
+            profiles[name] = profile_tflite(models[name], inputs, config.threads)
     return {
         "config": dataclasses.asdict(config),
+        "host": host,
+        "load_avg_after": load_avg(),
         "tf_threads": tf_threads,
-        "tf_fused_ms": reference_ms,
+        "tf_fused_ms": timed["tf_fused"]["p50_ms"],
+        "tf_fused_round_ms": timed["tf_fused"]["round_ms"],
         "forms": rows,
+        "profiles": profiles,
     }
 
 
 def format_table(result: dict[str, Any]) -> str:
+    from models.bench_host import host_line
+    from models.bench_profile import format_profile
+
     config = result["config"]
     lines = [
         f"RoIPooling {config['height']}x{config['width']}x{config['channels']}, "
         f"{config['num_rois']} boxes, {config['size']}x{config['size']}, samples_per_bin "
         f"{config['samples_per_bin']}, {config['threads']} threads "
-        f"(TensorFlow: {result['tf_threads']})",
-        f"{'form':<28} {'p50 ms':>9} {'x TF fused':>11} {'max abs err':>12}  target",
-        f"{'TF CropAndResize+MaxPool':<28} {result['tf_fused_ms']:>9.2f} {1.0:>11.2f} {0.0:>12.2e}",
+        f"(TensorFlow: {result['tf_threads']}); {config['rounds']} interleaved rounds",
+        host_line(result["host"]) + f" -> {result['load_avg_after']} after",
+        f"{'form':<32} {'p50 ms':>9} {'x TF fused (range)':>20} {'max abs err':>12}  target",
+        f"{'TF CropAndResize+MaxPool':<32} {result['tf_fused_ms']:>9.2f} {'1.00':>20} {0.0:>12.2e}",
     ]
     for row in result["forms"]:
         name = f"tflite {row['implementation']} {row['precision']}"
         max_ratio, max_error = TARGETS[row["precision"]]
         verdict = "met" if row["meets_target"] else "missed"
+        low, high = row["ratio_range"]
+        ratio = f"{row['ratio_vs_tf_fused']:.2f} ({low:.2f}-{high:.2f})"
         lines.append(
-            f"{name:<28} {row['latency_ms']:>9.2f} {row['ratio_vs_tf_fused']:>11.2f} "
+            f"{name:<32} {row['latency_ms']:>9.2f} {ratio:>20} "
             f"{row['max_abs_error']:>12.2e}  {verdict} (<= {max_ratio:g}x, <= {max_error:g})"
         )
+    for name, profile in result["profiles"].items():
+        lines.append(format_profile(profile, f"per-op profile of tflite {name}"))
     return "\n".join(lines)
 
 
 def plot(result: dict[str, Any]) -> bytes:
-    """PNG bytes: each form's latency ratio to TF's fused kernel (bars) and max error (labels)."""
+    """PNG bytes: each form's latency ratio to TF's fused kernel (median, range over rounds as
+    whiskers; log scale) with its max error, the precision's bar as a dashed line."""
     import io
 
     import matplotlib
@@ -217,32 +260,37 @@ def plot(result: dict[str, Any]) -> bytes:
     import matplotlib.pyplot as plt
 
     forms = result["forms"]
-    names = [f"{row['implementation']}\n{row['precision']}" for row in forms]
-    ratios = [row["ratio_vs_tf_fused"] for row in forms]
+    names = [f"{row['implementation']} {row['precision']}" for row in forms]
+    ratios = np.asarray([row["ratio_vs_tf_fused"] for row in forms])
+    low = ratios - np.asarray([row["ratio_range"][0] for row in forms])
+    high = np.asarray([row["ratio_range"][1] for row in forms]) - ratios
     colors = ["tab:green" if row["meets_target"] else "tab:red" for row in forms]
-    figure, axes = plt.subplots(figsize=(7, 4))
-    bars = axes.bar(names, ratios, color=colors)
-    for bar, row in zip(bars, forms):
+    figure, axes = plt.subplots(figsize=(8, 0.45 * len(forms) + 1.6))
+    positions = np.arange(len(forms))[::-1]
+    axes.barh(positions, ratios, xerr=[low, high], color=colors, alpha=0.8, capsize=3)
+    axes.set_yticks(positions, names, fontsize=8)
+    for position, row, ratio in zip(positions, forms, ratios):
         axes.annotate(
-            f"max err {row['max_abs_error']:.1e}",
-            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-            ha="center",
-            va="bottom",
-            fontsize=8,
+            f"  {ratio:.2f}x, err {row['max_abs_error']:.1e}",
+            (row["ratio_range"][1], position),
+            va="center",
+            fontsize=7,
         )
     for precision, (max_ratio, _) in TARGETS.items():
-        axes.axhline(max_ratio, linestyle="--", color="gray", linewidth=0.8)
-        axes.annotate(f"{precision} target", (len(forms) - 0.5, max_ratio), ha="right", fontsize=8)
-    axes.axhline(1.0, color="black", linewidth=0.8)
-    config = result["config"]
+        axes.axvline(max_ratio, linestyle="--", color="gray", linewidth=0.8)
+        axes.annotate(f"{precision} bar", (max_ratio, len(forms) - 0.4), fontsize=7, ha="center")
+    axes.axvline(1.0, color="black", linewidth=0.8)
+    axes.set_xscale("log")
+    axes.set_xlim(right=axes.get_xlim()[1] * 4)
+    config, host = result["config"], result["host"]
     axes.set_title(
-        f"RoIPooling in TFLite vs TF fused CropAndResize+MaxPool ({result['tf_fused_ms']:.0f} ms)\n"
-        f"{config['height']}x{config['width']}x{config['channels']}, {config['num_rois']} boxes, "
-        f"{config['size']}x{config['size']}, samples_per_bin {config['samples_per_bin']}, "
-        f"{config['threads']} threads; green = meets target",
-        fontsize=9,
+        f"RoIPooling in TFLite vs TF fused CropAndResize+MaxPool ({result['tf_fused_ms']:.1f} ms), "
+        f"{config['height']}x{config['width']}x{config['channels']}, {config['num_rois']} boxes\n"
+        f"{host['cpu_model']}, {config['threads']} threads, load {host['load_avg']}; "
+        f"median and range over {config['rounds']} rounds; green = meets its bar",
+        fontsize=8,
     )
-    axes.set_ylabel("latency / TF fused (lower is faster)")
+    axes.set_xlabel("latency / TF fused (log; lower is faster)")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
@@ -255,13 +303,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.bench_roi", description=__doc__)
     for field in dataclasses.fields(BenchConfig):
         flag = "--" + field.name.replace("_", "-")
-        kind = str if field.name in ("json", "png") else int
+        kind = str if field.name in ("json", "png", "implementations") else int
         parser.add_argument(flag, type=kind, default=getattr(defaults, field.name))
     config = BenchConfig(**vars(parser.parse_args(argv)))
     for field in dataclasses.fields(BenchConfig):
         value = getattr(config, field.name)
         minimum = 0 if field.name == "warmup" else 1
-        if field.name not in ("json", "png", "seed") and value < minimum:
+        if field.name not in ("json", "png", "seed", "implementations", "profile") and (
+            value < minimum
+        ):
             print(
                 f"error: --{field.name.replace('_', '-')} is {value}; expected >= {minimum}",
                 file=sys.stderr,

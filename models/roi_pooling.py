@@ -12,26 +12,50 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from models.roi_lowerings import (  # noqa: F401  (the range constants are public here)
+    COORDINATE_RANGE,
+    EDGE_SLACK,
+    EXACT_RANGE,
+    LOWERINGS,
+    POOLING_LOWERINGS,
+    max_pool_bins,
+)
 from runtime.errors import RoiedgeError
 
 __all__ = [
+    "EXACT_RANGE",
     "IMPLEMENTATIONS",
     "RoIPooling",
     "RoIPoolingInputError",
     "RoIPoolingTypeError",
     "roi_pool",
     "roi_pool_numpy",
+    "rois_in_exact_range",
 ]
 
 #: Selectable lowerings: the builtin-only forms (the int8-safe default first), then the TF oracle.
-IMPLEMENTATIONS = ("fixed_point", "gather", "crop_and_resize")
+IMPLEMENTATIONS = (
+    "fixed_point",
+    "fixed_point_tiled",
+    "neighbour_pool",
+    "neighbour_matmul",
+    "separable_matmul",
+    "gather",
+    "crop_and_resize",
+)
 DEFAULT_IMPLEMENTATION = "fixed_point"
-#: ``fixed_point`` keeps box coordinates in [-COORDINATE_RANGE, COORDINATE_RANGE] (normalized):
-#: the int32 sample arithmetic is sized for that range (boxes are clamped to it).
-COORDINATE_RANGE = 2
-#: Relative slack (about 8 float32 ulps) by which a sample may pass the map edge and still count
-#: as on it, absorbing the converter's re-association of the sample-position arithmetic.
-EDGE_SLACK = 2.0**-20
+
+
+def rois_in_exact_range(rois) -> bool:
+    """True if every coordinate of ``rois`` (``[..., 4]`` normalized) lies in :data:`EXACT_RANGE`.
+
+    Outside it the fixed-point lowerings clamp the coordinate to the range (so their result is
+    crop_and_resize of the clamped box); NaN counts as outside. For the export to warn when
+    calibration or golden RoIs leave the range.
+    """
+    values = np.asarray(rois, np.float64)
+    low, high = EXACT_RANGE
+    return bool(np.all((values >= low) & (values <= high)))
 
 
 class RoIPoolingInputError(RoiedgeError, ValueError):
@@ -146,224 +170,6 @@ def _check_inputs(feature_maps, rois, box_indexes):
     return feature_maps, rois, box_indexes
 
 
-def _max_pool(crops, samples_per_bin: int):
-    """Max-pools ``samples_per_bin`` x ``samples_per_bin`` blocks (no-op for 1)."""
-    if samples_per_bin == 1:
-        return crops
-    return tf.nn.max_pool2d(crops, samples_per_bin, samples_per_bin, "VALID")
-
-
-def _static_or_dynamic(tensor):
-    """The shape of ``tensor`` as a list, static dims as ints, unknown ones as scalars."""
-    static = tensor.shape.as_list()
-    dynamic = tf.shape(tensor)
-    return [dynamic[i] if d is None else d for i, d in enumerate(static)]
-
-
-def _crop_and_resize_oracle(feature_maps, rois, box_indexes, crop_size):
-    # The reference: TF's fused kernel. Flex-only in TFLite (no CROP_AND_RESIZE builtin).
-    crops = tf.image.crop_and_resize(
-        tf.cast(feature_maps, tf.float32), rois, box_indexes, crop_size, extrapolation_value=0.0
-    )
-    return crops
-
-
-def _sample_coordinates(lo, hi, length, crop_length: int):
-    """Sample positions along one axis exactly as CropAndResize computes them.
-
-    ``lo``/``hi`` are ``[N]`` normalized box edges, ``length`` the map length along the axis.
-    Returns ``[N, crop_length]`` float32 positions in pixels; positions outside
-    ``[0, length - 1]`` are extrapolated (value 0).
-    """
-    scale = tf.cast(length - 1, tf.float32)
-    if crop_length > 1:
-        # Same operation order as CropAndResize's kernel, so floor() lands on the same pixel.
-        step = (hi - lo) * scale / float(crop_length - 1)
-        steps = tf.range(crop_length, dtype=tf.float32)
-        return lo[:, None] * scale + steps[None, :] * step[:, None]
-    return (0.5 * (lo + hi) * scale)[:, None]
-
-
-def _gather_crop_and_resize(feature_maps, rois, box_indexes, crop_size):
-    """crop_and_resize from GATHER on a ``[B*H*W, C]`` view plus arithmetic (builtins only)."""
-    _, height, width, channels = _static_or_dynamic(feature_maps)
-    crop_height, crop_width = crop_size
-    y1, x1, y2, x2 = tf.unstack(rois, axis=1)
-    ys = _sample_coordinates(y1, y2, height, crop_height)  # [N, ch]
-    xs = _sample_coordinates(x1, x2, width, crop_width)  # [N, cw]
-
-    def axis_terms(positions, length):
-        # TFLite's converter folds `/ (crop_length - 1)` into a reciprocal multiply, so a sample
-        # that CropAndResize puts exactly on the map edge (a box ending at 1.0, or a flipped one
-        # ending at 0.0) can land a few ulps outside it and would be zeroed: allow EDGE_SLACK.
-        last = tf.cast(length - 1, tf.float32)
-        slack = last * EDGE_SLACK
-        inside = tf.logical_and(positions >= -slack, positions <= last + slack)
-        # Out-of-map samples are zeroed by `inside`; clamping only keeps GATHER in range. It is
-        # done in float: the converter turns an int32 clip to [0, 6] into RELU6, which has no
-        # int32 kernel (a map 7 pixels wide would not convert).
-        positions = tf.clip_by_value(positions, 0.0, last)
-        low = tf.floor(positions)
-        lerp = positions - low
-        high = tf.math.ceil(positions)
-        low_i, high_i = tf.cast(low, tf.int32), tf.cast(high, tf.int32)
-        return tf.cast(inside, feature_maps.dtype), tf.cast(lerp, feature_maps.dtype), low_i, high_i
-
-    y_inside, y_lerp, top, bottom = axis_terms(ys, height)
-    x_inside, x_lerp, left, right = axis_terms(xs, width)
-
-    flat = tf.reshape(feature_maps, [-1, channels])
-    base = box_indexes * (height * width)  # [N]
-    top_rows = (base[:, None] + top * width)[:, :, None]  # [N, ch, 1]
-    bottom_rows = (base[:, None] + bottom * width)[:, :, None]
-    left_cols = left[:, None, :]  # [N, 1, cw]
-    right_cols = right[:, None, :]
-
-    top_left = tf.gather(flat, top_rows + left_cols)  # [N, ch, cw, C]
-    top_right = tf.gather(flat, top_rows + right_cols)
-    bottom_left = tf.gather(flat, bottom_rows + left_cols)
-    bottom_right = tf.gather(flat, bottom_rows + right_cols)
-
-    x_lerp = x_lerp[:, None, :, None]
-    y_lerp = y_lerp[:, :, None, None]
-    top_values = top_left + (top_right - top_left) * x_lerp
-    bottom_values = bottom_left + (bottom_right - bottom_left) * x_lerp
-    crops = top_values + (bottom_values - top_values) * y_lerp
-    inside = y_inside[:, :, None, None] * x_inside[:, None, :, None]
-    return crops * inside
-
-
-def _fraction_bits(length) -> int:
-    """Fixed-point fraction bits for sample positions on an axis of ``length`` pixels.
-
-    The largest int32 intermediate is about ``3 * COORDINATE_RANGE * (length - 1) * 2**bits``.
-    """
-    last = max(int(length) - 1, 1) if isinstance(length, int) else 1023
-    bits = int(np.floor(np.log2((2**31 - 1) / (3 * COORDINATE_RANGE * last))))
-    return min(bits, 24)
-
-
-#: Fraction bits of the int32 bilinear weights (2**-22 ~ 2.4e-7: far below the 1e-5 float bar,
-#: and every intermediate of :func:`_fixed_point_product` stays below 2**31).
-WEIGHT_BITS = 22
-
-
-def _fixed_point_product(a, b):
-    """``round(a * b / 2**WEIGHT_BITS)`` for int32 ``a, b`` in ``[0, 2**WEIGHT_BITS]``, in int32.
-
-    ``a * b`` needs 44 bits, so ``a`` is split into 8 + 7 + 7 bit limbs and the partial products
-    are accumulated Horner-style, shifting right between limbs (error < 0.51 units of the result).
-    """
-    high = tf.math.floordiv(a, 1 << 14)  # < 2**8 (a == 2**22 gives exactly 2**8)
-    rest = a - high * (1 << 14)
-    middle = tf.math.floordiv(rest, 1 << 7)  # < 2**7
-    low = rest - middle * (1 << 7)  # < 2**7
-    partial = tf.math.floordiv(low * b, 1 << 7) + middle * b  # < 2**30
-    partial = tf.math.floordiv(partial, 1 << 7) + high * b  # <= 2**30 + 2**23
-    return tf.math.floordiv(partial + (1 << 7), 1 << 8)
-
-
-def _fixed_point_crop_and_resize(feature_maps, rois, box_indexes, crop_size):
-    """crop_and_resize whose coordinate, index and weight arithmetic is int32 (builtins only).
-
-    Full-integer quantization (``Optimize.DEFAULT`` + a representative dataset) quantizes every
-    float op with an int8 kernel; box coordinates quantized to 8 bits put samples pixels away
-    (errors near 1.0 on unit features). Here the boxes enter through FLOOR_DIV, which has no
-    int8 kernel and so stays float, and become ``round(rois * 2**bits)`` exactly (dividing by a
-    power of two is exact); everything after is int32, which is never quantized. The four
-    bilinear weights are int32 products too, so int8 conversion rounds each of them once (at
-    its CAST) instead of through a chain of quantized SUB/MUL ops. The feature path is four
-    GATHERs (``[N, ch, cw, C]`` each), four MULs and three ADDs: elementwise int8 ops that XNNPACK
-    runs fast, where a stacked ``[N, ch, cw, 4, C]`` tensor reduced with SUM was ~2x slower.
-    """
-    _, height, width, channels = _static_or_dynamic(feature_maps)
-    crop_height, crop_width = crop_size
-    bits = min(_fraction_bits(height), _fraction_bits(width))
-    one = 1 << bits
-    # The powers of two below are built at run time, not stored: float16 conversion stores every
-    # float constant as float16, where 2**-25 flushes to zero (and 2**-22 is subnormal). POW of
-    # an int32 exponent that depends on an input cannot be constant-folded, and POW has no int8
-    # kernel, so like FLOOR_DIV it stays float32 under full-integer conversion.
-    # Shapes are set on the int32 side: a RESHAPE between POW and its consumer would be int8.
-    zeros = tf.math.floordiv(box_indexes, 1 << 30)  # [N] zeros (box indexes are in [0, B))
-
-    def power_of_two(exponent, rank):
-        exponent = tf.reshape(zeros + exponent, [-1] + [1] * (rank - 1))
-        return tf.pow(2.0, tf.cast(exponent, tf.float32))  # [N, 1, ...] float32, exact
-
-    # floor(rois * 2**(bits+1)) then a rounding halving in int32: rois to the nearest 2**-bits.
-    halves = tf.cast(tf.math.floordiv(rois, power_of_two(-(bits + 1), 2)), tf.int32)
-    rois_fixed = tf.clip_by_value(
-        tf.math.floordiv(halves + 1, 2), -COORDINATE_RANGE * one, COORDINATE_RANGE * one
-    )
-    y1, x1, y2, x2 = tf.unstack(rois_fixed, axis=1)
-
-    def axis_terms(lo, hi, length, crop_length):
-        # Same formula as CropAndResize, in units of 2**-bits pixel: lo*(L-1) + i*step.
-        last = length - 1
-        if crop_length > 1:
-            step = tf.math.floordiv((hi - lo) * last, crop_length - 1)
-            samples = tf.range(crop_length, dtype=tf.int32)
-            positions = lo[:, None] * last + samples[None, :] * step[:, None]
-        else:
-            positions = tf.math.floordiv((lo + hi) * last, 2)[:, None]
-        # CropAndResize puts samples of boxes ending on the map edge exactly on it; rounding the
-        # corners and flooring the step may move them by a few units of 2**-bits (< 1e-5 px):
-        # such samples still count as on the edge, clamped onto it.
-        slack = crop_length + 2
-        inside = tf.logical_and(positions >= -slack, positions <= last * one + slack)
-        positions = tf.clip_by_value(positions, 0, last * one)
-        low = tf.math.floordiv(positions, one)
-        fraction = positions - low * one  # in [0, one)
-        # The weight fraction at WEIGHT_BITS (a power-of-two rescale, exact when shifting left).
-        if bits >= WEIGHT_BITS:
-            fraction = tf.math.floordiv(fraction, 1 << (bits - WEIGHT_BITS))
-        else:
-            fraction = fraction * (1 << (WEIGHT_BITS - bits))
-        high = tf.minimum(low + 1, last)
-        return inside, low, high, fraction
-
-    y_inside, top, bottom, y_fraction = axis_terms(y1, y2, height, crop_height)
-    x_inside, left, right, x_fraction = axis_terms(x1, x2, width, crop_width)
-
-    # One zero row after the map: samples outside it gather zeros (CropAndResize's extrapolation).
-    flat = tf.reshape(feature_maps, [-1, channels])
-    zero_row = tf.shape(flat)[0]
-    flat = tf.concat([flat, tf.zeros_like(flat[:1])], axis=0)
-    base = box_indexes[:, None, None] * (height * width)
-    inside = tf.logical_and(y_inside[:, :, None], x_inside[:, None, :])  # [N, ch, cw]
-
-    def gather(y_rows, x_cols):
-        index = base + y_rows[:, :, None] * width + x_cols[:, None, :]
-        return tf.gather(flat, tf.where(inside, index, zero_row))  # [N, ch, cw, C]
-
-    # Bilinear weights in units of 2**-WEIGHT_BITS, [N, ch, cw]; only wy*wx needs a product, the
-    # others follow exactly from it, so the four weights sum to exactly 1.
-    unit = 1 << WEIGHT_BITS
-    wy = y_fraction[:, :, None]
-    wx = x_fraction[:, None, :]
-    bottom_right = _fixed_point_product(wy, wx)
-    bottom_left = wy - bottom_right
-    top_right = wx - bottom_right
-    top_left = unit - wy - wx + bottom_right
-
-    def weight(fixed):
-        # In float32 (a float16 feature map could not hold 2**22), then the features' dtype.
-        # Two constant factors of 2**-11: each is a normal float16 (a float16-converted model
-        # stores 2**-22 as a subnormal), and int8 conversion requantizes both exactly.
-        half_scale = 2.0 ** -(WEIGHT_BITS // 2)
-        scaled = tf.cast(fixed, tf.float32) * half_scale * half_scale
-        return tf.cast(scaled, feature_maps.dtype)[..., None]
-
-    # Four MULs and three ADDs (not a stacked SUM): fast elementwise int8 kernels under XNNPACK.
-    return (
-        gather(top, left) * weight(top_left)
-        + gather(top, right) * weight(top_right)
-        + gather(bottom, left) * weight(bottom_left)
-        + gather(bottom, right) * weight(bottom_right)
-    )
-
-
 def roi_pool(
     feature_maps,
     rois,
@@ -388,10 +194,17 @@ def roi_pool(
         samples_per_bin: bilinear samples per bin along each axis (``1`` is plain
             crop_and_resize; ``2`` is the TF Object Detection API's 14x14 crop + 2x2 max pool).
         implementation: ``"fixed_point"`` (the default: TFLite builtins only, coordinates in
-            int32 fixed point so full-int8 conversion stays accurate; boxes clamped to
-            ``[-COORDINATE_RANGE, COORDINATE_RANGE]``), ``"gather"`` (builtins only, float
-            coordinates: exact in float, but full-int8 conversion quantizes its coordinates) or
-            ``"crop_and_resize"`` (TF's fused kernel; the reference, Flex-only in TFLite).
+            int32 fixed point so full-int8 conversion stays accurate), its variants
+            ``"fixed_point_tiled"``, ``"neighbour_pool"``, ``"neighbour_matmul"`` and
+            ``"separable_matmul"`` (the same sampling grid, other feature paths; compared by
+            ``make bench``), ``"gather"`` (builtins only, float coordinates: exact in float, but
+            full-int8 conversion quantizes its coordinates) or ``"crop_and_resize"`` (TF's
+            fused kernel; the reference, Flex-only in TFLite).
+
+    Range: the fixed-point forms are exact for box coordinates in :data:`EXACT_RANGE`
+    (``[-2, 2]``); any finite coordinate outside it is clamped to it first (the result is that
+    of the clamped box; NaN and infinities are unspecified). :func:`rois_in_exact_range` checks
+    a set of boxes. ``gather`` and ``crop_and_resize`` have no range limit.
 
     Returns:
         ``[N, size[0], size[1], C]`` with the dtype of ``feature_maps``.
@@ -401,14 +214,12 @@ def roi_pool(
     implementation = _check_implementation(implementation)
     feature_maps, rois, box_indexes = _check_inputs(feature_maps, rois, box_indexes)
     crop_size = (size[0] * samples_per_bin, size[1] * samples_per_bin)
-    if implementation == "crop_and_resize":
-        crops = _crop_and_resize_oracle(feature_maps, rois, box_indexes, crop_size)
-        crops = tf.cast(crops, feature_maps.dtype)
-    elif implementation == "gather":
-        crops = _gather_crop_and_resize(feature_maps, rois, box_indexes, crop_size)
-    else:
-        crops = _fixed_point_crop_and_resize(feature_maps, rois, box_indexes, crop_size)
-    return _max_pool(crops, samples_per_bin)
+    if implementation in POOLING_LOWERINGS:
+        pool = POOLING_LOWERINGS[implementation]
+        return pool(feature_maps, rois, box_indexes, crop_size, samples_per_bin)
+    crops = LOWERINGS[implementation](feature_maps, rois, box_indexes, crop_size)
+    crops = tf.cast(crops, feature_maps.dtype)
+    return max_pool_bins(crops, samples_per_bin)
 
 
 def roi_pool_numpy(feature_maps, rois, box_indexes, size=(7, 7), samples_per_bin=2):

@@ -477,4 +477,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from runtime.interrupts import run_main
+
+    sys.exit(run_main(main))

@@ -12,6 +12,7 @@ import dataclasses
 import os
 import platform
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -141,6 +142,17 @@ def from_stored(value: np.ndarray, info: TensorInfo) -> np.ndarray:
     return value
 
 
+def missing_interpreter(format: str, backend: str | None = None) -> str | None:
+    """Why no interpreter can run ``format`` here (e.g. "onnxruntime not installed"), else None."""
+    if backend is not None:
+        known = _REGISTRY.get(backend)
+        return None if known is None or known.available() else f"{backend} not installed"
+    if any(_REGISTRY[n].available() for n in PREFERENCE.get(format, ())):
+        return None
+    names = [n for n in PREFERENCE.get(format, ()) if n != "tensorflow"]
+    return f"{' or '.join(names) or format} not installed"
+
+
 def open_backend(
     path: os.PathLike,
     format: str,
@@ -196,7 +208,19 @@ class _TFLiteBackend(Backend):
         raise NotImplementedError
 
     def __init__(self, path: Path, num_threads: int | None = None, edgetpu: str = "off") -> None:
+        from runtime.flatbuffer import validate_tflite_file
+
+        # Old interpreters (tflite-runtime 2.14) do not verify the flatbuffer and can segfault on
+        # a truncated or corrupt file: walk its structure first (a few ms).
+        self.summary = validate_tflite_file(path)
+        edgetpu = _edgetpu_mode_for(path, self.summary.edgetpu_compiled, edgetpu)
         module = self._interpreter_module()
+        # A TFLite interpreter holds one set of tensors: two threads interleaving set_tensor /
+        # invoke / get_tensor swap each other's inputs or hit "There is at least 1 reference to
+        # internal data". One lock per interpreter serialises a stage; different stages (and
+        # different artifacts) still run concurrently (measured against per-thread interpreters
+        # in runtime/README.md).
+        self._lock = threading.Lock()
         delegates = []
         if edgetpu != "off":
             delegate = load_edgetpu_delegate(module, required=edgetpu == "require")
@@ -245,10 +269,12 @@ class _TFLiteBackend(Backend):
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         interpreter = self._interpreter
-        for name, value in feeds.items():
-            interpreter.set_tensor(self._in_index[name], value)
-        interpreter.invoke()
-        return {name: interpreter.get_tensor(i) for name, i in self._out_index.items()}
+        with self._lock:
+            for name, value in feeds.items():
+                interpreter.set_tensor(self._in_index[name], value)
+            interpreter.invoke()
+            # get_tensor copies, so the results stay valid after the lock is released.
+            return {name: interpreter.get_tensor(i) for name, i in self._out_index.items()}
 
 
 def _signature_keys(interpreter: Any) -> dict[int, str]:
@@ -262,6 +288,40 @@ def _signature_keys(interpreter: Any) -> dict[int, str]:
         for key, index in signature.get(side, {}).items():
             keys[int(index)] = key
     return keys
+
+
+def _edgetpu_mode_for(path: Path, compiled: bool, edgetpu: str) -> str:
+    """The delegate mode to use for a model: only an edgetpu_compiler output can use the TPU.
+
+    An uncompiled model under ``try`` runs on the CPU (said on stderr); under ``require`` it is an
+    error. A compiled model needs the delegate: its ``edgetpu-custom-op`` has no CPU kernel.
+    """
+    if compiled:
+        return "require"  # edgetpu-custom-op has no CPU kernel: no delegate, no run
+    if edgetpu == "off":
+        return "off"
+    message = (
+        f"{path.name} was not compiled by edgetpu_compiler (it has no edgetpu-custom-op), so the "
+        "Edge TPU would run none of it"
+    )
+    if edgetpu == "require":
+        raise BackendError(
+            f"{path}: {message}; expected the compiled backbone (python -m export edgetpu DIR "
+            "adds backbone_rpn/tflite/int8_io_edgetpu)"
+        )
+    print(f"warning: {message}; running it on the CPU", file=sys.stderr)
+    return "off"
+
+
+def edgetpu_available() -> bool:
+    """Whether the Coral Edge TPU runtime library can be loaded here."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(_EDGETPU_LIBRARY.get(platform.system(), "libedgetpu.so.1"))
+    except OSError:
+        return False
+    return True
 
 
 def load_edgetpu_delegate(module: Any, required: bool) -> Any:
@@ -281,7 +341,8 @@ def load_edgetpu_delegate(module: Any, required: bool) -> Any:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         message = (
             f"Edge TPU delegate {library} could not be loaded ({reason}); expected the Coral "
-            "runtime (libedgetpu) installed and a Coral device attached"
+            "runtime (libedgetpu) installed and a Coral device attached (a model compiled by "
+            "edgetpu_compiler cannot run without it)"
         )
         if required:
             raise BackendError(message) from None
@@ -387,6 +448,7 @@ class OnnxRuntimeBackend(Backend):
         return TensorInfo(name=arg.name, shape=shape, dtype=_ONNX_DTYPES.get(arg.type, "float32"))
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # InferenceSession.run is thread-safe (onnxruntime documents concurrent Run calls).
         names = [t.name for t in self.outputs]
         return dict(zip(names, self._session.run(names, feeds)))
 

@@ -23,7 +23,18 @@ from runtime.errors import RoiedgeError
 
 
 def peak_rss_mb() -> float | None:
-    """Peak resident set size of this process in MiB (None where ``resource`` is unavailable)."""
+    """Peak resident set size of this process in MiB (None where it cannot be read).
+
+    Linux: VmHWM from /proc (ru_maxrss survives execve, so a child forked from a large parent
+    would report the parent's peak); elsewhere ru_maxrss.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
     except ImportError:
@@ -106,9 +117,21 @@ def measure_pipeline(
         "detections": len(found),
         "first_detection_at": first_detection_at,
     }
-    result.update(
-        load_s=load_s, first_s=first_s, **latencies(lambda: detector.detect(image), runs, warmup)
-    )
+    splits: list[dict[str, float]] = []
+
+    def detect_and_record():
+        detector.detect(image)
+        splits.append(dict(detector.timings))
+
+    result.update(load_s=load_s, first_s=first_s, **latencies(detect_and_record, runs, warmup))
+    # detect()'s split (median ms per step over the timed and warm-up calls) and the share of
+    # the numpy post-processing (proposals: decode + NMS; detections: per-class NMS).
+    steps = ("preprocess", "backbone_rpn", "proposals", "head", "detections", "total")
+    result["split_ms"] = {
+        step: float(np.median([split.get(step, 0.0) for split in splits]) * 1e3) for step in steps
+    }
+    post = result["split_ms"]["proposals"] + result["split_ms"]["detections"]
+    result["postprocess_share"] = post / max(result["split_ms"]["total"], 1e-9)
     result["peak_rss_mb"] = peak_rss_mb()
     return result
 
@@ -153,4 +176,66 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{row['name']:<34} {row['load_s']:>7.3f} {row['first_s']:>8.3f} {row['p50_ms']:>8.2f} "
             f"{row['p90_ms']:>8.2f} {rss:>7} {cold:>7}  {row['backend']}"
         )
+        if "split_ms" in row:
+            split = ", ".join(f"{k} {v:.2f}" for k, v in row["split_ms"].items() if k != "total")
+            lines.append(f"  split ms: {split}; post-processing {row['postprocess_share']:.0%}")
     return "\n".join(lines)
+
+
+def thread_scaling(
+    directory: str,
+    precision: str = "int8",
+    thread_counts: tuple[int, ...] = (1, 2, 4),
+    calls: int = 200,
+    rounds: int = 3,
+    interpreter_threads: int = 1,
+) -> list[dict[str, Any]]:
+    """Throughput (detections/s) of one shared Detector vs one Detector per thread.
+
+    ``shared``: every worker thread calls the same Detector (one lock per TFLite stage);
+    ``per_thread``: each worker thread owns a Detector (its own interpreters, more memory).
+    ``calls`` detections are split over the workers; the modes and thread counts are interleaved
+    ``rounds`` times and each row keeps every round's throughput, so ratios come from one run.
+    """
+    import threading
+
+    from runtime.check import load_golden
+    from runtime.detector import Detector
+    from runtime.manifest import read_manifest
+
+    manifest = read_manifest(directory)
+    x = load_golden(directory, manifest, "backbone_rpn")["input_0"]
+    image = np.clip(x.reshape(-1, *x.shape[-3:])[0], 0, 255).astype(np.uint8)
+
+    def build() -> Detector:
+        return Detector(directory, precision=precision, num_threads=interpreter_threads)
+
+    shared = build()
+    own = [build() for _ in range(max(thread_counts))]
+    for detector in [*own, shared]:
+        detector.detect(image)  # warm-up: first invocations allocate
+    rows = {
+        (mode, n): {"mode": mode, "threads": n, "per_s": []}
+        for mode in ("shared", "per_thread")
+        for n in thread_counts
+    }
+    for _ in range(rounds):
+        for n in thread_counts:
+            for mode in ("shared", "per_thread"):
+                detectors = [shared] * n if mode == "shared" else own[:n]
+                share = [calls // n + (i < calls % n) for i in range(n)]
+
+                def work(detector: Detector, count: int) -> None:
+                    for _ in range(count):
+                        detector.detect(image)
+
+                workers = [
+                    threading.Thread(target=work, args=(d, c)) for d, c in zip(detectors, share)
+                ]
+                start = time.perf_counter()
+                for worker in workers:
+                    worker.start()
+                for worker in workers:
+                    worker.join()
+                rows[(mode, n)]["per_s"].append(calls / (time.perf_counter() - start))
+    return list(rows.values())

@@ -18,26 +18,33 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends import Stage, open_backend
-from runtime.errors import ArtifactError
+from runtime.backends import Stage, edgetpu_available, missing_interpreter, open_backend
+from runtime.errors import ArtifactError, RoiedgeError
 from runtime.golden import OutputResult, compare_outputs, golden_samples
-from runtime.manifest import ArtifactEntry, Manifest, read_manifest, verified_path
+from runtime.manifest import ArtifactEntry, Manifest, read_manifest, verified_file, verified_path
 
 
 @dataclasses.dataclass(frozen=True)
 class ArtifactResult:
-    """One artifact's check: per-output results, head top-1 agreement (None for the backbone)."""
+    """One artifact's check: per-output results, head top-1 agreement (None for the backbone).
+
+    ``skipped`` is the reason it did not run (its interpreter is not installed), else None; a
+    missing, tampered or unloadable file is a failure (in ``failures``), not a skip.
+    """
 
     entry: ArtifactEntry
     backend: str
     outputs: tuple[OutputResult, ...]
     top1_agreement: float | None
     failures: tuple[str, ...]
+    skipped: str | None = None
 
     @property
     def ok(self) -> bool:
-        """True when neither any output nor the top-1 agreement broke a bound."""
-        return not self.failures and all(not o.failures for o in self.outputs)
+        """True when it ran and neither any output nor the top-1 agreement broke a bound."""
+        return (
+            self.skipped is None and not self.failures and all(not o.failures for o in self.outputs)
+        )
 
 
 def load_golden(directory: os.PathLike, manifest: Manifest, model: str) -> dict[str, np.ndarray]:
@@ -47,13 +54,16 @@ def load_golden(directory: os.PathLike, manifest: Manifest, model: str) -> dict[
             f"{Path(directory) / 'manifest.json'}: no golden data for {model!r}; "
             f"it has {sorted(manifest.golden)}"
         )
-    path = Path(directory) / manifest.golden[model]
-    if not path.is_file():
-        raise ArtifactError(f"{path}: golden data of {model!r} listed in the manifest is missing")
+    path = verified_file(
+        directory,
+        manifest.golden[model],
+        manifest.golden_sha256.get(model, ""),
+        f"golden data of {model!r}",
+    )
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise ArtifactError(f"{path}: not a readable .npz of golden arrays ({error})") from None
 
 
@@ -64,17 +74,32 @@ def check_artifact(
     backend: str | None = None,
     num_threads: int | None = None,
 ) -> ArtifactResult:
-    """Run ``entry`` on the golden inputs and judge its outputs against the golden outputs."""
-    path = verified_path(directory, entry)  # missing / corrupt files are user errors (exit 2)
+    """Run ``entry`` on the golden inputs and judge its outputs against the golden outputs.
+
+    A missing, tampered or unloadable file, or golden data that does not fit it, fails this
+    artifact's result with the reason (the caller goes on with the next artifact).
+    """
+    name = backend or "automatic backend"
+    try:
+        path = verified_path(directory, entry)
+    except ArtifactError as error:
+        return ArtifactResult(entry, name, (), None, (f"not verified: {error}",))
     try:
         loaded = open_backend(path, entry.format, backend, num_threads=num_threads)
         stage = Stage(entry, loaded, path)
-    except ArtifactError as error:
+    except RoiedgeError as error:
         # A verified file this interpreter cannot run (e.g. op versions newer than an old
         # tflite-runtime): a failed check of this artifact, not a reason to stop checking.
-        name = backend or "automatic backend"
         return ArtifactResult(entry, name, (), None, (f"cannot load: {error}",))
-    source = str(path)
+    try:
+        return _judge_stage(entry, stage, golden, str(path))
+    except RoiedgeError as error:
+        return ArtifactResult(entry, stage.backend.name, (), None, (f"cannot run: {error}",))
+
+
+def _judge_stage(
+    entry: ArtifactEntry, stage: Stage, golden: dict[str, np.ndarray], source: str
+) -> ArtifactResult:
     per_sample = [stage.run(*inputs) for inputs in golden_samples(golden, entry, source)]
     actuals, references = [], []
     for j, spec in enumerate(entry.outputs):
@@ -90,9 +115,9 @@ def check_artifact(
         actuals.append(actual)
         references.append(golden[key].reshape(actual.shape))
     class_scores = 0 if entry.model == "head" else None
-    verdict = compare_outputs(
-        entry.precision, actuals, references, stage.output_labels, class_scores
-    )
+    # The Edge TPU runs the same int8 arithmetic as the CPU: its compilation keeps int8_io's bounds.
+    precision = entry.precision.removesuffix("_edgetpu")
+    verdict = compare_outputs(precision, actuals, references, stage.output_labels, class_scores)
     outputs, top1, failures = verdict.outputs, verdict.top1_agreement, verdict.top1_failures
     return ArtifactResult(entry, stage.backend.name, tuple(outputs), top1, tuple(failures))
 
@@ -106,18 +131,33 @@ def check_directory(
 ) -> list[ArtifactResult]:
     """Check every artifact of ``directory`` (or the names in ``only``) -> results in manifest order.
 
-    ``backends`` maps a format to the backend to use for it (default: automatic).
+    ``backends`` maps a format to the backend to use for it (default: automatic). An artifact
+    whose interpreter is not installed is skipped (``skipped`` says why); one whose golden data is
+    missing or tampered fails with that reason. Only an unreadable manifest raises.
     """
     manifest = read_manifest(directory)
     entries = [e for e in manifest.artifacts if only is None or e.name in set(only)]
-    goldens: dict[str, dict[str, np.ndarray]] = {}
+    goldens: dict[str, dict[str, np.ndarray] | ArtifactError] = {}
     results = []
     iterator = progress(entries, len(entries), "check") if progress else entries
     for entry in iterator:
-        if entry.model not in goldens:
-            goldens[entry.model] = load_golden(directory, manifest, entry.model)
         backend = (backends or {}).get(entry.format)
-        results.append(check_artifact(directory, entry, goldens[entry.model], backend, num_threads))
+        reason = missing_interpreter(entry.format, backend)
+        if reason is None and entry.precision.endswith("_edgetpu") and not edgetpu_available():
+            reason = "Edge TPU runtime libedgetpu not installed"
+        if reason is not None:
+            results.append(ArtifactResult(entry, backend or "-", (), None, (), skipped=reason))
+            continue
+        if entry.model not in goldens:
+            try:
+                goldens[entry.model] = load_golden(directory, manifest, entry.model)
+            except ArtifactError as error:
+                goldens[entry.model] = error
+        golden = goldens[entry.model]
+        if isinstance(golden, ArtifactError):
+            results.append(ArtifactResult(entry, backend or "-", (), None, (f"golden: {golden}",)))
+            continue
+        results.append(check_artifact(directory, entry, golden, backend, num_threads))
     return results
 
 
@@ -129,7 +169,9 @@ def format_results(results: list[ArtifactResult]) -> str:
     )
     lines = [header, "-" * len(header)]
     for result in results:
-        if not result.outputs:
+        if result.skipped is not None:
+            lines.append(f"{result.entry.name:<34} {'-':<15} skipped ({result.skipped})")
+        elif not result.outputs:
             lines.append(f"{result.entry.name:<34} {result.backend:<15} (not run){'':<56}  FAIL")
         for i, output in enumerate(result.outputs):
             m = output.metrics
@@ -151,7 +193,13 @@ def format_results(results: list[ArtifactResult]) -> str:
                 f"FAIL {result.entry.name} ({result.entry.precision}): " + "; ".join(reasons)
             )
     passed = sum(r.ok for r in results)
-    lines.append(f"{passed}/{len(results)} artifacts within their precision's tolerance")
+    skipped = [r for r in results if r.skipped is not None]
+    ran = len(results) - len(skipped)
+    summary = f"{passed}/{ran} artifacts within their precision's tolerance"
+    if skipped:
+        reasons = sorted({r.skipped for r in skipped})
+        summary += f"; {len(skipped)} skipped ({', '.join(reasons)})"
+    lines.append(summary)
     return "\n".join(lines)
 
 

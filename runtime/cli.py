@@ -1,4 +1,7 @@
-"""``python -m runtime <verb>``: detect, check, bench, run. Exit 0 ok, 1 check failed, 2 bad input."""
+"""``python -m runtime <verb>``: detect, check, bench, run. Exit 0 ok, 1 check failed, 2 bad input.
+
+Ctrl-C / SIGTERM: one line, exit 130 / 143 (``runtime.interrupts.run_main`` in ``__main__``).
+"""
 
 from __future__ import annotations
 
@@ -26,7 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     detect = verbs.add_parser("detect", help="detect objects in images, draw boxes")
-    detect.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    detect.add_argument(
+        "images",
+        nargs="+",
+        type=Path,
+        metavar="IMAGE",
+        help="image files or directories (recursive)",
+    )
     detect.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="artifacts dir")
     detect.add_argument("--precision", default="int8", help="backbone precision (default int8)")
     detect.add_argument("--head-precision", default=None, help="head precision (default: same)")
@@ -36,6 +45,14 @@ def _parser() -> argparse.ArgumentParser:
     detect.add_argument("--edgetpu", default="off", choices=("off", "try", "require"))
     detect.add_argument("--score-threshold", type=float, default=None)
     detect.add_argument("--out", type=Path, default=None, help="write annotated images here")
+    detect.add_argument(
+        "--json", type=Path, default=None, help="write detections in COCO results format"
+    )
+    detect.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="continue past unreadable images (exit 1 at the end if any failed)",
+    )
 
     check = verbs.add_parser("check", help="every artifact vs the float Keras golden outputs")
     check.add_argument("artifacts", type=Path, metavar="DIR")
@@ -46,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--tflite-backend", default=None)
     check.add_argument("--threads", type=_threads, default=None)
     check.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    check.add_argument(
+        "--require-all",
+        action="store_true",
+        help="fail (exit 1) when an artifact is skipped because its interpreter is not installed",
+    )
 
     bench = verbs.add_parser("bench", help="load/latency/RSS per artifact and per pipeline")
     bench.add_argument("artifacts", type=Path, metavar="DIR")
@@ -61,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--only", nargs="*", default=None, help="artifact names (default: all)")
     bench.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    bench.add_argument(
+        "--require-all",
+        action="store_true",
+        help="fail (exit 1) when a measurement is skipped because its interpreter is not installed",
+    )
 
     from runtime.run import add_arguments as add_run_arguments
 
@@ -77,10 +104,69 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: File suffixes ``detect`` picks up inside a directory (case-insensitive).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """Files as given, directories expanded to their image files (recursively, sorted)."""
+    found = []
+    for path in paths:
+        if path.is_dir():
+            inside = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not inside:
+                raise RoiedgeError(
+                    f"{path}: directory has no image files; expected {', '.join(IMAGE_SUFFIXES)}"
+                )
+            found.extend(inside)
+        else:
+            found.append(path)
+    return found
+
+
+def unique_name(stem: str, taken: set[str], suffix: str = ".png") -> str:
+    """``stem_detections.png``, or ``stem_detections-2.png``... if this run already wrote it."""
+    name, n = f"{stem}_detections{suffix}", 1
+    while name in taken:
+        n += 1
+        name = f"{stem}_detections-{n}{suffix}"
+    taken.add(name)
+    return name
+
+
+def coco_results(path: Path, image_id: int, found: list) -> list[dict]:
+    """COCO results rows of one image: bbox [x, y, width, height] in pixels, 1-based category."""
+    rows = []
+    for d in found:
+        y1, x1, y2, x2 = (float(v) for v in d.box)
+        rows.append(
+            {
+                "image_id": image_id,
+                "file_name": str(path),
+                "category_id": int(d.class_id) + 1,  # COCO ids start at 1 (0 = background)
+                "category_name": d.class_name,
+                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                "score": round(float(d.score), 5),
+            }
+        )
+    return rows
+
+
 def _detect(args: argparse.Namespace) -> int:
     from runtime.detector import Detector, DetectorOptions
     from runtime.images import draw_detections, load_image, save_image
+    from runtime.manifest import atomic_write_bytes
 
+    for flag, target in (("--out", args.out), ("--json", args.json)):
+        if target is None:
+            continue
+        if flag == "--out" and target.exists() and not target.is_dir():
+            raise RoiedgeError(f"--out {target}: is an existing file; expected a directory")
+        if flag == "--json" and target.is_dir():
+            raise RoiedgeError(f"--json {target}: is a directory; expected a file name")
+    paths = image_files(args.images)
     options = DetectorOptions(
         precision=args.precision,
         head_precision=args.head_precision,
@@ -92,9 +178,17 @@ def _detect(args: argparse.Namespace) -> int:
     )
     detector = Detector(args.artifacts, options)
     print(f"# {detector.describe()}")
-    for path in args.images:
-        pixels = load_image(path)
-        found = detector.detect(pixels)
+    taken: set[str] = set()
+    results, failed = [], []
+    for image_id, path in enumerate(paths, 1):
+        try:
+            found = detector.detect(path)
+        except RoiedgeError as error:
+            if not args.keep_going:
+                raise
+            failed.append(path)
+            print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+            continue
         ms = detector.timings["total"] * 1e3
         print(f"{path}: {len(found)} detections in {ms:.1f} ms")
         for d in found:
@@ -102,11 +196,18 @@ def _detect(args: argparse.Namespace) -> int:
             print(
                 f"  {d.class_name:<12} {d.score:.3f}  box y1={y1:.1f} x1={x1:.1f} y2={y2:.1f} x2={x2:.1f}"
             )
+        results.extend(coco_results(path, image_id, found))
         if args.out is not None:
-            target = save_image(
-                draw_detections(pixels, found), args.out / f"{path.stem}_detections.png"
-            )
+            # Drawn at full resolution (the detector itself decoded a reduced JPEG).
+            drawn = draw_detections(load_image(path), found)
+            target = save_image(drawn, args.out / unique_name(path.stem, taken))
             print(f"  wrote {target}")
+    if args.json is not None:
+        atomic_write_bytes(args.json, (json.dumps(results, indent=1) + "\n").encode())
+        print(f"wrote {len(results)} detections to {args.json}")
+    if failed:
+        print(f"{len(failed)} of {len(paths)} images could not be read", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -143,34 +244,73 @@ def _check(args: argparse.Namespace) -> int:
                     o.name: {**vars(o.metrics), "failures": list(o.failures)} for o in r.outputs
                 },
                 "failures": list(r.failures),
+                "skipped": r.skipped,
             }
             for r in results
         ]
         text = json.dumps(_json_floats(rows), indent=2, default=str, allow_nan=False)
         atomic_write_bytes(args.json, (text + "\n").encode())
-    return 0 if all(r.ok for r in results) else 1
+    ran = [r for r in results if r.skipped is None]
+    skipped = len(results) - len(ran)
+    if not ran:
+        print("error: no artifact could run here; install an interpreter", file=sys.stderr)
+        return 1
+    if skipped and args.require_all:
+        print(
+            f"check failed: {skipped} artifact(s) skipped and --require-all given", file=sys.stderr
+        )
+        return 1
+    return 0 if all(r.ok for r in ran) else 1
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from runtime.backends import edgetpu_available, missing_interpreter
     from runtime.bench import format_table, run_child
-    from runtime.manifest import atomic_write_bytes, read_manifest
+    from runtime.manifest import EDGETPU_PRECISION, atomic_write_bytes, read_manifest
     from runtime.progress import progress
 
     manifest = read_manifest(args.artifacts)
-    names = [e.name for e in manifest.artifacts if args.only is None or e.name in args.only]
+    entries = [e for e in manifest.artifacts if args.only is None or e.name in args.only]
     common = ["--runs", str(args.runs), "--warmup", str(args.warmup)]
     if args.threads:
         common += ["--threads", str(args.threads)]
     if args.backend:
         common += ["--backend", args.backend]
-    jobs = [["artifact", n] for n in names] + [["pipeline", p] for p in args.pipelines]
-    rows = [
-        run_child([kind, what, str(args.artifacts), *common])
-        for kind, what in progress(jobs, len(jobs), "bench")
+
+    def why_not(fmt: str) -> str | None:
+        return missing_interpreter(fmt, args.backend if fmt == "tflite" else None)
+
+    jobs = [
+        (
+            "artifact",
+            e.name,
+            why_not(e.format)
+            or (
+                "Edge TPU runtime libedgetpu not installed"
+                if e.precision == EDGETPU_PRECISION and not edgetpu_available()
+                else None
+            ),
+        )
+        for e in entries
     ]
+    for pipeline in args.pipelines:
+        fmt = pipeline.rpartition(":")[0] or "tflite"
+        jobs.append(("pipeline", pipeline, why_not(fmt) if fmt in ("tflite", "onnx") else None))
+    rows = []
+    skipped = []
+    for kind, what, reason in progress(jobs, len(jobs), "bench"):
+        if reason is None:
+            rows.append(run_child([kind, what, str(args.artifacts), *common]))
+        else:
+            skipped.append({"kind": kind, "name": what, "skipped": reason})
     print(format_table(rows))
+    for row in skipped:
+        print(f"{row['name']:<34} skipped ({row['skipped']})")
     if args.json is not None:
-        atomic_write_bytes(args.json, (json.dumps(rows, indent=2) + "\n").encode())
+        atomic_write_bytes(args.json, (json.dumps(rows + skipped, indent=2) + "\n").encode())
+    if skipped and args.require_all:
+        print(f"bench failed: {len(skipped)} skipped and --require-all given", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -196,9 +336,6 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(error).split())
         print(f"error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
 
 
 def _json_floats(value: Any) -> Any:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from runtime import processing
-from runtime.backends import EDGETPU_MODES, Stage, load_stage
+from runtime.backends import EDGETPU_MODES, Stage, edgetpu_available, load_stage
 from runtime.config import DetectorConfig
 from runtime.errors import RoiedgeError
-from runtime.images import load_image, resize
-from runtime.manifest import FORMAT_PRECISIONS, Manifest, read_manifest
+from runtime.images import open_image, resize
+from runtime.manifest import EDGETPU_PRECISION, FORMAT_PRECISIONS, Manifest, read_manifest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +29,8 @@ class DetectorOptions:
     """Which artifacts run each stage, and how.
 
     ``precision``/``format``/``backend`` choose the backbone_rpn artifact; the ``head_*`` fields
-    default to them (``int8_io`` exists for the backbone only, so its head defaults to ``int8``).
+    default to them (``int8_io`` and its Edge TPU compilation ``int8_io_edgetpu`` exist for the
+    backbone only, so their head defaults to ``int8``).
     ``edgetpu`` ("off", "try", "require") applies to the TFLite backbone; ``score_threshold`` and
     ``max_detections`` override the manifest's detector config when set.
     """
@@ -48,7 +51,7 @@ class DetectorOptions:
         if model == "backbone_rpn":
             return self.format, self.precision, self.backend
         precision = self.head_precision or (
-            "int8" if self.precision == "int8_io" else self.precision
+            "int8" if self.precision.startswith("int8_io") else self.precision
         )
         return self.head_format or self.format, precision, self.head_backend or self.backend
 
@@ -57,7 +60,9 @@ class Detector:
     """Two-stage detector over an artifacts directory; ``detect(image)`` -> list of Detection.
 
     Verifies each artifact's sha256 before loading it. ``timings`` holds the seconds spent per step
-    of the last ``detect`` call.
+    of the calling thread's last ``detect`` call. One Detector may be shared by threads: each
+    TFLite stage runs under its own lock (onnxruntime sessions are thread-safe), so two threads
+    can be in different stages at once.
     """
 
     def __init__(
@@ -84,20 +89,50 @@ class Detector:
         self.anchors = processing.make_anchors(self.config)
         self.backbone = self._load("backbone_rpn")
         self.head = self._load("head")
-        self.timings: dict[str, float] = {}
+        self._local = threading.local()
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds per step of this thread's last ``detect``/``detect_tensor`` call."""
+        return getattr(self._local, "timings", {})
 
     def _load(self, model: str) -> Stage:
         format, precision, backend = self.options.stage_choice(model)
-        if precision not in FORMAT_PRECISIONS.get(format, ()):
+        known = FORMAT_PRECISIONS.get(format, ()) + (
+            (EDGETPU_PRECISION,) if format == "tflite" else ()
+        )
+        if precision not in known:
             raise RoiedgeError(
-                f"precision {precision!r} is not exported for {format}; expected one of "
-                f"{FORMAT_PRECISIONS.get(format, ())}"
+                f"precision {precision!r} is not exported for {format}; expected one of {known}"
             )
-        entry = self.manifest.find(model, format, precision)
         edgetpu = self.options.edgetpu if model == "backbone_rpn" and format == "tflite" else "off"
+        if edgetpu != "off":
+            precision = self._edgetpu_precision(precision, edgetpu)
+        entry = self.manifest.find(model, format, precision)
         return load_stage(
             self.directory, entry, backend, num_threads=self.options.num_threads, edgetpu=edgetpu
         )
+
+    def _edgetpu_precision(self, precision: str, edgetpu: str) -> str:
+        """The backbone precision to load under ``--edgetpu try/require``.
+
+        ``int8_io`` becomes its edgetpu_compiler output ``int8_io_edgetpu`` when the manifest has
+        it and the Edge TPU runtime is installed; under ``try`` a missing runtime keeps the
+        uncompiled model on the CPU (said on stderr), under ``require`` it is an error.
+        """
+        compiled = f"{precision}_edgetpu"
+        if precision.endswith("_edgetpu") or not any(
+            (e.model, e.format, e.precision) == ("backbone_rpn", "tflite", compiled)
+            for e in self.manifest.artifacts
+        ):
+            return precision  # the backend says whether the model is compiled
+        if edgetpu_available():
+            return compiled
+        message = f"Edge TPU runtime (libedgetpu) not installed, so {compiled} cannot run"
+        if edgetpu == "require":
+            raise RoiedgeError(f"{message}; expected the Coral runtime and a Coral device")
+        print(f"warning: {message}; running the uncompiled {precision} on the CPU", file=sys.stderr)
+        return precision
 
     def describe(self) -> str:
         """One line naming the artifact and backend of each stage."""
@@ -109,15 +144,15 @@ class Detector:
 
     def _preprocess(self, image: Any) -> tuple[np.ndarray, tuple[float, float]]:
         """Any image -> (``image`` tensor [1,H,W,3] float32, (sy, sx) from model to input pixels)."""
-        pixels = load_image(image)
-        height, width = pixels.shape[:2]
+        # JPEGs decode at a reduced scale (>= the model size); boxes scale to the full size.
+        pixels, (height, width) = open_image(image, reduce_to=self.config.image_size)
         model_h, model_w = self.config.image_size
         tensor = processing.preprocess(resize(pixels, (model_h, model_w)), self.config)
         return tensor, (height / model_h, width / model_w)
 
     def detect_tensor(self, tensor: np.ndarray) -> processing.Detections:
         """The ``image`` tensor [1,H,W,3] float32 in [0,255] -> Detections in model pixels."""
-        timings = self.timings
+        timings = self._local.__dict__.setdefault("timings", {})
         start = time.perf_counter()
         features, rpn_scores, rpn_deltas = self.backbone.run(tensor)
         timings["backbone_rpn"] = time.perf_counter() - start
@@ -140,13 +175,14 @@ class Detector:
 
     def detect(self, image: Any) -> list[processing.Detection]:
         """A path, PIL image or HxWx3 uint8 array -> detections, boxes in that image's pixels."""
-        self.timings = {}
+        timings: dict[str, float] = {}
+        self._local.timings = timings
         start = time.perf_counter()
         tensor, (sy, sx) = self._preprocess(image)
-        self.timings["preprocess"] = time.perf_counter() - start
+        timings["preprocess"] = time.perf_counter() - start
         found = self.detect_tensor(tensor)
         boxes = found.boxes * np.asarray([sy, sx, sy, sx], dtype=np.float32)
-        self.timings["total"] = time.perf_counter() - start
+        timings["total"] = time.perf_counter() - start
         return processing.Detections(boxes, found.scores, found.class_ids).to_list(
             self.config.class_names
         )

@@ -15,33 +15,116 @@ from runtime.errors import RoiedgeError
 _COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180))
 
 
-def load_image(source: Any) -> np.ndarray:
-    """A path, PIL image or HxWx3 array -> HxWx3 uint8 RGB array (grayscale/RGBA are converted).
+#: Smallest image side the detector accepts (bilinear resizing needs two samples per axis).
+MIN_SIDE = 2
 
-    Unreadable files and wrongly shaped arrays raise a one-line RoiedgeError naming them.
+
+def load_image(source: Any) -> np.ndarray:
+    """A path, PIL image or HxWx3 array -> HxWx3 uint8 RGB array, in the frame a viewer shows.
+
+    EXIF orientation is applied; 16- and 32-bit integer images are scaled (not clipped) to 8 bits;
+    palette, CMYK, grayscale and alpha modes are converted to RGB. Unreadable files, decompression
+    bombs (over ``PIL.Image.MAX_IMAGE_PIXELS``), images under 2x2 and wrongly shaped arrays raise
+    a one-line RoiedgeError naming them.
+    """
+    return open_image(source)[0]
+
+
+def open_image(
+    source: Any, reduce_to: tuple[int, int] | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Like :func:`load_image`, plus the image's full (height, width) in its displayed frame.
+
+    With ``reduce_to`` (H, W), a JPEG is decoded at the smallest 1/2, 1/4 or 1/8 scale still at
+    least that size (``Image.draft``): an 8000x6000 photo then never exists at full size in memory.
     """
     if isinstance(source, (str, os.PathLike)):
-        from PIL import Image, UnidentifiedImageError
-
-        path = Path(source)
-        try:
-            with Image.open(path) as image:
-                return np.asarray(image.convert("RGB"), dtype=np.uint8)
-        except FileNotFoundError:
-            raise RoiedgeError(f"{path}: image not found") from None
-        except (UnidentifiedImageError, OSError, ValueError) as error:
-            raise RoiedgeError(
-                f"{path}: cannot read it as an image ({type(error).__name__}); "
-                "expected a PNG, JPEG or other Pillow-readable file"
-            ) from None
+        return _open_path(Path(source), reduce_to)
     if hasattr(source, "convert") and hasattr(source, "size"):  # a PIL image
-        return np.asarray(source.convert("RGB"), dtype=np.uint8)
+        array = _to_rgb(source, "PIL image")
+        return array, array.shape[:2]
     array = np.asarray(source)
     if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
         raise RoiedgeError(
             f"image array has shape {array.shape} and dtype {array.dtype}; expected HxWx3 uint8 RGB"
         )
-    return array
+    _check_size(array.shape[0], array.shape[1], "image array")
+    return array, array.shape[:2]
+
+
+def _check_size(height: int, width: int, what: str) -> None:
+    if height < MIN_SIDE or width < MIN_SIDE:
+        raise RoiedgeError(
+            f"{what} is {width}x{height} pixels; expected at least {MIN_SIDE}x{MIN_SIDE}"
+        )
+
+
+def _open_path(path: Path, reduce_to: tuple[int, int] | None) -> tuple[np.ndarray, tuple[int, int]]:
+    import warnings
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse both alike.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                _check_size(height, width, str(path))
+                orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation
+                transposed = orientation in (5, 6, 7, 8)
+                full = (width, height) if transposed else (height, width)
+                if reduce_to is not None and image.format == "JPEG":
+                    want_h, want_w = reduce_to
+                    # draft() takes (width, height) in the stored frame.
+                    want = (want_h, want_w) if transposed else (want_w, want_h)
+                    image.draft("RGB", want)
+                image = ImageOps.exif_transpose(image)
+                return _to_rgb(image, str(path)), full
+    except FileNotFoundError:
+        raise RoiedgeError(f"{path}: image not found") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        seen = " ".join(str(error).split()).split(",")[0]  # "Image size (N pixels) exceeds ..."
+        raise RoiedgeError(
+            f"{path}: refused as a decompression bomb ({seen}); expected at most "
+            f"PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} pixels"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as error:
+        raise RoiedgeError(
+            f"{path}: cannot read it as an image ({type(error).__name__}); "
+            "expected a PNG, JPEG or other Pillow-readable file"
+        ) from None
+
+
+def _integer_bits(image: Any) -> int | None:
+    """Bits per sample of a 16/32-bit integer image (mode I;16* or I), else None."""
+    if image.mode.startswith("I;16"):
+        return 16
+    if image.mode != "I":
+        return None
+    if image.format == "PNG":  # PNG stores at most 16 bits; Pillow may still say "I"
+        return 16
+    tags = getattr(image, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None  # TIFF BitsPerSample
+    if isinstance(bits, tuple):
+        bits = bits[0]
+    return int(bits) if bits in (16, 32) else 32
+
+
+def _to_rgb(image: Any, what: str) -> np.ndarray:
+    """Any PIL image -> HxWx3 uint8 RGB; deep integer images are scaled, not clipped."""
+    _check_size(image.size[1], image.size[0], what)
+    bits = _integer_bits(image)
+    if bits is not None:
+        values = np.asarray(image)
+        if bits == 32:
+            values = values.astype(np.int64) & 0xFFFFFFFF  # int32 storage of unsigned samples
+        top = float(2**bits - 1)
+        gray = np.round(values.astype(np.float64) * (255.0 / top)).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")  # drop alpha after resolving the palette's transparency
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -162,6 +162,11 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0).astype(np.float32)
 
 
+#: Up to this many boxes NMS computes IoU rows in blocks of _NMS_BLOCK (64 x 1024 at most).
+_NMS_MATRIX_MAX = 1024
+_NMS_BLOCK = 64
+
+
 def nms(
     boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_output: int | None = None
 ) -> np.ndarray:
@@ -174,6 +179,26 @@ def nms(
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
     order = np.argsort(-scores, kind="stable")
     limit = len(order) if max_output is None else int(max_output)
+    if len(order) <= _NMS_MATRIX_MAX:
+        # IoU rows in blocks, in score order, computed when a kept box first needs one: the same
+        # pairwise IoUs as the row-by-row form below with one box_iou call per block instead of
+        # per kept box (the RPN's 300 boxes: that loop was a third of the int8 pipeline's time).
+        ranked = boxes[order]
+        kept_ranks: list[int] = []
+        suppressed_ranks = np.zeros(len(order), dtype=bool)
+        block_start, overlaps = 0, np.zeros((0, len(order)), dtype=bool)
+        for rank in range(len(order)):
+            if len(kept_ranks) >= limit:
+                break
+            if suppressed_ranks[rank]:
+                continue
+            kept_ranks.append(rank)
+            if rank >= block_start + len(overlaps):
+                block_start = rank
+                rows = ranked[rank : rank + _NMS_BLOCK]
+                overlaps = box_iou(rows, ranked) > iou_threshold
+            suppressed_ranks |= overlaps[rank - block_start]  # earlier ranks are decided
+        return order[kept_ranks].astype(np.int64)
     keep: list[int] = []
     suppressed = np.zeros(len(order), dtype=bool)
     for rank, index in enumerate(order):

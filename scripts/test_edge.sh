@@ -6,8 +6,10 @@
 # Builds two venvs under .edge-envs/ (reused while their requirements are unchanged; FRESH=1 rebuilds):
 #   tflite-runtime: numpy<2 + tflite-runtime==2.14.0 + Pillow   (a Raspberry Pi OS-like image)
 #   litert-onnx:    numpy + ai-edge-litert==2.3.0 + onnxruntime==1.31.1 + Pillow
-# then copies runtime/ and the artifacts to a temp dir outside the repo and, in each env, checks
-# that TensorFlow is absent, runs `python -m runtime check` and `python -m runtime detect`.
+# then copies runtime/, the artifacts and scripts/device_cases.py to a temp dir outside the repo
+# and, in each env, checks that TensorFlow is absent, runs the README's `python -m runtime check
+# artifacts` as is (it must exit 0 with only tflite-runtime installed: ONNX rows are skipped),
+# `check` per format, `detect` per backbone precision and the device cases (scripts/device_cases.py).
 # Exit 0 when every step passed, 1 otherwise, 2 on bad usage.
 set -uo pipefail
 
@@ -36,6 +38,7 @@ trap 'rm -rf "$WORK"' EXIT
 cp -r "$REPO/runtime" "$WORK/runtime"
 find "$WORK/runtime" -name __pycache__ -prune -exec rm -rf {} +
 cp -r "$ARTIFACTS" "$WORK/artifacts"
+cp "$REPO/scripts/device_cases.py" "$WORK/device_cases.py"
 echo "== device copy: $WORK (runtime/ + artifacts/ only)"
 
 FAILED=()
@@ -79,6 +82,17 @@ for name in tflite-runtime litert-onnx; do
 import importlib.util, sys
 present = [m for m in ('tensorflow', 'keras', 'tf_keras') if importlib.util.find_spec(m)]
 sys.exit(f'unexpected packages in a device env: {present}' if present else 0)"
+    step "[$name] README check (no flags)" "$py" -m runtime check artifacts
+    if [[ "$name" == tflite-runtime ]]; then
+        step "[$name] onnxruntime absent, ONNX rows skipped" bash -c "
+            ! '$py' -c 'import onnxruntime' 2>/dev/null &&
+            '$py' -m runtime check artifacts | grep -q 'skipped (onnxruntime not installed)'"
+        step "[$name] check --require-all fails on skips" bash -c "
+            ! '$py' -m runtime check artifacts --require-all >/dev/null 2>&1"
+        step "[$name] bench (ONNX skipped)" bash -c "
+            '$py' -m runtime bench artifacts --runs 2 --warmup 0 --only backbone_rpn/tflite/int8 \
+                backbone_rpn/onnx/float32 | grep -q 'skipped (onnxruntime not installed)'"
+    fi
     # shellcheck disable=SC2086
     step "[$name] check (${FORMATS[$name]})" "$py" -m runtime check artifacts \
         --formats ${FORMATS[$name]} --tflite-backend "${BACKEND[$name]}" --json "$out/check.json"
@@ -113,6 +127,7 @@ from runtime.detector import Detector
 Detector('artifacts', precision='int8', backend='${BACKEND[$name]}').detect(np.zeros((8, 8, 3), np.uint8))
 bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'models', 'export'))
 sys.exit(f'loaded {bad}' if bad else 0)"
+    step "[$name] device cases" "$py" device_cases.py artifacts
     echo "== env $name: $((SECONDS - env_start)) s"
 done
 

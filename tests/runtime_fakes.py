@@ -25,6 +25,7 @@ from runtime.manifest import (
     Manifest,
     TensorSpec,
     atomic_write_bytes,
+    seal,
     sha256_file,
     write_manifest,
 )
@@ -240,5 +241,18 @@ def build_fake_artifacts(directory: os.PathLike, onnx: bool = True) -> Manifest:
         detector=CONFIG.to_dict(),
         versions={"tensorflow": "test"},
     )
+    manifest = seal(manifest, directory)
     write_manifest(manifest, directory)
     return manifest
+
+
+_BUILT: dict[bool, Path] = {}
+
+
+def shared_fake_artifacts(tmp_path_factory: Any, onnx: bool = True) -> Path:
+    """One read-only fake artifacts directory per test process (building one takes ~10 s)."""
+    if onnx not in _BUILT:
+        directory = tmp_path_factory.mktemp("fake_artifacts_shared")
+        build_fake_artifacts(directory, onnx=onnx)
+        _BUILT[onnx] = directory
+    return _BUILT[onnx]

@@ -2,7 +2,9 @@
 
 Two throwaway venvs, one with only numpy<2 + tflite-runtime 2.14 + Pillow (a Raspberry Pi OS
 image), one with only ai-edge-litert + onnxruntime + Pillow; in each, `runtime/` and the session's
-artifacts are copied outside the repo and `python -m runtime check` and `detect` must pass.
+artifacts are copied outside the repo; the README's `python -m runtime check artifacts` (no flags:
+the ONNX rows are skipped where onnxruntime is absent), `check`, `detect` and the 14 device cases
+of scripts/device_cases.py must pass.
 """
 
 from __future__ import annotations
@@ -27,3 +29,8 @@ def test_runtime_checks_and_detects_in_device_environments(exported_artifacts):
     assert "== test-edge: all steps passed" in log
     for env in ("tflite-runtime", "litert-onnx"):
         assert f"[{env}] check" in log and f"[{env}] detect tflite:int8" in log, log[-4000:]
+        assert f"-- [{env}] README check (no flags)" in log and f"-- [{env}] device cases" in log
+    assert "-- [tflite-runtime] onnxruntime absent, ONNX rows skipped" in log
+    # Both envs ran every device case and passed them all.
+    cases = [line for line in log.splitlines() if line.startswith("case ")]
+    assert len(cases) == 2 * 14 and all(": PASS (" in line for line in cases), cases

@@ -138,6 +138,23 @@ class TestGather(RoIPoolTester):
     implementation = "gather"
 
 
+# The fixed-point variants make bench compares (same sampling grid, other feature paths).
+class TestFixedPointTiled(RoIPoolTester):
+    implementation = "fixed_point_tiled"
+
+
+class TestNeighbourPool(RoIPoolTester):
+    implementation = "neighbour_pool"
+
+
+class TestNeighbourMatmul(RoIPoolTester):
+    implementation = "neighbour_matmul"
+
+
+class TestSeparableMatmul(RoIPoolTester):
+    implementation = "separable_matmul"
+
+
 def test_default_is_the_int8_safe_builtin_form():
     assert DEFAULT_IMPLEMENTATION == "fixed_point"
     assert RoIPooling().implementation == "fixed_point"
@@ -158,11 +175,30 @@ def test_numpy_loop_reference_matches_tensorflow(samples_per_bin):
 
 
 def _convert(implementation, num_rois, precision, rng, height=20, width=20, channels=16, size=7):
-    """The benchmark's converter (builtins only; int8 = Optimize.DEFAULT + representative data)."""
-    from models.bench_roi import BenchConfig, convert
+    """roi_pool (samples_per_bin 2) through the converter's standard settings per precision."""
+    from models.tflite_convert import convert_function
 
-    case = BenchConfig(height=height, width=width, channels=channels, num_rois=num_rois, size=size)
-    return convert(case, implementation, precision, rng)
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec((1, height, width, channels), tf.float32, name="features"),
+            tf.TensorSpec((num_rois, 4), tf.float32, name="rois"),
+            tf.TensorSpec((num_rois,), tf.int32, name="box_indexes"),
+        ]
+    )
+    def pool(features, rois, box_indexes):
+        return roi_pool(features, rois, box_indexes, (size, size), 2, implementation)
+
+    def representative():
+        # Proposal-like calibration boxes (centres in the map, 0.05-0.6 wide, some past it): a
+        # handful of arbitrary corner pairs leave the int8 weight ranges under-calibrated.
+        for _ in range(8):
+            features = rng.random((1, height, width, channels), dtype=np.float32)
+            centers = rng.uniform(0.0, 1.0, (num_rois, 2))
+            extents = rng.uniform(0.05, 0.6, (num_rois, 2))
+            rois = np.concatenate([centers - extents / 2, centers + extents / 2], 1)
+            yield [features, rois.astype(np.float32), np.zeros(num_rois, np.int32)]
+
+    return convert_function(pool, precision, representative)
 
 
 def _run_tflite(model, features, rois, box_indexes):
@@ -178,7 +214,10 @@ def _run_tflite(model, features, rois, box_indexes):
     return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]), ops
 
 
-@pytest.mark.parametrize("implementation", BUILTIN_IMPLEMENTATIONS)
+VARIANTS = ("fixed_point_tiled", "neighbour_pool", "neighbour_matmul", "separable_matmul")
+
+
+@pytest.mark.parametrize("implementation", BUILTIN_IMPLEMENTATIONS + VARIANTS)
 def test_tflite_builtins_only_float32_matches_tensorflow(implementation):
     rng = np.random.default_rng(21)
     model = _convert(implementation, 17, "float32", rng)
@@ -189,7 +228,8 @@ def test_tflite_builtins_only_float32_matches_tensorflow(implementation):
     assert "CROP_AND_RESIZE" not in ops and not any(
         op.startswith(("Flex", "CUSTOM")) or op.islower() for op in ops
     ), ops
-    assert {"GATHER", "MAX_POOL_2D"} <= ops
+    assert "MAX_POOL_2D" in ops
+    assert ("BATCH_MATMUL" if implementation == "separable_matmul" else "GATHER") in ops
     np.testing.assert_allclose(
         actual, tf_reference(features, rois, box_indexes, (7, 7), 2), atol=1e-5
     )
@@ -386,3 +426,93 @@ def test_bad_arguments_raise_clear_errors(kwargs, error, message):
 def test_bad_inputs_raise_clear_errors(features, rois, box_indexes, error, message):
     with pytest.raises(error, match=message):
         RoIPooling()(features, rois, box_indexes)
+
+
+# ----------------------------------------------------------------------------- fixed point
+
+
+def _grid_with_extremes(top: int, count: int) -> np.ndarray:
+    """``count`` evenly spaced ints in [0, top] plus 0, 1, top-1, top and the 7-bit limb edges."""
+    edges = [0, 1, top - 1, top]
+    for shift in (7, 14):
+        edges += [(1 << shift) - 1, 1 << shift, (1 << shift) + 1]
+    values = np.concatenate([np.linspace(0, top, count).round(), edges]).astype(np.int64)
+    return np.unique(values[(values >= 0) & (values <= top)])
+
+
+def test_fixed_point_product_is_within_half_a_unit_over_its_whole_domain():
+    """round(a*b / 2**22) for a, b in [0, 2**22]: every grid pair, against exact int64 maths."""
+    from models.roi_lowerings import WEIGHT_BITS, _fixed_point_product
+
+    top = 1 << WEIGHT_BITS
+    values = _grid_with_extremes(top, 1200)
+    a, b = np.meshgrid(values, values, indexing="ij")
+    actual = _fixed_point_product(tf.constant(a, tf.int32), tf.constant(b, tf.int32)).numpy()
+    exact = a.astype(np.float64) * b / top  # a*b < 2**45: exact in float64
+    error = np.abs(actual - exact)
+    assert error.max() < 0.51, (error.max(), a.flat[error.argmax()], b.flat[error.argmax()])
+    assert actual.min() >= 0 and actual.max() == top  # 1 * 1 is exactly 1, nothing overflowed
+    # The weights derived from it (1 - wy - wx + wy*wx, ...) are then never negative.
+    assert np.all(top - a - b + actual >= 0)
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 7, 38, 64, 65, 1000, 1024, 4096, 1 << 20])
+def test_fraction_bits_keep_positions_inside_int32(length):
+    from models.roi_lowerings import COORDINATE_RANGE, _fraction_bits
+
+    bits = _fraction_bits(length)
+    last = max(length - 1, 1)
+    assert 1 <= bits <= 24
+    # Largest intermediate: |lo| * last + crop_length * step, both bounded by R * last * 2**bits.
+    assert 3 * COORDINATE_RANGE * last * 2**bits <= 2**31 - 1
+    if bits < 24:  # as many bits as fit: one more would overflow
+        assert 3 * COORDINATE_RANGE * last * 2 ** (bits + 1) > 2**31 - 1
+
+
+def test_fraction_bits_of_an_unknown_length_cover_maps_up_to_1024():
+    from models.roi_lowerings import _fraction_bits
+
+    assert _fraction_bits(tf.constant(5)) == _fraction_bits(1024)
+
+
+INSIDE_RANGE = [[-2.0, -1.5, 2.0, 1.9], [-0.5, 2.0, 1.5, -2.0]]
+OUTSIDE_RANGE = [
+    [0.1, 0.2, 3.0, 100.0],
+    [-1e6, 0.3, 1e6, 0.7],
+    [2.0**31, -(2.0**31), 2.0**62, 0.5],
+    [1e30, -3e38, 0.5, 3e38],
+]
+
+
+@pytest.mark.parametrize("where", ["tensorflow", "tflite"])
+def test_fixed_point_is_exact_inside_the_range_and_clamps_outside(where):
+    """Inside EXACT_RANGE: crop_and_resize itself. Outside: crop_and_resize of the clamped box
+    (no float->int32 overflow: 100 once wrapped to the far negative side)."""
+    from models.roi_pooling import EXACT_RANGE
+
+    rng = np.random.default_rng(31)
+    features = rng.random((1, 20, 20, 8), dtype=np.float32)
+    rois = np.asarray(INSIDE_RANGE + OUTSIDE_RANGE, np.float32)
+    box_indexes = np.zeros(len(rois), np.int32)
+    if where == "tensorflow":
+        actual = roi_pool(features, rois, box_indexes).numpy()
+    else:
+        model = _convert("fixed_point", len(rois), "float32", rng, channels=8)
+        actual, _ = _run_tflite(model, features, rois, box_indexes)
+    unclamped = tf_reference(features, rois, box_indexes, (7, 7), 2)
+    clamped = tf_reference(features, np.clip(rois, *EXACT_RANGE), box_indexes, (7, 7), 2)
+    inside = len(INSIDE_RANGE)
+    np.testing.assert_allclose(actual[:inside], unclamped[:inside], atol=1e-5)
+    np.testing.assert_allclose(actual, clamped, atol=1e-5)
+    assert np.abs(actual[inside:] - unclamped[inside:]).max() > 0.1  # the range is real
+
+
+def test_rois_in_exact_range_on_both_sides():
+    from models.roi_pooling import rois_in_exact_range
+
+    assert rois_in_exact_range(np.asarray(INSIDE_RANGE, np.float32))
+    assert rois_in_exact_range(np.zeros((0, 4), np.float32))
+    for box in OUTSIDE_RANGE:
+        assert not rois_in_exact_range([box])
+    assert not rois_in_exact_range([[0.0, 0.0, 2.0001, 1.0]])
+    assert not rois_in_exact_range([[0.0, float("nan"), 1.0, 1.0]])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runtime_fakes import CONFIG, build_fake_artifacts, build_keras_models, fake_image
+from runtime_fakes import CONFIG, build_keras_models, fake_image, shared_fake_artifacts
 
 from runtime import processing
 from runtime.cli import main
@@ -19,7 +19,7 @@ from runtime.detector import Detector, DetectorOptions
 from runtime.errors import ArtifactError, RoiedgeError
 from runtime.golden import error_metrics
 from runtime.images import resize
-from runtime.manifest import manifest_to_dict, read_manifest
+from runtime.manifest import manifest_to_dict, read_manifest, seal, write_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,9 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def fake_dir(tmp_path_factory):
     """A complete artifacts directory of the fake detector (read-only for tests: copy to modify)."""
-    directory = tmp_path_factory.mktemp("fake_artifacts")
-    build_fake_artifacts(directory)
-    return directory
+    return shared_fake_artifacts(tmp_path_factory)
 
 
 @pytest.fixture
@@ -38,6 +36,22 @@ def fake_copy(fake_dir, tmp_path):
     target = tmp_path / "artifacts"
     shutil.copytree(fake_dir, target)
     return target
+
+
+def reseal(directory):
+    """Re-hash the golden files and detector config after a test edited them on purpose."""
+    write_manifest(seal(read_manifest_unchecked(directory), directory), directory)
+
+
+def read_manifest_unchecked(directory):
+    """The manifest with its detector hash refreshed first (so an edited config still parses)."""
+    from runtime.manifest import detector_digest
+
+    path = Path(directory) / "manifest.json"
+    data = json.loads(path.read_text())
+    data["detector_sha256"] = detector_digest(data["detector"])
+    path.write_text(json.dumps(data))
+    return read_manifest(directory)
 
 
 def run_cli(*args, cwd=REPO):
@@ -87,6 +101,7 @@ def test_check_fails_with_exit_1_when_outputs_drift(fake_copy, capsys):
         arrays = dict(data)
     arrays["output_1"] = arrays["output_1"] + 0.01  # box_deltas off by 0.01 everywhere
     np.savez(golden, **arrays)
+    reseal(fake_copy)  # a consistent (re-hashed) golden: an accuracy failure, not tampering
     assert main(["check", str(fake_copy), "--only", "head/tflite/float32", "head/tflite/int8"]) == 1
     text = capsys.readouterr().out
     assert "FAIL head/tflite/float32 (float32): box_deltas: max abs error" in text
@@ -110,6 +125,7 @@ def test_check_reports_an_unloadable_artifact_and_keeps_going(fake_copy, capsys)
     assert main(["check", str(fake_copy), "--formats", "tflite"]) == 1
     text = capsys.readouterr().out
     assert "FAIL head/tflite/float16 (float16): cannot load:" in text
+    assert "not a structurally valid TFLite flatbuffer" in text
     assert "8/9 artifacts within" in text
 
 
@@ -221,12 +237,16 @@ def _one_line_exit_2(proc, *fragments):
     assert "Traceback" not in proc.stderr
 
 
-def test_sha_mismatch_exits_2_with_one_line(fake_copy):
+def test_sha_mismatch_fails_its_row_and_detect_exits_2_with_one_line(fake_copy, capsys):
     path = fake_copy / "head.int8.tflite"
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    proc = run_cli("check", fake_copy)
+    assert main(["check", str(fake_copy), "--formats", "tflite"]) == 1
+    text = capsys.readouterr().out
+    assert "FAIL head/tflite/int8 (int8): not verified:" in text and "does not match" in text
+    assert "8/9 artifacts within" in text  # the others were still checked
+    proc = run_cli("detect", "--artifacts", fake_copy, fake_copy / "any.png")
     _one_line_exit_2(proc, str(path), "does not match the manifest's")
 
 

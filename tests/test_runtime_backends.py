@@ -206,27 +206,50 @@ def test_backend_choice_errors(tmp_path):
     }
     garbage = tmp_path / "garbage.tflite"
     garbage.write_bytes(b"not a flatbuffer at all" * 10)
-    with pytest.raises(ArtifactError, match=r"garbage\.tflite: ai_edge_litert cannot load it"):
+    with pytest.raises(ArtifactError, match=r"garbage\.tflite: not a structurally valid TFLite"):
         open_backend(garbage, "tflite", "ai_edge_litert")
     with pytest.raises(ArtifactError, match=r"garbage\.onnx: onnxruntime cannot load it"):
         (tmp_path / "garbage.onnx").write_bytes(b"junk")
         open_backend(tmp_path / "garbage.onnx", "onnx")
 
 
+def with_edgetpu_opcode(source: Path, target: Path) -> None:
+    """A copy of ``source`` listing edgetpu_compiler's custom op among its operator codes.
+
+    Test data only (the compiler cannot be installed here): the runtime must treat any model
+    carrying the op as compiled, since the op has no CPU kernel.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(source.read_bytes()))
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
+    code.customCode = b"edgetpu-custom-op"
+    code.version = 1
+    model.operatorCodes.append(code)
+    target.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+
+
 @pytest.mark.skipif(_edgetpu_present(), reason="an Edge TPU runtime is installed here")
-def test_edgetpu_missing_falls_back_to_cpu_or_fails_when_required(tmp_path, capsys):
+def test_edgetpu_modes_tell_compiled_from_uncompiled_models(tmp_path, capsys):
     path = tmp_path / "toy.tflite"
     _two_input_tflite(path)
     backend = open_backend(path, "tflite", "ai_edge_litert", edgetpu="try")
-    assert backend.delegate is None
+    assert backend.delegate is None and not backend.summary.edgetpu_compiled
     err = capsys.readouterr().err
-    assert "warning: Edge TPU delegate libedgetpu.so.1 could not be loaded" in err
-    assert "running on the CPU instead" in err
+    assert "warning: toy.tflite was not compiled by edgetpu_compiler" in err
+    assert "running it on the CPU" in err
     a = np.ones((2, 3), np.float32)
     names = {t.name for t in backend.inputs}
     assert len(backend.run(dict.fromkeys(names, a))) == 2
-    with pytest.raises(BackendError, match=r"libedgetpu\.so\.1 could not be loaded"):
+    with pytest.raises(BackendError, match=r"toy\.tflite was not compiled by edgetpu_compiler"):
         open_backend(path, "tflite", "ai_edge_litert", edgetpu="require")
+    compiled = tmp_path / "toy_edgetpu.tflite"
+    with_edgetpu_opcode(path, compiled)
+    for mode in ("off", "try", "require"):  # no CPU kernel: the delegate is needed in every mode
+        with pytest.raises(BackendError, match=r"libedgetpu\.so\.1 could not be loaded"):
+            open_backend(compiled, "tflite", "ai_edge_litert", edgetpu=mode)
 
 
 def test_edgetpu_delegate_is_used_when_loadable():

@@ -3,5 +3,6 @@
 import sys
 
 from export.report.cli import main
+from runtime.interrupts import run_main
 
-sys.exit(main())
+sys.exit(run_main(main))

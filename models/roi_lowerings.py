@@ -1,0 +1,427 @@
+"""The builtin-only lowerings of crop_and_resize behind :func:`models.roi_pooling.roi_pool`.
+
+Each lowering maps ``(feature_maps [B,H,W,C], rois [N,4] normalized y1x1y2x2, box_indexes [N]
+int32, crop_size)`` to the ``[N, ch, cw, C]`` crops of ``tf.image.crop_and_resize`` (the
+``POOLING_LOWERINGS`` also max-pool, tile by tile). ``fixed_point`` (the default) and its
+variants share one int32 sampling grid (:func:`_fixed_point_sampling`); ``gather`` computes its
+coordinates in float. Inputs are already checked by :mod:`models.roi_pooling`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+#: ``fixed_point`` keeps box coordinates in [-COORDINATE_RANGE, COORDINATE_RANGE] (normalized):
+#: the int32 sample arithmetic is sized for that range, and every coordinate is clamped to it
+#: first, so the fixed-point forms equal crop_and_resize only for boxes inside it.
+COORDINATE_RANGE = 2
+#: The normalized box coordinates for which the fixed-point lowerings are exact (inclusive).
+EXACT_RANGE = (-float(COORDINATE_RANGE), float(COORDINATE_RANGE))
+#: Relative slack (about 8 float32 ulps) by which a sample may pass the map edge and still count
+#: as on it, absorbing the converter's re-association of the sample-position arithmetic.
+EDGE_SLACK = 2.0**-20
+
+
+def max_pool_bins(crops, samples_per_bin: int):
+    """Max-pools ``samples_per_bin`` x ``samples_per_bin`` blocks (no-op for 1)."""
+    if samples_per_bin == 1:
+        return crops
+    return tf.nn.max_pool2d(crops, samples_per_bin, samples_per_bin, "VALID")
+
+
+def _static_or_dynamic(tensor):
+    """The shape of ``tensor`` as a list, static dims as ints, unknown ones as scalars."""
+    static = tensor.shape.as_list()
+    dynamic = tf.shape(tensor)
+    return [dynamic[i] if d is None else d for i, d in enumerate(static)]
+
+
+def _crop_and_resize_oracle(feature_maps, rois, box_indexes, crop_size):
+    # The reference: TF's fused kernel. Flex-only in TFLite (no CROP_AND_RESIZE builtin).
+    crops = tf.image.crop_and_resize(
+        tf.cast(feature_maps, tf.float32), rois, box_indexes, crop_size, extrapolation_value=0.0
+    )
+    return crops
+
+
+def _sample_coordinates(lo, hi, length, crop_length: int):
+    """Sample positions along one axis exactly as CropAndResize computes them.
+
+    ``lo``/``hi`` are ``[N]`` normalized box edges, ``length`` the map length along the axis.
+    Returns ``[N, crop_length]`` float32 positions in pixels; positions outside
+    ``[0, length - 1]`` are extrapolated (value 0).
+    """
+    scale = tf.cast(length - 1, tf.float32)
+    if crop_length > 1:
+        # Same operation order as CropAndResize's kernel, so floor() lands on the same pixel.
+        step = (hi - lo) * scale / float(crop_length - 1)
+        steps = tf.range(crop_length, dtype=tf.float32)
+        return lo[:, None] * scale + steps[None, :] * step[:, None]
+    return (0.5 * (lo + hi) * scale)[:, None]
+
+
+def _gather_crop_and_resize(feature_maps, rois, box_indexes, crop_size):
+    """crop_and_resize from GATHER on a ``[B*H*W, C]`` view plus arithmetic (builtins only)."""
+    _, height, width, channels = _static_or_dynamic(feature_maps)
+    crop_height, crop_width = crop_size
+    y1, x1, y2, x2 = tf.unstack(rois, axis=1)
+    ys = _sample_coordinates(y1, y2, height, crop_height)  # [N, ch]
+    xs = _sample_coordinates(x1, x2, width, crop_width)  # [N, cw]
+
+    def axis_terms(positions, length):
+        # TFLite's converter folds `/ (crop_length - 1)` into a reciprocal multiply, so a sample
+        # that CropAndResize puts exactly on the map edge (a box ending at 1.0, or a flipped one
+        # ending at 0.0) can land a few ulps outside it and would be zeroed: allow EDGE_SLACK.
+        last = tf.cast(length - 1, tf.float32)
+        slack = last * EDGE_SLACK
+        inside = tf.logical_and(positions >= -slack, positions <= last + slack)
+        # Out-of-map samples are zeroed by `inside`; clamping only keeps GATHER in range. It is
+        # done in float: the converter turns an int32 clip to [0, 6] into RELU6, which has no
+        # int32 kernel (a map 7 pixels wide would not convert).
+        positions = tf.clip_by_value(positions, 0.0, last)
+        low = tf.floor(positions)
+        lerp = positions - low
+        high = tf.math.ceil(positions)
+        low_i, high_i = tf.cast(low, tf.int32), tf.cast(high, tf.int32)
+        return tf.cast(inside, feature_maps.dtype), tf.cast(lerp, feature_maps.dtype), low_i, high_i
+
+    y_inside, y_lerp, top, bottom = axis_terms(ys, height)
+    x_inside, x_lerp, left, right = axis_terms(xs, width)
+
+    flat = tf.reshape(feature_maps, [-1, channels])
+    base = box_indexes * (height * width)  # [N]
+    top_rows = (base[:, None] + top * width)[:, :, None]  # [N, ch, 1]
+    bottom_rows = (base[:, None] + bottom * width)[:, :, None]
+    left_cols = left[:, None, :]  # [N, 1, cw]
+    right_cols = right[:, None, :]
+
+    top_left = tf.gather(flat, top_rows + left_cols)  # [N, ch, cw, C]
+    top_right = tf.gather(flat, top_rows + right_cols)
+    bottom_left = tf.gather(flat, bottom_rows + left_cols)
+    bottom_right = tf.gather(flat, bottom_rows + right_cols)
+
+    x_lerp = x_lerp[:, None, :, None]
+    y_lerp = y_lerp[:, :, None, None]
+    top_values = top_left + (top_right - top_left) * x_lerp
+    bottom_values = bottom_left + (bottom_right - bottom_left) * x_lerp
+    crops = top_values + (bottom_values - top_values) * y_lerp
+    inside = y_inside[:, :, None, None] * x_inside[:, None, :, None]
+    return crops * inside
+
+
+def _fraction_bits(length) -> int:
+    """Fixed-point fraction bits for sample positions on an axis of ``length`` pixels.
+
+    The largest int32 intermediate is about ``3 * COORDINATE_RANGE * (length - 1) * 2**bits``.
+    """
+    last = max(int(length) - 1, 1) if isinstance(length, int) else 1023
+    bits = int(np.floor(np.log2((2**31 - 1) / (3 * COORDINATE_RANGE * last))))
+    return min(bits, 24)
+
+
+#: Fraction bits of the int32 bilinear weights (2**-22 ~ 2.4e-7: far below the 1e-5 float bar,
+#: and every intermediate of :func:`_fixed_point_product` stays below 2**31).
+WEIGHT_BITS = 22
+
+
+def _fixed_point_product(a, b):
+    """``round(a * b / 2**WEIGHT_BITS)`` for int32 ``a, b`` in ``[0, 2**WEIGHT_BITS]``, in int32.
+
+    ``a * b`` needs 44 bits, so ``a`` is split into 8 + 7 + 7 bit limbs and the partial products
+    are accumulated Horner-style, shifting right between limbs (error < 0.51 units of the result).
+    """
+    high = tf.math.floordiv(a, 1 << 14)  # < 2**8 (a == 2**22 gives exactly 2**8)
+    rest = a - high * (1 << 14)
+    middle = tf.math.floordiv(rest, 1 << 7)  # < 2**7
+    low = rest - middle * (1 << 7)  # < 2**7
+    partial = tf.math.floordiv(low * b, 1 << 7) + middle * b  # < 2**30
+    partial = tf.math.floordiv(partial, 1 << 7) + high * b  # <= 2**30 + 2**23
+    return tf.math.floordiv(partial + (1 << 7), 1 << 8)
+
+
+class _Sampling(NamedTuple):
+    """The int32 sampling grid of :func:`_fixed_point_sampling`, shapes ``[N, ch]``/``[N, cw]``."""
+
+    top: Any
+    bottom: Any
+    left: Any
+    right: Any
+    inside: Any  # [N, ch, cw] bool: the sample lies on the map (else it reads 0)
+    weights: tuple  # four [N, ch, cw] int32 in units of 2**-WEIGHT_BITS: TL, TR, BL, BR
+    height: Any
+    width: Any
+    channels: Any
+    axis_inside: tuple  # ([N, ch], [N, cw]) bool
+    fractions: tuple  # ([N, ch], [N, cw]) int32 in units of 2**-WEIGHT_BITS
+
+
+def _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size) -> _Sampling:
+    """The int32 sample grid of the fixed-point lowerings: crop_and_resize's sample rows and
+    columns, which samples lie on the map, and the four bilinear weights (builtins only).
+
+    Full-integer quantization (``Optimize.DEFAULT`` + a representative dataset) quantizes every
+    float op with an int8 kernel; box coordinates quantized to 8 bits put samples pixels away
+    (errors near 1.0 on unit features). Here the boxes enter through FLOOR_DIV and FLOOR_MOD,
+    which have no int8 kernels and so stay float, and become ``round(rois * 2**bits)`` exactly
+    (dividing by a power of two is exact), clamped to :data:`EXACT_RANGE`; everything after is
+    int32, which is never quantized. The four bilinear weights are int32 products too, so int8
+    conversion rounds each of them once (at its CAST) instead of through a chain of quantized
+    SUB/MUL ops.
+    """
+    _, height, width, channels = _static_or_dynamic(feature_maps)
+    crop_height, crop_width = crop_size
+    bits = min(_fraction_bits(height), _fraction_bits(width))
+    one = 1 << bits
+    # The powers of two below are built at run time, not stored: float16 conversion stores every
+    # float constant as float16, where 2**-25 flushes to zero (and 2**-22 is subnormal). POW of
+    # an int32 exponent that depends on an input cannot be constant-folded, and POW has no int8
+    # kernel, so like FLOOR_DIV it stays float32 under full-integer conversion.
+    # Shapes are set on the int32 side: a RESHAPE between POW and its consumer would be int8.
+    zeros = tf.math.floordiv(box_indexes, 1 << 30)  # [N] zeros (box indexes are in [0, B))
+
+    def power_of_two(exponent, rank):
+        exponent = tf.reshape(zeros + exponent, [-1] + [1] * (rank - 1))
+        return tf.pow(2.0, tf.cast(exponent, tf.float32))  # [N, 1, ...] float32, exact
+
+    # floor(rois * 2**(bits+1)) then a rounding halving in int32: rois to the nearest 2**-bits.
+    # Clamped before any large value meets a float->int32 cast (which overflows past 2**31, i.e.
+    # |rois| >= 2**(30 - bits), ~64, and no float clamp survives int8 conversion unquantized):
+    # the integer part is cast alone (exact below 2**31); coarser casts of rois / 2**31, 2**62,
+    # ... (each exact where the finer one overflows) saturate it for any finite coordinate. The
+    # fraction (FLOOR_MOD, in [0, 1): no int8 kernel either) is then scaled exactly.
+    whole = tf.cast(tf.math.floordiv(rois, 1.0), tf.int32)
+    for exponent in (31, 62, 93, 124):
+        coarse = tf.cast(tf.math.floordiv(rois, power_of_two(exponent, 2)), tf.int32)
+        whole = tf.where(coarse >= 1, COORDINATE_RANGE, whole)
+        whole = tf.where(coarse <= -2, -COORDINATE_RANGE - 1, whole)
+    whole = tf.clip_by_value(whole, -COORDINATE_RANGE - 1, COORDINATE_RANGE)
+    fraction = tf.math.floordiv(tf.math.floormod(rois, 1.0), power_of_two(-(bits + 1), 2))
+    halves = whole * (1 << (bits + 1)) + tf.cast(fraction, tf.int32)
+    rois_fixed = tf.clip_by_value(
+        tf.math.floordiv(halves + 1, 2), -COORDINATE_RANGE * one, COORDINATE_RANGE * one
+    )
+    y1, x1, y2, x2 = tf.unstack(rois_fixed, axis=1)
+
+    def axis_terms(lo, hi, length, crop_length):
+        # Same formula as CropAndResize, in units of 2**-bits pixel: lo*(L-1) + i*step.
+        last = length - 1
+        if crop_length > 1:
+            step = tf.math.floordiv((hi - lo) * last, crop_length - 1)
+            samples = tf.range(crop_length, dtype=tf.int32)
+            positions = lo[:, None] * last + samples[None, :] * step[:, None]
+        else:
+            positions = tf.math.floordiv((lo + hi) * last, 2)[:, None]
+        # CropAndResize puts samples of boxes ending on the map edge exactly on it; rounding the
+        # corners and flooring the step may move them by a few units of 2**-bits (< 1e-5 px):
+        # such samples still count as on the edge, clamped onto it.
+        slack = crop_length + 2
+        inside = tf.logical_and(positions >= -slack, positions <= last * one + slack)
+        positions = tf.clip_by_value(positions, 0, last * one)
+        low = tf.math.floordiv(positions, one)
+        fraction = positions - low * one  # in [0, one)
+        # The weight fraction at WEIGHT_BITS (a power-of-two rescale, exact when shifting left).
+        if bits >= WEIGHT_BITS:
+            fraction = tf.math.floordiv(fraction, 1 << (bits - WEIGHT_BITS))
+        else:
+            fraction = fraction * (1 << (WEIGHT_BITS - bits))
+        high = tf.minimum(low + 1, last)
+        return inside, low, high, fraction
+
+    y_inside, top, bottom, y_fraction = axis_terms(y1, y2, height, crop_height)
+    x_inside, left, right, x_fraction = axis_terms(x1, x2, width, crop_width)
+
+    # Bilinear weights in units of 2**-WEIGHT_BITS, [N, ch, cw]; only wy*wx needs a product, the
+    # others follow exactly from it, so the four weights sum to exactly 1.
+    unit = 1 << WEIGHT_BITS
+    wy = y_fraction[:, :, None]
+    wx = x_fraction[:, None, :]
+    bottom_right = _fixed_point_product(wy, wx)
+    weights = (
+        unit - wy - wx + bottom_right,  # top left
+        wx - bottom_right,  # top right
+        wy - bottom_right,  # bottom left
+        bottom_right,
+    )
+    inside = tf.logical_and(y_inside[:, :, None], x_inside[:, None, :])  # [N, ch, cw]
+    return _Sampling(
+        top,
+        bottom,
+        left,
+        right,
+        inside,
+        weights,
+        height,
+        width,
+        channels,
+        (y_inside, x_inside),
+        (y_fraction, x_fraction),
+    )
+
+
+def _fixed_weight(fixed, dtype, scale: float = 1.0):
+    """An int32 weight in units of 2**-WEIGHT_BITS as ``dtype`` (times ``scale``, a power of 2)."""
+    # In float32 (a float16 feature map could not hold 2**22), then the features' dtype. Two
+    # constant factors of 2**-11: each is a normal float16 (a float16-converted model stores
+    # 2**-22 as a subnormal), and int8 conversion requantizes both exactly.
+    half_scale = 2.0 ** -(WEIGHT_BITS // 2)
+    scaled = tf.cast(fixed, tf.float32) * (half_scale * scale) * half_scale
+    return tf.cast(scaled, dtype)
+
+
+def _fixed_point_crop_and_resize(feature_maps, rois, box_indexes, crop_size):
+    """crop_and_resize with int32 coordinates: four GATHERs, four MULs, three ADDs.
+
+    Each GATHER gives ``[N, ch, cw, C]``; the MULs and ADDs are elementwise int8 ops that XNNPACK
+    runs fast, where a stacked ``[N, ch, cw, 4, C]`` tensor reduced with SUM was ~2x slower (and
+    the single-GATHER variants below are slower still: ``make bench``).
+    """
+    grid = _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
+    return _four_gathers(feature_maps, box_indexes, grid, slice(None))
+
+
+def _four_gathers(feature_maps, box_indexes, grid: _Sampling, rois_slice: slice):
+    """The bilinear samples of RoIs ``rois_slice`` from four GATHERs, four MULs and three ADDs."""
+    # One zero row after the map: samples outside it gather zeros (CropAndResize's extrapolation).
+    flat = tf.reshape(feature_maps, [-1, grid.channels])
+    zero_row = tf.shape(flat)[0]
+    flat = tf.concat([flat, tf.zeros_like(flat[:1])], axis=0)
+    base = box_indexes[rois_slice, None, None] * (grid.height * grid.width)
+    inside = grid.inside[rois_slice]
+
+    def gather(y_rows, x_cols):
+        index = base + y_rows[rois_slice, :, None] * grid.width + x_cols[rois_slice, None, :]
+        return tf.gather(flat, tf.where(inside, index, zero_row))  # [n, ch, cw, C]
+
+    def weight(fixed):
+        return _fixed_weight(fixed[rois_slice], feature_maps.dtype)[..., None]
+
+    top_left, top_right, bottom_left, bottom_right = grid.weights
+    # Four MULs and three ADDs (not a stacked SUM): fast elementwise int8 kernels under XNNPACK.
+    return (
+        gather(grid.top, grid.left) * weight(top_left)
+        + gather(grid.top, grid.right) * weight(top_right)
+        + gather(grid.bottom, grid.left) * weight(bottom_left)
+        + gather(grid.bottom, grid.right) * weight(bottom_right)
+    )
+
+
+#: RoIs per tile of ``fixed_point_tiled``.
+ROI_TILE = 16
+
+
+def _fixed_point_tiled_roi_pool(feature_maps, rois, box_indexes, crop_size, samples_per_bin):
+    """``fixed_point`` in tiles of :data:`ROI_TILE` RoIs, each max-pooled before the next starts.
+
+    The same ops as ``fixed_point`` on a slice of the RoIs at a time: each tile's
+    ``[tile, ch, cw, C]`` intermediates are small enough to stay in cache between the ops that
+    write and read them, where the whole-batch ones (120 MB each at 300 RoIs, 14x14x512 float32)
+    stream through memory. Needs a static number of RoIs (otherwise one tile).
+    """
+    grid = _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
+    num_rois = rois.shape[0]
+    if num_rois is None:
+        bounds = [slice(None)]
+    else:
+        bounds = [slice(i, min(i + ROI_TILE, num_rois)) for i in range(0, num_rois, ROI_TILE)]
+    pooled = [
+        max_pool_bins(_four_gathers(feature_maps, box_indexes, grid, b), samples_per_bin)
+        for b in bounds
+    ]
+    return pooled[0] if len(pooled) == 1 else tf.concat(pooled, axis=0)
+
+
+def _neighbour_table(feature_maps, grid: _Sampling, offsets):
+    """``[B*H*W + 1, len(offsets) * C]``: row ``p`` holds pixels ``p + o`` for each offset ``o``.
+
+    Past the map the rows are zeros, so row ``B*H*W`` is all zeros (the extrapolation row). A
+    neighbour that wraps to the next row, or past the map, only ever meets a weight of exactly 0:
+    a sample on the last column (row) has fraction 0.
+    """
+    flat = tf.reshape(feature_maps, [-1, grid.channels])
+    pixels = tf.shape(flat)[0]
+    padded = tf.concat([flat, tf.zeros_like(flat[:1])], axis=0)
+    padded = tf.concat([padded, tf.zeros([max(offsets), grid.channels], flat.dtype)], axis=0)
+    return tf.concat([padded[o : o + pixels + 1] for o in offsets], axis=1), pixels
+
+
+def _neighbour_gather(feature_maps, box_indexes, grid: _Sampling):
+    """One GATHER of the four neighbours of every sample: ``[N, ch, cw, 4 * C]``."""
+    table, zero_row = _neighbour_table(feature_maps, grid, (0, 1, grid.width, grid.width + 1))
+    base = box_indexes[:, None, None] * (grid.height * grid.width)
+    index = base + grid.top[:, :, None] * grid.width + grid.left[:, None, :]
+    return tf.gather(table, tf.where(grid.inside, index, zero_row))
+
+
+def _neighbour_pool_crop_and_resize(feature_maps, rois, box_indexes, crop_size):
+    """crop_and_resize as one GATHER of stacked neighbours, one MUL and an AVERAGE_POOL_2D."""
+    grid = _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
+    crop_height, crop_width = crop_size
+    stacked = _neighbour_gather(feature_maps, box_indexes, grid)  # [N, ch, cw, 4C]
+    samples = tf.reshape(stacked, [-1, 4, 1, grid.channels])
+    # Weights times 4: the average of the four products is their sum.
+    weights = tf.stack([_fixed_weight(w, feature_maps.dtype, 4.0) for w in grid.weights], -1)
+    products = samples * tf.reshape(weights, [-1, 4, 1, 1])
+    summed = tf.nn.avg_pool2d(products, (4, 1), (4, 1), "VALID")
+    return tf.reshape(summed, [-1, crop_height, crop_width, grid.channels])
+
+
+def _neighbour_matmul_crop_and_resize(feature_maps, rois, box_indexes, crop_size):
+    """crop_and_resize as one GATHER of stacked neighbours and a BATCH_MATMUL with the weights."""
+    grid = _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
+    crop_height, crop_width = crop_size
+    stacked = _neighbour_gather(feature_maps, box_indexes, grid)  # [N, ch, cw, 4C]
+    samples = tf.reshape(stacked, [-1, 4, grid.channels])
+    weights = tf.stack([_fixed_weight(w, feature_maps.dtype) for w in grid.weights], -1)
+    summed = tf.matmul(tf.reshape(weights, [-1, 1, 4]), samples)
+    return tf.reshape(summed, [-1, crop_height, crop_width, grid.channels])
+
+
+def _axis_matrix(low, high, fraction, inside, length, dtype):
+    """``[N, crop, length]``: each sample's two bilinear weights along one axis, 0 elsewhere."""
+    pixels = tf.range(length)[None, None, :]
+    unit = 1 << WEIGHT_BITS
+    fixed = tf.where(tf.equal(pixels, low[:, :, None]), unit - fraction[:, :, None], 0) + tf.where(
+        tf.equal(pixels, high[:, :, None]), fraction[:, :, None], 0
+    )
+    fixed = tf.where(inside[:, :, None], fixed, 0)
+    return _fixed_weight(fixed, dtype)
+
+
+def _separable_matmul_crop_and_resize(feature_maps, rois, box_indexes, crop_size):
+    """crop_and_resize as two matrix products: rows (FULLY_CONNECTED-sized) then columns."""
+    grid = _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
+    batch = tf.shape(feature_maps)[0]
+    height, width, channels = grid.height, grid.width, grid.channels
+    crop_height = crop_size[0]
+    # Rows of all images stacked: sample rows index b*H + y.
+    offset = box_indexes[:, None] * height
+    rows = _axis_matrix(
+        grid.top + offset,
+        grid.bottom + offset,
+        grid.fractions[0],
+        grid.axis_inside[0],
+        batch * height,
+        feature_maps.dtype,
+    )  # [N, ch, B*H]
+    columns = _axis_matrix(
+        grid.left, grid.right, grid.fractions[1], grid.axis_inside[1], width, feature_maps.dtype
+    )  # [N, cw, W]
+    table = tf.reshape(feature_maps, [-1, width * channels])  # [B*H, W*C]
+    interpolated_rows = tf.matmul(tf.reshape(rows, [-1, batch * height]), table)
+    interpolated_rows = tf.reshape(interpolated_rows, [-1, crop_height, width, channels])
+    return tf.matmul(columns[:, None], interpolated_rows)  # [N, ch, cw, C]
+
+
+#: Lowerings that pool themselves: (feature_maps, rois, box_indexes, crop_size, s) -> pooled.
+POOLING_LOWERINGS = {"fixed_point_tiled": _fixed_point_tiled_roi_pool}
+LOWERINGS = {
+    "fixed_point": _fixed_point_crop_and_resize,
+    "neighbour_pool": _neighbour_pool_crop_and_resize,
+    "neighbour_matmul": _neighbour_matmul_crop_and_resize,
+    "separable_matmul": _separable_matmul_crop_and_resize,
+    "gather": _gather_crop_and_resize,
+    "crop_and_resize": _crop_and_resize_oracle,
+}
