@@ -392,7 +392,7 @@ def test_legacy_model_whose_layer_cannot_run_here_is_proven_from_given_outputs(p
     ],
 )
 def test_bad_samples_are_one_line_errors_naming_the_key(pooled, change, message):
-    from export.keras_model import io_infos
+    from export.keras_loading import io_infos
     from export.samples import load_samples
 
     _, _, _, arrays, model = pooled
@@ -406,7 +406,7 @@ def test_bad_samples_are_one_line_errors_naming_the_key(pooled, change, message)
 def test_dynamic_input_names_the_input_and_the_fix():
     import keras
 
-    from export.keras_model import io_infos
+    from export.keras_loading import io_infos
 
     features = keras.Input((8, 8, 3), name="features")  # batch left dynamic
     model = keras.Model(features, keras.layers.Flatten()(features), name="dyn")
@@ -571,7 +571,7 @@ def test_coordinate_inputs_are_traced_through_single_input_layers():
     """Boxes that reach RoIPooling through a slice still count as coordinates (kept float)."""
     import keras
 
-    from export.keras_model import coordinate_inputs
+    from export.keras_loading import coordinate_inputs
     from models.roi_pooling import RoIPooling
 
     features = keras.Input((8, 8, 4), batch_size=1, name="features")

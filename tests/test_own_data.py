@@ -110,8 +110,12 @@ def test_train_evaluate_export_check_detect_at_128x192(datasets, tmp_path, capsy
     from export.report.cli import main as report_main
 
     args = ["--artifacts", str(art), "--data", str(val_json), "--runs", "2", "--warmup", "0"]
-    assert report_main([*args, "--stage-images", "2", "--no-progress"]) == 0
+    # A few training steps give a near-zero mAP whose int8 drop on 6 images is noise, so the
+    # verdict (exit 0 pass / 1 a bound broken) is not the point here; that the report scored the
+    # user's val set, and agrees with models.evaluate, is.
+    code = report_main([*args, "--stage-images", "2", "--no-progress"])
     report = json.loads((art / "report.json").read_text())
+    assert code in (0, 1) and report["passed"] == (code == 0)
     assert report["keras"]["images"] == 6 and report["keras"]["scored_on"] == str(val_json)
     assert report["keras"]["map50_95"] == pytest.approx(summary["map50_95"], abs=1e-9)
     assert {row["name"] for row in report["pipelines"]} >= {"tflite/float32", "tflite/int8"}
