@@ -10,14 +10,18 @@ traceback. Lives in ``runtime`` because every package may import it.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
 #: Shell convention: 128 + signal number.
 EXIT_SIGINT = 128 + signal.SIGINT
 EXIT_SIGTERM = 128 + signal.SIGTERM
+#: Delay before a swallowed signal is sent again (see _redeliver_swallowed_signals).
+_REDELIVERY_DELAY_S = 0.01
 
 
 class Terminated(BaseException):
@@ -28,12 +32,41 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _redeliver_swallowed_signals(previous_hook: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A ``sys.unraisablehook`` that re-sends a signal whose exception was swallowed.
+
+    A signal handler's exception raised while a ``__del__`` runs (TensorFlow's
+    ``AtomicFunction.__del__`` during garbage collection, say) is "ignored" by CPython: it goes
+    to the unraisable hook and the program carries on, so an export finished with exit 0 after
+    SIGTERM. The signal is sent again from a short-lived thread, a moment later: raised inside
+    this hook its handler would run (and be swallowed) right here; sent later it reaches the main
+    flow, or lands in another destructor and comes back through this hook.
+    """
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, Terminated):
+            signum = signal.SIGTERM
+        elif isinstance(unraisable.exc_value, KeyboardInterrupt):
+            signum = signal.SIGINT
+        else:
+            previous_hook(unraisable)
+            return
+        resend = threading.Timer(_REDELIVERY_DELAY_S, os.kill, (os.getpid(), signum))
+        resend.daemon = True
+        resend.start()
+
+    return hook
+
+
 def run_main(main: Callable[..., int], *args: Any) -> int:
     """``main(*args)``; Ctrl-C -> "interrupted" and 130, SIGTERM -> "terminated" and 143."""
     try:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread: leave signals alone
         previous = None
+    previous_hook = sys.unraisablehook
+    if previous is not None:
+        sys.unraisablehook = _redeliver_swallowed_signals(previous_hook)
     try:
         return main(*args)
     except KeyboardInterrupt:
@@ -41,6 +74,7 @@ def run_main(main: Callable[..., int], *args: Any) -> int:
     except Terminated:
         return _stop("terminated (SIGTERM); partial output removed", EXIT_SIGTERM)
     finally:
+        sys.unraisablehook = previous_hook
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

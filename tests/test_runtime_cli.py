@@ -144,3 +144,37 @@ def test_train_and_report_sigterm_exit_143_with_one_line(exported_artifacts, tmp
         assert stderr.strip().splitlines()[-1].startswith("terminated"), stderr[-2000:]
     assert sorted(p.name for p in artifacts.iterdir()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifacts"]
+
+
+_SIGNAL_IN_DEL = """
+import os, signal, sys, time
+from runtime.interrupts import run_main
+
+class Collected:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIG{name})
+        for _ in range(1000):  # the handler runs here, inside __del__: CPython swallows its exception
+            pass
+
+def main():
+    Collected()
+    time.sleep(0.2)
+    print("finished")
+    return 0
+
+sys.exit(run_main(main))
+"""
+
+
+@pytest.mark.parametrize(("name", "code"), [("TERM", 143), ("INT", 130)])
+def test_a_signal_swallowed_inside_a_destructor_still_stops_the_cli(name, code):
+    result = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_IN_DEL.format(name=name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert result.returncode == code, result.stdout + result.stderr
+    assert "finished" not in result.stdout
+    assert result.stderr.strip().splitlines()[-1].startswith(("terminated", "interrupted"))
