@@ -9,13 +9,13 @@ the others calibrate the int8 artifacts.
 from __future__ import annotations
 
 import dataclasses
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from export.config import ExportInputError
+from runtime.run import read_npz
 
 #: Fewest samples accepted: some are held back as golden samples, the rest calibrate int8.
 MIN_SAMPLES = 8
@@ -63,19 +63,6 @@ class Samples:
         return [[self.outputs[n][i].astype(np.float32) for n in names] for i in indexes]
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise ExportInputError(f"--samples {path}: no such file (expected an .npz of model inputs)")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if not hasattr(data, "files"):
-                raise ExportInputError(f"--samples {path}: a single array, expected an .npz")
-            return {key: data[key] for key in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ExportInputError(f"--samples {path}: not a readable .npz ({first})") from None
-
-
 def load_samples(
     source: Path | Mapping[str, np.ndarray],
     inputs: Sequence[TensorInfo],
@@ -83,7 +70,11 @@ def load_samples(
 ) -> Samples:
     """Read and validate samples (a .npz path or a dict of arrays) against the model's I/O."""
     where = f"--samples {source}" if isinstance(source, (str, Path)) else "samples"
-    arrays = _read_npz(Path(source)) if isinstance(source, (str, Path)) else dict(source)
+    arrays = (
+        read_npz(Path(source), "--samples", "an .npz of model inputs")
+        if isinstance(source, (str, Path))
+        else dict(source)
+    )
     input_names = [t.name for t in inputs]
     output_names = [t.name for t in outputs]
     given_inputs = {k: v for k, v in arrays.items() if not k.startswith(OUTPUT_PREFIX)}

@@ -104,17 +104,24 @@ def run_artifact(
     }
 
 
-def _read_inputs(path: Path) -> dict[str, np.ndarray]:
+def read_npz(path: Path, flag: str, expected: str) -> dict[str, np.ndarray]:
+    """The arrays of the .npz file ``path`` by key (no pickles).
+
+    A missing, non-npz or unreadable file is a one-line RoiedgeError naming ``flag`` and the
+    file; ``expected`` says what the file should hold (e.g. "an .npz keyed by input name").
+    """
     if not path.is_file():
-        raise RoiedgeError(f"--inputs {path}: no such file (expected an .npz keyed by input name)")
+        raise RoiedgeError(f"{flag} {path}: no such file (expected {expected})")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not hasattr(data, "files"):
-                raise RoiedgeError(f"--inputs {path}: a single array; expected an .npz")
+        data = np.load(path, allow_pickle=False)
+        # An .npy file loads as a bare array, which is no context manager: check before `with`.
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise RoiedgeError(f"{flag} {path}: a single array; expected an .npz")
+        with data:
             return {key: data[key] for key in data.files}
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise RoiedgeError(f"--inputs {path}: not a readable .npz ({first})") from None
+        raise RoiedgeError(f"{flag} {path}: not a readable .npz ({first})") from None
 
 
 def main(args: argparse.Namespace) -> int:
@@ -123,7 +130,7 @@ def main(args: argparse.Namespace) -> int:
         raise RoiedgeError(f"--threads {args.threads}: expected a positive thread count")
     outputs = run_artifact(
         args.artifacts,
-        _read_inputs(args.inputs),
+        read_npz(args.inputs, "--inputs", "an .npz keyed by input name"),
         format=args.format,
         precision=args.precision,
         model=args.model,

@@ -300,3 +300,33 @@ def test_check_json_writes_non_finite_floats_as_strings():
     rows = [{"snr_db": float("inf"), "psnr_db": float("-inf"), "x": [float("nan"), 1.5]}]
     text = json.dumps(_json_floats(rows), allow_nan=False)
     assert json.loads(text) == [{"snr_db": "inf", "psnr_db": "-inf", "x": ["nan", 1.5]}]
+
+
+def _npy_bytes(array):
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (None, r"--inputs .*x\.npz: no such file \(expected an \.npz keyed by input name\)"),
+        (lambda p: p.write_bytes(b"not a zip"), r"--inputs .*x\.npz: not a readable \.npz"),
+        (lambda p: p.write_bytes(_npy_bytes(np.zeros(3))), r"--inputs .*x\.npz: a single array"),
+    ],
+)
+def test_read_npz_refuses_a_missing_unreadable_or_single_array_file_in_one_line(
+    tmp_path, write, message
+):
+    from runtime.errors import RoiedgeError
+    from runtime.run import read_npz
+
+    path = tmp_path / "x.npz"
+    if write is not None:
+        write(path)
+    with pytest.raises(RoiedgeError, match=message) as raised:
+        read_npz(path, "--inputs", "an .npz keyed by input name")
+    assert "\n" not in str(raised.value)
