@@ -10,14 +10,10 @@ import os
 import sys
 from pathlib import Path
 
-from export.config import ExportCheckError, ExportConfig
+from export.config import ExportCheckError, ExportConfig, comma_names
 from export.formats import ARTIFACTS, PRECISIONS
 from runtime.errors import RoiedgeError
 from runtime.manifest import FORMATS, MODELS
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,10 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.golden_samples,
         help="golden images per stage",
     )
-    parser.add_argument("--models", type=_names, default=None, help=f"of {','.join(MODELS)}")
-    parser.add_argument("--formats", type=_names, default=None, help=f"of {','.join(FORMATS)}")
+    parser.add_argument("--models", type=comma_names, default=None, help=f"of {','.join(MODELS)}")
+    parser.add_argument("--formats", type=comma_names, default=None, help=f"of {','.join(FORMATS)}")
     parser.add_argument(
-        "--precisions", type=_names, default=None, help=f"of {','.join(PRECISIONS)}"
+        "--precisions", type=comma_names, default=None, help=f"of {','.join(PRECISIONS)}"
     )
     parser.add_argument(
         "--target-drop",

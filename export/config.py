@@ -19,6 +19,11 @@ CALIBRATION_SPLIT = 2
 GOLDEN_SPLIT = 3
 
 
+def comma_names(text: str) -> tuple[str, ...]:
+    """A CLI list flag's value: ``"a, b,,c"`` -> ``("a", "b", "c")``."""
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
 class ExportInputError(RoiedgeError):
     """A bad export option or input file (exit 2)."""
 

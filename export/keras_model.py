@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from export.config import ExportCheckError, ExportInputError
+from export.config import ExportCheckError, ExportInputError, comma_names
 from export.formats import PRECISIONS, model_artifacts
 from export.keras_loading import LoadedModel, coordinate_inputs, io_infos, load_keras_model
 from export.samples import Samples, load_samples
@@ -341,10 +341,6 @@ def _range_warning(model: Any, samples: Samples, names_in: Sequence[str]) -> str
 # ------------------------------------------------------------------------------------------- CLI
 
 
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
-
-
 def build_parser():
     """``python -m export --keras-model ...``: the flags of :class:`KerasExportConfig`."""
     import argparse
@@ -381,9 +377,9 @@ def build_parser():
         default=defaults.samples_per_bin,
         help="bilinear samples per bin and axis of the swapped layers, max-pooled (default 1)",
     )
-    parser.add_argument("--formats", type=_names, default=None, help=f"of {','.join(FORMATS)}")
+    parser.add_argument("--formats", type=comma_names, default=None, help=f"of {','.join(FORMATS)}")
     parser.add_argument(
-        "--precisions", type=_names, default=None, help=f"of {','.join(_PRECISIONS)}"
+        "--precisions", type=comma_names, default=None, help=f"of {','.join(_PRECISIONS)}"
     )
     parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bars"
