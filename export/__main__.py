@@ -102,11 +102,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def summary(manifest, out: Path) -> str:
     """One line per artifact: size, size vs float32, worst golden SNR, head top-1 agreement."""
-    import json
+    from runtime import strict_json
 
     lines = [f"{'artifact':34s} {'bytes':>10s} {'vs f32':>7s} {'min SNR dB':>10s} {'top-1':>6s}"]
     for entry in manifest.artifacts:
-        report = json.loads((out / entry.op_report).read_text(encoding="utf-8"))
+        report = strict_json.loads((out / entry.op_report).read_text(encoding="utf-8"))
         checks = report.get("golden_check", {})
         snr = min((c["snr_db"] for c in checks.values()), default=float("nan"))
         top1 = checks.get("class_scores", {}).get("top1_agreement")

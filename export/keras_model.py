@@ -12,7 +12,6 @@ holds ``input_i``/``output_i`` in Keras order; tensors are named after the Keras
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import shutil
 import sys
@@ -28,6 +27,7 @@ from export.formats import PRECISIONS, model_artifacts
 from export.keras_loading import LoadedModel, coordinate_inputs, io_infos, load_keras_model
 from export.samples import Samples, load_samples
 from export.stages import ModelIO
+from runtime import strict_json
 from runtime.manifest import FORMATS, MANIFEST_NAME, Manifest, seal
 
 SCHEMA_VERSION = 1
@@ -187,7 +187,7 @@ def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> M
         proof["calibration_samples"] = len(samples.calibration_indexes)
         pipeline.atomic_write_bytes(
             work / pipeline.REPORT_DIR / "swap_proof.json",
-            (json.dumps(proof, indent=2) + "\n").encode(),
+            strict_json.dump_bytes(proof),
         )
         entries, failures = [], []
         with _bar(config, total=len(specs), desc="artifacts", unit="artifact") as bar:

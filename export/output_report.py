@@ -8,11 +8,11 @@ parity report (``python -m export.report``) measures mAP instead and needs the d
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
 
+from runtime import strict_json
 from runtime.manifest import Manifest, atomic_write_bytes
 from runtime.tolerances import tolerance_for
 
@@ -20,7 +20,7 @@ from runtime.tolerances import tolerance_for
 def _rows(manifest: Manifest, directory: Path) -> list[dict[str, Any]]:
     rows = []
     for entry in manifest.artifacts:
-        report = json.loads((directory / entry.op_report).read_text(encoding="utf-8"))
+        report = strict_json.loads((directory / entry.op_report).read_text(encoding="utf-8"))
         for output, metrics in report["golden_check"].items():
             rows.append(
                 {

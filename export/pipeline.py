@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import shutil
@@ -39,6 +38,7 @@ from export.config import (
 )
 from export.formats import ArtifactSpec
 from export.stages import STAGE_IO, ModelIO, model_io
+from runtime import strict_json
 from runtime.golden import CLASS_SCORES
 from runtime.manifest import (
     MANIFEST_NAME,
@@ -399,5 +399,5 @@ def _build_one(
             "golden_check": metrics,
         }
     )
-    atomic_write_bytes(work / report_path, (json.dumps(report, indent=2) + "\n").encode())
+    atomic_write_bytes(work / report_path, strict_json.dump_bytes(report))
     return entry, broken

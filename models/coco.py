@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from models.data import Batch
+from runtime import strict_json
 from runtime.errors import RoiedgeError
 from runtime.images import load_image, resize
 
@@ -304,6 +305,6 @@ def write_coco(
                 }
             )
     categories = [{"id": k + 1, "name": name} for k, name in enumerate(class_names)]
-    text = json.dumps({"images": images, "annotations": anns, "categories": categories})
-    atomic_write_bytes(Path(path), (text + "\n").encode())
+    content = {"images": images, "annotations": anns, "categories": categories}
+    atomic_write_bytes(Path(path), strict_json.dump_bytes(content, indent=None))
     return Path(path)

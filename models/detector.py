@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from runtime import strict_json
 from runtime.config import ConfigError, DetectorConfig
 from runtime.errors import RoiedgeError
 from runtime.manifest import atomic_write_bytes
@@ -255,7 +256,7 @@ def save_detector(backbone_rpn, head, config: DetectorConfig, path: Path | str) 
         model.save(tmp_file)
         data = tmp_file.read_bytes()
     sidecar = {"format": "roiedge-detector", "config": config.to_dict()}
-    atomic_write_bytes(config_path(path), (json.dumps(sidecar, indent=2) + "\n").encode())
+    atomic_write_bytes(config_path(path), strict_json.dump_bytes(sidecar))
     atomic_write_bytes(path, data)
     return path
 

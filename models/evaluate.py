@@ -12,7 +12,6 @@ Exit codes: 0 ok, 1 check failed, 2 bad input (missing/corrupt model, bad paths 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 
 from models.data import EVAL_IMAGES, EVAL_SEED, EVAL_SPLIT, Batch, eval_split
 from models.metrics import COCO_IOU_THRESHOLDS, mean_average_precision
+from runtime import strict_json
 from runtime.errors import RoiedgeError
 from runtime.manifest import atomic_write_bytes
 from runtime.processing import Detections
@@ -229,8 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(summary))
     try:
         if args.json:
-            text = json.dumps(summary, indent=2) + "\n"
-            atomic_write_bytes(Path(args.json), text.encode())
+            atomic_write_bytes(Path(args.json), strict_json.dump_bytes(summary))
             print(f"wrote {args.json}")
         if args.show:
             show(batch, predictions, names, args.show, Path(args.out), title=title)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import queue
@@ -31,6 +30,7 @@ import numpy as np
 
 from models.data import TRAIN_SPLIT, DataConfig
 from models.train_data import MAX_GT, ProceduralBatches, training_data
+from runtime import strict_json
 from runtime.config import DetectorConfig
 from runtime.errors import RoiedgeError
 from runtime.manifest import atomic_write_bytes
@@ -418,7 +418,7 @@ def train(cfg: TrainConfig, det: DetectorConfig | None = None) -> dict[str, Any]
         },
     }
     record_path = out.with_name(out.stem + ".training.json")
-    atomic_write_bytes(record_path, (json.dumps(record, indent=2) + "\n").encode())
+    atomic_write_bytes(record_path, strict_json.dump_bytes(record))
     return record
 
 

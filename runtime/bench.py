@@ -9,7 +9,6 @@ interpreter or page cache of an earlier run shared in-process). Per measurement:
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime import strict_json
 from runtime.errors import RoiedgeError
 
 
@@ -88,10 +88,33 @@ def measure_artifact(
     return result
 
 
+#: detect()'s timed steps, in order (runtime.detector.Detector.timings); "other" is the rest of
+#: a call (rescaling boxes to the input image, building the Detection list, the timers).
+PIPELINE_STEPS = ("preprocess", "backbone_rpn", "proposals", "head", "detections", "other")
+#: The steps outside both model invocations after preprocessing: the post-processing.
+POSTPROCESS_STEPS = ("proposals", "detections", "other")
+
+
+def pipeline_split(timings: dict[str, float]) -> dict[str, float]:
+    """One detect() call's ``Detector.timings`` (seconds) -> ms per step of PIPELINE_STEPS + total.
+
+    "other" = total - the timed steps (>= 0), so the steps add up to the total.
+    """
+    split = {step: timings.get(step, 0.0) * 1e3 for step in PIPELINE_STEPS[:-1]}
+    total = timings.get("total", 0.0) * 1e3
+    split["other"] = max(total - sum(split.values()), 0.0)
+    split["total"] = total
+    return split
+
+
 def measure_pipeline(
     directory: str, precision: str, runs: int, warmup: int, backend: str | None, threads: int | None
 ) -> dict[str, Any]:
-    """In this process: build a Detector at ``precision`` and time detections on the golden image."""
+    """In this process: build a Detector at ``precision`` and time detections on the golden images.
+
+    The timed calls cycle through every golden image (their RPN outputs differ, and with them
+    the work of NMS), starting with the first.
+    """
     from runtime.check import load_golden
     from runtime.detector import Detector, DetectorOptions
     from runtime.manifest import read_manifest
@@ -105,9 +128,9 @@ def measure_pipeline(
     load_s = time.perf_counter() - start
     manifest = read_manifest(directory)
     image_tensor = load_golden(directory, manifest, "backbone_rpn")["input_0"]
-    image = np.clip(image_tensor.reshape(-1, *image_tensor.shape[-3:])[0], 0, 255).astype(np.uint8)
+    images = np.clip(image_tensor.reshape(-1, *image_tensor.shape[-3:]), 0, 255).astype(np.uint8)
     start = time.perf_counter()
-    found = detector.detect(image)
+    found = detector.detect(images[0])
     first_s = time.perf_counter() - start
     first_detection_at = time.time()
     result = {
@@ -115,23 +138,29 @@ def measure_pipeline(
         "name": f"pipeline {precision}",
         "backend": detector.describe(),
         "detections": len(found),
+        "images": len(images),
         "first_detection_at": first_detection_at,
     }
     splits: list[dict[str, float]] = []
 
     def detect_and_record():
-        detector.detect(image)
-        splits.append(dict(detector.timings))
+        detector.detect(images[len(splits) % len(images)])
+        splits.append(pipeline_split(detector.timings))
 
     result.update(load_s=load_s, first_s=first_s, **latencies(detect_and_record, runs, warmup))
-    # detect()'s split (median ms per step over the timed and warm-up calls) and the share of
-    # the numpy post-processing (proposals: decode + NMS; detections: per-class NMS).
-    steps = ("preprocess", "backbone_rpn", "proposals", "head", "detections", "total")
+    # detect()'s split: the median ms per step over the timed and warm-up calls. The
+    # post-processing share is everything outside preprocessing and the two model invocations
+    # (proposals, detections, other), as the median over calls of its fraction of that call.
     result["split_ms"] = {
-        step: float(np.median([split.get(step, 0.0) for split in splits]) * 1e3) for step in steps
+        step: float(np.median([split[step] for split in splits]))
+        for step in (*PIPELINE_STEPS, "total")
     }
-    post = result["split_ms"]["proposals"] + result["split_ms"]["detections"]
-    result["postprocess_share"] = post / max(result["split_ms"]["total"], 1e-9)
+    shares = [
+        sum(split[step] for step in POSTPROCESS_STEPS) / max(split["total"], 1e-9)
+        for split in splits
+    ]
+    result["postprocess_share"] = float(np.median(shares))
+    result["postprocess_share_range"] = [float(min(shares)), float(max(shares))]
     result["peak_rss_mb"] = peak_rss_mb()
     return result
 
@@ -156,7 +185,7 @@ def run_child(args: list[str], env: dict[str, str] | None = None) -> dict[str, A
         raise RoiedgeError(
             f"benchmark of {args[0]} {args[1]} failed: {lines[-1] if lines else proc.returncode}"
         )
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = strict_json.loads(proc.stdout.strip().splitlines()[-1])
     if "first_detection_at" in result:
         result["cold_start_s"] = result.pop("first_detection_at") - started
     return result
@@ -178,7 +207,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         )
         if "split_ms" in row:
             split = ", ".join(f"{k} {v:.2f}" for k, v in row["split_ms"].items() if k != "total")
-            lines.append(f"  split ms: {split}; post-processing {row['postprocess_share']:.0%}")
+            low, high = row.get("postprocess_share_range", (None, None))
+            spread = f" ({low:.0%}-{high:.0%} over calls)" if low is not None else ""
+            lines.append(
+                f"  split ms: {split}; post-processing {row['postprocess_share']:.0%}{spread}"
+            )
     return "\n".join(lines)
 
 

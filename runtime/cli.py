@@ -6,12 +6,10 @@ Ctrl-C / SIGTERM: one line, exit 130 / 143 (``runtime.interrupts.run_main`` in `
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from pathlib import Path
-from typing import Any
 
+from runtime import strict_json
 from runtime.errors import RoiedgeError
 
 
@@ -203,7 +201,7 @@ def _detect(args: argparse.Namespace) -> int:
             target = save_image(drawn, args.out / unique_name(path.stem, taken))
             print(f"  wrote {target}")
     if args.json is not None:
-        atomic_write_bytes(args.json, (json.dumps(results, indent=1) + "\n").encode())
+        atomic_write_bytes(args.json, strict_json.dump_bytes(results, indent=1))
         print(f"wrote {len(results)} detections to {args.json}")
     if failed:
         print(f"{len(failed)} of {len(paths)} images could not be read", file=sys.stderr)
@@ -248,8 +246,7 @@ def _check(args: argparse.Namespace) -> int:
             }
             for r in results
         ]
-        text = json.dumps(_json_floats(rows), indent=2, default=str, allow_nan=False)
-        atomic_write_bytes(args.json, (text + "\n").encode())
+        atomic_write_bytes(args.json, strict_json.dump_bytes(rows, default=str))
     ran = [r for r in results if r.skipped is None]
     skipped = len(results) - len(ran)
     if not ran:
@@ -307,7 +304,7 @@ def _bench(args: argparse.Namespace) -> int:
     for row in skipped:
         print(f"{row['name']:<34} skipped ({row['skipped']})")
     if args.json is not None:
-        atomic_write_bytes(args.json, (json.dumps(rows + skipped, indent=2) + "\n").encode())
+        atomic_write_bytes(args.json, strict_json.dump_bytes(rows + skipped))
     if skipped and args.require_all:
         print(f"bench failed: {len(skipped)} skipped and --require-all given", file=sys.stderr)
         return 1
@@ -319,7 +316,7 @@ def _bench_child(args: argparse.Namespace) -> int:
 
     measure = measure_artifact if args.kind == "artifact" else measure_pipeline
     result = measure(args.artifacts, args.what, args.runs, args.warmup, args.backend, args.threads)
-    print(json.dumps(result))
+    print(strict_json.dumps(result))
     return 0
 
 
@@ -336,14 +333,3 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(error).split())
         print(f"error: {message}", file=sys.stderr)
         return 2
-
-
-def _json_floats(value: Any) -> Any:
-    """``value`` with every non-finite float as the string "inf", "-inf" or "nan" (JSON has none)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {k: _json_floats(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_floats(v) for v in value]
-    return value

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from runtime import strict_json
 from runtime.errors import ArtifactError
 
 # 2: sha256 of every golden file (``golden_sha256``) and of the detector config
@@ -254,8 +255,7 @@ def manifest_from_dict(data: Any, source: str = "manifest") -> Manifest:
 def write_manifest(manifest: Manifest, directory: os.PathLike) -> Path:
     """Atomically write ``directory/manifest.json``; returns its path."""
     path = Path(directory) / MANIFEST_NAME
-    text = json.dumps(manifest_to_dict(manifest), indent=2, sort_keys=False) + "\n"
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, strict_json.dump_bytes(manifest_to_dict(manifest)))
     return path
 
 
@@ -267,7 +267,7 @@ def read_manifest(directory: os.PathLike) -> Manifest:
             f"{path}: no manifest found; expected an artifacts directory made by `make export`"
         )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = strict_json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
         reason = " ".join(str(error).split())[:120]
         raise ArtifactError(f"{path}: not a readable JSON manifest ({reason})") from None

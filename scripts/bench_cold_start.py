@@ -11,7 +11,6 @@ the median over ``--repeats`` is reported. The runtime rows use ``python -m runt
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from runtime import strict_json  # noqa: E402
 from runtime.bench import run_child  # noqa: E402
 from runtime.manifest import atomic_write_bytes  # noqa: E402
 
@@ -30,6 +30,7 @@ import json, sys, time, resource
 import numpy as np
 from models.detector import FloatDetector, load_detector
 from runtime.check import load_golden
+from runtime.strict_json import dumps
 from runtime.manifest import read_manifest
 directory = sys.argv[1]
 x = load_golden(directory, read_manifest(directory), "backbone_rpn")["input_0"]
@@ -44,7 +45,7 @@ at = time.time()
 times = []
 for _ in range(10):
     t = time.perf_counter(); detector(image); times.append(time.perf_counter() - t)
-print(json.dumps({"name": "float Keras (TensorFlow)", "first_detection_at": at,
+print(dumps({"name": "float Keras (TensorFlow)", "first_detection_at": at,
     "load_s": load_s, "first_s": first_s, "detections": len(found.scores),
     "p50_ms": float(np.percentile(times, 50) * 1e3), "p90_ms": float(np.percentile(times, 90) * 1e3),
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -65,7 +66,7 @@ def keras_child(directory: str) -> dict:
     )
     if proc.returncode != 0:
         raise SystemExit(f"keras child failed: {proc.stderr.strip().splitlines()[-1:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = strict_json.loads(proc.stdout.strip().splitlines()[-1])
     result["cold_start_s"] = result.pop("first_detection_at") - started
     return result
 
@@ -115,7 +116,7 @@ def main() -> int:
             flush=True,
         )
     if args.json:
-        atomic_write_bytes(args.json, (json.dumps(rows, indent=2) + "\n").encode())
+        atomic_write_bytes(args.json, strict_json.dump_bytes(rows))
     return 0
 
 

@@ -9,13 +9,13 @@ every round's detections/s and its ratio to the shared detector on one thread in
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from runtime import strict_json
 from runtime.bench import thread_scaling
 from runtime.manifest import atomic_write_bytes
 
@@ -42,7 +42,7 @@ def main() -> int:
             )
         results["rows"][precision] = rows
     if args.json:
-        atomic_write_bytes(args.json, (json.dumps(results, indent=2) + "\n").encode())
+        atomic_write_bytes(args.json, strict_json.dump_bytes(results))
     return 0
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from export.config import ExportCheckError, ExportConfig
 from export.formats import ARTIFACTS, ONNX_OPSET
+from runtime import strict_json
 from runtime.manifest import (
     manifest_from_dict,
     manifest_to_dict,
@@ -256,7 +257,7 @@ def test_int8_artifacts_are_at_most_0_3x_float32(exported):
 def test_op_reports_count_ops_and_check_edgetpu(exported):
     out, manifest = exported
     for entry in manifest.artifacts:
-        report = json.loads((out / entry.op_report).read_text())
+        report = strict_json.loads((out / entry.op_report).read_text())
         assert report["artifact"] == entry.name
         assert sum(report["ops"].values()) == report["op_count"] > 0
         if entry.format == "tflite":

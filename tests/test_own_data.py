@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from coco_fixtures import CLASS_NAMES, write_dataset
 
+from runtime import strict_json
+
 REPO = Path(__file__).resolve().parent.parent
 SIZE = (128, 192)
 #: Runs the runtime CLI and fails if anything imported TensorFlow or Keras (the device has neither).
@@ -81,7 +83,7 @@ def test_train_evaluate_export_check_detect_at_128x192(datasets, tmp_path, capsy
 
     summary_path = tmp_path / "eval.json"
     assert evaluate_main(["--model", str(model), "--data", str(val_json), "--json", str(summary_path)]) == 0  # fmt: skip
-    summary = json.loads(summary_path.read_text())
+    summary = strict_json.loads(summary_path.read_text())
     assert summary["images"] == 6 and set(summary["per_class"]) == set(CLASS_NAMES)
     assert 0.0 <= summary["map50_95"] <= summary["map50"] <= 1.0
 
@@ -114,7 +116,7 @@ def test_train_evaluate_export_check_detect_at_128x192(datasets, tmp_path, capsy
     # verdict (exit 0 pass / 1 a bound broken) is not the point here; that the report scored the
     # user's val set, and agrees with models.evaluate, is.
     code = report_main([*args, "--stage-images", "2", "--no-progress"])
-    report = json.loads((art / "report.json").read_text())
+    report = strict_json.loads((art / "report.json").read_text())
     assert code in (0, 1) and report["passed"] == (code == 0)
     assert report["keras"]["images"] == 6 and report["keras"]["scored_on"] == str(val_json)
     assert report["keras"]["map50_95"] == pytest.approx(summary["map50_95"], abs=1e-9)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -19,6 +18,7 @@ from export.report import (
     write_report,
 )
 from export.report.config import PIPELINES
+from runtime import strict_json
 from runtime.errors import RoiedgeError
 from runtime.processing import Detections
 from runtime.tolerances import tolerance_for
@@ -95,7 +95,7 @@ def test_quick_slice_every_artifact_within_tolerance(exported_artifacts, tmp_pat
 
     paths = write_report(report, tmp_path)
     assert [p.name for p in paths] == [REPORT_JSON, REPORT_MD, REPORT_PNG]
-    loaded = json.loads((tmp_path / REPORT_JSON).read_text())
+    loaded = strict_json.loads((tmp_path / REPORT_JSON).read_text())
     for key in ("map50", "map50_95"):
         assert isinstance(loaded["keras"][key], float)
     for row in loaded["artifacts"]:

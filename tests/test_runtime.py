@@ -295,10 +295,10 @@ def test_bench_json_rows(fake_dir, tmp_path, capsys):
 
 def test_check_json_writes_non_finite_floats_as_strings():
     """json.loads (strict) must read what --json writes, whatever the SNR (+inf, -inf, nan)."""
-    from runtime.cli import _json_floats
+    from runtime.strict_json import dumps
 
     rows = [{"snr_db": float("inf"), "psnr_db": float("-inf"), "x": [float("nan"), 1.5]}]
-    text = json.dumps(_json_floats(rows), allow_nan=False)
+    text = dumps(rows)
     assert json.loads(text) == [{"snr_db": "inf", "psnr_db": "-inf", "x": ["nan", 1.5]}]
 
 

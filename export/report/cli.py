@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from export.report.config import REPORT_JSON, REPORT_MD, REPORT_PNG, ReportConfig
 from export.report.markdown import format_markdown, speed_table
 from export.report.plot import plot_report
 from export.report.verdicts import build_report
+from runtime import strict_json
 from runtime.errors import RoiedgeError
 from runtime.manifest import atomic_write_bytes
 
@@ -23,18 +21,10 @@ def write_report(report: dict[str, Any], directory: Path) -> list[Path]:
     json_path = directory / REPORT_JSON
     md_path = directory / REPORT_MD
     png_path = directory / REPORT_PNG
-    atomic_write_bytes(
-        json_path, (json.dumps(report, indent=2, default=_json_default) + "\n").encode()
-    )
+    atomic_write_bytes(json_path, strict_json.dump_bytes(report))
     atomic_write_bytes(md_path, format_markdown(report).encode())
     plot_report(report, png_path)
     return [json_path, md_path, png_path]
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,13 +86,13 @@ def _not_measured(what: str, bound: float, reason: str) -> dict[str, Any]:
 
 def mixed_rows(directory: Path, manifest: Manifest, latency: dict) -> list[dict[str, Any]]:
     """Per mixed artifact: the layers its search kept float, and their cost against int8."""
-    import json
+    from runtime import strict_json
 
     rows = []
     for entry in manifest.artifacts:
         if entry.precision != "mixed" or not entry.op_report:
             continue
-        report = json.loads((directory / entry.op_report).read_text(encoding="utf-8"))
+        report = strict_json.loads((directory / entry.op_report).read_text(encoding="utf-8"))
         notes = report.get("build_notes", {}).get("mixed", {})
         row = {
             "name": entry.name,
