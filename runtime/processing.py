@@ -204,8 +204,7 @@ def _overlap_block(
     np.subtract(union, inter, out=union)
     low.fill(1e-12)
     np.maximum(union, low, out=union)
-    with np.errstate(invalid="ignore"):  # NaN boxes compare False, as in box_iou
-        return np.divide(inter, union, out=inter) > iou_threshold
+    return np.divide(inter, union, out=inter) > iou_threshold
 
 
 def _box_areas(coords: np.ndarray) -> np.ndarray:
@@ -304,7 +303,8 @@ def _greedy_ranked(
     if limit <= 0 or not len(ranked):
         return np.zeros(0, np.int64)
     greedy = _greedy_blocks if len(ranked) <= _NMS_MATRIX_MAX else _greedy_rows
-    return greedy(ranked, iou_threshold, limit, groups).astype(np.int64)
+    with np.errstate(invalid="ignore"):  # inf/NaN boxes compare False, as in box_iou
+        return greedy(ranked, iou_threshold, limit, groups).astype(np.int64)
 
 
 def nms(
