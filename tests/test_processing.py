@@ -18,6 +18,7 @@ from runtime.processing import (
     nms,
     preprocess,
     proposals_from_rpn,
+    top_k_indices,
 )
 
 CONFIG = DetectorConfig()
@@ -167,3 +168,153 @@ def test_config_round_trip_and_errors():
     with pytest.raises(ConfigError) as error:
         DetectorConfig.from_dict([1, 2])
     assert "\n" not in str(error.value)
+
+
+def _decode_reference(deltas, anchors, scales):
+    """Box decoding written out box by box in float64 (the Faster R-CNN formulas)."""
+    out = []
+    for (dy, dx, dh, dw), (y1, x1, y2, x2) in zip(np.asarray(deltas, float), anchors):
+        dy, dx, dh, dw = dy / scales[0], dx / scales[1], dh / scales[2], dw / scales[3]
+        ah, aw = float(y2) - float(y1), float(x2) - float(x1)
+        cy, cx = float(y1) + 0.5 * ah + dy * ah, float(x1) + 0.5 * aw + dx * aw
+        h = ah * np.exp(min(dh, np.log(1000.0 / 16.0)))
+        w = aw * np.exp(min(dw, np.log(1000.0 / 16.0)))
+        out.append([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2])
+    return np.asarray(out, np.float64).reshape(-1, 4)
+
+
+def _greedy_reference(boxes, scores, threshold, limit):
+    # Imported here: the tests directory is on sys.path under pytest.
+    from test_nms_blocks import greedy_nms_reference
+
+    return greedy_nms_reference(boxes, scores, threshold, limit)
+
+
+def test_decode_boxes_matches_the_formulas_and_keeps_leading_shapes():
+    rng = np.random.default_rng(3)
+    anchors = random_boxes(rng, 60)
+    deltas = rng.normal(0, 2, (60, 4)).astype(np.float32)  # some past the log-scale clamp
+    deltas[0, 2:] = 9.0
+    expected = _decode_reference(deltas, anchors, CONFIG.box_coder_scales)
+    actual = decode_boxes(deltas, anchors, CONFIG.box_coder_scales)
+    assert actual.dtype == np.float32 and actual.flags.c_contiguous
+    np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-4)
+    grid = decode_boxes(deltas.reshape(20, 3, 4), anchors.reshape(20, 3, 4), (1, 1, 1, 1))
+    assert grid.shape == (20, 3, 4)
+    np.testing.assert_array_equal(grid.reshape(60, 4), decode_boxes(deltas, anchors, (1, 1, 1, 1)))
+
+
+@pytest.mark.parametrize("levels", [0, 3, 40])
+def test_top_k_indices_is_the_stable_descending_sort(levels):
+    rng = np.random.default_rng(levels)
+    for n, k in ((4800, 300), (4800, 1), (5000, 1250), (100, 300), (1000, 200)):
+        scores = rng.random(n).astype(np.float32)
+        if levels:  # quantized scores: long runs of ties, also at the k-th value
+            scores = (np.floor(scores * levels) / levels).astype(np.float32)
+        expected = np.argsort(-scores, kind="stable")[:k]
+        np.testing.assert_array_equal(top_k_indices(scores, k), expected)
+    scores = rng.random(4800).astype(np.float32)
+    scores[::5] = np.nan  # NaNs sort last in numpy
+    scores[1::5] = -0.0
+    np.testing.assert_array_equal(
+        top_k_indices(scores, 300), np.argsort(-scores, kind="stable")[:300]
+    )
+
+
+def _proposals_reference(scores, deltas, config):
+    """Brute force: sort every anchor, decode, clip, drop small boxes, textbook greedy NMS."""
+    anchors = make_anchors(config)
+    top = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))[
+        : config.rpn_pre_nms_top_n
+    ]
+    boxes = _decode_reference(deltas[top], anchors[top], config.box_coder_scales)
+    height, width = config.image_size
+    boxes = np.clip(boxes, 0, [height, width, height, width]).astype(np.float32)
+    big = [
+        i for i, b in enumerate(boxes)
+        if b[2] - b[0] >= config.rpn_min_size and b[3] - b[1] >= config.rpn_min_size
+    ]  # fmt: skip
+    keep = _greedy_reference(boxes[big], scores[top][big], config.rpn_nms_iou, config.num_proposals)
+    return boxes[big][keep] / np.array([height, width, height, width], np.float32)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("quantized", [False, True])
+def test_proposals_from_rpn_matches_brute_force(seed, quantized):
+    rng = np.random.default_rng(seed)
+    # Objects: a few clusters of high objectness; int8-like outputs tie a lot.
+    scores = rng.random(CONFIG.num_anchors).astype(np.float32) ** 8
+    if quantized:
+        scores = (np.round(scores * 32) / 32).astype(np.float32)
+    deltas = rng.normal(0, 1, (CONFIG.num_anchors, 4)).astype(np.float32)
+    result = proposals_from_rpn(scores, deltas, CONFIG)
+    expected = _proposals_reference(scores, deltas, CONFIG)
+    assert result.num_valid == len(expected)
+    np.testing.assert_allclose(result.proposals[: result.num_valid], expected, atol=1e-5)
+    # The anchors made once per config and passed explicitly give the same proposals.
+    again = proposals_from_rpn(scores, deltas, CONFIG, anchors=make_anchors(CONFIG))
+    np.testing.assert_array_equal(again.proposals, result.proposals)
+
+
+def test_proposals_cached_anchors_cannot_be_changed_by_a_caller():
+    scores = np.zeros(CONFIG.num_anchors, np.float32)
+    deltas = np.zeros((CONFIG.num_anchors, 4), np.float32)
+    first = proposals_from_rpn(scores, deltas, CONFIG)
+    from runtime.processing import _config_anchors
+
+    with pytest.raises(ValueError):
+        _config_anchors(CONFIG)[0] = 0.0
+    np.testing.assert_array_equal(
+        proposals_from_rpn(scores, deltas, CONFIG).proposals, first.proposals
+    )
+
+
+def _detections_reference(class_scores, box_deltas, proposals, num_valid, config):
+    """Brute force: class by class, decode, threshold, textbook NMS; then the best overall."""
+    height, width = config.image_size
+    rois = proposals[:num_valid] * np.array([height, width, height, width], np.float32)
+    found = []  # (score, class, proposal row, box)
+    for cls in range(config.num_classes):
+        rows = [i for i in range(num_valid) if class_scores[i, cls + 1] >= config.score_threshold]
+        if not rows:
+            continue
+        boxes = _decode_reference(box_deltas[rows, cls], rois[rows], config.box_coder_scales)
+        boxes = np.clip(boxes, 0, [height, width, height, width]).astype(np.float32)
+        scores = class_scores[rows, cls + 1]
+        for k in _greedy_reference(boxes, scores, config.nms_iou, config.max_detections):
+            found.append((float(scores[k]), cls, rows[k], boxes[k]))
+    found.sort(key=lambda d: (-d[0], d[1], d[2]))
+    return found[: config.max_detections]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize(
+    ("num_classes", "num_proposals", "max_detections"), [(3, 64, 20), (8, 300, 100), (2, 17, 3)]
+)
+def test_detections_from_head_matches_brute_force(seed, num_classes, num_proposals, max_detections):
+    import dataclasses
+
+    config = dataclasses.replace(
+        CONFIG,
+        class_names=tuple(f"c{i}" for i in range(num_classes)),
+        num_proposals=num_proposals,
+        rpn_pre_nms_top_n=max(num_proposals, CONFIG.rpn_pre_nms_top_n),
+        max_detections=max_detections,
+    )
+    rng = np.random.default_rng(seed)
+    # Proposals around a few objects, so boxes of one class overlap and NMS has work to do.
+    centers = rng.uniform(0.2, 0.8, (4, 2))[rng.integers(0, 4, num_proposals)]
+    half = rng.uniform(0.05, 0.2, (num_proposals, 2))
+    proposals = np.concatenate([centers - half, centers + half], 1).astype(np.float32)
+    logits = rng.normal(0, 2, (num_proposals, num_classes + 1))
+    class_scores = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    class_scores = (np.round(class_scores * 64) / 64).astype(np.float32)  # ties across classes
+    box_deltas = rng.normal(0, 0.5, (num_proposals, num_classes, 4)).astype(np.float32)
+    num_valid = num_proposals - 2
+    result = detections_from_head(class_scores, box_deltas, proposals, num_valid, config)
+    expected = _detections_reference(class_scores, box_deltas, proposals, num_valid, config)
+    assert result.class_ids.tolist() == [d[1] for d in expected]
+    np.testing.assert_array_equal(result.scores, [d[0] for d in expected])
+    np.testing.assert_allclose(result.boxes, [d[3] for d in expected], atol=1e-3)
+    assert result.boxes.dtype == result.scores.dtype == np.float32
+    assert result.class_ids.dtype == np.int32
