@@ -131,7 +131,7 @@ def decode_boxes(
     """
     shape = np.shape(deltas)
     by_coord = np.array(np.reshape(deltas, (-1, 4)).T, dtype=np.float64, order="C")  # [4, n]
-    by_coord /= np.asarray(scales, dtype=np.float64)[:, None]
+    by_coord /= _column(tuple(scales), np.float64)
     corners = np.array(np.reshape(anchors, (-1, 4)).T, dtype=np.float64, order="C")  # y1 x1 y2 x2
     size = corners[2:] - corners[:2]  # (height, width)
     center = corners[:2] + 0.5 * size
@@ -146,8 +146,23 @@ def decode_boxes(
 def clip_boxes(boxes: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
     """``boxes`` [...,4] in pixels clipped to the image (0..H, 0..W)."""
     height, width = image_size
-    limits = np.asarray([height, width, height, width], dtype=np.float32)
-    return np.clip(boxes, 0.0, limits).astype(np.float32)
+    return np.clip(boxes, 0.0, _image_scale(height, width)).astype(np.float32, copy=False)
+
+
+@functools.lru_cache(maxsize=16)
+def _image_scale(height: int, width: int) -> np.ndarray:
+    """[4] float32 (H, W, H, W): pixels <-> normalized, and the clip limits (read-only)."""
+    scale = np.asarray([height, width, height, width], dtype=np.float32)
+    scale.flags.writeable = False
+    return scale
+
+
+@functools.lru_cache(maxsize=16)
+def _column(values: tuple[float, ...], dtype: type) -> np.ndarray:
+    """``values`` as a read-only [len, 1] array of ``dtype`` (the box coder scales)."""
+    column = np.asarray(values, dtype=dtype)[:, None]
+    column.flags.writeable = False
+    return column
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -382,7 +397,7 @@ def proposals_from_rpn(
     keep = _greedy_ranked(boxes, config.rpn_nms_iou, config.num_proposals)
     height, width = config.image_size
     proposals = np.zeros((config.num_proposals, 4), dtype=np.float32)
-    proposals[: len(keep)] = boxes[keep] / np.asarray([height, width, height, width], np.float32)
+    proposals[: len(keep)] = boxes[keep] / _image_scale(height, width)
     box_indexes = np.zeros((config.num_proposals,), dtype=np.int32)
     return Proposals(proposals, box_indexes, len(keep))
 
@@ -428,7 +443,7 @@ def detections_from_head(
             np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int32)
         )
     height, width = config.image_size
-    rois = proposals[rows] * np.asarray([height, width, height, width], dtype=np.float32)
+    rois = proposals[rows] * _image_scale(height, width)
     boxes = decode_boxes(box_deltas[rows, classes], rois, config.box_coder_scales)
     boxes = clip_boxes(boxes, config.image_size)
     scores = object_scores[rows, classes]
