@@ -318,8 +318,7 @@ def _greedy_ranked(
     if limit <= 0 or not len(ranked):
         return np.zeros(0, np.int64)
     greedy = _greedy_blocks if len(ranked) <= _NMS_MATRIX_MAX else _greedy_rows
-    with np.errstate(invalid="ignore"):  # inf/NaN boxes compare False, as in box_iou
-        return greedy(ranked, iou_threshold, limit, groups).astype(np.int64)
+    return greedy(ranked, iou_threshold, limit, groups).astype(np.int64)
 
 
 def nms(
