@@ -345,7 +345,7 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     N are sorted.
     """
     n = scores.shape[0]
-    if 4 * k < n:
+    if 0 < 4 * k < n:
         # A prime stride: the RPN's anchors repeat every A positions with different statistics.
         sample = scores[::7].copy()
         sample.sort()  # NaNs last; a NaN cut selects nothing and falls through to the full sort
