@@ -21,7 +21,7 @@ def test_pipeline_row_splits_detect_into_its_steps(tmp_path):
     assert max(parts) < split["total"]
     assert 0.5 * split["total"] <= sum(parts) <= 1.2 * split["total"]
     share = row["postprocess_share"]
-    low, high = row["postprocess_share_range"]
+    low, high = row["postprocess_share_iqr"]
     assert 0 < low <= share <= high < 1
     assert row["images"] >= 1
     assert "post-processing" in format_table([row])
