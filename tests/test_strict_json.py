@@ -69,9 +69,11 @@ def test_default_hook_results_are_made_finite_too():
     assert strict_json.dump_bytes({"a": 1}).endswith(b"}\n")
 
 
-def test_runtime_check_json_is_strict_when_an_output_matches_exactly(tmp_path, monkeypatch):
+def test_runtime_check_json_is_strict_when_an_output_matches_exactly(
+    tmp_path, tmp_path_factory, monkeypatch
+):
     # An artifact that reproduces its golden outputs exactly has SNR and PSNR +inf.
-    from runtime_fakes import build_fake_artifacts
+    from runtime_fakes import shared_fake_artifacts
 
     import runtime.check
     from runtime.cli import main
@@ -82,9 +84,9 @@ def test_runtime_check_json_is_strict_when_an_output_matches_exactly(tmp_path, m
         return original(precision, reference, reference, *args, **kwargs)
 
     monkeypatch.setattr(runtime.check, "compare_outputs", exact)
-    build_fake_artifacts(tmp_path / "art", onnx=False)
+    artifacts = shared_fake_artifacts(tmp_path_factory)  # read-only: check writes only --json
     out = tmp_path / "check.json"
-    argv = ["check", str(tmp_path / "art"), "--only", "head/tflite/float32", "--json", str(out)]
+    argv = ["check", str(artifacts), "--only", "head/tflite/float32", "--json", str(out)]
     assert main(argv) == 0
     rows = parse_strictly(out.read_text())
     assert {o["snr_db"] for row in rows for o in row["outputs"].values()} == {"inf"}
