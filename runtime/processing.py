@@ -126,13 +126,23 @@ def decode_boxes(
 ) -> np.ndarray:
     """Boxes [...,4] from ``deltas`` [...,4] applied to ``anchors`` [...,4] (same units as anchors).
 
-    Computed in float64 and rounded once to float32, coordinate-major ([4, n] rows) so every
-    step is one long loop per coordinate pair rather than n loops of four.
+    Computed in float64 and rounded once to float32.
     """
-    shape = np.shape(deltas)
-    by_coord = np.array(np.reshape(deltas, (-1, 4)).T, dtype=np.float64, order="C")  # [4, n]
+    columns = _decode_columns(np.reshape(deltas, (-1, 4)), np.reshape(anchors, (-1, 4)), scales)
+    return np.ascontiguousarray(columns.T).reshape(np.shape(deltas))
+
+
+def _decode_columns(
+    deltas: np.ndarray, anchors: np.ndarray, scales: tuple[float, float, float, float]
+) -> np.ndarray:
+    """:func:`decode_boxes` of [n,4] inputs as coordinate-major boxes [4,n] float32 (y1, x1, y2, x2).
+
+    Coordinate-major, every step is one long loop per coordinate pair rather than n loops of
+    four, and NMS takes the rows as they are.
+    """
+    by_coord = np.array(deltas.T, dtype=np.float64, order="C")  # [4, n]
     by_coord /= _column(tuple(scales), np.float64)
-    corners = np.array(np.reshape(anchors, (-1, 4)).T, dtype=np.float64, order="C")  # y1 x1 y2 x2
+    corners = np.array(anchors.T, dtype=np.float64, order="C")  # [4, n] y1 x1 y2 x2
     size = corners[2:] - corners[:2]  # (height, width)
     center = corners[:2] + 0.5 * size
     center += by_coord[:2] * size
@@ -140,13 +150,19 @@ def decode_boxes(
     boxes = np.empty((4, len(size[0])), dtype=np.float32)
     np.subtract(center, half, out=boxes[:2])
     np.add(center, half, out=boxes[2:])
-    return np.ascontiguousarray(boxes.T).reshape(shape)
+    return boxes
 
 
 def clip_boxes(boxes: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
     """``boxes`` [...,4] in pixels clipped to the image (0..H, 0..W)."""
     height, width = image_size
     return np.clip(boxes, 0.0, _image_scale(height, width)).astype(np.float32, copy=False)
+
+
+def _clip_columns(columns: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """:func:`clip_boxes` of coordinate-major boxes [4,n] (the same clip, element by element)."""
+    height, width = image_size
+    return np.clip(columns, 0.0, _column((height, width, height, width), np.float32))
 
 
 @functools.lru_cache(maxsize=16)
@@ -232,9 +248,9 @@ _UPPER = np.triu(np.ones((_NMS_BLOCK, _NMS_BLOCK), dtype=bool), 1)
 
 
 def _greedy_blocks(
-    ranked: np.ndarray, iou_threshold: float, limit: int, groups: np.ndarray | None
+    coords: np.ndarray, iou_threshold: float, limit: int, groups: np.ndarray | None
 ) -> np.ndarray:
-    """Greedy NMS of ``ranked`` [N,4] float32 boxes already in score order -> kept ranks [M].
+    """Greedy NMS of ``coords`` [4,N] float32 boxes already in score order -> kept ranks [M].
 
     Takes the next (up to) _NMS_BLOCK undecided boxes, settles them among themselves (their
     IoUs with each other), then computes the IoUs of the block's kept boxes only with the
@@ -242,15 +258,17 @@ def _greedy_blocks(
     rows against boxes no kept box has suppressed yet, not for every pair. ``groups`` [N] (or
     None): boxes suppress only boxes of the same group (per-class NMS in one pass).
     """
-    coords = np.ascontiguousarray(ranked.T)  # [4, N]: each coordinate contiguous
     areas = _box_areas(coords)
-    undecided = np.arange(len(ranked))
+    undecided = np.arange(coords.shape[1])
     kept: list[np.ndarray] = []
     num_kept = 0
     while len(undecided) and num_kept < limit:
         size = min(len(undecided), _NMS_BLOCK)
         block, rest = undecided[:size], undecided[size:]
-        block_coords, block_areas = coords[:, block], areas[block]
+        if size == coords.shape[1]:  # the block is every box: no copies
+            block_coords, block_areas = coords, areas
+        else:
+            block_coords, block_areas = coords[:, block], areas[block]
         overlaps = _overlap_block(
             block_coords, block_areas, block_coords, block_areas, iou_threshold
         )
@@ -292,9 +310,10 @@ def _settle_block(later_overlaps: np.ndarray) -> np.ndarray:
 
 
 def _greedy_rows(
-    ranked: np.ndarray, iou_threshold: float, limit: int, groups: np.ndarray | None
+    coords: np.ndarray, iou_threshold: float, limit: int, groups: np.ndarray | None
 ) -> np.ndarray:
     """Greedy NMS like :func:`_greedy_blocks`, one kept box's IoU row at a time (large N)."""
+    ranked = coords.T  # [N, 4]
     kept: list[int] = []
     suppressed = np.zeros(len(ranked), dtype=bool)
     for rank in range(len(ranked)):
@@ -312,13 +331,17 @@ def _greedy_rows(
 
 
 def _greedy_ranked(
-    ranked: np.ndarray, iou_threshold: float, limit: int, groups: np.ndarray | None = None
+    coords: np.ndarray, iou_threshold: float, limit: int, groups: np.ndarray | None = None
 ) -> np.ndarray:
-    """Kept ranks [M] int64 of greedy NMS over ``ranked`` [N,4] float32 boxes in score order."""
-    if limit <= 0 or not len(ranked):
+    """Kept ranks [M] int64 of greedy NMS over boxes in score order.
+
+    ``coords`` [4,N] float32 C-contiguous: the boxes' (y1, x1, y2, x2) as rows.
+    """
+    n = coords.shape[1]
+    if limit <= 0 or not n:
         return np.zeros(0, np.int64)
-    greedy = _greedy_blocks if len(ranked) <= _NMS_MATRIX_MAX else _greedy_rows
-    return greedy(ranked, iou_threshold, limit, groups).astype(np.int64)
+    greedy = _greedy_blocks if n <= _NMS_MATRIX_MAX else _greedy_rows
+    return greedy(coords, iou_threshold, limit, groups).astype(np.int64)
 
 
 def nms(
@@ -333,7 +356,7 @@ def nms(
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
     order = np.argsort(-scores, kind="stable")
     limit = len(order) if max_output is None else int(max_output)
-    return order[_greedy_ranked(boxes[order], iou_threshold, limit)]
+    return order[_greedy_ranked(np.ascontiguousarray(boxes[order].T), iou_threshold, limit)]
 
 
 def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
@@ -384,19 +407,18 @@ def proposals_from_rpn(
             f"{anchors.shape[0]} (one per anchor of this config)"
         )
     top = top_k_indices(scores, config.rpn_pre_nms_top_n)
-    boxes = clip_boxes(
-        decode_boxes(deltas[top], anchors[top], config.box_coder_scales), config.image_size
-    )
-    big = ((boxes[:, 2] - boxes[:, 0]) >= config.rpn_min_size) & (
-        (boxes[:, 3] - boxes[:, 1]) >= config.rpn_min_size
+    columns = _decode_columns(deltas[top], anchors[top], config.box_coder_scales)  # [4, n]
+    columns = _clip_columns(columns, config.image_size)
+    big = ((columns[2] - columns[0]) >= config.rpn_min_size) & (
+        (columns[3] - columns[1]) >= config.rpn_min_size
     )
     # ``top`` is in descending score order (ties by index), and so are the boxes left after the
     # size filter: they go to NMS as ranked, without sorting them again.
-    boxes = boxes[big]
-    keep = _greedy_ranked(boxes, config.rpn_nms_iou, config.num_proposals)
+    columns = columns[:, big]
+    keep = _greedy_ranked(columns, config.rpn_nms_iou, config.num_proposals)
     height, width = config.image_size
     proposals = np.zeros((config.num_proposals, 4), dtype=np.float32)
-    proposals[: len(keep)] = boxes[keep] / _image_scale(height, width)
+    proposals[: len(keep)] = columns[:, keep].T / _image_scale(height, width)
     box_indexes = np.zeros((config.num_proposals,), dtype=np.int32)
     return Proposals(proposals, box_indexes, len(keep))
 
@@ -443,14 +465,15 @@ def detections_from_head(
         )
     height, width = config.image_size
     rois = proposals[rows] * _image_scale(height, width)
-    boxes = decode_boxes(box_deltas[rows, classes], rois, config.box_coder_scales)
-    boxes = clip_boxes(boxes, config.image_size)
+    columns = _decode_columns(box_deltas[rows, classes], rois, config.box_coder_scales)
+    columns = _clip_columns(columns, config.image_size)  # [4, m]
     scores = object_scores[rows, classes]
     # One NMS pass over all classes in (score desc, class, row) order, suppressing within a class
     # only: per class that is the order and the greedy result of NMS class by class, and the
     # global cut to max_detections drops anything a per-class cut would have dropped.
     order = np.lexsort((rows, classes, -scores))
     kept = order[
-        _greedy_ranked(boxes[order], config.nms_iou, config.max_detections, classes[order])
+        _greedy_ranked(columns[:, order], config.nms_iou, config.max_detections, classes[order])
     ]
-    return Detections(boxes[kept], scores[kept], classes[kept].astype(np.int32))
+    boxes = np.ascontiguousarray(columns[:, kept].T)
+    return Detections(boxes, scores[kept], classes[kept].astype(np.int32))
