@@ -245,6 +245,9 @@ def _box_areas(coords: np.ndarray) -> np.ndarray:
 
 #: _UPPER[i, j] is True for i < j (the block's "earlier box, later box" pairs).
 _UPPER = np.triu(np.ones((_NMS_BLOCK, _NMS_BLOCK), dtype=bool), 1)
+_UPPER.flags.writeable = False
+_ALL_KEPT = np.ones(_NMS_BLOCK, dtype=bool)
+_ALL_KEPT.flags.writeable = False
 
 
 def _greedy_blocks(
@@ -300,7 +303,7 @@ def _settle_block(later_overlaps: np.ndarray) -> np.ndarray:
     rounds), and its fixpoint is that unique greedy answer, so stopping at the first repeat is
     exact; usually it takes a few rounds, each one small matrix-vector product.
     """
-    keep = np.ones(len(later_overlaps), dtype=bool)
+    keep = _ALL_KEPT[: len(later_overlaps)]  # read-only; each round makes a new array
     while True:
         settled = keep @ later_overlaps  # overlapped by a kept earlier box
         np.logical_not(settled, out=settled)
