@@ -403,7 +403,10 @@ def proposals_from_rpn(
     scores = np.asarray(rpn_scores, dtype=np.float32).reshape(-1)
     deltas = np.asarray(rpn_deltas, dtype=np.float32).reshape(-1, 4)
     if anchors is None:
-        anchors = _config_anchors(config)
+        try:
+            anchors = _config_anchors(config)
+        except TypeError:  # a config built with list fields is no cache key
+            anchors = make_anchors(config)
     if scores.shape[0] != anchors.shape[0] or deltas.shape[0] != anchors.shape[0]:
         raise RoiedgeError(
             f"RPN outputs have {scores.shape[0]} scores and {deltas.shape[0]} deltas; expected "
