@@ -267,6 +267,11 @@ def test_proposals_cached_anchors_cannot_be_changed_by_a_caller():
     np.testing.assert_array_equal(
         proposals_from_rpn(scores, deltas, CONFIG).proposals, first.proposals
     )
+    # A config built with lists (unhashable) still works, without the cache.
+    listed = DetectorConfig(anchor_sizes=list(CONFIG.anchor_sizes))
+    np.testing.assert_array_equal(
+        proposals_from_rpn(scores, deltas, listed).proposals, first.proposals
+    )
 
 
 def _detections_reference(class_scores, box_deltas, proposals, num_valid, config):
