@@ -37,7 +37,9 @@ __all__ = [
 IMPLEMENTATIONS = (
     "fixed_point",
     "fixed_point_tiled",
+    "fixed_point_split",
     "neighbour_pool",
+    "neighbour_pool_split",
     "neighbour_matmul",
     "separable_matmul",
     "gather",
