@@ -495,22 +495,25 @@ def _neighbour_pool_split_roi_pool(feature_maps, rois, box_indexes, crop_size, s
 
     Like ``fixed_point_split`` (indexes and weights computed once, split into tiles), but the
     four corner indexes are stacked so one GATHER reads them all, ``[t, ch, cw, 4, C]``; the
-    weights (times 4) multiply them in one MUL, and a ``(1, 4)`` average pool over the corners
-    of ``[t, ch, 4 * cw, C]`` is their sum.
+    weights multiply them in one MUL, and a ``(1, 4)`` average pool over the corners of
+    ``[t, ch, 4 * cw, C]`` is a quarter of their sum. The factor 4 comes after the max pool
+    (max commutes with it; exact in float): int8 conversion gives AVERAGE_POOL_2D, MAX_POOL_2D
+    and the closing CONCATENATION one scale, so weights pre-scaled by 4 would clip products above
+    the pooled range.
     """
     grid = _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
     crop_height, crop_width = crop_size
     table, zero_row = _gather_table(feature_maps, grid.channels)
     sizes = _tile_sizes(rois.shape[0], _per_roi_bytes(crop_size, grid.channels, 4))
     indexes = _split_rois(tf.stack(_corner_indexes(box_indexes, grid, zero_row), -1), sizes)
-    weights = tf.stack([_fixed_weight(w, feature_maps.dtype, 4.0) for w in grid.weights], -1)
+    weights = tf.stack([_fixed_weight(w, feature_maps.dtype) for w in grid.weights], -1)
     weights = _split_rois(weights[..., None], sizes)  # [t, ch, cw, 4, 1] each
     pooled = []
     for tile_indexes, tile_weights in zip(indexes, weights):
         products = tf.gather(table, tile_indexes) * tile_weights  # [t, ch, cw, 4, C]
         products = tf.reshape(products, [-1, crop_height, crop_width * 4, grid.channels])
-        samples = tf.nn.avg_pool2d(products, (1, 4), (1, 4), "VALID")
-        pooled.append(max_pool_bins(samples, samples_per_bin))
+        quarter_samples = tf.nn.avg_pool2d(products, (1, 4), (1, 4), "VALID")
+        pooled.append(max_pool_bins(quarter_samples, samples_per_bin) * 4.0)
     return pooled[0] if len(pooled) == 1 else tf.concat(pooled, axis=0)
 
 
