@@ -465,6 +465,19 @@ def _corner_indexes(box_indexes, grid: _Sampling, zero_row) -> list:
     ]
 
 
+def _after(tensor, previous):
+    """``tensor`` (int32) plus a zero that depends on ``previous``'s data: orders the tiles.
+
+    XNNPACK delegates the MULs, ADDs and pools but not GATHER, and the interpreter's partitioner
+    runs every node that is ready before the next delegated partition: without this dependency
+    all tiles' GATHERs run first (hundreds of MB alive at once) and the tiling is lost.
+    ``x > inf`` is false for every float (NaN too), so the zero is exact.
+    """
+    if previous is None:
+        return tensor
+    return tensor + tf.cast(previous[0, 0, 0, 0] > float("inf"), tf.int32)
+
+
 def _fixed_point_split_roi_pool(feature_maps, rois, box_indexes, crop_size, samples_per_bin):
     """``fixed_point`` in L2-sized tiles whose indexes and weights are computed once.
 
@@ -483,9 +496,11 @@ def _fixed_point_split_roi_pool(feature_maps, rois, box_indexes, crop_size, samp
     ]
     pooled = []
     for tile in range(len(sizes)):
-        samples = tf.gather(table, indexes[0][tile]) * weights[0][tile]
+        previous = pooled[-1] if pooled else None
+        corners = [_after(indexes[corner][tile], previous) for corner in range(4)]
+        samples = tf.gather(table, corners[0]) * weights[0][tile]
         for corner in range(1, 4):
-            samples += tf.gather(table, indexes[corner][tile]) * weights[corner][tile]
+            samples += tf.gather(table, corners[corner]) * weights[corner][tile]
         pooled.append(max_pool_bins(samples, samples_per_bin))
     return pooled[0] if len(pooled) == 1 else tf.concat(pooled, axis=0)
 
@@ -510,6 +525,7 @@ def _neighbour_pool_split_roi_pool(feature_maps, rois, box_indexes, crop_size, s
     weights = _split_rois(weights[..., None], sizes)  # [t, ch, cw, 4, 1] each
     pooled = []
     for tile_indexes, tile_weights in zip(indexes, weights):
+        tile_indexes = _after(tile_indexes, pooled[-1] if pooled else None)
         products = tf.gather(table, tile_indexes) * tile_weights  # [t, ch, cw, 4, C]
         products = tf.reshape(products, [-1, crop_height, crop_width * 4, grid.channels])
         quarter_samples = tf.nn.avg_pool2d(products, (1, 4), (1, 4), "VALID")
