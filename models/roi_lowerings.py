@@ -483,9 +483,11 @@ def _fixed_point_split_roi_pool(feature_maps, rois, box_indexes, crop_size, samp
 
     The sample grid, the four gather indexes and the four weights are computed for all RoIs
     (a handful of ops on ``[N, ch, cw]``), then cut into tiles by one SPLIT_V each; per tile
-    only four GATHERs, four MULs, three ADDs and the MAX_POOL_2D remain. ``fixed_point_tiled``
-    recomputes the indexes and weights per tile: ~50 small ops per tile, which dominate at small
-    tiles. Needs a static number of RoIs (otherwise one tile).
+    only four GATHERs, four MULs, three ADDs and the MAX_POOL_2D remain, each tile's GATHERs
+    ordered after the previous tile (:func:`_after`). ``fixed_point_tiled`` recomputes the
+    indexes and weights per tile: ~50 small ops per tile, which dominate at small tiles. Needs a
+    static number of RoIs (otherwise one tile). Full-int8 conversion calibrates each tile's MULs
+    on their own, which costs accuracy with few calibration samples.
     """
     grid = _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
     table, zero_row = _gather_table(feature_maps, grid.channels)

@@ -259,6 +259,19 @@ def test_split_lowerings_cut_the_rois_into_tiles_and_match_tensorflow(
     graph = pool.get_concrete_function().graph
     gathers = [op for op in graph.get_operations() if op.type == "GatherV2"]
     assert len(gathers) == 6 * (4 if stacked == 1 else 1)  # per tile, not per RoI batch
+
+    def after_a_max_pool(op, seen):
+        # Whether a MaxPool (an earlier tile's output) is among op's ancestors.
+        for tensor in op.inputs:
+            if tensor.op.name not in seen:
+                seen.add(tensor.op.name)
+                if tensor.op.type == "MaxPool" or after_a_max_pool(tensor.op, seen):
+                    return True
+        return False
+
+    # Tiles stay in order under XNNPACK: every GATHER but the first tile's waits for a tile.
+    ordered = [after_a_max_pool(op, set()) for op in gathers]
+    assert sum(not o for o in ordered) == (4 if stacked == 1 else 1)
     np.testing.assert_allclose(
         pool(features, rois, box_indexes).numpy(),
         tf_reference(features, rois, box_indexes, (7, 5), 2),
