@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import os
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from runtime import strict_json
 
 #: Bars: latency ratio to float Keras per form (None = measured, no bar).
 TARGETS = {"tflite/float32": 1.0, "tflite/int8": 0.5}
@@ -230,7 +231,7 @@ def _rss_child(kind: str, path: str, config: HeadBenchConfig) -> None:
         run = lambda: call(arrays)  # noqa: E731
     for _ in range(10):
         run()
-    print(json.dumps({"peak_rss_mb": _high_water_mb()}))
+    print(strict_json.dumps({"peak_rss_mb": _high_water_mb()}))
 
 
 def _high_water_mb() -> float | None:
@@ -248,10 +249,11 @@ def _high_water_mb() -> float | None:
 
 
 def _peak_rss(kind: str, path: Path, config: HeadBenchConfig) -> float | None:
-    fields = json.dumps(dataclasses.asdict(config))
+    fields = strict_json.dumps(dataclasses.asdict(config))
     code = (
-        "import json, sys; from models.bench_head import HeadBenchConfig, _rss_child; "
-        f"_rss_child({kind!r}, {str(path)!r}, HeadBenchConfig(**json.loads({fields!r})))"
+        "import sys; from runtime import strict_json; "
+        "from models.bench_head import HeadBenchConfig, _rss_child; "
+        f"_rss_child({kind!r}, {str(path)!r}, HeadBenchConfig(**strict_json.loads({fields!r})))"
     )
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     done = subprocess.run(
@@ -260,7 +262,7 @@ def _peak_rss(kind: str, path: Path, config: HeadBenchConfig) -> float | None:
     if done.returncode != 0:
         print(done.stderr[-2000:], file=sys.stderr)
         return None
-    return json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+    return strict_json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
 
 def _variants(config: HeadBenchConfig) -> list[str]:
@@ -444,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     if config.json:
         from runtime.manifest import atomic_write_bytes
 
-        atomic_write_bytes(Path(config.json), (json.dumps(result, indent=2) + "\n").encode())
+        atomic_write_bytes(Path(config.json), strict_json.dump_bytes(result))
     return 0
 
 

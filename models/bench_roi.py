@@ -21,12 +21,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import sys
 import time
 from typing import Any
 
 import numpy as np
+
+from runtime import strict_json
 
 #: Issue 2's bars per precision: (max latency ratio to TF's fused kernel, max abs error).
 TARGETS = {"float32": (3.0, 1e-5), "int8": (1.0, 0.02)}
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.manifest import atomic_write_bytes
 
     if config.json:
-        atomic_write_bytes(Path(config.json), (json.dumps(result, indent=2) + "\n").encode())
+        atomic_write_bytes(Path(config.json), strict_json.dump_bytes(result))
     if config.png:
         atomic_write_bytes(Path(config.png), plot(result))
     return 0

@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from runtime import strict_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.manifest import atomic_write_bytes
 
     if config.json:
-        atomic_write_bytes(Path(config.json), (json.dumps(result, indent=2) + "\n").encode())
+        atomic_write_bytes(Path(config.json), strict_json.dump_bytes(result))
     if config.png:
         atomic_write_bytes(Path(config.png), plot(result))
     return 0

@@ -116,9 +116,6 @@ NOT_FILES = {
     ("runtime/manifest.py", "_shown"),
     ("export/keras_loading.py", "_positional_legacy_nodes"),
 }
-#: Writers that still call json.dumps directly (kept as they are while other work changes these
-#: files); each must move to runtime.strict_json, and this list shrink.
-NOT_YET_STRICT = ("models/bench_roi.py", "models/bench_head.py", "models/bench_scaling.py")
 
 
 def _json_writes(path: Path) -> list[str]:
@@ -153,15 +150,7 @@ SOURCES = sorted(
 )
 
 
-@pytest.mark.parametrize(
-    "source",
-    [
-        pytest.param(s, marks=pytest.mark.xfail(strict=True, reason="not yet strict"))
-        if s in NOT_YET_STRICT
-        else s
-        for s in SOURCES
-    ],
-)
+@pytest.mark.parametrize("source", SOURCES)
 def test_every_json_writer_goes_through_strict_json(source):
     calls = [f for f in _json_writes(REPO / source) if (source, f) not in NOT_FILES]
     assert not calls, f"{source}: json.dump(s) in {calls}; write through runtime.strict_json"
