@@ -1,7 +1,8 @@
 """ONNX artifacts: float32 via tf2onnx (one pinned opset) and int8 QDQ via onnxruntime.
 
 The int8 artifact excludes the coordinate path of RoIPooling (every node computed from the
-``proposals``/``box_indexes`` inputs alone) from quantization, like the TFLite int8 artifact.
+``proposals``/``box_indexes`` inputs alone) and the score ops (:data:`FLOAT_SCORE_OP_TYPES`) from
+quantization, like the TFLite int8 artifact.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from export.config import ExportCheckError
 from export.formats import ONNX_OPSET
 from export.stages import ModelIO, model_io, named_function
-from export.tflite_format import BuildInput, Built
+from export.tflite_format import FLOAT_SCORE_OPS, BuildInput, Built
 
 #: Activation range = this percentile of |x| over the calibration set (ONNX int8 backbone).
 CALIBRATION_PERCENTILE = 99.99
@@ -24,6 +25,18 @@ CALIBRATION_PERCENTILE = 99.99
 #: outliers: 22.7 -> 24.7 dB); min/max for the head, whose histograms over 64 RoIs per image
 #: took 150 s for 300 images (vs ~10 s) for no measurable gain.
 CALIBRATION_METHODS = {"backbone_rpn": "percentile", "head": "minmax"}
+
+#: ONNX op type of each TFLite score builtin.
+SCORE_OP_TYPES = {"SOFTMAX": "Softmax", "LOGISTIC": "Sigmoid"}
+#: Score op types ONNX int8 keeps float: TFLite's :data:`~export.tflite_format.FLOAT_SCORE_OPS`
+#: (same reason: an int8 probability has 1/255 steps, so confident scores tie at the top code and
+#: the order among them, which AP's ranking and the RPN's top-k/NMS depend on, becomes arbitrary)
+#: plus LOGISTIC, the RPN's Sigmoid. On the shipped detector's 500 held-out images the ONNX int8
+#: pipeline's mAP@.5:.95 drop against float Keras is 0.85 pt all int8, 0.61 pt with a float
+#: Softmax, 0.38 pt with a float Softmax and Sigmoid; each costs a DequantizeLinear of the logits.
+FLOAT_SCORE_OP_TYPES = tuple(
+    SCORE_OP_TYPES[op] for op in dict.fromkeys((*FLOAT_SCORE_OPS, "LOGISTIC"))
+)
 
 
 def _float_proto(build: BuildInput):
@@ -81,6 +94,21 @@ def coordinate_nodes(graph, stage: str, io: ModelIO | None = None) -> list[str]:
     return names
 
 
+def score_nodes(graph) -> list[str]:
+    """Names of the score nodes (op type in :data:`FLOAT_SCORE_OP_TYPES`), kept float by int8."""
+    return [n.name for n in graph.node if n.op_type in FLOAT_SCORE_OP_TYPES]
+
+
+def quantized_scores(proto) -> list[str]:
+    """Outputs of score ops (Softmax, Sigmoid) fed through QuantizeLinear (should be none)."""
+    scores = {o for n in proto.graph.node if n.op_type in FLOAT_SCORE_OP_TYPES for o in n.output}
+    return sorted(
+        n.input[0]
+        for n in proto.graph.node
+        if n.op_type == "QuantizeLinear" and n.input[0] in scores
+    )
+
+
 def quantization_leaks(proto, stage: str, io: ModelIO | None = None) -> list[str]:
     """Coordinate-path tensors fed through QuantizeLinear (should be none).
 
@@ -121,10 +149,11 @@ class _Reader:
 
 
 def onnx_int8(build: BuildInput, keep_float: Sequence[str] = ()) -> Built:
-    """QDQ int8 (int8 per-channel weights, uint8 activations); the coordinate path stays float.
+    """QDQ int8 (int8 weights, uint8 activations); the coordinate path and score ops stay float.
 
     ``keep_float``: more nodes (named as in the pre-processed graph) to leave unquantized
-    (``export.mixed``).
+    (``export.mixed``). Score ops are found by op type (:data:`FLOAT_SCORE_OP_TYPES`), so any
+    model exported through ``--keras-model`` keeps its Softmax/Sigmoid outputs float too.
 
     The float graph is first optimised by onnxruntime's quantization pre-processing, which folds
     the BatchNorm scale/shift that tf2onnx leaves after depthwise convolutions into the convs
@@ -156,7 +185,9 @@ def onnx_int8(build: BuildInput, keep_float: Sequence[str] = ()) -> Built:
         src, pre, dst = (Path(tmp) / f"{n}.onnx" for n in ("float", "pre", "int8"))
         src.write_bytes(proto.SerializeToString())
         quant_pre_process(os.fspath(src), os.fspath(pre), skip_symbolic_shape=True)
-        excluded = coordinate_nodes(onnx.load(os.fspath(pre)).graph, build.stage, build.io)
+        graph = onnx.load(os.fspath(pre)).graph
+        excluded = coordinate_nodes(graph, build.stage, build.io)
+        scores = score_nodes(graph)
         quantize_static(
             os.fspath(pre),
             os.fspath(dst),
@@ -177,7 +208,7 @@ def onnx_int8(build: BuildInput, keep_float: Sequence[str] = ()) -> Built:
             reduce_range=True,
             calibrate_method=method,
             extra_options=extra,
-            nodes_to_exclude=[*excluded, *keep_float],
+            nodes_to_exclude=[*excluded, *scores, *keep_float],
         )
         quantized = onnx.load(os.fspath(dst))
     compact_names(quantized)
@@ -188,11 +219,19 @@ def onnx_int8(build: BuildInput, keep_float: Sequence[str] = ()) -> Built:
             f"{build.stage}/onnx/int8: coordinate tensor(s) {', '.join(leaks[:5])} were "
             "quantized; RoIPooling's box arithmetic must stay float32/int32"
         )
+    quantized_score_tensors = quantized_scores(quantized)
+    if quantized_score_tensors:
+        raise ExportCheckError(
+            f"{build.stage}/onnx/int8: score tensor(s) {', '.join(quantized_score_tensors[:5])} "
+            f"were quantized; {'/'.join(FLOAT_SCORE_OP_TYPES)} outputs must stay float32"
+        )
     return Built(
         data,
         {
             "opset": ONNX_OPSET,
             "kept_float_coordinate_nodes": len(excluded),
+            "kept_float_op_types": list(FLOAT_SCORE_OP_TYPES),
+            "kept_float_score_nodes": len(scores),
             "calibration_samples": len(build.calibration),
             "calibration_method": CALIBRATION_METHODS.get(build.stage, "minmax"),
             "per_channel_weights": build.per_channel,
