@@ -148,6 +148,20 @@ class _Reader:
         pass
 
 
+def preprocessed(build: BuildInput, directory: Path) -> Path:
+    """The float graph after onnxruntime's quantization pre-processing, as ``directory/pre.onnx``.
+
+    The names of its nodes are what ``nodes_to_exclude`` takes (deterministic: the same float
+    graph gives the same names).
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src, pre = directory / "float.onnx", directory / "pre.onnx"
+    src.write_bytes(_float_proto(build).SerializeToString())
+    quant_pre_process(os.fspath(src), os.fspath(pre), skip_symbolic_shape=True)
+    return pre
+
+
 def onnx_int8(build: BuildInput, keep_float: Sequence[str] = ()) -> Built:
     """QDQ int8 (int8 weights, uint8 activations); the coordinate path and score ops stay float.
 
@@ -169,9 +183,7 @@ def onnx_int8(build: BuildInput, keep_float: Sequence[str] = ()) -> Built:
         QuantType,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    proto = _float_proto(build)
     if CALIBRATION_METHODS.get(build.stage, "minmax") == "percentile":
         method = CalibrationMethod.Percentile
         extra = {"CalibPercentile": CALIBRATION_PERCENTILE}
@@ -182,9 +194,7 @@ def onnx_int8(build: BuildInput, keep_float: Sequence[str] = ()) -> Built:
         pass
 
     with tempfile.TemporaryDirectory(prefix="roiedge-onnx-") as tmp:
-        src, pre, dst = (Path(tmp) / f"{n}.onnx" for n in ("float", "pre", "int8"))
-        src.write_bytes(proto.SerializeToString())
-        quant_pre_process(os.fspath(src), os.fspath(pre), skip_symbolic_shape=True)
+        pre, dst = preprocessed(build, Path(tmp)), Path(tmp) / "int8.onnx"
         graph = onnx.load(os.fspath(pre)).graph
         excluded = coordinate_nodes(graph, build.stage, build.io)
         scores = score_nodes(graph)

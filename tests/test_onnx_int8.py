@@ -1,0 +1,136 @@
+"""ONNX int8 keeps its score ops (Softmax, Sigmoid) float, found by op type in any model.
+
+A small Keras model with a softmax and a sigmoid output (no detector stage, as a ``--keras-model``
+user's model) is quantized by ``export.onnx_format.onnx_int8``; the graph and the outputs are
+checked independently of the code under test: which node feeds each score op, and whether the
+scores onnxruntime returns sit on an 8-bit grid (ties among confident detections) or not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from export.stages import ModelIO
+
+IO = ModelIO(("x",), ("class_scores", "objectness"))
+CALIBRATION = 48
+
+
+@pytest.fixture(scope="module")
+def score_build():
+    """BuildInput of a model x[1,16] -> dense -> softmax class_scores[1,6], sigmoid objectness[1,8]."""
+    import keras
+
+    from export.tflite_format import BuildInput
+
+    keras.utils.set_random_seed(3)
+    x = keras.Input((16,), batch_size=1, name="x")
+    hidden = keras.layers.Dense(32, activation="relu", name="fc")(x)
+    # Large weights: most samples end confident (probabilities within 1/255 of 1), where an
+    # 8-bit score has only its top code left and a float score still orders them.
+    scale = keras.initializers.RandomNormal(stddev=1.5)
+    scores = keras.layers.Dense(6, activation="softmax", kernel_initializer=scale, name="cls")(
+        hidden
+    )
+    objectness = keras.layers.Dense(8, activation="sigmoid", kernel_initializer=scale, name="obj")(
+        hidden
+    )
+    model = keras.Model(x, [scores, objectness])
+    rng = np.random.default_rng(5)
+    samples = [{"x": rng.normal(0, 2, (1, 16)).astype(np.float32)} for _ in range(CALIBRATION)]
+    return BuildInput("user_scores", model, samples, io=IO)
+
+
+def _graph(data: bytes):
+    import onnx
+
+    return onnx.load_from_string(data).graph
+
+
+def _run(data: bytes, samples) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    outs = [session.run(list(IO.outputs), s) for s in samples]
+    return {n: np.concatenate([o[j] for o in outs]) for j, n in enumerate(IO.outputs)}
+
+
+def _on_8bit_grid(values: np.ndarray) -> bool:
+    """True when every value is k * step for one step of an 8-bit code (a quantized output)."""
+    top = values.max()
+    step = top / np.round(top / np.min(values[values > 1e-6]))
+    codes = values / step
+    return bool(np.all(np.abs(codes - np.round(codes)) < 1e-3) and np.round(codes).max() <= 255)
+
+
+def test_onnx_int8_keeps_softmax_and_sigmoid_float(score_build):
+    from export.onnx_format import onnx_int8
+
+    built = onnx_int8(score_build)
+    graph = _graph(built.data)
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    score_ops = [n for n in graph.node if n.op_type in ("Softmax", "Sigmoid")]
+    assert sorted(n.op_type for n in score_ops) == ["Sigmoid", "Softmax"]
+    for node in score_ops:
+        # float op on dequantized int8 logits; its float output is the model's output as is
+        assert producer[node.input[0]].op_type == "DequantizeLinear", node.name
+        assert "QuantizeLinear" not in consumers.get(node.output[0], []), node.name
+    # ...while the dense layers are int8 (QDQ weights)
+    dense = [n for n in graph.node if n.op_type in ("Gemm", "MatMul")]
+    assert dense and all(producer[n.input[1]].op_type == "DequantizeLinear" for n in dense)
+    assert {"Softmax", "Sigmoid"} <= set(built.notes["kept_float_op_types"])
+    assert built.notes["kept_float_score_nodes"] == 2
+
+    outputs = _run(built.data, score_build.calibration)
+    for name in IO.outputs:
+        confident = outputs[name][outputs[name] > 254 / 255]
+        assert confident.size >= 10, name  # the model is confident enough to test ties
+        # float scores on 8-bit logits: confident outputs keep many distinct values (an 8-bit
+        # score has one or two there) and lie off any 8-bit grid
+        assert len(np.unique(confident)) >= 10, name
+        assert not _on_8bit_grid(outputs[name]), name
+
+
+def test_int8_scores_tie_and_the_export_refuses_them(score_build, monkeypatch):
+    """The same model with its score ops quantized: 8-bit scores, and onnx_int8's check fails."""
+    import onnx
+
+    from export import onnx_format
+    from export.config import ExportCheckError
+
+    monkeypatch.setattr(onnx_format, "FLOAT_SCORE_OP_TYPES", ())
+    all_int8 = onnx_format.onnx_int8(score_build)
+    graph = _graph(all_int8.data)
+    quantized = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    assert all(n.output[0] in quantized for n in graph.node if n.op_type in ("Softmax", "Sigmoid"))
+    outputs = _run(all_int8.data, score_build.calibration)
+    for name in IO.outputs:
+        assert _on_8bit_grid(outputs[name]), name
+        confident = outputs[name][outputs[name] > 254 / 255]
+        assert len(np.unique(confident)) <= 2, name  # confident scores tie
+
+    monkeypatch.undo()
+    assert onnx_format.quantized_scores(onnx.load_from_string(all_int8.data))
+    monkeypatch.setattr(onnx_format, "score_nodes", lambda graph: [])
+    with pytest.raises(ExportCheckError, match="score tensor"):
+        onnx_format.onnx_int8(score_build)
+
+
+def test_mixed_candidates_leave_out_the_score_ops(score_build, tmp_path):
+    import onnx
+
+    from export.mixed import onnx_layers
+    from export.onnx_format import preprocessed
+
+    names = onnx_layers(score_build)
+    # the candidates are nodes of the pre-processed graph onnx_int8 quantizes: dense layers, and
+    # not the score ops (float already)
+    kinds = {n.name: n.op_type for n in onnx.load(preprocessed(score_build, tmp_path)).graph.node}
+    assert names and set(names) <= set(kinds)
+    assert {kinds[n] for n in names} & {"MatMul", "Gemm"}
+    assert not {kinds[n] for n in names} & {"Softmax", "Sigmoid"}
