@@ -377,7 +377,7 @@ def tflite_mixed(build: BuildInput, target: SnrTarget | MapDropTarget | None = N
 
 def onnx_layers(build: BuildInput) -> list[str]:
     """Names of the nodes of the pre-processed float graph that int8 quantizes, outputs first
-    (the coordinate path and the score ops are float already).
+    (RoIPooling and the score ops are float already).
 
     The names are those ``onnx_int8`` passes to ``nodes_to_exclude``.
     """
@@ -386,11 +386,11 @@ def onnx_layers(build: BuildInput) -> list[str]:
 
     import onnx
 
-    from export.onnx_format import coordinate_nodes, preprocessed, score_nodes
+    from export.onnx_format import preprocessed, roi_pooling_nodes, score_nodes
 
     with tempfile.TemporaryDirectory(prefix="roiedge-mixed-") as tmp:
         graph = onnx.load(preprocessed(build, Path(tmp))).graph
-    float_already = {*coordinate_nodes(graph, build.stage, build.io), *score_nodes(graph)}
+    float_already = {*roi_pooling_nodes(graph, build.stage, build.io), *score_nodes(graph)}
     names = [
         n.name for n in graph.node if n.op_type in ONNX_LAYER_OPS and n.name not in float_already
     ]
