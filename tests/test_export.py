@@ -248,8 +248,8 @@ def test_onnx_int8_head_pools_in_float_and_runs_its_dense_layers_on_integer_kern
     exported, tmp_path
 ):
     """What onnxruntime makes of the int8 head: QGemm for every dense layer, while RoIPooling's
-    MaxPool (and the transposes around it) get no QuantizeLinear in front (uint8 MaxPool is a
-    slow generic kernel), and the score Softmax runs on dequantized logits."""
+    MaxPool (and the transposes around it) is fed float, not uint8 (uint8 MaxPool is a slow
+    generic kernel), and the score Softmax runs on dequantized logits."""
     import onnx
     import onnxruntime as ort
 
@@ -271,7 +271,9 @@ def test_onnx_int8_head_pools_in_float_and_runs_its_dense_layers_on_integer_kern
         source = producer.get(node.input[0])
         while source is not None and source.op_type in ("Transpose", "ReorderInput", "Reshape"):
             source = producer.get(source.input[0])
-        assert source is None or source.op_type != "QuantizeLinear", node.name
+        # uint8 producers: QuantizeLinear and the fused integer kernels (QLinearAdd, ...)
+        assert source is not None and source.op_type != "QuantizeLinear", node.name
+        assert not source.op_type.startswith("QLinear"), (node.name, source.op_type)
     softmax = [n for n in graph.node if n.op_type == "Softmax"]
     assert softmax and all(producer[n.input[0]].op_type == "DequantizeLinear" for n in softmax)
 
