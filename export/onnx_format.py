@@ -180,6 +180,8 @@ def flatten_pooled_reshapes(graph, kept_float: set[str]) -> list[str]:
         graph.node.remove(node)
         graph.node.insert(index, flatten)
         flattened.append(flatten.name)
+        if not any(node.input[1] in n.input for n in graph.node):  # the shape, now unused
+            graph.initializer.remove(constants[node.input[1]])
     return flattened
 
 
