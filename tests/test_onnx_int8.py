@@ -134,3 +134,53 @@ def test_mixed_candidates_leave_out_the_score_ops(score_build, tmp_path):
     assert names and set(names) <= set(kinds)
     assert {kinds[n] for n in names} & {"MatMul", "Gemm"}
     assert not {kinds[n] for n in names} & {"Softmax", "Sigmoid"}
+
+
+def _reshape_gemm_model(target):
+    """x[4,2,2,3] -> Reshape(target) -> Gemm(W[12,5]) -> y (an ONNX model, no TensorFlow)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["x", "shape"], ["flat"], name="reshape"),
+            helper.make_node("Gemm", ["flat", "w"], ["y"], name="dense"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 2, 2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [
+            numpy_helper.from_array(np.array(target, np.int64), "shape"),
+            numpy_helper.from_array(rng.normal(size=(12, 5)).astype(np.float32), "w"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return onnx.shape_inference.infer_shapes(model)
+
+
+@pytest.mark.parametrize("target", [[4, 12], [4, -1]])
+def test_a_pooled_reshape_into_a_dense_layer_becomes_an_equal_flatten(target):
+    import onnxruntime as ort
+
+    from export.onnx_format import flatten_pooled_reshapes
+
+    model = _reshape_gemm_model(target)
+    x = np.random.default_rng(1).normal(size=(4, 2, 2, 3)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    assert flatten_pooled_reshapes(model.graph, {"reshape"}) == ["reshape_flatten"]
+    assert [n.op_type for n in model.graph.node] == ["Flatten", "Gemm"]
+    assert "shape" not in {t.name for t in model.graph.initializer}
+    got = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_other_reshapes_stay():
+    from export.onnx_format import flatten_pooled_reshapes
+
+    model = _reshape_gemm_model([4, 12])
+    assert flatten_pooled_reshapes(model.graph, set()) == []  # not RoIPooling's (quantized)
+    assert flatten_pooled_reshapes(model.graph, {"reshape", "dense"}) == []  # feeds float only
+    model = _reshape_gemm_model([2, 24])  # not [N, K] of its [N, ...] input
+    assert flatten_pooled_reshapes(model.graph, {"reshape"}) == []
+    assert [n.op_type for n in model.graph.node] == ["Reshape", "Gemm"]
