@@ -28,10 +28,10 @@ CALIBRATION_METHODS = {"backbone_rpn": "percentile", "head": "minmax"}
 
 #: ONNX op type of each TFLite score builtin.
 SCORE_OP_TYPES = {"SOFTMAX": "Softmax", "LOGISTIC": "Sigmoid"}
-#: Score op types ONNX int8 keeps float: TFLite's :data:`~export.tflite_format.FLOAT_SCORE_OPS`
-#: (same reason: an int8 probability has 1/255 steps, so confident scores tie at the top code and
-#: the order among them, which AP's ranking and the RPN's top-k/NMS depend on, becomes arbitrary)
-#: plus LOGISTIC, the RPN's Sigmoid. On the shipped detector's 500 held-out images the ONNX int8
+#: Score op types ONNX int8 keeps float where they make the model's outputs (:func:`score_nodes`):
+#: TFLite's :data:`~export.tflite_format.FLOAT_SCORE_OPS` (same reason: an int8 probability has
+#: 1/255 steps, so confident scores tie at the top code and the order among them, which AP's
+#: ranking and the RPN's top-k/NMS depend on, becomes arbitrary) plus LOGISTIC, the RPN's Sigmoid. On the shipped detector's 500 held-out images the ONNX int8
 #: pipeline's mAP@.5:.95 drop against float Keras is 0.85 pt all int8, 0.61 pt with a float
 #: Softmax, 0.38 pt with a float Softmax and Sigmoid; each costs a DequantizeLinear of the logits.
 FLOAT_SCORE_OP_TYPES = tuple(
@@ -188,14 +188,49 @@ def flatten_pooled_reshapes(graph, kept_float: set[str]) -> list[str]:
     return flattened
 
 
+#: Ops that only carry a score's values towards the model's outputs (Q/DQ: in a quantized graph).
+SCORE_CARRIERS = (
+    "Reshape",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Flatten",
+    "Identity",
+    "Concat",
+    "Slice",
+    "Split",
+    "QuantizeLinear",
+    "DequantizeLinear",
+)
+
+
 def score_nodes(graph) -> list[str]:
-    """Names of the score nodes (op type in :data:`FLOAT_SCORE_OP_TYPES`), kept float by int8."""
-    return [n.name for n in graph.node if n.op_type in FLOAT_SCORE_OP_TYPES]
+    """Names of the score nodes, kept float by int8: an op of :data:`FLOAT_SCORE_OP_TYPES` whose
+    output reaches a graph output through :data:`SCORE_CARRIERS` only. A Sigmoid inside a swish
+    activation or a Softmax feeding a MatMul is an activation, quantized like any other."""
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+
+    def reaches_output(tensor: str) -> bool:
+        return tensor in outputs or any(
+            c.op_type in SCORE_CARRIERS and any(reaches_output(o) for o in c.output)
+            for c in consumers.get(tensor, [])
+        )
+
+    return [
+        n.name
+        for n in graph.node
+        if n.op_type in FLOAT_SCORE_OP_TYPES and any(reaches_output(o) for o in n.output)
+    ]
 
 
 def quantized_scores(proto) -> list[str]:
-    """Outputs of score ops (Softmax, Sigmoid) fed through QuantizeLinear (should be none)."""
-    scores = {o for n in proto.graph.node if n.op_type in FLOAT_SCORE_OP_TYPES for o in n.output}
+    """Outputs of score nodes (:func:`score_nodes`) fed through QuantizeLinear (should be none)."""
+    names = set(score_nodes(proto.graph))
+    scores = {o for n in proto.graph.node if n.name in names for o in n.output}
     return sorted(
         n.input[0]
         for n in proto.graph.node

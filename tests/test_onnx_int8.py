@@ -19,14 +19,15 @@ CALIBRATION = 48
 
 @pytest.fixture(scope="module")
 def score_build():
-    """BuildInput of a model x[1,16] -> dense -> softmax class_scores[1,6], sigmoid objectness[1,8]."""
+    """BuildInput of x[1,16] -> dense+swish -> softmax class_scores[1,6], sigmoid objectness[1,8]."""
     import keras
 
     from export.tflite_format import BuildInput
 
     keras.utils.set_random_seed(3)
     x = keras.Input((16,), batch_size=1, name="x")
-    hidden = keras.layers.Dense(32, activation="relu", name="fc")(x)
+    # swish = x * sigmoid(x): a Sigmoid that is an activation, not a score
+    hidden = keras.layers.Dense(32, activation="swish", name="fc")(x)
     # Large weights: most samples end confident (probabilities within 1/255 of 1), where an
     # 8-bit score has only its top code left and a float score still orders them.
     scale = keras.initializers.RandomNormal(stddev=1.5)
@@ -74,12 +75,17 @@ def test_onnx_int8_keeps_softmax_and_sigmoid_float(score_build):
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node.op_type)
-    score_ops = [n for n in graph.node if n.op_type in ("Softmax", "Sigmoid")]
+    outputs = {o.name for o in graph.output}
+    sigmoid_softmax = [n for n in graph.node if n.op_type in ("Softmax", "Sigmoid")]
+    score_ops = [n for n in sigmoid_softmax if n.output[0] in outputs]
     assert sorted(n.op_type for n in score_ops) == ["Sigmoid", "Softmax"]
     for node in score_ops:
         # float op on dequantized int8 logits; its float output is the model's output as is
         assert producer[node.input[0]].op_type == "DequantizeLinear", node.name
         assert "QuantizeLinear" not in consumers.get(node.output[0], []), node.name
+    # the swish's Sigmoid is an activation: quantized like the rest
+    swish = [n for n in sigmoid_softmax if n not in score_ops]
+    assert len(swish) == 1 and consumers[swish[0].output[0]] == ["QuantizeLinear"]
     # ...while the dense layers are int8 (QDQ weights)
     dense = [n for n in graph.node if n.op_type in ("Gemm", "MatMul")]
     assert dense and all(producer[n.input[1]].op_type == "DequantizeLinear" for n in dense)
@@ -116,7 +122,13 @@ def test_int8_scores_tie_and_the_export_refuses_them(score_build, monkeypatch):
 
     monkeypatch.undo()
     assert onnx_format.quantized_scores(onnx.load_from_string(all_int8.data))
-    monkeypatch.setattr(onnx_format, "score_nodes", lambda graph: [])
+    real_score_nodes, calls = onnx_format.score_nodes, []
+
+    def none_excluded(graph):  # the exclusion finds no score node, the check after it does
+        calls.append(graph)
+        return [] if len(calls) == 1 else real_score_nodes(graph)
+
+    monkeypatch.setattr(onnx_format, "score_nodes", none_excluded)
     with pytest.raises(ExportCheckError, match="score tensor"):
         onnx_format.onnx_int8(score_build)
 
@@ -128,12 +140,20 @@ def test_mixed_candidates_leave_out_the_score_ops(score_build, tmp_path):
     from export.onnx_format import preprocessed
 
     names = onnx_layers(score_build)
-    # the candidates are nodes of the pre-processed graph onnx_int8 quantizes: dense layers, and
-    # not the score ops (float already)
-    kinds = {n.name: n.op_type for n in onnx.load(preprocessed(score_build, tmp_path)).graph.node}
-    assert names and set(names) <= set(kinds)
-    assert {kinds[n] for n in names} & {"MatMul", "Gemm"}
-    assert not {kinds[n] for n in names} & {"Softmax", "Sigmoid"}
+    # the candidates are nodes of the pre-processed graph onnx_int8 quantizes: the dense layers
+    # and the swish's Sigmoid, not the score ops at the outputs (float already)
+    graph = onnx.load(preprocessed(score_build, tmp_path)).graph
+    kinds = {n.name: n.op_type for n in graph.node}
+    outputs = {o.name for o in graph.output}
+    scores = {
+        n.name for n in graph.node if n.op_type in ("Softmax", "Sigmoid") and n.output[0] in outputs
+    }
+    assert len(scores) == 2 and names and set(names) <= set(kinds)
+    assert {kinds[n] for n in names} >= {"Sigmoid"} and {kinds[n] for n in names} & {
+        "MatMul",
+        "Gemm",
+    }
+    assert not scores & set(names)
 
 
 def _reshape_gemm_model(target):
