@@ -31,9 +31,10 @@ SCORE_OP_TYPES = {"SOFTMAX": "Softmax", "LOGISTIC": "Sigmoid"}
 #: Score op types ONNX int8 keeps float where they make the model's outputs (:func:`score_nodes`):
 #: TFLite's :data:`~export.tflite_format.FLOAT_SCORE_OPS` (same reason: an int8 probability has
 #: 1/255 steps, so confident scores tie at the top code and the order among them, which AP's
-#: ranking and the RPN's top-k/NMS depend on, becomes arbitrary) plus LOGISTIC, the RPN's Sigmoid. On the shipped detector's 500 held-out images the ONNX int8
-#: pipeline's mAP@.5:.95 drop against float Keras is 0.85 pt all int8, 0.61 pt with a float
-#: Softmax, 0.38 pt with a float Softmax and Sigmoid; each costs a DequantizeLinear of the logits.
+#: ranking and the RPN's top-k/NMS depend on, becomes arbitrary) plus LOGISTIC, the RPN's
+#: Sigmoid. On the shipped detector's 500 held-out images the ONNX int8 pipeline's mAP@.5:.95 drop
+#: against float Keras was 0.85 pt all int8, 0.61 pt with a float Softmax, 0.38 pt with a float
+#: Softmax and Sigmoid; each costs a DequantizeLinear of the logits.
 FLOAT_SCORE_OP_TYPES = tuple(
     SCORE_OP_TYPES[op] for op in dict.fromkeys((*FLOAT_SCORE_OPS, "LOGISTIC"))
 )
@@ -213,12 +214,15 @@ def score_nodes(graph) -> list[str]:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     outputs = {o.name for o in graph.output}
+    reaches: dict[str, bool] = {}
 
     def reaches_output(tensor: str) -> bool:
-        return tensor in outputs or any(
-            c.op_type in SCORE_CARRIERS and any(reaches_output(o) for o in c.output)
-            for c in consumers.get(tensor, [])
-        )
+        if tensor not in reaches:
+            reaches[tensor] = tensor in outputs or any(
+                c.op_type in SCORE_CARRIERS and any(reaches_output(o) for o in c.output)
+                for c in consumers.get(tensor, [])
+            )
+        return reaches[tensor]
 
     return [
         n.name
