@@ -19,7 +19,8 @@ CALIBRATION = 48
 
 @pytest.fixture(scope="module")
 def score_build():
-    """BuildInput of x[1,16] -> dense+swish -> softmax class_scores[1,6], sigmoid objectness[1,8]."""
+    """BuildInput of x[1,16] -> swish dense -> softmax class_scores[1,6], sigmoid objectness[1,8]
+    (no detector stage: a --keras-model user's model)."""
     import keras
 
     from export.tflite_format import BuildInput
