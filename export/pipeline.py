@@ -366,7 +366,10 @@ def _build_one(
 
     names = model_io(spec.model, io).inputs
     samples = [dict(zip(names, s)) for s in calibration[spec.model]]
-    build = BuildInput(spec.model, keras_models[spec.model], samples, io, **(mixed or {}))
+    golden = [dict(zip(names, s)) for s in golden_inputs[spec.model]]
+    build = BuildInput(
+        spec.model, keras_models[spec.model], samples, io, golden=golden, **(mixed or {})
+    )
     with _quiet():
         built = BUILDERS[spec.format][spec.precision](build)
     report = audit_artifact(spec, built.data)

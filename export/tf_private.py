@@ -33,6 +33,8 @@ MLIR_QUANTIZE_ARGS = (
     "enable_numeric_verify",
     "denylisted_nodes",
     "denylisted_ops",
+    "input_data_type",
+    "output_data_type",
 )
 
 
