@@ -282,21 +282,31 @@ def _fixed_point_crop_and_resize(feature_maps, rois, box_indexes, crop_size):
     return _four_gathers(feature_maps, box_indexes, grid, slice(None))
 
 
+def _gather_table(feature_maps, channels):
+    """``([B*H*W + 1, C] table, B*H*W)``: the map's pixels as rows, then one zero row."""
+    flat = tf.reshape(feature_maps, [-1, channels])
+    zero_row = tf.shape(flat)[0]
+    return tf.concat([flat, tf.zeros_like(flat[:1])], axis=0), zero_row
+
+
 def _four_gathers(feature_maps, box_indexes, grid: _Sampling, rois_slice: slice):
     """The bilinear samples of RoIs ``rois_slice`` from four GATHERs, four MULs and three ADDs."""
     # One zero row after the map: samples outside it gather zeros (CropAndResize's extrapolation).
-    flat = tf.reshape(feature_maps, [-1, grid.channels])
-    zero_row = tf.shape(flat)[0]
-    flat = tf.concat([flat, tf.zeros_like(flat[:1])], axis=0)
-    base = box_indexes[rois_slice, None, None] * (grid.height * grid.width)
-    inside = grid.inside[rois_slice]
+    flat, zero_row = _gather_table(feature_maps, grid.channels)
+
+    def rois_of(tensor):
+        # All RoIs: no slice, which would be a STRIDED_SLICE copying the whole [N, ch, cw] tensor.
+        return tensor if rois_slice == slice(None) else tensor[rois_slice]
+
+    base = rois_of(box_indexes)[:, None, None] * (grid.height * grid.width)
+    inside = rois_of(grid.inside)
 
     def gather(y_rows, x_cols):
-        index = base + y_rows[rois_slice, :, None] * grid.width + x_cols[rois_slice, None, :]
+        index = base + rois_of(y_rows)[:, :, None] * grid.width + rois_of(x_cols)[:, None, :]
         return tf.gather(flat, tf.where(inside, index, zero_row))  # [n, ch, cw, C]
 
     def weight(fixed):
-        return _fixed_weight(fixed[rois_slice], feature_maps.dtype)[..., None]
+        return _fixed_weight(rois_of(fixed), feature_maps.dtype)[..., None]
 
     top_left, top_right, bottom_left, bottom_right = grid.weights
     # Four MULs and three ADDs (not a stacked SUM): fast elementwise int8 kernels under XNNPACK.
@@ -415,8 +425,122 @@ def _separable_matmul_crop_and_resize(feature_maps, rois, box_indexes, crop_size
     return tf.matmul(columns[:, None], interpolated_rows)  # [N, ch, cw, C]
 
 
+#: Bytes of one tile's largest intermediate the split lowerings aim for: the L2 cache of one
+#: core on the benchmark hosts (1 MiB), so an op's output is still cached when the next reads it.
+TILE_BYTES = 1 << 20
+
+
+def _tile_sizes(num_rois, per_roi_bytes) -> list:
+    """RoIs per tile: as many as fit :data:`TILE_BYTES` (at least 1); ``[None]`` (one tile) if
+    the number of RoIs is unknown at trace time."""
+    if num_rois is None:
+        return [None]
+    tile = max(1, TILE_BYTES // max(int(per_roi_bytes), 1))
+    return [tile] * (num_rois // tile) + ([num_rois % tile] if num_rois % tile else [])
+
+
+def _per_roi_bytes(crop_size, channels, stacked: int = 1) -> int:
+    """float32 bytes of one RoI's ``[ch, cw, stacked * C]`` intermediate (C unknown: 256)."""
+    channels = channels if isinstance(channels, int) else 256
+    return crop_size[0] * crop_size[1] * stacked * channels * 4
+
+
+def _split_rois(tensor, sizes: list) -> list:
+    """``tensor`` split along its first (RoI) axis into tiles of ``sizes`` (one SPLIT_V op)."""
+    return [tensor] if len(sizes) == 1 else tf.split(tensor, sizes)
+
+
+def _corner_indexes(box_indexes, grid: _Sampling, zero_row) -> list:
+    """Four ``[N, ch, cw]`` int32 table rows (TL, TR, BL, BR); off-map samples read the zero row."""
+    base = box_indexes[:, None, None] * (grid.height * grid.width)
+    corners = (
+        (grid.top, grid.left),
+        (grid.top, grid.right),
+        (grid.bottom, grid.left),
+        (grid.bottom, grid.right),
+    )
+    return [
+        tf.where(grid.inside, base + rows[:, :, None] * grid.width + cols[:, None, :], zero_row)
+        for rows, cols in corners
+    ]
+
+
+def _after(tensor, previous):
+    """``tensor`` (int32) plus a zero that depends on ``previous``'s data: orders the tiles.
+
+    XNNPACK delegates the MULs, ADDs and pools but not GATHER, and the interpreter's partitioner
+    runs every node that is ready before the next delegated partition: without this dependency
+    all tiles' GATHERs run first (hundreds of MB alive at once) and the tiling is lost.
+    ``x > inf`` is false for every float (NaN too), so the zero is exact.
+    """
+    if previous is None:
+        return tensor
+    return tensor + tf.cast(previous[0, 0, 0, 0] > float("inf"), tf.int32)
+
+
+def _fixed_point_split_roi_pool(feature_maps, rois, box_indexes, crop_size, samples_per_bin):
+    """``fixed_point`` in L2-sized tiles whose indexes and weights are computed once.
+
+    The sample grid, the four gather indexes and the four weights are computed for all RoIs
+    (a handful of ops on ``[N, ch, cw]``), then cut into tiles by one SPLIT_V each; per tile
+    only four GATHERs, four MULs, three ADDs and the MAX_POOL_2D remain, each tile's GATHERs
+    ordered after the previous tile (:func:`_after`). ``fixed_point_tiled`` recomputes the
+    indexes and weights per tile: ~50 small ops per tile, which dominate at small tiles. Needs a
+    static number of RoIs (otherwise one tile). Full-int8 conversion calibrates each tile's MULs
+    on their own, which costs accuracy with few calibration samples.
+    """
+    grid = _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
+    table, zero_row = _gather_table(feature_maps, grid.channels)
+    sizes = _tile_sizes(rois.shape[0], _per_roi_bytes(crop_size, grid.channels))
+    indexes = [_split_rois(i, sizes) for i in _corner_indexes(box_indexes, grid, zero_row)]
+    weights = [
+        _split_rois(_fixed_weight(w, feature_maps.dtype)[..., None], sizes) for w in grid.weights
+    ]
+    pooled = []
+    for tile in range(len(sizes)):
+        previous = pooled[-1] if pooled else None
+        corners = [_after(indexes[corner][tile], previous) for corner in range(4)]
+        samples = tf.gather(table, corners[0]) * weights[0][tile]
+        for corner in range(1, 4):
+            samples += tf.gather(table, corners[corner]) * weights[corner][tile]
+        pooled.append(max_pool_bins(samples, samples_per_bin))
+    return pooled[0] if len(pooled) == 1 else tf.concat(pooled, axis=0)
+
+
+def _neighbour_pool_split_roi_pool(feature_maps, rois, box_indexes, crop_size, samples_per_bin):
+    """Per L2-sized tile: one GATHER of the four corners, one MUL, an AVERAGE_POOL_2D summing them.
+
+    Like ``fixed_point_split`` (indexes and weights computed once, split into tiles), but the
+    four corner indexes are stacked so one GATHER reads them all, ``[t, ch, cw, 4, C]``; the
+    weights multiply them in one MUL, and a ``(1, 4)`` average pool over the corners of
+    ``[t, ch, 4 * cw, C]`` is a quarter of their sum. The factor 4 comes after the max pool
+    (max commutes with it; exact in float): int8 conversion gives AVERAGE_POOL_2D, MAX_POOL_2D
+    and the closing CONCATENATION one scale, so weights pre-scaled by 4 would clip products above
+    the pooled range.
+    """
+    grid = _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
+    crop_height, crop_width = crop_size
+    table, zero_row = _gather_table(feature_maps, grid.channels)
+    sizes = _tile_sizes(rois.shape[0], _per_roi_bytes(crop_size, grid.channels, 4))
+    indexes = _split_rois(tf.stack(_corner_indexes(box_indexes, grid, zero_row), -1), sizes)
+    weights = tf.stack([_fixed_weight(w, feature_maps.dtype) for w in grid.weights], -1)
+    weights = _split_rois(weights[..., None], sizes)  # [t, ch, cw, 4, 1] each
+    pooled = []
+    for tile_indexes, tile_weights in zip(indexes, weights):
+        tile_indexes = _after(tile_indexes, pooled[-1] if pooled else None)
+        products = tf.gather(table, tile_indexes) * tile_weights  # [t, ch, cw, 4, C]
+        products = tf.reshape(products, [-1, crop_height, crop_width * 4, grid.channels])
+        quarter_samples = tf.nn.avg_pool2d(products, (1, 4), (1, 4), "VALID")
+        pooled.append(max_pool_bins(quarter_samples, samples_per_bin) * 4.0)
+    return pooled[0] if len(pooled) == 1 else tf.concat(pooled, axis=0)
+
+
 #: Lowerings that pool themselves: (feature_maps, rois, box_indexes, crop_size, s) -> pooled.
-POOLING_LOWERINGS = {"fixed_point_tiled": _fixed_point_tiled_roi_pool}
+POOLING_LOWERINGS = {
+    "fixed_point_tiled": _fixed_point_tiled_roi_pool,
+    "fixed_point_split": _fixed_point_split_roi_pool,
+    "neighbour_pool_split": _neighbour_pool_split_roi_pool,
+}
 LOWERINGS = {
     "fixed_point": _fixed_point_crop_and_resize,
     "neighbour_pool": _neighbour_pool_crop_and_resize,

@@ -37,7 +37,9 @@ __all__ = [
 IMPLEMENTATIONS = (
     "fixed_point",
     "fixed_point_tiled",
+    "fixed_point_split",
     "neighbour_pool",
+    "neighbour_pool_split",
     "neighbour_matmul",
     "separable_matmul",
     "gather",
@@ -195,8 +197,9 @@ def roi_pool(
             crop_and_resize; ``2`` is the TF Object Detection API's 14x14 crop + 2x2 max pool).
         implementation: ``"fixed_point"`` (the default: TFLite builtins only, coordinates in
             int32 fixed point so full-int8 conversion stays accurate), its variants
-            ``"fixed_point_tiled"``, ``"neighbour_pool"``, ``"neighbour_matmul"`` and
-            ``"separable_matmul"`` (the same sampling grid, other feature paths; compared by
+            ``"fixed_point_tiled"``, ``"fixed_point_split"``, ``"neighbour_pool"``,
+            ``"neighbour_pool_split"``, ``"neighbour_matmul"`` and ``"separable_matmul"`` (the
+            same sampling grid, other feature paths, some in tiles of RoIs; compared by
             ``make bench``), ``"gather"`` (builtins only, float coordinates: exact in float, but
             full-int8 conversion quantizes its coordinates) or ``"crop_and_resize"`` (TF's
             fused kernel; the reference, Flex-only in TFLite).

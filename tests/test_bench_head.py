@@ -13,6 +13,14 @@ TINY = [
 ]  # fmt: skip
 
 
+# The float32 head with the other RoIPooling lowerings (--variants' default), same weights.
+VARIANT_FORMS = (
+    "tflite/float32@fixed_point_tiled",
+    "tflite/float32@fixed_point_split",
+    "tflite/float32@neighbour_pool_split",
+)
+
+
 @pytest.mark.slow
 def test_head_bench_measures_every_format_against_keras(tmp_path, capsys):
     out = tmp_path / "head.json"
@@ -28,9 +36,11 @@ def test_head_bench_measures_every_format_against_keras(tmp_path, capsys):
         "tflite/float32:no_xnnpack",
         "tflite/float16:no_xnnpack",
         "tflite/int8:no_xnnpack",
+        *VARIANT_FORMS,
     }
     # Float forms pick the same class as Keras on every RoI; each ran in its own process.
-    for name in ("tflite/float32", "tflite/float16", "onnx/float32", "tflite/float32:no_xnnpack"):
+    float_forms = ("tflite/float32", "tflite/float16", "onnx/float32", "tflite/float32:no_xnnpack")
+    for name in float_forms + VARIANT_FORMS:
         assert forms[name]["top1_agreement"] == 1.0
     for name, row in forms.items():
         assert row["latency_ms"] > 0
@@ -46,3 +56,6 @@ def test_head_bench_bad_usage_exits_2_with_one_line(capsys):
     assert error.startswith("error: --implementation is 'magic'; expected one of fixed_point")
     assert bench_head.main(["--fc", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --fc is 0; expected >= 1"
+    assert bench_head.main(["--variants", "fixed_point_split,magic"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: --variants has 'magic'; expected a comma list of fixed_point")

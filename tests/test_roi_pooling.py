@@ -143,8 +143,16 @@ class TestFixedPointTiled(RoIPoolTester):
     implementation = "fixed_point_tiled"
 
 
+class TestFixedPointSplit(RoIPoolTester):
+    implementation = "fixed_point_split"
+
+
 class TestNeighbourPool(RoIPoolTester):
     implementation = "neighbour_pool"
+
+
+class TestNeighbourPoolSplit(RoIPoolTester):
+    implementation = "neighbour_pool_split"
 
 
 class TestNeighbourMatmul(RoIPoolTester):
@@ -214,7 +222,61 @@ def _run_tflite(model, features, rois, box_indexes):
     return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]), ops
 
 
-VARIANTS = ("fixed_point_tiled", "neighbour_pool", "neighbour_matmul", "separable_matmul")
+VARIANTS = (
+    "fixed_point_tiled",
+    "fixed_point_split",
+    "neighbour_pool",
+    "neighbour_pool_split",
+    "neighbour_matmul",
+    "separable_matmul",
+)
+
+
+@pytest.mark.parametrize(
+    ("implementation", "stacked"), [("fixed_point_split", 1), ("neighbour_pool_split", 4)]
+)
+def test_split_lowerings_cut_the_rois_into_tiles_and_match_tensorflow(
+    implementation, stacked, monkeypatch
+):
+    """The testers' small maps fit one tile; here tiles of 3 RoIs (and a last one of 2)."""
+    from models import roi_lowerings
+
+    per_roi = roi_lowerings._per_roi_bytes((14, 10), 5, stacked)
+    monkeypatch.setattr(roi_lowerings, "TILE_BYTES", 3 * per_roi + 1)
+    assert roi_lowerings._tile_sizes(17, per_roi) == [3, 3, 3, 3, 3, 2]
+    rng = np.random.default_rng(31)
+    features = rng.random((2, 13, 11, 5), dtype=np.float32)
+    rois = random_boxes(rng, 17)
+    box_indexes = rng.integers(0, 2, 17).astype(np.int32)
+    pool = tf.function(
+        lambda f, r, b: roi_pool(f, r, b, (7, 5), 2, implementation),
+        input_signature=[
+            tf.TensorSpec(features.shape, tf.float32),
+            tf.TensorSpec((17, 4), tf.float32),
+            tf.TensorSpec((17,), tf.int32),
+        ],
+    )
+    graph = pool.get_concrete_function().graph
+    gathers = [op for op in graph.get_operations() if op.type == "GatherV2"]
+    assert len(gathers) == 6 * (4 if stacked == 1 else 1)  # per tile, not per RoI batch
+
+    def after_a_max_pool(op, seen):
+        # Whether a MaxPool (an earlier tile's output) is among op's ancestors.
+        for tensor in op.inputs:
+            if tensor.op.name not in seen:
+                seen.add(tensor.op.name)
+                if tensor.op.type == "MaxPool" or after_a_max_pool(tensor.op, seen):
+                    return True
+        return False
+
+    # Tiles stay in order under XNNPACK: every GATHER but the first tile's waits for a tile.
+    ordered = [after_a_max_pool(op, set()) for op in gathers]
+    assert sum(not o for o in ordered) == (4 if stacked == 1 else 1)
+    np.testing.assert_allclose(
+        pool(features, rois, box_indexes).numpy(),
+        tf_reference(features, rois, box_indexes, (7, 5), 2),
+        atol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("implementation", BUILTIN_IMPLEMENTATIONS + VARIANTS)
@@ -321,6 +383,25 @@ def test_full_int8_conversion_with_standard_settings_stays_accurate(num_rois):
     assert "QUANTIZE" in ops  # really an int8 model
     error = np.abs(actual - tf_reference(features, rois, box_indexes, (7, 7), 2)).max()
     assert error <= INT8_MAX_ERROR
+
+
+def test_neighbour_pool_split_int8_does_not_clip_its_products(monkeypatch):
+    """int8 gives AVERAGE_POOL_2D, MAX_POOL_2D and CONCATENATION one scale: corner products
+    pre-scaled by 4 clipped there (error ~0.7); tiles of 3 RoIs, each calibrated on its own."""
+    from models import roi_lowerings
+
+    per_roi = roi_lowerings._per_roi_bytes((14, 14), 16, 4)
+    monkeypatch.setattr(roi_lowerings, "TILE_BYTES", 3 * per_roi)
+    rng = np.random.default_rng(23)
+    model = _convert("neighbour_pool_split", 17, "int8", rng)
+    features = rng.random((1, 20, 20, 16), dtype=np.float32)
+    rois = random_boxes(rng, 17, 0.0, 1.0)
+    box_indexes = np.zeros(17, np.int32)
+    actual, ops = _run_tflite(model, features, rois, box_indexes)
+    assert {"QUANTIZE", "AVERAGE_POOL_2D", "SPLIT_V"} <= ops
+    error = np.abs(actual - tf_reference(features, rois, box_indexes, (7, 7), 2)).max()
+    # Per-tile calibration costs accuracy (over the 0.02 bar at times), but nothing clips.
+    assert error <= 0.05
 
 
 # ----------------------------------------------------------------------------- Keras
