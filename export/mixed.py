@@ -376,27 +376,24 @@ def tflite_mixed(build: BuildInput, target: SnrTarget | MapDropTarget | None = N
 
 
 def onnx_layers(build: BuildInput) -> list[str]:
-    """Names of the nodes of the pre-processed float graph that int8 quantizes, outputs first.
+    """Names of the nodes of the pre-processed float graph that int8 quantizes, outputs first
+    (RoIPooling and the score ops are float already).
 
-    The names are those ``onnx_int8`` passes to ``nodes_to_exclude`` (the pre-processing is
-    deterministic, so the same float graph gives the same names).
+    The names are those ``onnx_int8`` passes to ``nodes_to_exclude``.
     """
-    import os
     import tempfile
     from pathlib import Path
 
     import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from export.onnx_format import _float_proto, coordinate_nodes
+    from export.onnx_format import preprocessed, roi_pooling_nodes, score_nodes
 
     with tempfile.TemporaryDirectory(prefix="roiedge-mixed-") as tmp:
-        src, pre = Path(tmp) / "float.onnx", Path(tmp) / "pre.onnx"
-        src.write_bytes(_float_proto(build).SerializeToString())
-        quant_pre_process(os.fspath(src), os.fspath(pre), skip_symbolic_shape=True)
-        graph = onnx.load(os.fspath(pre)).graph
-    coordinate = set(coordinate_nodes(graph, build.stage, build.io))
-    names = [n.name for n in graph.node if n.op_type in ONNX_LAYER_OPS and n.name not in coordinate]
+        graph = onnx.load(preprocessed(build, Path(tmp))).graph
+    float_already = {*roi_pooling_nodes(graph, build.stage, build.io), *score_nodes(graph)}
+    names = [
+        n.name for n in graph.node if n.op_type in ONNX_LAYER_OPS and n.name not in float_already
+    ]
     return names[::-1]
 
 

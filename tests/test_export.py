@@ -245,6 +245,40 @@ def test_int8_head_keeps_coordinate_inputs_out_of_quantization(exported):
         assert all(producer[i].op_type == "DequantizeLinear" for i in node.input[:2]), node.name
 
 
+def test_onnx_int8_head_pools_in_float_and_runs_its_dense_layers_on_integer_kernels(
+    exported, tmp_path
+):
+    """What onnxruntime makes of the int8 head: QGemm for every dense layer, while RoIPooling's
+    MaxPool (and the transposes around it) is fed float, not uint8 (uint8 MaxPool is a slow
+    generic kernel), and the score Softmax runs on dequantized logits."""
+    import onnx
+    import onnxruntime as ort
+
+    out, manifest = exported
+    dense = sum(
+        n.op_type in ("Gemm", "MatMul")
+        for n in onnx.load(out / manifest.find("head", "onnx", "float32").path).graph.node
+    )
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    entry = manifest.find("head", "onnx", "int8")
+    ort.InferenceSession(str(out / entry.path), options, providers=["CPUExecutionProvider"])
+    graph = onnx.load(tmp_path / "optimized.onnx").graph
+    producer = {o: n for n in graph.node for o in n.output}
+    assert sum(n.op_type == "QGemm" for n in graph.node) == dense > 0
+    pools = [n for n in graph.node if n.op_type == "MaxPool"]
+    assert pools
+    for node in pools:
+        source = producer.get(node.input[0])
+        while source is not None and source.op_type in ("Transpose", "ReorderInput", "Reshape"):
+            source = producer.get(source.input[0])
+        # uint8 producers: QuantizeLinear and the fused integer kernels (QLinearAdd, ...)
+        assert source is not None and source.op_type != "QuantizeLinear", node.name
+        assert not source.op_type.startswith("QLinear"), (node.name, source.op_type)
+    softmax = [n for n in graph.node if n.op_type == "Softmax"]
+    assert softmax and all(producer[n.input[0]].op_type == "DequantizeLinear" for n in softmax)
+
+
 def test_int8_artifacts_are_at_most_0_3x_float32(exported):
     _, manifest = exported
     for entry in manifest.artifacts:
