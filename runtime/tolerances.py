@@ -63,19 +63,26 @@ TOLERANCES: tuple[Tolerance, ...] = (
         max_map50_95_drop=0.001,
     ),
     # Quantized: judged by signal-to-noise and by the decision the head makes, not elementwise.
+    # Quantized pipelines must keep their boxes: mAP@0.5 (finding the objects) may drop 0.3 pt
+    # and mAP@.5:.95 (placing them) 0.5 pt. The shipped detector's int8 pipelines, 500 held-out
+    # images: TFLite int8 -0.40, ONNX int8 -0.33, dynamic_int8 -0.12 pt @.5:.95, none lower
+    # @0.5; other calibration draws of 300 images took TFLite int8 to -0.66/-0.70 pt on 2000
+    # images (export/tflite_format.py's INT8_RECIPES), so the bound is met, not loose.
     Tolerance(
         "dynamic_int8",
         min_snr_db=20.0,
         target_snr_db=30.0,
         min_top1_agreement=0.9,
-        max_map50_drop=0.01,
+        max_map50_drop=0.003,
+        max_map50_95_drop=0.005,
     ),
     Tolerance(
         "int8",
         min_snr_db=20.0,
         target_snr_db=30.0,
         min_top1_agreement=0.9,
-        max_map50_drop=0.01,
+        max_map50_drop=0.003,
+        max_map50_95_drop=0.005,
     ),
     # int8 with layers kept float until the stage meets export.mixed's --target-drop (default 0.5).
     Tolerance(
@@ -83,15 +90,17 @@ TOLERANCES: tuple[Tolerance, ...] = (
         min_snr_db=20.0,
         target_snr_db=30.0,
         min_top1_agreement=0.9,
-        max_map50_drop=0.01,
+        max_map50_drop=0.003,
         max_map50_95_drop=0.005,
     ),
+    # Integer input and output (the Edge TPU backbone): the same int8 model, so the same bounds.
     Tolerance(
         "int8_io",
         min_snr_db=20.0,
         target_snr_db=30.0,
         min_top1_agreement=0.9,
-        max_map50_drop=0.01,
+        max_map50_drop=0.003,
+        max_map50_95_drop=0.005,
     ),
 )
 

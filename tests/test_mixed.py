@@ -114,9 +114,7 @@ def test_map50_95_bound_fails_a_deliberately_miscalibrated_int8_head(head_setup)
     from runtime.tolerances import tolerance_for
 
     detector, samples = head_setup
-    # Judged as "mixed" (int8 with layers kept float; here none): the precision whose mAP@.5:.95
-    # bound the default export meets in both formats (ONNX int8 does not, see README).
-    assert tolerance_for("mixed").max_map50_95_drop is not None
+    assert tolerance_for("int8").max_map50_95_drop is not None
     # Calibrated on features 8x their real size: every activation range of the feature path is
     # ~8x too wide, so the real features use ~3 bits fewer. Classes survive, boxes do not.
     wrong = [{**s, "features": (s["features"] * 8.0).astype(np.float32)} for s in samples]
@@ -124,7 +122,7 @@ def test_map50_95_bound_fails_a_deliberately_miscalibrated_int8_head(head_setup)
     for label, calibration in (("right", samples), ("wrong", wrong)):
         head = tflite_int8(BuildInput("head", detector.head, calibration)).data
         keras, row = _held_out_map(detector, head, HELD_OUT_IMAGES)
-        verdicts[label] = (map_drop_failures("mixed", keras, row), keras, row)
+        verdicts[label] = (map_drop_failures("int8", keras, row), keras, row)
     assert verdicts["right"][0] == [], verdicts["right"]
     failures = verdicts["wrong"][0]
     assert any("mAP@.5:.95" in f for f in failures), verdicts["wrong"]
