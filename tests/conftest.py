@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -30,3 +31,19 @@ def exported_artifacts(tmp_path_factory):
         progress=False,
     )
     return out, run_export(config)
+
+
+@pytest.fixture(scope="module")
+def fake_dir(tmp_path_factory):
+    """A complete artifacts directory of the fake detector (read-only for tests: copy to modify)."""
+    from runtime_fakes import shared_fake_artifacts
+
+    return shared_fake_artifacts(tmp_path_factory)
+
+
+@pytest.fixture
+def fake_copy(fake_dir, tmp_path):
+    """A private copy of the fake artifacts that a test may break."""
+    target = tmp_path / "artifacts"
+    shutil.copytree(fake_dir, target)
+    return target

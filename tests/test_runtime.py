@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from runtime_fakes import CONFIG, build_keras_models, fake_image, shared_fake_artifacts
+from runtime_fakes import CONFIG, build_keras_models, fake_image
 
 from runtime import processing, strict_json
 from runtime.cli import main
@@ -22,20 +21,6 @@ from runtime.images import resize
 from runtime.manifest import manifest_to_dict, read_manifest, seal, write_manifest
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def fake_dir(tmp_path_factory):
-    """A complete artifacts directory of the fake detector (read-only for tests: copy to modify)."""
-    return shared_fake_artifacts(tmp_path_factory)
-
-
-@pytest.fixture
-def fake_copy(fake_dir, tmp_path):
-    """A private copy of the fake artifacts that a test may break."""
-    target = tmp_path / "artifacts"
-    shutil.copytree(fake_dir, target)
-    return target
 
 
 def reseal(directory):

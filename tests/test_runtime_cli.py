@@ -14,15 +14,10 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-from runtime_fakes import fake_image, shared_fake_artifacts
+from runtime_fakes import fake_image
 from test_runtime import REPO, _error_lines, _one_line_exit_2, run_cli
 
 from runtime.detector import Detector
-
-
-@pytest.fixture(scope="module")
-def fake_dir(tmp_path_factory):
-    return shared_fake_artifacts(tmp_path_factory)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 import pytest
-from runtime_fakes import fake_image, shared_fake_artifacts
+from runtime_fakes import fake_image
 from test_runtime import _one_line_exit_2, run_cli
 
 from runtime import backends
@@ -26,18 +26,6 @@ from runtime.manifest import (
     sha256_file,
     write_manifest,
 )
-
-
-@pytest.fixture(scope="module")
-def fake_dir(tmp_path_factory):
-    return shared_fake_artifacts(tmp_path_factory)
-
-
-@pytest.fixture
-def fake_copy(fake_dir, tmp_path):
-    target = tmp_path / "artifacts"
-    shutil.copytree(fake_dir, target)
-    return target
 
 
 def _rehash(directory, path):
