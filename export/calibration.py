@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from export.config import CALIBRATION_SEED, ExportInputError
-from runtime.errors import RoiedgeError
+from runtime.errors import RoiedgeError, one_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -64,7 +64,7 @@ def calibration_files(source: Path) -> list[Path]:
     try:
         dataset = load_coco(source, require_annotations=False)
     except RoiedgeError as error:
-        raise ExportInputError(f"--calibration {' '.join(str(error).split())}") from None
+        raise ExportInputError(f"--calibration {one_line(error)}") from None
     return [item.path for item in dataset.images]
 
 

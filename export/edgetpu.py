@@ -279,7 +279,7 @@ def compile_edgetpu(directory: Path, compiler: str | None = None) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m export edgetpu DIR``: compile the int8_io backbone, or say how to get the compiler."""
-    from runtime.errors import RoiedgeError
+    from runtime.errors import RoiedgeError, one_line
 
     parser = argparse.ArgumentParser(
         prog="python -m export edgetpu",
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             raise RoiedgeError(INSTALL_HINT)
         manifest = compile_edgetpu(args.artifacts)
     except RoiedgeError as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     entry = manifest.find("backbone_rpn", "tflite", COMPILED_PRECISION)
     print(

@@ -28,6 +28,7 @@ from export.keras_loading import LoadedModel, coordinate_inputs, io_infos, load_
 from export.samples import Samples, load_samples
 from export.stages import ModelIO
 from runtime import strict_json
+from runtime.errors import one_line
 from runtime.manifest import FORMATS, MANIFEST_NAME, Manifest, seal
 
 SCHEMA_VERSION = 1
@@ -202,10 +203,7 @@ def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> M
                 entries.append(entry)
                 failures.extend(broken)
                 bar.update(1)
-        if failures:
-            raise ExportCheckError(
-                f"{len(failures)} golden check(s) failed: " + "; ".join(failures)
-            )
+        pipeline.raise_golden_failures(failures)
         manifest = seal(  # golden file's and (empty) detector config's sha256
             Manifest(
                 artifacts=tuple(entries),
@@ -295,7 +293,7 @@ def _build_failure(what: str, error: Exception, config, swapped) -> Exception:
     text = (
         f"{what}: the TFLite converter has no builtin op for {', '.join(ops) or 'some TF op'}"
         if not isinstance(error, ExportCheckError)
-        else " ".join(str(error).split())
+        else one_line(error)
     )
     if "CropAndResize" in str(error) or (
         ("Loop" in str(error) or ops) and not roi_pooling_layers(swapped)
@@ -397,13 +395,10 @@ def main(argv: list[str]) -> int:
         config = KerasExportConfig(**{**vars(args), "custom_objects": tuple(args.custom_objects)})
         manifest = run_keras_export(config)
     except RoiedgeError as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     except ExportCheckError as error:
-        print(f"export check failed: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"export check failed: {one_line(error)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     print(summary(manifest, Path(config.out)))
     return 0

@@ -302,10 +302,7 @@ def run_export(config: ExportConfig) -> Manifest:
                 entries.append(entry)
                 failures.extend(broken)
                 bar.update(1)
-        if failures:
-            raise ExportCheckError(
-                f"{len(failures)} golden check(s) failed: " + "; ".join(failures)
-            )
+        raise_golden_failures(failures)
         manifest = seal(  # golden files' and detector config's sha256
             Manifest(
                 artifacts=tuple(entries),
@@ -352,6 +349,12 @@ def _quiet():
         raise
     finally:
         root.setLevel(level)
+
+
+def raise_golden_failures(failures: list[str]) -> None:
+    """An ExportCheckError listing every failed golden check of the export, if there is one."""
+    if failures:
+        raise ExportCheckError(f"{len(failures)} golden check(s) failed: " + "; ".join(failures))
 
 
 def _build_one(

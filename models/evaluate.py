@@ -22,7 +22,7 @@ import numpy as np
 from models.data import EVAL_IMAGES, EVAL_SEED, EVAL_SPLIT, Batch, eval_split
 from models.metrics import COCO_IOU_THRESHOLDS, mean_average_precision
 from runtime import strict_json
-from runtime.errors import RoiedgeError
+from runtime.errors import RoiedgeError, one_line
 from runtime.manifest import atomic_write_bytes
 from runtime.processing import Detections
 
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             batch = resized_batch(dataset, detector.config.image_size)
         except RoiedgeError as error:
-            print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+            print(f"error: {one_line(error)}", file=sys.stderr)
             return 2
         predictions = predict(detector, batch.images, progress=True)
         summary = score_dataset(FloatDetector(detector), dataset, batch, predictions)

@@ -32,7 +32,7 @@ from models.data import TRAIN_SPLIT, DataConfig
 from models.train_data import MAX_GT, ProceduralBatches, training_data
 from runtime import strict_json
 from runtime.config import DetectorConfig
-from runtime.errors import RoiedgeError
+from runtime.errors import RoiedgeError, one_line
 from runtime.manifest import atomic_write_bytes
 from runtime.processing import box_iou, encode_boxes, make_anchors
 
@@ -464,11 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         record = train(cfg)
     except RoiedgeError as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     print(
         f"saved {cfg.out} after {record['steps']} steps in {record['wall_time_s']:.0f}s; "
         f"final loss {record['final_losses'].get('loss', float('nan')):.4f}"

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from runtime import strict_json
-from runtime.errors import RoiedgeError
+from runtime.errors import RoiedgeError, one_line
 
 
 def _threads(value: str) -> int:
@@ -185,7 +185,7 @@ def _detect(args: argparse.Namespace) -> int:
             if not args.keep_going:
                 raise
             failed.append(path)
-            print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+            print(f"error: {one_line(error)}", file=sys.stderr)
             continue
         ms = detector.timings["total"] * 1e3
         print(f"{path}: {len(found)} detections in {ms:.1f} ms")
@@ -330,6 +330,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return verb[args.verb](args)
     except RoiedgeError as error:
-        message = " ".join(str(error).split())
+        message = one_line(error)
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -7,3 +7,8 @@ class RoiedgeError(Exception):
 
 class ArtifactError(RoiedgeError):
     """An artifact or manifest is missing, corrupt, or from an incompatible version."""
+
+
+def one_line(error: BaseException) -> str:
+    """``error``'s message on one line: runs of whitespace (wrapped text, newlines) as one space."""
+    return " ".join(str(error).split())

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import RoiedgeError
+from runtime.errors import RoiedgeError, one_line
 
 # Distinct, readable box colours, cycled by class id.
 _COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180))
@@ -84,7 +84,7 @@ def _open_path(path: Path, reduce_to: tuple[int, int] | None) -> tuple[np.ndarra
     except FileNotFoundError:
         raise RoiedgeError(f"{path}: image not found") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        seen = " ".join(str(error).split()).split(",")[0]  # "Image size (N pixels) exceeds ..."
+        seen = one_line(error).split(",")[0]  # "Image size (N pixels) exceeds ..."
         raise RoiedgeError(
             f"{path}: refused as a decompression bomb ({seen}); expected at most "
             f"PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} pixels"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import strict_json
-from runtime.errors import ArtifactError
+from runtime.errors import ArtifactError, one_line
 
 # 2: sha256 of every golden file (``golden_sha256``) and of the detector config
 # (``detector_sha256``); schema 1 manifests carry neither, so they are refused with a re-export hint.
@@ -269,7 +269,7 @@ def read_manifest(directory: os.PathLike) -> Manifest:
     try:
         data = strict_json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
-        reason = " ".join(str(error).split())[:120]
+        reason = one_line(error)[:120]
         raise ArtifactError(f"{path}: not a readable JSON manifest ({reason})") from None
     return manifest_from_dict(data, source=str(path))
 
