@@ -12,8 +12,11 @@ each form's latency ratio to the reference and its max abs error against it on f
 and whether it meets :data:`TARGETS` (``--json``/``--png`` also write the result and a bar chart).
 The reference and every form are timed in turn over ``--rounds`` rounds (a ratio per round, so
 load that comes and goes hits both; the range is reported), the JSON names the host (CPU model,
-flags, caches, load), and ``--profile 1`` adds a per-op profile of the default implementation
-(:mod:`models.bench_profile`). Timings are never asserted in tests: these machines are noisy.
+flags, caches, load), and ``--profile 1`` adds a per-op profile of the first implementation
+(the default one unless ``--implementations`` names others; :mod:`models.bench_profile`). The
+split lowerings size their tiles for the precision converted to (``--tile-bytes`` per tile,
+``--tile-per-precision 0`` for float32-sized tiles everywhere), and their int8 tiles share one
+range per tensor (``--share-tile-ranges 0`` to measure without). Timings are never asserted in tests: these machines are noisy.
 """
 
 from __future__ import annotations
@@ -51,6 +54,13 @@ class BenchConfig:
     seed: int = 0
     profile: int = 1
     implementations: str | None = None
+    #: Bytes of one tile's intermediate in the split lowerings (0: their default, one L2).
+    tile_bytes: int = 0
+    #: 1: the split lowerings size tiles for the converted precision (int8 tiles hold 4x the
+    #: RoIs); 0: float32-sized tiles for every precision.
+    tile_per_precision: int = 1
+    #: 1: int8 tiles share one range per tensor role (models.tflite_convert.share_tile_ranges).
+    share_tile_ranges: int = 1
     json: str | None = None
     png: str | None = None
 
@@ -70,12 +80,25 @@ def _p50_ms(call: Any, runs: int, warmup: int) -> float:
     return latencies(call, runs, warmup)["p50_ms"]
 
 
-def _function(config: BenchConfig, implementation: str):
+def _tile_options(config: BenchConfig, implementation: str, precision: str) -> dict[str, Any]:
+    """The ``tile_precision``/``tile_bytes`` the benchmark gives a split lowering (else none)."""
+    from models.roi_lowerings import SIZED_TILE_LOWERINGS
+
+    if implementation not in SIZED_TILE_LOWERINGS:
+        return {}
+    return {
+        "tile_precision": precision if config.tile_per_precision else "float32",
+        "tile_bytes": config.tile_bytes or None,
+    }
+
+
+def _function(config: BenchConfig, implementation: str, precision: str = "float32"):
     import tensorflow as tf
 
     from models.roi_pooling import roi_pool
 
     size = (config.size, config.size)
+    tile_options = _tile_options(config, implementation, precision)
 
     @tf.function(
         input_signature=[
@@ -92,6 +115,7 @@ def _function(config: BenchConfig, implementation: str):
             size=size,
             samples_per_bin=config.samples_per_bin,
             implementation=implementation,
+            **tile_options,
         )
 
     return pool
@@ -107,7 +131,8 @@ def convert(config: BenchConfig, implementation: str, precision: str, rng) -> by
             features, rois = random_case(config, rng)
             yield [features, rois, np.zeros(config.num_rois, np.int32)]
 
-    return convert_function(_function(config, implementation), precision, representative)
+    function = _function(config, implementation, precision)
+    return convert_function(function, precision, representative, bool(config.share_tile_ranges))
 
 
 def _runner(model: bytes, threads: int):
@@ -150,7 +175,6 @@ def run(config: BenchConfig) -> dict[str, Any]:
 
     from models.bench_host import host_info, interleaved, load_avg
     from models.bench_profile import profile_tflite
-    from models.roi_pooling import DEFAULT_IMPLEMENTATION
     from models.tf_threads import set_tensorflow_threads
 
     host = host_info()
@@ -180,6 +204,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
                 "precision": precision,
                 "max_abs_error": float(np.max(np.abs(output - reference))),
                 "bytes": len(model),
+                **_tile_options(config, implementation, precision),
             }
         )
     timed = interleaved(
@@ -206,7 +231,9 @@ def run(config: BenchConfig) -> dict[str, Any]:
     profiles = {}
     inputs = {"features": features, "rois": rois, "box_indexes": box_indexes}
     if config.profile:
-        targets = [n for n in models if n.split("/")[0] == DEFAULT_IMPLEMENTATION]
+        # The first implementation asked for (the default one unless --implementations says).
+        first = _forms(config)[0][0]
+        targets = [n for n in models if n.split("/")[0] == first]
         for name in tqdm(targets, desc="per-op profile", file=sys.stderr):
             profiles[name] = profile_tflite(models[name], inputs, config.threads)
     return {
@@ -224,6 +251,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
 def format_table(result: dict[str, Any]) -> str:
     from models.bench_host import host_line
     from models.bench_profile import format_profile
+    from models.roi_lowerings import TILE_BYTES
 
     config = result["config"]
     lines = [
@@ -232,17 +260,20 @@ def format_table(result: dict[str, Any]) -> str:
         f"{config['samples_per_bin']}, {config['threads']} threads "
         f"(TensorFlow: {result['tf_threads']}); {config['rounds']} interleaved rounds",
         host_line(result["host"]) + f" -> {result['load_avg_after']} after",
-        f"{'form':<32} {'p50 ms':>9} {'x TF fused (range)':>20} {'max abs err':>12}  target",
-        f"{'TF CropAndResize+MaxPool':<32} {result['tf_fused_ms']:>9.2f} {'1.00':>20} {0.0:>12.2e}",
+        f"{'form':<48} {'p50 ms':>9} {'x TF fused (range)':>20} {'max abs err':>12}  target",
+        f"{'TF CropAndResize+MaxPool':<48} {result['tf_fused_ms']:>9.2f} {'1.00':>20} {0.0:>12.2e}",
     ]
     for row in result["forms"]:
         name = f"tflite {row['implementation']} {row['precision']}"
+        if "tile_precision" in row:
+            tile_bytes = row["tile_bytes"] or TILE_BYTES
+            name += f" [{row['tile_precision']} {tile_bytes / 2**20:g}M]"
         max_ratio, max_error = TARGETS[row["precision"]]
         verdict = "met" if row["meets_target"] else "missed"
         low, high = row["ratio_range"]
         ratio = f"{row['ratio_vs_tf_fused']:.2f} ({low:.2f}-{high:.2f})"
         lines.append(
-            f"{name:<32} {row['latency_ms']:>9.2f} {ratio:>20} "
+            f"{name:<48} {row['latency_ms']:>9.2f} {ratio:>20} "
             f"{row['max_abs_error']:>12.2e}  {verdict} (<= {max_ratio:g}x, <= {max_error:g})"
         )
     for name, profile in result["profiles"].items():
@@ -309,8 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     config = BenchConfig(**vars(parser.parse_args(argv)))
     for field in dataclasses.fields(BenchConfig):
         value = getattr(config, field.name)
-        minimum = 0 if field.name == "warmup" else 1
-        if field.name not in ("json", "png", "seed", "implementations", "profile") and (
+        minimum = 0 if field.name in ("warmup", "tile_bytes") else 1
+        optional = ("tile_per_precision", "share_tile_ranges")
+        if field.name not in ("json", "png", "seed", "implementations", "profile", *optional) and (
             value < minimum
         ):
             print(

@@ -23,6 +23,10 @@ EXACT_RANGE = (-float(COORDINATE_RANGE), float(COORDINATE_RANGE))
 #: Relative slack (about 8 float32 ulps) by which a sample may pass the map edge and still count
 #: as on it, absorbing the converter's re-association of the sample-position arithmetic.
 EDGE_SLACK = 2.0**-20
+#: Name scope of each tile's ops in the tiled lowerings (``roi_tile_<k>/...``): int8 conversion
+#: gives the tensors of one role in every tile the union of their calibrated ranges
+#: (:func:`models.tflite_convert.share_tile_ranges`).
+TILE_SCOPE = "roi_tile_"
 
 
 def max_pool_bins(crops, samples_per_bin: int):
@@ -322,24 +326,29 @@ def _four_gathers(feature_maps, box_indexes, grid: _Sampling, rois_slice: slice)
 ROI_TILE = 16
 
 
-def _fixed_point_tiled_roi_pool(feature_maps, rois, box_indexes, crop_size, samples_per_bin):
+def _fixed_point_tiled_roi_pool(
+    feature_maps, rois, box_indexes, crop_size, samples_per_bin, tiling=None
+):
     """``fixed_point`` in tiles of :data:`ROI_TILE` RoIs, each max-pooled before the next starts.
 
     The same ops as ``fixed_point`` on a slice of the RoIs at a time: each tile's
     ``[tile, ch, cw, C]`` intermediates are small enough to stay in cache between the ops that
     write and read them, where the whole-batch ones (120 MB each at 300 RoIs, 14x14x512 float32)
-    stream through memory. Needs a static number of RoIs (otherwise one tile).
+    stream through memory. Needs a static number of RoIs (otherwise one tile). Its tiles are
+    fixed (``tiling`` is unused).
     """
+    del tiling
     grid = _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
     num_rois = rois.shape[0]
     if num_rois is None:
         bounds = [slice(None)]
     else:
         bounds = [slice(i, min(i + ROI_TILE, num_rois)) for i in range(0, num_rois, ROI_TILE)]
-    pooled = [
-        max_pool_bins(_four_gathers(feature_maps, box_indexes, grid, b), samples_per_bin)
-        for b in bounds
-    ]
+    pooled = []
+    for tile, rois_slice in enumerate(bounds):
+        with tf.name_scope(f"{TILE_SCOPE}{tile}"):
+            crops = _four_gathers(feature_maps, box_indexes, grid, rois_slice)
+            pooled.append(max_pool_bins(crops, samples_per_bin))
     return pooled[0] if len(pooled) == 1 else tf.concat(pooled, axis=0)
 
 
@@ -428,21 +437,37 @@ def _separable_matmul_crop_and_resize(feature_maps, rois, box_indexes, crop_size
 #: Bytes of one tile's largest intermediate the split lowerings aim for: the L2 cache of one
 #: core on the benchmark hosts (1 MiB), so an op's output is still cached when the next reads it.
 TILE_BYTES = 1 << 20
+#: Bytes per feature element in each precision a model may be converted to: the split lowerings
+#: size their tiles for it (an int8 tile holds 4x the RoIs of a float32 one in the same bytes).
+ELEMENT_BYTES = {"float32": 4, "float16": 2, "int8": 1}
 
 
-def _tile_sizes(num_rois, per_roi_bytes) -> list:
-    """RoIs per tile: as many as fit :data:`TILE_BYTES` (at least 1); ``[None]`` (one tile) if
-    the number of RoIs is unknown at trace time."""
+class Tiling(NamedTuple):
+    """How the split lowerings cut the RoIs: ``tile_bytes`` (None: :data:`TILE_BYTES`) per
+    tile's ``[t, ch, cw, C]`` intermediate at ``element_bytes`` per element (the precision the
+    model will run in)."""
+
+    tile_bytes: int | None = None
+    element_bytes: int = 4
+
+
+DEFAULT_TILING = Tiling()
+
+
+def _tile_sizes(num_rois, per_roi_bytes, tile_bytes: int | None = None) -> list:
+    """RoIs per tile: as many as fit ``tile_bytes`` (default :data:`TILE_BYTES`; at least 1);
+    ``[None]`` (one tile) if the number of RoIs is unknown at trace time."""
     if num_rois is None:
         return [None]
-    tile = max(1, TILE_BYTES // max(int(per_roi_bytes), 1))
+    tile_bytes = TILE_BYTES if tile_bytes is None else tile_bytes
+    tile = max(1, tile_bytes // max(int(per_roi_bytes), 1))
     return [tile] * (num_rois // tile) + ([num_rois % tile] if num_rois % tile else [])
 
 
-def _per_roi_bytes(crop_size, channels, stacked: int = 1) -> int:
-    """float32 bytes of one RoI's ``[ch, cw, stacked * C]`` intermediate (C unknown: 256)."""
+def _per_roi_bytes(crop_size, channels, stacked: int = 1, element_bytes: int = 4) -> int:
+    """Bytes of one RoI's ``[ch, cw, stacked * C]`` intermediate (C unknown: 256)."""
     channels = channels if isinstance(channels, int) else 256
-    return crop_size[0] * crop_size[1] * stacked * channels * 4
+    return crop_size[0] * crop_size[1] * stacked * channels * element_bytes
 
 
 def _split_rois(tensor, sizes: list) -> list:
@@ -478,7 +503,9 @@ def _after(tensor, previous):
     return tensor + tf.cast(previous[0, 0, 0, 0] > float("inf"), tf.int32)
 
 
-def _fixed_point_split_roi_pool(feature_maps, rois, box_indexes, crop_size, samples_per_bin):
+def _fixed_point_split_roi_pool(
+    feature_maps, rois, box_indexes, crop_size, samples_per_bin, tiling: Tiling = DEFAULT_TILING
+):
     """``fixed_point`` in L2-sized tiles whose indexes and weights are computed once.
 
     The sample grid, the four gather indexes and the four weights are computed for all RoIs
@@ -487,27 +514,35 @@ def _fixed_point_split_roi_pool(feature_maps, rois, box_indexes, crop_size, samp
     ordered after the previous tile (:func:`_after`). ``fixed_point_tiled`` recomputes the
     indexes and weights per tile: ~50 small ops per tile, which dominate at small tiles. Needs a
     static number of RoIs (otherwise one tile). Full-int8 conversion calibrates each tile's MULs
-    on their own, which costs accuracy with few calibration samples.
+    on their own; :func:`models.tflite_convert.share_tile_ranges` gives them one range.
     """
     grid = _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
     table, zero_row = _gather_table(feature_maps, grid.channels)
-    sizes = _tile_sizes(rois.shape[0], _per_roi_bytes(crop_size, grid.channels))
+    per_roi = _per_roi_bytes(crop_size, grid.channels, 1, tiling.element_bytes)
+    sizes = _tile_sizes(rois.shape[0], per_roi, tiling.tile_bytes)
     indexes = [_split_rois(i, sizes) for i in _corner_indexes(box_indexes, grid, zero_row)]
     weights = [
         _split_rois(_fixed_weight(w, feature_maps.dtype)[..., None], sizes) for w in grid.weights
     ]
     pooled = []
     for tile in range(len(sizes)):
-        previous = pooled[-1] if pooled else None
-        corners = [_after(indexes[corner][tile], previous) for corner in range(4)]
-        samples = tf.gather(table, corners[0]) * weights[0][tile]
-        for corner in range(1, 4):
-            samples += tf.gather(table, corners[corner]) * weights[corner][tile]
-        pooled.append(max_pool_bins(samples, samples_per_bin))
+        with tf.name_scope(f"{TILE_SCOPE}{tile}"):
+            previous = pooled[-1] if pooled else None
+            corners = [_after(indexes[corner][tile], previous) for corner in range(4)]
+            # Named per role: the int8 range sharing matches tensors across tiles by name.
+            samples = tf.multiply(tf.gather(table, corners[0]), weights[0][tile], "product_0")
+            for corner in range(1, 4):
+                product = tf.multiply(
+                    tf.gather(table, corners[corner]), weights[corner][tile], f"product_{corner}"
+                )
+                samples = tf.add(samples, product, f"sum_{corner}")
+            pooled.append(max_pool_bins(samples, samples_per_bin))
     return pooled[0] if len(pooled) == 1 else tf.concat(pooled, axis=0)
 
 
-def _neighbour_pool_split_roi_pool(feature_maps, rois, box_indexes, crop_size, samples_per_bin):
+def _neighbour_pool_split_roi_pool(
+    feature_maps, rois, box_indexes, crop_size, samples_per_bin, tiling: Tiling = DEFAULT_TILING
+):
     """Per L2-sized tile: one GATHER of the four corners, one MUL, an AVERAGE_POOL_2D summing them.
 
     Like ``fixed_point_split`` (indexes and weights computed once, split into tiles), but the
@@ -521,26 +556,30 @@ def _neighbour_pool_split_roi_pool(feature_maps, rois, box_indexes, crop_size, s
     grid = _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
     crop_height, crop_width = crop_size
     table, zero_row = _gather_table(feature_maps, grid.channels)
-    sizes = _tile_sizes(rois.shape[0], _per_roi_bytes(crop_size, grid.channels, 4))
+    per_roi = _per_roi_bytes(crop_size, grid.channels, 4, tiling.element_bytes)
+    sizes = _tile_sizes(rois.shape[0], per_roi, tiling.tile_bytes)
     indexes = _split_rois(tf.stack(_corner_indexes(box_indexes, grid, zero_row), -1), sizes)
     weights = tf.stack([_fixed_weight(w, feature_maps.dtype) for w in grid.weights], -1)
     weights = _split_rois(weights[..., None], sizes)  # [t, ch, cw, 4, 1] each
     pooled = []
-    for tile_indexes, tile_weights in zip(indexes, weights):
-        tile_indexes = _after(tile_indexes, pooled[-1] if pooled else None)
-        products = tf.gather(table, tile_indexes) * tile_weights  # [t, ch, cw, 4, C]
-        products = tf.reshape(products, [-1, crop_height, crop_width * 4, grid.channels])
-        quarter_samples = tf.nn.avg_pool2d(products, (1, 4), (1, 4), "VALID")
-        pooled.append(max_pool_bins(quarter_samples, samples_per_bin) * 4.0)
+    for tile, (tile_indexes, tile_weights) in enumerate(zip(indexes, weights)):
+        with tf.name_scope(f"{TILE_SCOPE}{tile}"):
+            tile_indexes = _after(tile_indexes, pooled[-1] if pooled else None)
+            products = tf.multiply(tf.gather(table, tile_indexes), tile_weights, "products")
+            products = tf.reshape(products, [-1, crop_height, crop_width * 4, grid.channels])
+            quarter_samples = tf.nn.avg_pool2d(products, (1, 4), (1, 4), "VALID")
+            pooled.append(max_pool_bins(quarter_samples, samples_per_bin) * 4.0)
     return pooled[0] if len(pooled) == 1 else tf.concat(pooled, axis=0)
 
 
-#: Lowerings that pool themselves: (feature_maps, rois, box_indexes, crop_size, s) -> pooled.
+#: Lowerings that pool themselves: (feature_maps, rois, box_indexes, crop_size, s, tiling).
 POOLING_LOWERINGS = {
     "fixed_point_tiled": _fixed_point_tiled_roi_pool,
     "fixed_point_split": _fixed_point_split_roi_pool,
     "neighbour_pool_split": _neighbour_pool_split_roi_pool,
 }
+#: The pooling lowerings whose tiles follow a :class:`Tiling` (L2-sized, per precision).
+SIZED_TILE_LOWERINGS = ("fixed_point_split", "neighbour_pool_split")
 LOWERINGS = {
     "fixed_point": _fixed_point_crop_and_resize,
     "neighbour_pool": _neighbour_pool_crop_and_resize,

@@ -15,9 +15,12 @@ import tensorflow as tf
 from models.roi_lowerings import (  # noqa: F401  (the range constants are public here)
     COORDINATE_RANGE,
     EDGE_SLACK,
+    ELEMENT_BYTES,
     EXACT_RANGE,
     LOWERINGS,
     POOLING_LOWERINGS,
+    SIZED_TILE_LOWERINGS,
+    Tiling,
     max_pool_bins,
 )
 from runtime.errors import RoiedgeError
@@ -104,6 +107,32 @@ def _check_implementation(implementation) -> str:
     return implementation
 
 
+def _check_tiling(implementation: str, tile_precision, tile_bytes) -> Tiling:
+    """The :class:`Tiling` of a split lowering, or a one-line error for bad or unused options."""
+    if tile_precision not in ELEMENT_BYTES:
+        raise RoIPoolingInputError(
+            f"RoIPooling tile_precision must be one of {tuple(ELEMENT_BYTES)}, "
+            f"got {tile_precision!r}"
+        )
+    if tile_bytes is not None and (
+        isinstance(tile_bytes, bool)
+        or not isinstance(tile_bytes, (int, np.integer))
+        or tile_bytes < 1
+    ):
+        raise RoIPoolingInputError(
+            f"RoIPooling tile_bytes must be a positive int or None, got {tile_bytes!r}"
+        )
+    tiling = Tiling(None if tile_bytes is None else int(tile_bytes), ELEMENT_BYTES[tile_precision])
+    if tiling != Tiling() and implementation not in SIZED_TILE_LOWERINGS:
+        # Refused, not ignored: the caller asked for tiles this lowering does not cut.
+        raise RoIPoolingInputError(
+            f"RoIPooling tile_precision/tile_bytes apply to {SIZED_TILE_LOWERINGS} only, "
+            f"got tile_precision={tile_precision!r}, tile_bytes={tile_bytes!r} with "
+            f"implementation {implementation!r}"
+        )
+    return tiling
+
+
 def _shape_str(shape) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
@@ -179,6 +208,8 @@ def roi_pool(
     size=(7, 7),
     samples_per_bin: int = 2,
     implementation: str = DEFAULT_IMPLEMENTATION,
+    tile_precision: str = "float32",
+    tile_bytes: int | None = None,
 ):
     """Pools each RoI of ``feature_maps`` to a fixed ``size`` grid (TF Object Detection API style).
 
@@ -203,6 +234,13 @@ def roi_pool(
             ``make bench``), ``"gather"`` (builtins only, float coordinates: exact in float, but
             full-int8 conversion quantizes its coordinates) or ``"crop_and_resize"`` (TF's
             fused kernel; the reference, Flex-only in TFLite).
+        tile_precision: ``"float32"``, ``"float16"`` or ``"int8"``, the precision the model
+            will be converted to: ``fixed_point_split`` and ``neighbour_pool_split`` cut the
+            RoIs into tiles whose ``[t, 2*size[0], 2*size[1], C]`` intermediate takes
+            ``tile_bytes`` in it (an int8 tile holds 4x the RoIs of a float32 one).
+        tile_bytes: bytes of one tile's intermediate (default
+            :data:`models.roi_lowerings.TILE_BYTES`, one core's L2). Only for the two split
+            lowerings (other implementations refuse non-default tile options).
 
     Range: the fixed-point forms are exact for box coordinates in :data:`EXACT_RANGE`
     (``[-2, 2]``); any finite coordinate outside it is clamped to it first (the result is that
@@ -215,11 +253,12 @@ def roi_pool(
     size = _check_size(size)
     samples_per_bin = _check_samples_per_bin(samples_per_bin)
     implementation = _check_implementation(implementation)
+    tiling = _check_tiling(implementation, tile_precision, tile_bytes)
     feature_maps, rois, box_indexes = _check_inputs(feature_maps, rois, box_indexes)
     crop_size = (size[0] * samples_per_bin, size[1] * samples_per_bin)
     if implementation in POOLING_LOWERINGS:
         pool = POOLING_LOWERINGS[implementation]
-        return pool(feature_maps, rois, box_indexes, crop_size, samples_per_bin)
+        return pool(feature_maps, rois, box_indexes, crop_size, samples_per_bin, tiling)
     crops = LOWERINGS[implementation](feature_maps, rois, box_indexes, crop_size)
     crops = tf.cast(crops, feature_maps.dtype)
     return max_pool_bins(crops, samples_per_bin)
@@ -291,6 +330,9 @@ class RoIPooling(keras.layers.Layer):
         size: ``(height, width)`` of the pooled grid.
         samples_per_bin: bilinear samples per bin along each axis (default 2).
         implementation: one of :data:`IMPLEMENTATIONS`; the default is TFLite builtin-only.
+        tile_precision: the precision the split lowerings size their tiles for (see
+            :func:`roi_pool`; ``"int8"`` for a model that will be converted to int8).
+        tile_bytes: bytes of one tile's intermediate (None: one core's L2).
         **kwargs: passed to ``keras.layers.Layer`` (``name``, ``dtype``, ...).
     """
 
@@ -299,12 +341,17 @@ class RoIPooling(keras.layers.Layer):
         size=(7, 7),
         samples_per_bin: int = 2,
         implementation: str = DEFAULT_IMPLEMENTATION,
+        tile_precision: str = "float32",
+        tile_bytes: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.size = _check_size(size)
         self.samples_per_bin = _check_samples_per_bin(samples_per_bin)
         self.implementation = _check_implementation(implementation)
+        _check_tiling(self.implementation, tile_precision, tile_bytes)
+        self.tile_precision = tile_precision
+        self.tile_bytes = None if tile_bytes is None else int(tile_bytes)
 
     def call(self, feature_maps, rois=None, box_indexes=None):
         if rois is None and box_indexes is None and isinstance(feature_maps, (list, tuple)):
@@ -325,6 +372,8 @@ class RoIPooling(keras.layers.Layer):
             size=self.size,
             samples_per_bin=self.samples_per_bin,
             implementation=self.implementation,
+            tile_precision=self.tile_precision,
+            tile_bytes=self.tile_bytes,
         )
 
     def compute_output_shape(self, feature_maps_shape, rois_shape=None, box_indexes_shape=None):
@@ -351,6 +400,8 @@ class RoIPooling(keras.layers.Layer):
                 "size": list(self.size),
                 "samples_per_bin": self.samples_per_bin,
                 "implementation": self.implementation,
+                "tile_precision": self.tile_precision,
+                "tile_bytes": self.tile_bytes,
             }
         )
         return config

@@ -8,6 +8,7 @@ with :class:`models.roi_pooling.RoIPooling` gets. The export has its own, richer
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -23,10 +24,12 @@ def convert_function(
     function,
     precision: str,
     representative: Callable[[], Iterable[Sequence[np.ndarray]]] | None = None,
+    share_ranges: bool = True,
 ) -> bytes:
     """The TFLite flatbuffer of ``function`` (a ``tf.function`` with an input signature).
 
     ``representative`` yields lists of input arrays in signature order; required for int8.
+    int8 models get :func:`share_tile_ranges` unless ``share_ranges`` is False (to measure it).
     """
     import tensorflow as tf
 
@@ -44,4 +47,57 @@ def convert_function(
     elif precision == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
+        return share_tile_ranges(converter.convert()) if share_ranges else converter.convert()
     return converter.convert()
+
+
+#: ``<scope>roi_tile_<k>/<role>`` in a tensor name (models.roi_lowerings.TILE_SCOPE): tensor
+#: ``<role>`` of tile ``k`` of a tiled RoIPooling.
+_TILE_TENSOR = re.compile(r"roi_tile_(\d+)/")
+_INT8 = 9  # schema TensorType.INT8
+
+
+def share_tile_ranges(model: bytes) -> bytes:
+    """An int8 TFLite model whose tiled-RoIPooling tensors of one role share one range.
+
+    Full-int8 conversion calibrates every tensor on its own, so the MUL of tile 3 gets the range
+    its few RoIs happened to reach in calibration and clips a larger product later (errors ~0.04
+    on unit features where one untiled tensor gives ~0.015). Here every int8 tensor named
+    ``...roi_tile_<k>/<role>`` gets the union of the ranges of ``<role>`` over all tiles ``k``:
+    the range one untiled tensor would have been calibrated to. Every int8 kernel reads its
+    input and output scales from the tensors when it is prepared, so widening the scale of a
+    tensor between two ops is exact for both; tensors of one role that already agree (GATHER
+    and MAX_POOL_2D outputs, tied by the converter to the table and the output) are untouched.
+    Returns ``model`` itself if it has no such tensors.
+    """
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    changed = False
+    for graph in parsed.subgraphs:
+        roles: dict[str, list] = {}
+        for tensor in graph.tensors:
+            name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+            quantization = tensor.quantization
+            if tensor.type != _INT8 or quantization is None or quantization.scale is None:
+                continue
+            if len(quantization.scale) != 1 or not _TILE_TENSOR.search(name):
+                continue
+            roles.setdefault(_TILE_TENSOR.sub("roi_tile_*/", name), []).append(quantization)
+        for quantizations in roles.values():
+            params = {(float(q.scale[0]), int(q.zeroPoint[0])) for q in quantizations}
+            if len(quantizations) < 2 or len(params) == 1:
+                continue
+            # Each tensor's real range [(-128 - z) * s, (127 - z) * s], then their union.
+            low = min((-128 - zero) * scale for scale, zero in params)
+            high = max((127 - zero) * scale for scale, zero in params)
+            low, high = min(low, 0.0), max(high, 0.0)
+            scale = (high - low) / 255.0
+            zero = int(np.clip(round(-128 - low / scale), -128, 127))
+            for q in quantizations:
+                q.scale = [np.float32(scale)]
+                q.zeroPoint = [zero]
+            changed = True
+    if not changed:
+        return model
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(parsed))
