@@ -71,12 +71,16 @@ def profile_tflite(
     rounds: int = 5,
     runs: int = 3,
     min_output_bytes: int = 1 << 20,
+    max_cuts: int | None = None,
 ) -> dict[str, Any]:
     """Per-op (or per group of small ops) latency of ``model_bytes`` on ``inputs``.
 
     ``inputs`` maps a substring of each input tensor's name to its array. Returns ``ops``: rows of
     ``{"ops": [op names], "last_index", "output_shape", "ms"}``, ``by_op``: ms summed per op name
     (runs of small ops grouped under ``"small ops (...)"``), and ``total_ms`` (the full model).
+    ``max_cuts`` keeps only the first ``max_cuts - 1`` cut points and the end (every prefix is
+    alive at once, each holding all its intermediates: a model of hundreds of tiled ops would
+    not fit in memory); the ops after the last kept cut are one row, ``by_op`` key ``"rest"``.
     """
     from ai_edge_litert.tools import flatbuffer_utils
 
@@ -98,6 +102,8 @@ def profile_tflite(
         | {i - 1 for i in range(1, len(big)) if big[i] and not big[i - 1]}
         | {last}
     )
+    if max_cuts is not None and len(cuts) > max_cuts:
+        cuts = cuts[: max_cuts - 1] + [last]
     calls = [_runner(_prefix(model_bytes, cut), inputs, threads) for cut in cuts]
     # The minimum over rounds and runs: other processes' load only ever adds time, and the
     # difference of two medians on a loaded machine can even come out negative.
@@ -116,7 +122,10 @@ def profile_tflite(
         group = names[first : cut + 1]
         delta = float(total - previous)
         rows.append({"ops": group, "last_index": cut, "output_shape": shapes[cut], "ms": delta})
-        key = group[0] if len(group) == 1 and big[cut] else small_key
+        if any(big[first:cut]):
+            key = "rest"  # past the last kept cut: big ops among them
+        else:
+            key = group[0] if len(group) == 1 and big[cut] else small_key
         by_op[key] = by_op.get(key, 0.0) + delta
         previous, first = float(total), cut + 1
     del calls
@@ -128,6 +137,6 @@ def format_profile(profile: dict[str, Any], title: str) -> str:
     lines = [f"{title}: {profile['total_ms']:.2f} ms (prefix timing)"]
     for row in profile["ops"]:
         ops = row["ops"]
-        label = ops[0] if len(ops) == 1 else f"{len(ops)} small ops ({ops[0]} .. {ops[-1]})"
+        label = ops[0] if len(ops) == 1 else f"{len(ops)} ops ({ops[0]} .. {ops[-1]})"
         lines.append(f"  {label:<40} {row['ms']:>8.2f} ms  -> {row['output_shape']}")
     return "\n".join(lines)

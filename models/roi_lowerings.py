@@ -496,11 +496,15 @@ def _after(tensor, previous):
     XNNPACK delegates the MULs, ADDs and pools but not GATHER, and the interpreter's partitioner
     runs every node that is ready before the next delegated partition: without this dependency
     all tiles' GATHERs run first (hundreds of MB alive at once) and the tiling is lost.
-    ``x > inf`` is false for every float (NaN too), so the zero is exact.
+    ``x > x`` is false for every float (NaN too) and, int8 GREATER comparing one tensor with
+    itself (one scale), for every int8 value, so the zero is exact. (``x > inf`` was not under
+    int8: inf quantizes to a scale ~1e36, and GREATER's rescaling of the pair overflows, so some
+    scales of ``x`` gave true and a GATHER index past the table.)
     """
     if previous is None:
         return tensor
-    return tensor + tf.cast(previous[0, 0, 0, 0] > float("inf"), tf.int32)
+    value = previous[0, 0, 0, 0]
+    return tensor + tf.cast(value > value, tf.int32)
 
 
 def _fixed_point_split_roi_pool(
