@@ -103,7 +103,7 @@ def profile_tflite(
         | {last}
     )
     if max_cuts is not None and len(cuts) > max_cuts:
-        cuts = cuts[: max_cuts - 1] + [last]
+        cuts = [*cuts[: max_cuts - 1], last]
     calls = [_runner(_prefix(model_bytes, cut), inputs, threads) for cut in cuts]
     # The minimum over rounds and runs: other processes' load only ever adds time, and the
     # difference of two medians on a loaded machine can even come out negative.

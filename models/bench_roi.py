@@ -54,8 +54,9 @@ class BenchConfig:
     seed: int = 0
     profile: int = 1
     implementations: str | None = None
-    #: Bytes of one tile's intermediate in the split lowerings (0: their default, one L2).
-    tile_bytes: int = 0
+    #: Bytes of one tile's intermediate in the split lowerings, a comma list (each a form;
+    #: None: their default, one L2).
+    tile_bytes: str | None = None
     #: 1: the split lowerings size tiles for the converted precision (int8 tiles hold 4x the
     #: RoIs); 0: float32-sized tiles for every precision.
     tile_per_precision: int = 1
@@ -80,7 +81,16 @@ def _p50_ms(call: Any, runs: int, warmup: int) -> float:
     return latencies(call, runs, warmup)["p50_ms"]
 
 
-def _tile_options(config: BenchConfig, implementation: str, precision: str) -> dict[str, Any]:
+def _tile_byte_sizes(config: BenchConfig) -> list[int | None]:
+    """``--tile-bytes`` as ints (``[None]``: the lowerings' default)."""
+    if not config.tile_bytes:
+        return [None]
+    return [int(v) for v in config.tile_bytes.split(",") if v]
+
+
+def _tile_options(
+    config: BenchConfig, implementation: str, precision: str, tile_bytes: int | None = None
+) -> dict[str, Any]:
     """The ``tile_precision``/``tile_bytes`` the benchmark gives a split lowering (else none)."""
     from models.roi_lowerings import SIZED_TILE_LOWERINGS
 
@@ -88,17 +98,22 @@ def _tile_options(config: BenchConfig, implementation: str, precision: str) -> d
         return {}
     return {
         "tile_precision": precision if config.tile_per_precision else "float32",
-        "tile_bytes": config.tile_bytes or None,
+        "tile_bytes": tile_bytes,
     }
 
 
-def _function(config: BenchConfig, implementation: str, precision: str = "float32"):
+def _function(
+    config: BenchConfig,
+    implementation: str,
+    precision: str = "float32",
+    tile_bytes: int | None = None,
+):
     import tensorflow as tf
 
     from models.roi_pooling import roi_pool
 
     size = (config.size, config.size)
-    tile_options = _tile_options(config, implementation, precision)
+    tile_options = _tile_options(config, implementation, precision, tile_bytes)
 
     @tf.function(
         input_signature=[
@@ -121,7 +136,9 @@ def _function(config: BenchConfig, implementation: str, precision: str = "float3
     return pool
 
 
-def convert(config: BenchConfig, implementation: str, precision: str, rng) -> bytes:
+def convert(
+    config: BenchConfig, implementation: str, precision: str, rng, tile_bytes: int | None = None
+) -> bytes:
     """The TFLite flatbuffer of one implementation on the benchmark case (see
     :func:`models.tflite_convert.convert_function`); int8 calibrates on random cases."""
     from models.tflite_convert import convert_function
@@ -131,7 +148,7 @@ def convert(config: BenchConfig, implementation: str, precision: str, rng) -> by
             features, rois = random_case(config, rng)
             yield [features, rois, np.zeros(config.num_rois, np.int32)]
 
-    function = _function(config, implementation, precision)
+    function = _function(config, implementation, precision, tile_bytes)
     return convert_function(function, precision, representative, bool(config.share_tile_ranges))
 
 
@@ -157,16 +174,24 @@ def _runner(model: bytes, threads: int):
     return call
 
 
-def _forms(config: BenchConfig) -> list[tuple[str, str]]:
+def _forms(config: BenchConfig) -> list[tuple[str, str, int | None]]:
+    """(implementation, precision, tile bytes or None) of every form; the split lowerings once
+    per ``--tile-bytes`` value."""
+    from models.roi_lowerings import SIZED_TILE_LOWERINGS
     from models.roi_pooling import IMPLEMENTATIONS
 
     chosen = config.implementations.split(",") if config.implementations else IMPLEMENTATIONS
     return [
-        (impl, precision)
+        (impl, precision, tile_bytes)
         for impl in chosen
         if impl != "crop_and_resize"
+        for tile_bytes in (_tile_byte_sizes(config) if impl in SIZED_TILE_LOWERINGS else [None])
         for precision in ("float32", "int8")
     ]
+
+
+def _form_name(implementation: str, precision: str, tile_bytes: int | None) -> str:
+    return f"{implementation}/{precision}" + ("" if tile_bytes is None else f"@{tile_bytes}")
 
 
 def run(config: BenchConfig) -> dict[str, Any]:
@@ -187,13 +212,15 @@ def run(config: BenchConfig) -> dict[str, Any]:
     calls = {"tf_fused": lambda: reference_fn(features, rois, box_indexes)}
     runs = {"tf_fused": config.runs}
     models, rows = {}, []
-    for implementation, precision in tqdm(_forms(config), desc="convert", file=sys.stderr):
-        model = convert(config, implementation, precision, rng)
+    for implementation, precision, tile_bytes in tqdm(
+        _forms(config), desc="convert", file=sys.stderr
+    ):
+        model = convert(config, implementation, precision, rng, tile_bytes)
         call = functools.partial(_runner(model, config.threads), features, rois, box_indexes)
         start = time.perf_counter()
         output = call()
         first_s = time.perf_counter() - start
-        name = f"{implementation}/{precision}"
+        name = _form_name(implementation, precision, tile_bytes)
         models[name] = model
         calls[name] = call
         # Keep a slow variant from dominating the run: about half a second per round each.
@@ -204,7 +231,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
                 "precision": precision,
                 "max_abs_error": float(np.max(np.abs(output - reference))),
                 "bytes": len(model),
-                **_tile_options(config, implementation, precision),
+                **_tile_options(config, implementation, precision, tile_bytes),
             }
         )
     timed = interleaved(
@@ -216,7 +243,7 @@ def run(config: BenchConfig) -> dict[str, Any]:
         progress=lambda steps: tqdm(steps, desc="interleaved rounds", file=sys.stderr),
     )
     for row in rows:
-        name = f"{row['implementation']}/{row['precision']}"
+        name = _form_name(row["implementation"], row["precision"], row.get("tile_bytes"))
         max_ratio, max_error = TARGETS[row["precision"]]
         row.update(
             latency_ms=timed[name]["p50_ms"],
@@ -335,14 +362,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.bench_roi", description=__doc__)
     for field in dataclasses.fields(BenchConfig):
         flag = "--" + field.name.replace("_", "-")
-        kind = str if field.name in ("json", "png", "implementations") else int
+        kind = str if field.name in ("json", "png", "implementations", "tile_bytes") else int
         parser.add_argument(flag, type=kind, default=getattr(defaults, field.name))
     config = BenchConfig(**vars(parser.parse_args(argv)))
     for field in dataclasses.fields(BenchConfig):
         value = getattr(config, field.name)
-        minimum = 0 if field.name in ("warmup", "tile_bytes") else 1
-        optional = ("tile_per_precision", "share_tile_ranges")
-        if field.name not in ("json", "png", "seed", "implementations", "profile", *optional) and (
+        minimum = 0 if field.name == "warmup" else 1
+        unchecked = ("json", "png", "seed", "implementations", "profile", "tile_bytes")
+        if field.name not in (*unchecked, "tile_per_precision", "share_tile_ranges") and (
             value < minimum
         ):
             print(
@@ -350,6 +377,15 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+    try:
+        if any(size < 1 for size in _tile_byte_sizes(config) if size is not None):
+            raise ValueError
+    except ValueError:
+        print(
+            f"error: --tile-bytes is {config.tile_bytes!r}; expected a comma list of ints >= 1",
+            file=sys.stderr,
+        )
+        return 2
     result = run(config)
     print(format_table(result))
     from pathlib import Path
