@@ -41,6 +41,26 @@ def test_bench_bad_usage_exits_2_with_one_line(capsys):
     assert bench_roi.main(["--num-rois", "0"]) == 2
     error = capsys.readouterr().err.strip()
     assert error == "error: --num-rois is 0; expected >= 1"
+    assert bench_roi.main(["--tile-bytes", "1024,x"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == "error: --tile-bytes is '1024,x'; expected a comma list of ints >= 1"
+
+
+def test_bench_sizes_split_tiles_per_precision_and_tile_size(tmp_path):
+    """One form per --tile-bytes value; int8 forms get int8-sized tiles sharing one range."""
+    out_json = tmp_path / "bench.json"
+    argv = [*TINY[:-1], "fixed_point_split", "--tile-bytes", "128,100000", "--profile", "0"]
+    argv += ["--calibration-samples", "8"]  # 3 RoIs: 2 samples calibrate int8 too coarsely
+    assert bench_roi.main([*argv, "--json", str(out_json)]) == 0
+    forms = json.loads(out_json.read_text())["forms"]
+    assert {(r["precision"], r["tile_precision"], r["tile_bytes"]) for r in forms} == {
+        (precision, precision, tile_bytes)
+        for precision in ("float32", "int8")
+        for tile_bytes in (128, 100000)
+    }
+    for row in forms:
+        bar = 1e-5 if row["precision"] == "float32" else 0.02
+        assert row["max_abs_error"] <= bar and row["latency_ms"] > 0
 
 
 def test_scaling_sweep_writes_cases_errors_and_a_log_log_plot(tmp_path, capsys):
