@@ -16,7 +16,9 @@ flags, caches, load), and ``--profile 1`` adds a per-op profile of the first imp
 (the default one unless ``--implementations`` names others; :mod:`models.bench_profile`). The
 split lowerings size their tiles for the precision converted to (``--tile-bytes`` per tile,
 ``--tile-per-precision 0`` for float32-sized tiles everywhere), and their int8 tiles share one
-range per tensor (``--share-tile-ranges 0`` to measure without). Timings are never asserted in tests: these machines are noisy.
+range per tensor (``--share-tile-ranges 0`` to measure without); ``--ablate 1`` also times
+``fixed_point_split`` int8 with cut-down tile bodies (one GATHER; one GATHER and one MUL; four
+GATHERs and three ADDs; the full tile), interleaved with the rest. Timings are never asserted in tests: these machines are noisy.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class BenchConfig:
     tile_per_precision: int = 1
     #: 1: int8 tiles share one range per tensor role (models.tflite_convert.share_tile_ranges).
     share_tile_ranges: int = 1
+    #: 1: also time fixed_point_split int8 with cut-down tile bodies (where its time goes).
+    ablate: int = 0
     json: str | None = None
     png: str | None = None
 
@@ -137,10 +141,16 @@ def _function(
 
 
 def convert(
-    config: BenchConfig, implementation: str, precision: str, rng, tile_bytes: int | None = None
+    config: BenchConfig,
+    implementation: str,
+    precision: str,
+    rng,
+    tile_bytes: int | None = None,
+    function=None,
 ) -> bytes:
     """The TFLite flatbuffer of one implementation on the benchmark case (see
-    :func:`models.tflite_convert.convert_function`); int8 calibrates on random cases."""
+    :func:`models.tflite_convert.convert_function`; ``function`` instead of the
+    implementation's); int8 calibrates on random cases."""
     from models.tflite_convert import convert_function
 
     def representative():
@@ -148,8 +158,60 @@ def convert(
             features, rois = random_case(config, rng)
             yield [features, rois, np.zeros(config.num_rois, np.int32)]
 
-    function = _function(config, implementation, precision, tile_bytes)
+    if function is None:
+        function = _function(config, implementation, precision, tile_bytes)
     return convert_function(function, precision, representative, bool(config.share_tile_ranges))
+
+
+def _tile_ablations() -> dict[str, Any]:
+    """Cut-down tile bodies of ``fixed_point_split`` (see ``roi_lowerings._bilinear_tile``):
+    what each tile op costs, the rest of the graph (int32 path, pools, (DE)QUANTIZE) kept."""
+    import tensorflow as tf
+
+    from models.roi_lowerings import _bilinear_tile
+
+    def one_gather(table, corners, weights):
+        return tf.gather(table, corners[0])
+
+    def one_gather_one_mul(table, corners, weights):
+        return tf.multiply(tf.gather(table, corners[0]), weights[0], "product_0")
+
+    def four_gathers_three_adds(table, corners, weights):
+        samples = tf.gather(table, corners[0])
+        for corner in range(1, 4):
+            samples = tf.add(samples, tf.gather(table, corners[corner]), f"sum_{corner}")
+        return samples
+
+    return {
+        "1 GATHER": one_gather,
+        "1 GATHER, 1 MUL": one_gather_one_mul,
+        "4 GATHERs, 3 ADDs": four_gathers_three_adds,
+        "4 GATHERs, 4 MULs, 3 ADDs (the lowering)": _bilinear_tile,
+    }
+
+
+def _ablation_function(config: BenchConfig, tile_body, tile_bytes: int | None):
+    """``fixed_point_split`` with int8-sized tiles and ``tile_body`` as a ``tf.function``."""
+    import tensorflow as tf
+
+    from models.roi_lowerings import ELEMENT_BYTES, Tiling, _fixed_point_split_roi_pool
+
+    crop = (config.size * config.samples_per_bin,) * 2
+    tiling = Tiling(tile_bytes, ELEMENT_BYTES["int8"])
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec((1, config.height, config.width, config.channels), tf.float32),
+            tf.TensorSpec((config.num_rois, 4), tf.float32),
+            tf.TensorSpec((config.num_rois,), tf.int32),
+        ]
+    )
+    def pool(features, rois, box_indexes):
+        return _fixed_point_split_roi_pool(
+            features, rois, box_indexes, crop, config.samples_per_bin, tiling, tile_body
+        )
+
+    return pool
 
 
 def _runner(model: bytes, threads: int):
@@ -234,6 +296,14 @@ def run(config: BenchConfig) -> dict[str, Any]:
                 **_tile_options(config, implementation, precision, tile_bytes),
             }
         )
+    if config.ablate:
+        tile_bytes = _tile_byte_sizes(config)[0]
+        for label, body in tqdm(_tile_ablations().items(), desc="ablation", file=sys.stderr):
+            function = _ablation_function(config, body, tile_bytes)
+            model = convert(config, "fixed_point_split", "int8", rng, function=function)
+            runner = _runner(model, config.threads)
+            calls[f"ablation/{label}"] = functools.partial(runner, features, rois, box_indexes)
+            runs[f"ablation/{label}"] = config.runs
     timed = interleaved(
         calls,
         "tf_fused",
@@ -263,8 +333,19 @@ def run(config: BenchConfig) -> dict[str, Any]:
         targets = [n for n in models if n.split("/")[0] == first]
         for name in tqdm(targets, desc="per-op profile", file=sys.stderr):
             profiles[name] = profile_tflite(models[name], inputs, config.threads)
+    ablation = [
+        {
+            "tile_body": name.split("/", 1)[1],
+            "latency_ms": values["p50_ms"],
+            "ratio_vs_tf_fused": values["ratio"],
+            "ratio_range": [values["ratio_min"], values["ratio_max"]],
+        }
+        for name, values in timed.items()
+        if name.startswith("ablation/")
+    ]
     return {
         "config": dataclasses.asdict(config),
+        "ablation": ablation,
         "host": host,
         "load_avg_after": load_avg(),
         "tf_threads": tf_threads,
@@ -303,6 +384,12 @@ def format_table(result: dict[str, Any]) -> str:
             f"{name:<48} {row['latency_ms']:>9.2f} {ratio:>20} "
             f"{row['max_abs_error']:>12.2e}  {verdict} (<= {max_ratio:g}x, <= {max_error:g})"
         )
+    if result.get("ablation"):
+        lines.append("fixed_point_split int8 with cut-down tiles (rest of the graph kept):")
+    for row in result.get("ablation", []):
+        low, high = row["ratio_range"]
+        ratio = f"{row['ratio_vs_tf_fused']:.2f} ({low:.2f}-{high:.2f})"
+        lines.append(f"  {row['tile_body']:<46} {row['latency_ms']:>9.2f} {ratio:>20}")
     for name, profile in result["profiles"].items():
         lines.append(format_profile(profile, f"per-op profile of tflite {name}"))
     return "\n".join(lines)
@@ -369,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(config, field.name)
         minimum = 0 if field.name == "warmup" else 1
         unchecked = ("json", "png", "seed", "implementations", "profile", "tile_bytes")
-        if field.name not in (*unchecked, "tile_per_precision", "share_tile_ranges") and (
+        if field.name not in (*unchecked, "tile_per_precision", "share_tile_ranges", "ablate") and (
             value < minimum
         ):
             print(

@@ -507,8 +507,30 @@ def _after(tensor, previous):
     return tensor + tf.cast(value > value, tf.int32)
 
 
+def _bilinear_tile(table, corners, weights):
+    """One tile's bilinear samples ``[t, ch, cw, C]``: four GATHERs, four MULs, three ADDs.
+
+    ``corners`` are the four ``[t, ch, cw]`` table rows (TL, TR, BL, BR), ``weights`` their
+    ``[t, ch, cw, 1]`` weights. Ops are named per role: the int8 range sharing matches tensors
+    across tiles by name.
+    """
+    samples = tf.multiply(tf.gather(table, corners[0]), weights[0], "product_0")
+    for corner in range(1, 4):
+        product = tf.multiply(
+            tf.gather(table, corners[corner]), weights[corner], f"product_{corner}"
+        )
+        samples = tf.add(samples, product, f"sum_{corner}")
+    return samples
+
+
 def _fixed_point_split_roi_pool(
-    feature_maps, rois, box_indexes, crop_size, samples_per_bin, tiling: Tiling = DEFAULT_TILING
+    feature_maps,
+    rois,
+    box_indexes,
+    crop_size,
+    samples_per_bin,
+    tiling: Tiling = DEFAULT_TILING,
+    tile_body=_bilinear_tile,
 ):
     """``fixed_point`` in L2-sized tiles whose indexes and weights are computed once.
 
@@ -519,6 +541,8 @@ def _fixed_point_split_roi_pool(
     indexes and weights per tile: ~50 small ops per tile, which dominate at small tiles. Needs a
     static number of RoIs (otherwise one tile). Full-int8 conversion calibrates each tile's MULs
     on their own; :func:`models.tflite_convert.share_tile_ranges` gives them one range.
+    ``tile_body`` (default :func:`_bilinear_tile`) is swapped only by the benchmark's ablation,
+    which times cut-down tiles.
     """
     grid = _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
     table, zero_row = _gather_table(feature_maps, grid.channels)
@@ -533,13 +557,7 @@ def _fixed_point_split_roi_pool(
         with tf.name_scope(f"{TILE_SCOPE}{tile}"):
             previous = pooled[-1] if pooled else None
             corners = [_after(indexes[corner][tile], previous) for corner in range(4)]
-            # Named per role: the int8 range sharing matches tensors across tiles by name.
-            samples = tf.multiply(tf.gather(table, corners[0]), weights[0][tile], "product_0")
-            for corner in range(1, 4):
-                product = tf.multiply(
-                    tf.gather(table, corners[corner]), weights[corner][tile], f"product_{corner}"
-                )
-                samples = tf.add(samples, product, f"sum_{corner}")
+            samples = tile_body(table, corners, [weights[corner][tile] for corner in range(4)])
             pooled.append(max_pool_bins(samples, samples_per_bin))
     return pooled[0] if len(pooled) == 1 else tf.concat(pooled, axis=0)
 

@@ -47,12 +47,14 @@ def test_bench_bad_usage_exits_2_with_one_line(capsys):
 
 
 def test_bench_sizes_split_tiles_per_precision_and_tile_size(tmp_path):
-    """One form per --tile-bytes value; int8 forms get int8-sized tiles sharing one range."""
+    """One form per --tile-bytes value; int8 forms get int8-sized tiles sharing one range;
+    --ablate 1 adds the cut-down tile rows."""
     out_json = tmp_path / "bench.json"
     argv = [*TINY[:-1], "fixed_point_split", "--tile-bytes", "128,100000", "--profile", "0"]
     argv += ["--calibration-samples", "8"]  # 3 RoIs: 2 samples calibrate int8 too coarsely
-    assert bench_roi.main([*argv, "--json", str(out_json)]) == 0
-    forms = json.loads(out_json.read_text())["forms"]
+    assert bench_roi.main([*argv, "--ablate", "1", "--json", str(out_json)]) == 0
+    result = json.loads(out_json.read_text())
+    forms = result["forms"]
     assert {(r["precision"], r["tile_precision"], r["tile_bytes"]) for r in forms} == {
         (precision, precision, tile_bytes)
         for precision in ("float32", "int8")
@@ -61,6 +63,10 @@ def test_bench_sizes_split_tiles_per_precision_and_tile_size(tmp_path):
     for row in forms:
         bar = 1e-5 if row["precision"] == "float32" else 0.02
         assert row["max_abs_error"] <= bar and row["latency_ms"] > 0
+    # The ablation times the int8 split with cut-down tiles, down to one GATHER per tile.
+    bodies = [row["tile_body"] for row in result["ablation"]]
+    assert bodies[0] == "1 GATHER" and bodies[-1].endswith("(the lowering)") and len(bodies) == 4
+    assert all(row["ratio_vs_tf_fused"] > 0 for row in result["ablation"])
 
 
 def test_scaling_sweep_writes_cases_errors_and_a_log_log_plot(tmp_path, capsys):
