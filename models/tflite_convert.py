@@ -51,9 +51,6 @@ def convert_function(
     return converter.convert()
 
 
-#: ``<scope>roi_tile_<k>/<role>`` in a tensor name (models.roi_lowerings.TILE_SCOPE): tensor
-#: ``<role>`` of tile ``k`` of a tiled RoIPooling.
-_TILE_TENSOR = re.compile(r"roi_tile_(\d+)/")
 _INT8 = 9  # schema TensorType.INT8
 
 
@@ -67,11 +64,15 @@ def share_tile_ranges(model: bytes) -> bytes:
     the range one untiled tensor would have been calibrated to. Every int8 kernel reads its
     input and output scales from the tensors when it is prepared, so widening the scale of a
     tensor between two ops is exact for both; tensors of one role that already agree (GATHER
-    and MAX_POOL_2D outputs, tied by the converter to the table and the output) are untouched.
-    Returns ``model`` itself if it has no such tensors.
+    and MAX_POOL_2D outputs, tied by the converter to the table and the output) are untouched,
+    and so are constants (their stored values would change meaning). Returns ``model`` itself if it has no such tensors.
     """
     from ai_edge_litert.tools import flatbuffer_utils
 
+    from models.roi_lowerings import TILE_SCOPE  # imports TensorFlow: only when used
+
+    # ``<prefix>roi_tile_<k>/<role>``: tensor ``<role>`` of tile ``k`` of a tiled RoIPooling.
+    tile_tensor = re.compile(re.escape(TILE_SCOPE) + r"(\d+)/")
     parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
     changed = False
     for graph in parsed.subgraphs:
@@ -81,9 +82,13 @@ def share_tile_ranges(model: bytes) -> bytes:
             quantization = tensor.quantization
             if tensor.type != _INT8 or quantization is None or quantization.scale is None:
                 continue
-            if len(quantization.scale) != 1 or not _TILE_TENSOR.search(name):
+            if len(quantization.scale) != 1 or not tile_tensor.search(name):
                 continue
-            roles.setdefault(_TILE_TENSOR.sub("roi_tile_*/", name), []).append(quantization)
+            buffer = parsed.buffers[tensor.buffer] if tensor.buffer else None
+            if buffer is not None and buffer.data is not None and len(buffer.data):
+                continue  # a constant: its stored int8 values mean what its scale says
+            role = tile_tensor.sub(f"{TILE_SCOPE}*/", name)
+            roles.setdefault(role, []).append(quantization)
         for quantizations in roles.values():
             params = {(float(q.scale[0]), int(q.zeroPoint[0])) for q in quantizations}
             if len(quantizations) < 2 or len(params) == 1:
