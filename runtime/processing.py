@@ -158,15 +158,16 @@ def _apply_deltas(
 ) -> np.ndarray:
     """Deltas given as rows [4,n] (ty, tx, th, tw) * scales applied to ``geometry`` [4,n] float64
     (:func:`_box_geometry`) -> boxes [4,n] float32 rows (y1, x1, y2, x2), rounded once."""
-    shifts = np.empty(geometry.shape, dtype=np.float64)  # C order, whatever the deltas' layout
-    np.divide(deltas, _column(tuple(scales), np.float64), out=shifts)
-    center = np.multiply(shifts[:2], geometry[2:], out=shifts[:2])
-    np.add(geometry[:2], center, out=center)
+    shifts = np.array(deltas, dtype=np.float64, order="C")
+    shifts /= _column(tuple(scales), np.float64)
+    center = shifts[:2]
+    center *= geometry[2:]
+    center += geometry[:2]
     # np.exp gets a fresh C-ordered input and output, as it always had: its vectorised and
     # scalar loops need not round alike, and the boxes must stay the same bit for bit.
     half = np.exp(np.minimum(shifts[2:], _MAX_LOG_SCALE))
-    np.multiply(geometry[2:], half, out=half)
-    np.multiply(half, 0.5, out=half)
+    half *= geometry[2:]
+    half *= 0.5
     boxes = np.empty(geometry.shape, dtype=np.float32)
     np.subtract(center, half, out=boxes[:2])
     np.add(center, half, out=boxes[2:])
@@ -513,11 +514,11 @@ def proposals_from_rpn(
     # Decoded boxes have y2 >= y1 and x2 >= x1 (the clip keeps that), so these extents are
     # box_iou's clamped ones and their product its areas.
     extent = boxes[2:] - boxes[:2]  # [2, n] (height, width)
-    big_enough = extent >= config.rpn_min_size
-    big = big_enough[0] & big_enough[1]
+    if not extent.min() >= config.rpn_min_size:  # some too small (or NaN): drop them
+        big_enough = extent >= config.rpn_min_size
+        big = big_enough[0] & big_enough[1]
+        boxes, extent = boxes[:, big], extent[:, big]
     areas = np.multiply(extent[0], extent[1], out=extent[0])
-    if not big.all():
-        boxes, areas = boxes[:, big], areas[big]
     # ``top`` is in descending score order (ties by index), and so are the boxes left after the
     # size filter: they go to NMS as ranked, without sorting them again.
     # The boxes are clipped to the image and at least rpn_min_size on each side: areas finite,
