@@ -338,7 +338,7 @@ def _greedy_blocks(boxes: np.ndarray, test: _IouTest, limit: int) -> np.ndarray:
         block = boxes[:, :size]
         overlaps = _overlap_block(block, block, test)
         overlaps &= _UPPER[:size, :size]
-        winners = np.flatnonzero(_settle_block(overlaps))[: limit - num_kept]
+        winners = _settle_block(overlaps).nonzero()[0][: limit - num_kept]
         kept.append(winners if ranks is None else ranks.take(winners))
         num_kept += len(winners)
         if size == count or num_kept >= limit:
