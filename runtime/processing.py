@@ -147,9 +147,8 @@ def _box_geometry(corners: np.ndarray) -> np.ndarray:
     """Boxes given as rows ``corners`` [4,n] (y1, x1, y2, x2) -> [4,n] float64 rows (center y,
     center x, height, width), computed in float64 from the corners' values."""
     geometry = np.array(corners, dtype=np.float64, order="C")  # y1 x1 y2 x2 for now
-    size = geometry[2:] - geometry[:2]  # (height, width)
+    size = np.subtract(geometry[2:], geometry[:2], out=geometry[2:])  # (height, width)
     geometry[:2] += 0.5 * size  # the center
-    geometry[2:] = size
     return geometry
 
 
@@ -589,10 +588,13 @@ def detections_from_head(
     rois = proposals[rows] * _image_scale(height, width)  # [m, 4] pixels
     boxes = _decode_columns(box_deltas[rows, classes], rois, config.box_coder_scales)
     _clip_columns(boxes, config.image_size)  # [4, m]
+    # Decoded boxes have y2 >= y1 and x2 >= x1 (the clip keeps that): these are box_iou's areas.
+    extent = boxes[2:] - boxes[:2]
+    areas = np.multiply(extent[0], extent[1], out=extent[0])
     # One NMS pass over all classes in (score desc, class, row) order, suppressing within a class
     # only: per class that is the order and the greedy result of NMS class by class, and the
     # global cut to max_detections drops anything a per-class cut would have dropped.
-    kept = _greedy_ranked(boxes, config.nms_iou, config.max_detections, classes)
+    kept = _greedy_ranked(boxes, config.nms_iou, config.max_detections, classes, areas)
     return Detections(
         np.ascontiguousarray(boxes[:, kept].T), scores[kept], classes[kept].astype(np.int32)
     )
