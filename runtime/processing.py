@@ -51,9 +51,14 @@ class Detections(NamedTuple):
 
     def to_list(self, class_names: tuple[str, ...]) -> list[Detection]:
         """The detections as a list of :class:`Detection`, names from ``class_names``."""
+        # tolist() converts each array to Python floats and ints in one call, not one per value.
         return [
-            Detection(tuple(float(v) for v in box), float(score), int(cls), class_names[int(cls)])
-            for box, score, cls in zip(self.boxes, self.scores, self.class_ids)
+            Detection(tuple(box), score, cls, class_names[cls])
+            for box, score, cls in zip(
+                np.asarray(self.boxes).tolist(),
+                np.asarray(self.scores).tolist(),
+                np.asarray(self.class_ids).tolist(),
+            )
         ]
 
 

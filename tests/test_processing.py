@@ -443,6 +443,10 @@ def test_detections_from_head_is_the_previous_code_bit_for_bit(changes):
                 expected = reference.detections_from_head(*args)
                 actual = detections_from_head(*args)
             _assert_same_arrays(actual, expected, f"{changes} {name} {num_valid}")
+            named = actual.to_list(config.class_names)
+            assert named == expected.to_list(config.class_names)
+            assert all(type(d.score) is float and type(d.class_id) is int for d in named)
+            assert all(type(v) is float for d in named for v in d.box)
 
 
 def test_post_processing_is_the_previous_code_on_every_artifacts_golden_images(
