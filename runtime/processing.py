@@ -444,7 +444,8 @@ def _greedy_ranked(
     if areas is None:
         areas = _box_areas(coords)
     boxes = _nms_rows(coords, areas, groups)
-    return _greedy_blocks(boxes, _iou_test(iou_threshold, large_areas), limit)
+    kept = _greedy_blocks(boxes, _iou_test(iou_threshold, large_areas), limit)
+    return kept.astype(np.int64, copy=False)  # nonzero's intp is 32-bit on 32-bit ARM
 
 
 def nms(
@@ -488,7 +489,7 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
 class AnchorTable(NamedTuple):
     """Anchors with what box decoding needs of them, made once per detector (read-only arrays).
 
-    ``corners`` [N,4] float32 pixels (y1, x1, y2, x2), as :func:`make_anchors` makes them;
+    ``corners`` [N,4] pixels (y1, x1, y2, x2), as given (:func:`make_anchors`: float32);
     ``geometry`` [N,4] float64 (center y, center x, height, width) computed from ``corners``
     exactly as decoding computes them per box; anchor-major, so the few hundred anchors
     decoded per image are a few hundred cache lines.
@@ -500,7 +501,7 @@ class AnchorTable(NamedTuple):
 
 def anchor_table(anchors: np.ndarray) -> AnchorTable:
     """The :class:`AnchorTable` of ``anchors`` [N,4] (from :func:`make_anchors`)."""
-    corners = np.array(anchors, dtype=np.float32).reshape(-1, 4)
+    corners = np.array(anchors).reshape(-1, 4)  # a copy, of the caller's values and dtype
     geometry = np.ascontiguousarray(_box_geometry(corners.T).T)
     corners.flags.writeable = False
     geometry.flags.writeable = False
