@@ -395,6 +395,12 @@ def test_proposals_from_rpn_is_the_previous_code_bit_for_bit(changes):
                 actual = proposals_from_rpn(scores[None], deltas[None], config, anchors=given)
             _assert_same_arrays(actual[:2], expected[:2], f"{changes} {name}")
             assert actual.num_valid == expected.num_valid
+        # Anchors of another dtype are decoded from their own values, table or not.
+        shifted = anchors.astype(np.float64) + 1 / 3
+        with np.errstate(invalid="ignore"):
+            expected = reference.proposals_from_rpn(scores, deltas, config, anchors=shifted)
+            actual = proposals_from_rpn(scores, deltas, config, anchors=anchor_table(shifted))
+        _assert_same_arrays(actual[:2], expected[:2], f"{changes} {name} float64 anchors")
 
 
 def _exact(detection):
