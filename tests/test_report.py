@@ -93,6 +93,15 @@ def test_quick_slice_every_artifact_within_tolerance(exported_artifacts, tmp_pat
         bound = tolerance_for(row["precision"]).max_map50_drop
         assert keras_map50 - row["map50"] <= 2 * bound + 1e-9, row["name"]
 
+    onnx_rows = {
+        row["target"].split("/")[0]: row
+        for row in report["targets"]
+        if "/onnx/int8" in row["target"]
+    }
+    assert set(onnx_rows) == {"backbone_rpn", "head"}
+    assert all(row["measured"] > 0 for row in onnx_rows.values())
+    assert "floor" in onnx_rows["head"]["note"] and "floor" not in onnx_rows["backbone_rpn"]["note"]
+
     paths = write_report(report, tmp_path)
     assert [p.name for p in paths] == [REPORT_JSON, REPORT_MD, REPORT_PNG]
     loaded = strict_json.loads((tmp_path / REPORT_JSON).read_text())

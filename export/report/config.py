@@ -51,6 +51,7 @@ class Targets:
     head_int8_vs_keras: float = 0.5  # int8 TFLite head latency / float Keras head latency
     head_float32_vs_keras: float = 1.0
     int8_bytes_vs_float32: float = 0.3
+    onnx_int8_vs_float32: float = 0.7  # per stage, onnxruntime, interleaved in one run
 
 
 @dataclasses.dataclass(frozen=True)
