@@ -6,7 +6,8 @@ post-processing (proposals, detections, the Detection list) alternating call by 
 ``runtime.processing`` and ``tests/processing_reference.py`` (the code before its rewrite), so
 load on a shared host hits both alike. Per variant: the median ms of each step and the
 post-processing share of each call (everything outside preprocessing and the two model
-invocations), as the median and quartiles over the calls; then the new/old ratio of the share.
+invocations), as the median and quartiles over the calls; then the new/old ratio of the share;
+then each stage's median ms right after its model invocation and when called again at once.
 Prints one JSON line; needs the repository (it imports the reference from tests/).
 """
 
@@ -101,6 +102,42 @@ def main(argv: list[str] | None = None) -> int:
     result["share_new_over_old"] = (
         result["new"]["postprocess_share"] / result["old"]["postprocess_share"]
     )
+    # Cold vs repeated: each stage's call right after its model invocation, then the same call
+    # again at once (warm caches), per variant, alternating as above.
+    cold: dict[str, dict[str, list[float]]] = {
+        name: {
+            key: []
+            for key in ("proposals", "proposals_repeated", "detections", "detections_repeated")
+        }
+        for name in variants
+    }
+    for call in range(args.calls):
+        image = images[call % len(images)]
+        tensor, _ = detector._preprocess(image)
+        for name in ("new", "old") if call % 2 == 0 else ("old", "new"):
+            module, anchors = variants[name]
+            times = cold[name]
+            features, rpn_scores, rpn_deltas = detector.backbone.run(tensor)
+            for key in ("proposals", "proposals_repeated"):
+                start = time.perf_counter()
+                proposals = module.proposals_from_rpn(
+                    rpn_scores, rpn_deltas, config, anchors=anchors
+                )
+                times[key].append((time.perf_counter() - start) * 1e3)
+            class_scores, box_deltas = detector.head.run(
+                features, proposals.proposals, proposals.box_indexes
+            )
+            for key in ("detections", "detections_repeated"):
+                start = time.perf_counter()
+                module.detections_from_head(
+                    class_scores, box_deltas, proposals.proposals, proposals.num_valid, config
+                )
+                times[key].append((time.perf_counter() - start) * 1e3)
+    for name, times in cold.items():
+        result[name]["after_model_vs_repeated_ms"] = {
+            key: float(np.median(values)) for key, values in times.items()
+        }
+    result["load_after"] = os.getloadavg()
     print(strict_json.dumps(result))
     return 0
 
