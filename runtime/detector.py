@@ -87,6 +87,7 @@ class Detector:
         }
         self.config = dataclasses.replace(config, **changes) if changes else config
         self.anchors = processing.make_anchors(self.config)
+        self._anchor_table = processing.anchor_table(self.anchors)  # read-only, shared by threads
         self.backbone = self._load("backbone_rpn")
         self.head = self._load("head")
         self._local = threading.local()
@@ -158,7 +159,7 @@ class Detector:
         timings["backbone_rpn"] = time.perf_counter() - start
         mark = time.perf_counter()
         proposals = processing.proposals_from_rpn(
-            rpn_scores, rpn_deltas, self.config, anchors=self.anchors
+            rpn_scores, rpn_deltas, self.config, anchors=self._anchor_table
         )
         timings["proposals"] = time.perf_counter() - mark
         mark = time.perf_counter()

@@ -51,9 +51,14 @@ class Detections(NamedTuple):
 
     def to_list(self, class_names: tuple[str, ...]) -> list[Detection]:
         """The detections as a list of :class:`Detection`, names from ``class_names``."""
+        # tolist() converts each array to Python floats and ints in one call, not one per value.
         return [
-            Detection(tuple(float(v) for v in box), float(score), int(cls), class_names[int(cls)])
-            for box, score, cls in zip(self.boxes, self.scores, self.class_ids)
+            Detection(tuple(box), score, cls, class_names[cls])
+            for box, score, cls in zip(
+                np.asarray(self.boxes).tolist(),
+                np.asarray(self.scores).tolist(),
+                np.asarray(self.class_ids).tolist(),
+            )
         ]
 
 
@@ -140,14 +145,34 @@ def _decode_columns(
     Coordinate-major, every step is one long loop per coordinate pair rather than n loops of
     four, and NMS takes the rows as they are.
     """
-    by_coord = np.array(deltas.T, dtype=np.float64, order="C")  # [4, n]
-    by_coord /= _column(tuple(scales), np.float64)
-    corners = np.array(anchors.T, dtype=np.float64, order="C")  # [4, n] y1 x1 y2 x2
-    size = corners[2:] - corners[:2]  # (height, width)
-    center = corners[:2] + 0.5 * size
-    center += by_coord[:2] * size
-    half = 0.5 * (size * np.exp(np.minimum(by_coord[2:], _MAX_LOG_SCALE)))
-    boxes = np.empty((4, len(size[0])), dtype=np.float32)
+    return _apply_deltas(deltas.T, _box_geometry(anchors.T), scales)
+
+
+def _box_geometry(corners: np.ndarray) -> np.ndarray:
+    """Boxes given as rows ``corners`` [4,n] (y1, x1, y2, x2) -> [4,n] float64 rows (center y,
+    center x, height, width), computed in float64 from the corners' values."""
+    geometry = np.array(corners, dtype=np.float64, order="C")  # y1 x1 y2 x2 for now
+    size = np.subtract(geometry[2:], geometry[:2], out=geometry[2:])  # (height, width)
+    geometry[:2] += 0.5 * size  # the center
+    return geometry
+
+
+def _apply_deltas(
+    deltas: np.ndarray, geometry: np.ndarray, scales: tuple[float, float, float, float]
+) -> np.ndarray:
+    """Deltas given as rows [4,n] (ty, tx, th, tw) * scales applied to ``geometry`` [4,n] float64
+    (:func:`_box_geometry`) -> boxes [4,n] float32 rows (y1, x1, y2, x2), rounded once."""
+    shifts = np.array(deltas, dtype=np.float64, order="C")
+    shifts /= _column(tuple(scales), np.float64)
+    center = shifts[:2]
+    center *= geometry[2:]
+    center += geometry[:2]
+    # np.exp gets a fresh C-ordered input and output, as it always had: its vectorised and
+    # scalar loops need not round alike, and the boxes must stay the same bit for bit.
+    half = np.exp(np.minimum(shifts[2:], _MAX_LOG_SCALE))
+    half *= geometry[2:]
+    half *= 0.5
+    boxes = np.empty(geometry.shape, dtype=np.float32)
     np.subtract(center, half, out=boxes[:2])
     np.add(center, half, out=boxes[2:])
     return boxes
@@ -160,9 +185,9 @@ def clip_boxes(boxes: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
 
 
 def _clip_columns(columns: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-    """:func:`clip_boxes` of coordinate-major boxes [4,n] (the same clip, element by element)."""
+    """:func:`clip_boxes` of float32 coordinate-major boxes [4,n], in place (the same clip)."""
     height, width = image_size
-    return np.clip(columns, 0.0, _column((height, width, height, width), np.float32))
+    return np.clip(columns, 0.0, _column((height, width, height, width), np.float32), out=columns)
 
 
 @functools.lru_cache(maxsize=16)
@@ -199,40 +224,99 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 #: Up to this many boxes NMS works on blocks of _NMS_BLOCK candidates against the boxes still
 #: undecided (64 x 1024 IoUs at most); above it, one kept box's IoU row at a time.
 _NMS_MATRIX_MAX = 1024
+#: 64: a full block's overlaps are settled as one 64-bit integer per row (_settle_bits).
 _NMS_BLOCK = 64
+#: _UPPER[i, j] is True for i < j (the block's "earlier box, later box" pairs).
+_UPPER = np.triu(np.ones((_NMS_BLOCK, _NMS_BLOCK), dtype=bool), 1)
+_UPPER.flags.writeable = False
+_ALL_KEPT = np.ones(_NMS_BLOCK, dtype=bool)
+_ALL_KEPT.flags.writeable = False
+#: Multiplies coordinate rows (y1, x1, y2, x2) into (y1, x1, -y2, -x2).
+_NEGATE_FAR_CORNER = np.array([[1], [1], [-1], [-1]], dtype=np.float32)
+_NEGATE_FAR_CORNER.flags.writeable = False
+#: Boxes at least this large keep every IoU denominator >= 1e-12 (see _IouTest).
+_MIN_UNCLAMPED_AREA = 2e-12
 
 
-def _overlap_block(
-    row_coords: np.ndarray,
-    row_areas: np.ndarray,
-    col_coords: np.ndarray,
-    col_areas: np.ndarray,
-    iou_threshold: float,
-) -> np.ndarray:
-    """``box_iou(rows, cols) > iou_threshold`` [B,M] bool from precomputed coordinates and areas.
+class _IouTest(NamedTuple):
+    """How :func:`_overlaps` decides ``IoU > threshold`` for one NMS call.
 
-    ``row_coords`` [4,B] / ``col_coords`` [4,M] float32 (y1, x1, y2, x2 rows), ``*_areas`` the
-    boxes' areas as :func:`box_iou` computes them. The same float32 operations in the same order
-    as :func:`box_iou`, in one buffer instead of a dozen temporaries. Its ``union > 0`` guard
+    ``threshold``: a Python float or int threshold as the float32 it is compared as (numpy
+    compares a float32 array with a Python number in float32), anything else as given.
+    The clamps of :func:`box_iou` that cannot change the answer are left out:
+    ``clamp_width`` is False for a threshold >= 0. Then only the intersection's height needs
+    clamping at 0: when it is <= 0 the product is +-0, and when only the width is negative the
+    product is negative, so the IoU is <= 0 (or NaN) and not above the threshold, as box_iou's
+    0 is not. ``clamp_union`` is False when every area is finite and >= 2e-12: the union is
+    then >= 1e-12 unclamped, being the area sum minus an intersection no larger than the
+    smaller area (float rounding is monotone), so at least about the larger area.
+    """
+
+    threshold: float | np.floating
+    clamp_width: bool
+    clamp_union: bool
+
+
+def _iou_test(iou_threshold: float, large_areas: bool) -> _IouTest:
+    """The :class:`_IouTest` of ``iou_threshold``; ``large_areas``: every area is finite and
+    >= _MIN_UNCLAMPED_AREA."""
+    threshold = np.float32(iou_threshold) if type(iou_threshold) in (float, int) else iou_threshold
+    return _IouTest(threshold, not iou_threshold >= 0, not large_areas)
+
+
+def _nms_rows(coords: np.ndarray, areas: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """What NMS reads of each box: [5,N] (or [6,N] with ``groups``) float32 rows (y1, x1, -y2,
+    -x2, area[, group]) from ``coords`` [4,N] (y1, x1, y2, x2 rows) and ``areas`` [N]."""
+    rows = np.empty((4 + (groups is not None) + 1, coords.shape[1]), dtype=np.float32)
+    np.multiply(coords, _NEGATE_FAR_CORNER, out=rows[:4])
+    rows[4] = areas
+    if groups is not None:
+        rows[5] = groups  # class ids: small integers, exact in float32
+    return rows
+
+
+def _overlap_block(rows: np.ndarray, cols: np.ndarray, test: _IouTest) -> np.ndarray:
+    """``box_iou(row box, column box) > threshold`` [K,M] bool, entry [i, j] for (row i, col j).
+
+    ``rows`` [C,K] / ``cols`` [C,M] from :func:`_nms_rows`.
+    """
+    return _overlaps(rows[:, :, None], cols[:, None, :], rows.shape[1], cols.shape[1], test)
+
+
+def _overlaps(rows: np.ndarray, cols: np.ndarray, k: int, m: int, test: _IouTest) -> np.ndarray:
+    """``box_iou > threshold`` [K,M] bool of ``rows`` and ``cols`` ([C,K,M] or broadcasting to
+    it) of :func:`_nms_rows` values; with a 6th row, boxes of different groups never overlap.
+
+    With the far corner negated, one maximum gives the intersection's near corner and its
+    negated far corner. The same float32 operations as :func:`box_iou` up to signs (negating is
+    exact, so the values agree up to the sign of zero, which no comparison sees), in one buffer
+    instead of a dozen temporaries, less the clamps ``test`` leaves out. Its ``union > 0`` guard
     is left out: a positive intersection implies a positive union in float32 too, and a zero
     intersection gives IoU 0 either way (thresholds are >= 0). The clamps take arrays, not
     scalars: numpy's maximum against a broadcast scalar runs ~4x slower than against an array.
     """
-    b, m = row_coords.shape[1], col_coords.shape[1]
-    # Explicit C-ordered buffers: a [2,B,M] result numpy allocates itself from broadcast operands
+    # One explicit C-ordered buffer: a result numpy allocates itself from broadcast operands
     # gets a layout that makes every later operation strided and ~4x slower.
-    low, extent = np.empty((2, 2, b, m), dtype=np.float32)
-    np.maximum(row_coords[:2, :, None], col_coords[:2, None, :], out=low)  # (y1, x1)
-    np.minimum(row_coords[2:, :, None], col_coords[2:, None, :], out=extent)  # (y2, x2)
-    np.subtract(extent, low, out=extent)
-    low.fill(0)
-    np.maximum(extent, low, out=extent)  # the intersection's (height, width)
-    inter = np.multiply(extent[0], extent[1], out=low[0])
-    union = np.add(row_areas[:, None], col_areas, out=low[1])
+    corners = np.empty((4, k, m), dtype=np.float32)
+    np.maximum(rows[:4], cols[:4], out=corners)  # y1, x1, -y2, -x2 of the intersection
+    np.add(corners[2:], corners[:2], out=corners[2:])  # -(height, width)
+    inter, union = corners[0], corners[1]
+    if test.clamp_width:
+        corners[:2].fill(0)
+        np.minimum(corners[2:], corners[:2], out=corners[2:])
+    else:
+        inter.fill(0)
+        np.minimum(corners[2], inter, out=corners[2])
+    np.multiply(corners[2], corners[3], out=inter)
+    np.add(rows[4], cols[4], out=union)
     np.subtract(union, inter, out=union)
-    extent[0].fill(1e-12)
-    np.maximum(union, extent[0], out=union)
-    return np.divide(inter, union, out=inter) > iou_threshold
+    if test.clamp_union:
+        corners[2].fill(1e-12)
+        np.maximum(union, corners[2], out=union)
+    overlaps = np.divide(inter, union, out=inter) > test.threshold
+    if len(cols) > 5:
+        overlaps &= rows[5] == cols[5]
+    return overlaps
 
 
 def _box_areas(coords: np.ndarray) -> np.ndarray:
@@ -240,56 +324,42 @@ def _box_areas(coords: np.ndarray) -> np.ndarray:
     return np.maximum(coords[2] - coords[0], 0) * np.maximum(coords[3] - coords[1], 0)
 
 
-#: _UPPER[i, j] is True for i < j (the block's "earlier box, later box" pairs).
-_UPPER = np.triu(np.ones((_NMS_BLOCK, _NMS_BLOCK), dtype=bool), 1)
-_UPPER.flags.writeable = False
-_ALL_KEPT = np.ones(_NMS_BLOCK, dtype=bool)
-_ALL_KEPT.flags.writeable = False
+def _greedy_blocks(boxes: np.ndarray, test: _IouTest, limit: int) -> np.ndarray:
+    """Greedy NMS of boxes already in score order -> kept ranks [M] int64.
 
-
-def _greedy_blocks(
-    coords: np.ndarray, iou_threshold: float, limit: int, groups: np.ndarray | None
-) -> np.ndarray:
-    """Greedy NMS of ``coords`` [4,N] float32 boxes already in score order -> kept ranks [M].
-
-    Takes the next (up to) _NMS_BLOCK undecided boxes, settles them among themselves (their
-    IoUs with each other), then computes the IoUs of the block's kept boxes only with the
-    undecided boxes after the block and drops what they suppress: IoUs are computed for kept
-    rows against boxes no kept box has suppressed yet, not for every pair. ``groups`` [N] (or
-    None): boxes suppress only boxes of the same group (per-class NMS in one pass).
+    ``boxes`` [C,N] from :func:`_nms_rows` (with groups: boxes suppress only boxes of the same
+    group, per-class NMS in one pass). Takes the next (up to) _NMS_BLOCK undecided boxes,
+    settles them among themselves (their IoUs with each other), then computes the IoUs of the
+    block's kept boxes only with the undecided boxes after the block and keeps those no kept
+    box overlaps as the new undecided boxes: IoUs are computed for kept rows against boxes no
+    kept box has suppressed yet, not for every pair.
     """
-    areas = _box_areas(coords)
-    undecided = np.arange(coords.shape[1])
+    ranks = None  # input positions of the undecided boxes; None while they are 0..N-1
     kept: list[np.ndarray] = []
     num_kept = 0
-    while len(undecided) and num_kept < limit:
-        size = min(len(undecided), _NMS_BLOCK)
-        block, rest = undecided[:size], undecided[size:]
-        if size == coords.shape[1]:  # the block is every box: no copies
-            block_coords, block_areas = coords, areas
+    while True:
+        count = boxes.shape[1]
+        size = min(count, _NMS_BLOCK)
+        block = boxes[:, :size]
+        overlaps = _overlap_block(block, block, test)
+        if size == _NMS_BLOCK:
+            winners = _settle_bits(overlaps, limit - num_kept)
         else:
-            block_coords, block_areas = coords[:, block], areas[block]
-        overlaps = _overlap_block(
-            block_coords, block_areas, block_coords, block_areas, iou_threshold
-        )
-        overlaps &= _UPPER[:size, :size]
-        if groups is not None:
-            overlaps &= groups[block][:, None] == groups[block][None, :]
-        block_kept = _settle_block(overlaps)
-        kept.append(block[block_kept])
-        num_kept += len(kept[-1])
-        if not len(rest) or num_kept >= limit:
+            overlaps &= _UPPER[:size, :size]
+            winners = _settle_block(overlaps).nonzero()[0][: limit - num_kept]
+        kept.append(winners if ranks is None else ranks.take(winners))
+        num_kept += len(winners)
+        if size == count or num_kept >= limit:
             break
         # Every box of the block is now kept or suppressed; of the rest, keep the ones no kept
         # box of the block overlaps.
-        winners = kept[-1]
-        overlaps = _overlap_block(
-            coords[:, winners], areas[winners], coords[:, rest], areas[rest], iou_threshold
-        )
-        if groups is not None:
-            overlaps &= groups[winners][:, None] == groups[rest][None, :]
-        undecided = rest[~overlaps.any(axis=0)]
-    return kept[0][:limit] if len(kept) == 1 else np.concatenate(kept)[:limit]
+        overlaps = _overlap_block(block.take(winners, axis=1), boxes[:, size:], test)
+        free = np.nonzero(~overlaps.any(axis=0))[0]
+        if not len(free):
+            break
+        boxes = boxes[:, size:].take(free, axis=1)
+        ranks = free + size if ranks is None else ranks[size:].take(free)
+    return kept[0] if len(kept) == 1 else np.concatenate(kept)
 
 
 def _settle_block(later_overlaps: np.ndarray) -> np.ndarray:
@@ -307,6 +377,27 @@ def _settle_block(later_overlaps: np.ndarray) -> np.ndarray:
         if settled.tobytes() == keep.tobytes():
             return keep
         keep = settled
+
+
+def _settle_bits(overlaps: np.ndarray, budget: int) -> np.ndarray:
+    """Greedy kept positions [M] int64 of 64 boxes in score order, at most ``budget``.
+
+    ``overlaps`` [64,64] bool, ``overlaps[i, j]`` for box i suppressing box j; only entries
+    i < j are read. Each row becomes one 64-bit integer and the greedy pass takes a few integer
+    operations per kept box: faster than :func:`_settle_block`'s rounds when many boxes
+    overlap, as the RPN's do.
+    """
+    rows = np.packbits(overlaps, axis=1, bitorder="little").view("<u8").ravel().tolist()
+    # Bit j of ``undecided``: box j is neither kept nor overlapped by a kept box yet. The lowest
+    # undecided box is the next kept one.
+    undecided = (1 << 64) - 1
+    winners = []
+    while undecided and len(winners) < budget:
+        lowest = undecided & -undecided
+        position = lowest.bit_length() - 1
+        winners.append(position)
+        undecided &= ~(rows[position] | lowest)
+    return np.array(winners, dtype=np.int64)
 
 
 def _greedy_rows(
@@ -331,17 +422,30 @@ def _greedy_rows(
 
 
 def _greedy_ranked(
-    coords: np.ndarray, iou_threshold: float, limit: int, groups: np.ndarray | None = None
+    coords: np.ndarray,
+    iou_threshold: float,
+    limit: int,
+    groups: np.ndarray | None = None,
+    areas: np.ndarray | None = None,
+    large_areas: bool = False,
 ) -> np.ndarray:
     """Kept ranks [M] int64 of greedy NMS over boxes in score order.
 
-    ``coords`` [4,N] float32 C-contiguous: the boxes' (y1, x1, y2, x2) as rows.
+    ``coords`` [4,N] float32: the boxes' (y1, x1, y2, x2) as rows; ``groups`` [N] small
+    non-negative integers (or None): boxes suppress only boxes of their group; ``areas`` [N]
+    their areas as :func:`_box_areas` computes them (up to the sign of zero), computed here if
+    None; ``large_areas``: the caller knows every area is finite and >= _MIN_UNCLAMPED_AREA.
     """
     n = coords.shape[1]
     if limit <= 0 or not n:
         return np.zeros(0, np.int64)
-    greedy = _greedy_blocks if n <= _NMS_MATRIX_MAX else _greedy_rows
-    return greedy(coords, iou_threshold, limit, groups).astype(np.int64, copy=False)
+    if n > _NMS_MATRIX_MAX:
+        return _greedy_rows(coords, iou_threshold, limit, groups)
+    if areas is None:
+        areas = _box_areas(coords)
+    boxes = _nms_rows(coords, areas, groups)
+    kept = _greedy_blocks(boxes, _iou_test(iou_threshold, large_areas), limit)
+    return kept.astype(np.int64, copy=False)  # nonzero's intp is 32-bit on 32-bit ARM
 
 
 def nms(
@@ -370,32 +474,53 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     n = scores.shape[0]
     if 0 < 4 * k < n:
         # A prime stride: the RPN's anchors repeat every A positions with different statistics.
-        sample = scores[::7].copy()
-        sample.sort()  # NaNs last; a NaN cut selects nothing and falls through to the full sort
+        sample = np.sort(scores[::7])  # NaNs last; a NaN cut selects nothing: the full sort
         cut = sample[-min(len(sample), 2 * k // 7 + 1)]
-        above = np.flatnonzero(scores > cut)
+        above = np.nonzero(scores > cut)[0]
         if len(above) < k:
             # Quantized (int8) scores tie a lot: many anchors share the cut's value.
-            at_cut = np.flatnonzero(scores == cut)[: k - len(above)]
+            at_cut = np.nonzero(scores == cut)[0][: k - len(above)]
             above = np.concatenate([above, at_cut]) if len(at_cut) else above
         if len(above) >= k:
-            return above[np.argsort(-scores[above], kind="stable")[:k]]
+            return above.take(np.argsort(-scores.take(above), kind="stable")[:k])
     return np.argsort(-scores, kind="stable")[:k]
+
+
+class AnchorTable(NamedTuple):
+    """Anchors with what box decoding needs of them, made once per detector (read-only arrays).
+
+    ``corners`` [N,4] pixels (y1, x1, y2, x2), as given (:func:`make_anchors`: float32);
+    ``geometry`` [N,4] float64 (center y, center x, height, width) computed from ``corners``
+    exactly as decoding computes them per box; anchor-major, so the few hundred anchors
+    decoded per image are a few hundred cache lines.
+    """
+
+    corners: np.ndarray
+    geometry: np.ndarray
+
+
+def anchor_table(anchors: np.ndarray) -> AnchorTable:
+    """The :class:`AnchorTable` of ``anchors`` [N,4] (from :func:`make_anchors`)."""
+    corners = np.array(anchors).reshape(-1, 4)  # a copy, of the caller's values and dtype
+    geometry = np.ascontiguousarray(_box_geometry(corners.T).T)
+    corners.flags.writeable = False
+    geometry.flags.writeable = False
+    return AnchorTable(corners, geometry)
 
 
 def proposals_from_rpn(
     rpn_scores: np.ndarray,
     rpn_deltas: np.ndarray,
     config: DetectorConfig,
-    anchors: np.ndarray | None = None,
+    anchors: np.ndarray | AnchorTable | None = None,
 ) -> Proposals:
     """The RPN outputs -> the head's ``proposals`` [P,4] normalized + ``box_indexes`` [P] int32.
 
     ``rpn_scores`` [1,N] or [N] float32 objectness; ``rpn_deltas`` [1,N,4] or [N,4]; ``anchors``
-    from :func:`make_anchors` (made once per config if not given). Keeps the
-    ``rpn_pre_nms_top_n`` best anchors, decodes and clips only those, drops boxes smaller than
-    ``rpn_min_size`` pixels, applies NMS at ``rpn_nms_iou`` and pads the best ``num_proposals``
-    with zero rows.
+    from :func:`make_anchors` or :func:`anchor_table` (made once per config if not given). Keeps
+    the ``rpn_pre_nms_top_n`` best anchors, decodes and clips only those, drops boxes smaller
+    than ``rpn_min_size`` pixels, applies NMS at ``rpn_nms_iou`` and pads the best
+    ``num_proposals`` with zero rows.
     """
     scores = np.asarray(rpn_scores, dtype=np.float32).reshape(-1)
     deltas = np.asarray(rpn_deltas, dtype=np.float32).reshape(-1, 4)
@@ -404,33 +529,53 @@ def proposals_from_rpn(
             anchors = _config_anchors(config)
         except TypeError:  # a config built with list fields is no cache key
             anchors = make_anchors(config)
-    if scores.shape[0] != anchors.shape[0] or deltas.shape[0] != anchors.shape[0]:
+    num_anchors = len(anchors.corners if isinstance(anchors, AnchorTable) else anchors)
+    if scores.shape[0] != num_anchors or deltas.shape[0] != num_anchors:
         raise RoiedgeError(
             f"RPN outputs have {scores.shape[0]} scores and {deltas.shape[0]} deltas; expected "
-            f"{anchors.shape[0]} (one per anchor of this config)"
+            f"{num_anchors} (one per anchor of this config)"
         )
     top = top_k_indices(scores, config.rpn_pre_nms_top_n)
-    columns = _decode_columns(deltas[top], anchors[top], config.box_coder_scales)  # [4, n]
-    columns = _clip_columns(columns, config.image_size)
-    big_enough = (columns[2:] - columns[:2]) >= config.rpn_min_size  # [2, n] (height, width)
-    big = big_enough[0] & big_enough[1]
+    if isinstance(anchors, AnchorTable):
+        geometry = anchors.geometry.take(top, axis=0).T
+    else:
+        geometry = _box_geometry(np.take(anchors, top, axis=0).T)
+    boxes = _apply_deltas(deltas.take(top, axis=0).T, geometry, config.box_coder_scales)  # [4, n]
+    _clip_columns(boxes, config.image_size)
+    # Decoded boxes have y2 >= y1 and x2 >= x1 (the clip keeps that), so these extents are
+    # box_iou's clamped ones and their product its areas.
+    extent = boxes[2:] - boxes[:2]  # [2, n] (height, width)
+    if not extent.min() >= config.rpn_min_size:  # some too small (or NaN): drop them
+        big_enough = extent >= config.rpn_min_size
+        big = big_enough[0] & big_enough[1]
+        boxes, extent = boxes[:, big], extent[:, big]
+    areas = np.multiply(extent[0], extent[1], out=extent[0])
     # ``top`` is in descending score order (ties by index), and so are the boxes left after the
     # size filter: they go to NMS as ranked, without sorting them again.
-    columns = columns[:, big]
-    keep = _greedy_ranked(columns, config.rpn_nms_iou, config.num_proposals)
+    # The boxes are clipped to the image and at least rpn_min_size on each side: areas finite,
+    # and >= 1e-10 when rpn_min_size >= 1e-5.
+    keep = _greedy_ranked(
+        boxes,
+        config.rpn_nms_iou,
+        config.num_proposals,
+        areas=areas,
+        large_areas=config.rpn_min_size >= 1e-5,
+    )
     height, width = config.image_size
     proposals = np.zeros((config.num_proposals, 4), dtype=np.float32)
-    proposals[: len(keep)] = columns[:, keep].T / _image_scale(height, width)
+    np.divide(
+        boxes.take(keep, axis=1),
+        _column((height, width, height, width), np.float32),
+        out=proposals[: len(keep)].T,
+    )
     box_indexes = np.zeros((config.num_proposals,), dtype=np.int32)
     return Proposals(proposals, box_indexes, len(keep))
 
 
 @functools.lru_cache(maxsize=8)
-def _config_anchors(config: DetectorConfig) -> np.ndarray:
-    """:func:`make_anchors` of ``config``, made once per config (read-only)."""
-    anchors = make_anchors(config)
-    anchors.flags.writeable = False
-    return anchors
+def _config_anchors(config: DetectorConfig) -> AnchorTable:
+    """:func:`anchor_table` of :func:`make_anchors` of ``config``, made once per config."""
+    return anchor_table(make_anchors(config))
 
 
 def detections_from_head(
@@ -460,22 +605,27 @@ def detections_from_head(
         )
     n = int(min(max(num_valid, 0), p))
     object_scores = class_scores[:n, 1:]  # [n, K]: column c is class id c
-    rows, classes = np.nonzero(object_scores >= config.score_threshold)
+    # Class-major (class, row) order, so a stable sort by score alone gives the order
+    # (score desc, class, row).
+    classes, rows = np.nonzero(np.greater_equal(object_scores.T, config.score_threshold))
     if not len(rows):
         return Detections(
             np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int32)
         )
-    height, width = config.image_size
-    rois = proposals[rows] * _image_scale(height, width)
-    columns = _decode_columns(box_deltas[rows, classes], rois, config.box_coder_scales)
-    columns = _clip_columns(columns, config.image_size)  # [4, m]
     scores = object_scores[rows, classes]
+    order = np.argsort(-scores, kind="stable")
+    rows, classes, scores = rows[order], classes[order], scores[order]
+    height, width = config.image_size
+    rois = proposals[rows] * _image_scale(height, width)  # [m, 4] pixels
+    boxes = _decode_columns(box_deltas[rows, classes], rois, config.box_coder_scales)
+    _clip_columns(boxes, config.image_size)  # [4, m]
+    # Decoded boxes have y2 >= y1 and x2 >= x1 (the clip keeps that): these are box_iou's areas.
+    extent = boxes[2:] - boxes[:2]
+    areas = np.multiply(extent[0], extent[1], out=extent[0])
     # One NMS pass over all classes in (score desc, class, row) order, suppressing within a class
     # only: per class that is the order and the greedy result of NMS class by class, and the
     # global cut to max_detections drops anything a per-class cut would have dropped.
-    order = np.lexsort((rows, classes, -scores))
-    kept = order[
-        _greedy_ranked(columns[:, order], config.nms_iou, config.max_detections, classes[order])
-    ]
-    boxes = np.ascontiguousarray(columns[:, kept].T)
-    return Detections(boxes, scores[kept], classes[kept].astype(np.int32))
+    kept = _greedy_ranked(boxes, config.nms_iou, config.max_detections, classes, areas)
+    return Detections(
+        np.ascontiguousarray(boxes[:, kept].T), scores[kept], classes[kept].astype(np.int32)
+    )

@@ -262,8 +262,10 @@ def test_proposals_cached_anchors_cannot_be_changed_by_a_caller():
     first = proposals_from_rpn(scores, deltas, CONFIG)
     from runtime.processing import _config_anchors
 
-    with pytest.raises(ValueError):
-        _config_anchors(CONFIG)[0] = 0.0
+    table = _config_anchors(CONFIG)
+    for array in table:  # the corners and what decoding reads of them
+        with pytest.raises(ValueError):
+            array[0] = 0.0
     np.testing.assert_array_equal(
         proposals_from_rpn(scores, deltas, CONFIG).proposals, first.proposals
     )
@@ -323,3 +325,180 @@ def test_detections_from_head_matches_brute_force(seed, num_classes, num_proposa
     np.testing.assert_allclose(result.boxes, [d[3] for d in expected], atol=1e-3)
     assert result.boxes.dtype == result.scores.dtype == np.float32
     assert result.class_ids.dtype == np.int32
+
+
+# Post-processing against the code it replaced (tests/processing_reference.py), bit for bit:
+# same proposals, same detections (boxes, scores, class ids, dtypes), on random RPN and head
+# outputs built to hit ties, NaNs, empty and all-suppressed cases, and on every artifact's
+# golden images.
+def _assert_same_arrays(actual, expected, what):
+    for a, e in zip(actual, expected):
+        a, e = np.asarray(a), np.asarray(e)
+        assert (a.dtype, a.shape) == (e.dtype, e.shape), what
+        assert a.tobytes() == e.tobytes(), what
+
+
+def _rpn_cases(config, rng):
+    n = config.num_anchors
+    for case in range(10):
+        scores = rng.random(n).astype(np.float32) ** 8
+        deltas = rng.normal(0, 1, (n, 4)).astype(np.float32)
+        if case % 2:  # int8-like: few distinct scores, long ties at the k-th value
+            scores = (np.round(scores * 16) / 16).astype(np.float32)
+        if case == 3:
+            scores[::3] = np.nan
+            scores[1::5] = -0.0
+            deltas[::11] = np.nan
+        if case == 5:
+            deltas[:, 2:] *= 40  # past the log-scale clamp, and boxes far outside the image
+        if case == 7:
+            # Sides of 1e-7..1e-5 px: areas below 1e-12 (clamped unions) or below rpn_min_size
+            deltas[:, 2:] = rng.uniform(-95, -75, (n, 2))
+            # The best anchors, at the first location (center 4 px, float32 spacing 5e-7 px),
+            # shrunk to 1-2 ulps: overlapping boxes whose IoU denominator is below 1e-12.
+            first = make_anchors(config)[:12]
+            sides = rng.choice([5e-7, 1e-6], (12, 2))
+            deltas[:12, :2] = 0
+            deltas[:12, 2:] = 5 * np.log(sides / (first[:, 2:] - first[:, :2]))
+            scores[:12] = 2.0
+        if case == 9:
+            scores[:] = 0.25  # one tie over all anchors
+        yield f"case{case}", scores, deltas
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"rpn_min_size": 0.0},  # zero-area boxes reach NMS: the clamped IoU
+        {"rpn_min_size": 1e-7, "rpn_nms_iou": 0.3},
+        {"num_proposals": 300, "rpn_pre_nms_top_n": 1200, "rpn_nms_iou": 0.9},
+        {"num_proposals": 5, "rpn_pre_nms_top_n": 5, "rpn_nms_iou": 0.0},
+        {"anchor_sizes": (12.0, 20.0, 40.0, 64.0, 100.0), "num_proposals": 100},
+    ],
+)
+def test_proposals_from_rpn_is_the_previous_code_bit_for_bit(changes):
+    import dataclasses
+
+    import processing_reference as reference
+
+    from runtime.processing import anchor_table
+
+    config = dataclasses.replace(CONFIG, **changes)
+    anchors = make_anchors(config)
+    rng = np.random.default_rng(len(repr(changes)))
+    for name, scores, deltas in _rpn_cases(config, rng):
+        with np.errstate(invalid="ignore"):  # the NaN cases
+            expected = reference.proposals_from_rpn(scores, deltas, config, anchors=anchors)
+        for given in (anchors, anchor_table(anchors), None):
+            with np.errstate(invalid="ignore"):
+                actual = proposals_from_rpn(scores[None], deltas[None], config, anchors=given)
+            _assert_same_arrays(actual[:2], expected[:2], f"{changes} {name}")
+            assert actual.num_valid == expected.num_valid
+        # Anchors of another dtype are decoded from their own values, table or not.
+        shifted = anchors.astype(np.float64) + 1 / 3
+        with np.errstate(invalid="ignore"):
+            expected = reference.proposals_from_rpn(scores, deltas, config, anchors=shifted)
+            actual = proposals_from_rpn(scores, deltas, config, anchors=anchor_table(shifted))
+        _assert_same_arrays(actual[:2], expected[:2], f"{changes} {name} float64 anchors")
+
+
+def _exact(detection):
+    """A Detection with its floats as hex strings (NaN boxes compare equal) and its types."""
+    box, score, class_id, name = detection
+    assert type(score) is float and type(class_id) is int and {type(v) for v in box} <= {float}
+    return tuple(float.hex(v) for v in box), float.hex(score), class_id, name
+
+
+def _head_cases(config, rng):
+    p, k = config.num_proposals, config.num_classes
+    for case in range(8):
+        centers = rng.uniform(0.1, 0.9, (5, 2))[rng.integers(0, 5, p)]
+        half = rng.uniform(0.0, 0.3, (p, 2))
+        proposals = np.concatenate([centers - half, centers + half], 1).astype(np.float32)
+        logits = rng.normal(0, 2, (p, k + 1))
+        class_scores = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        if case % 2:  # ties within and across classes
+            class_scores = np.round(class_scores * 16) / 16
+        class_scores = class_scores.astype(np.float32)
+        box_deltas = rng.normal(0, 0.5, (p, k, 4)).astype(np.float32)
+        if case == 2:
+            proposals[::4] = 0.0  # zero-area proposals (the padding rows)
+            proposals[1::4, 2:] = proposals[1::4, :2]
+        if case == 4:
+            box_deltas[:, :, 2:] = 12.0  # clamped log-scales: boxes past the image, clipped
+            box_deltas[::5] = np.nan
+        if case == 6:
+            class_scores[:, 1:] = 0.01  # nothing reaches the score threshold
+        yield f"case{case}", class_scores, box_deltas, proposals
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"nms_iou": 0.0, "max_detections": 3},
+        {"nms_iou": 1.0, "score_threshold": 0.0, "max_detections": 400},
+        {"class_names": tuple(f"c{i}" for i in range(9)), "num_proposals": 100},
+    ],
+)
+def test_detections_from_head_is_the_previous_code_bit_for_bit(changes):
+    import dataclasses
+
+    import processing_reference as reference
+
+    config = dataclasses.replace(CONFIG, **changes)
+    rng = np.random.default_rng(len(repr(changes)))
+    for name, class_scores, box_deltas, proposals in _head_cases(config, rng):
+        for num_valid in (config.num_proposals, config.num_proposals // 3, 1, 0):
+            args = (class_scores, box_deltas, proposals, num_valid, config)
+            with np.errstate(invalid="ignore"):
+                expected = reference.detections_from_head(*args)
+                actual = detections_from_head(*args)
+            _assert_same_arrays(actual, expected, f"{changes} {name} {num_valid}")
+            named = actual.to_list(config.class_names)
+            assert [_exact(d) for d in named] == [
+                _exact(d) for d in expected.to_list(config.class_names)
+            ]
+
+
+def test_post_processing_is_the_previous_code_on_every_artifacts_golden_images(
+    exported_artifacts,
+):
+    """Every exported pipeline's own RPN and head outputs on its golden images."""
+    import dataclasses
+
+    import processing_reference as reference
+
+    from runtime.check import load_golden
+    from runtime.detector import Detector
+    from runtime.processing import anchor_table, preprocess
+
+    out, manifest = exported_artifacts
+    x = load_golden(out, manifest, "backbone_rpn")["input_0"]
+    images = np.clip(x.reshape(-1, *x.shape[-3:]), 0, 255).astype(np.uint8)
+    pipelines = sorted(
+        {(e.format, e.precision) for e in manifest.artifacts if e.model == "backbone_rpn"}
+    )
+    assert len(pipelines) >= 5 and len(images) >= 1
+    for fmt, precision in pipelines:
+        if precision.endswith("_edgetpu"):
+            continue  # needs the Edge TPU runtime
+        detector = Detector(out, precision=precision, format=fmt)
+        config, anchors = detector.config, detector.anchors
+        for image in images:
+            features, rpn_scores, rpn_deltas = detector.backbone.run(preprocess(image, config))
+            expected = reference.proposals_from_rpn(rpn_scores, rpn_deltas, config, anchors)
+            actual = proposals_from_rpn(rpn_scores, rpn_deltas, config, anchor_table(anchors))
+            what = f"{fmt} {precision}"
+            _assert_same_arrays(actual[:2], expected[:2], what)
+            assert actual.num_valid == expected.num_valid
+            class_scores, box_deltas = detector.head.run(
+                features, expected.proposals, expected.box_indexes
+            )
+            for threshold in (config.score_threshold, 0.0, 0.5):
+                changed = dataclasses.replace(config, score_threshold=threshold)
+                args = (class_scores, box_deltas, expected.proposals, expected.num_valid, changed)
+                _assert_same_arrays(
+                    detections_from_head(*args), reference.detections_from_head(*args), what
+                )
