@@ -375,11 +375,14 @@ def quantize_calibrated(
     calibrated: bytes, build: BuildInput, keep_float: Sequence[str] = (), debug: bool = False
 ) -> bytes:
     """Full int8 of ``build``'s calibrated model; the coordinate path, FLOAT_SCORE_OPS and the
-    ops whose output tensors are named in ``keep_float`` stay float (``debug``: NumericVerify)."""
+    ops whose output tensors are named in ``keep_float`` stay float (``debug``: NumericVerify);
+    a tiled RoIPooling's tiles share their ranges (``models.tflite_convert.share_tile_ranges``)."""
+    from models.tflite_convert import share_tile_ranges
+
     nodes, op_types = coordinate_denylist(calibrated, build.model_io)
     nodes = sorted(set(nodes) | set(keep_float))
     op_types = sorted(set(op_types) | set(FLOAT_SCORE_OPS))
-    return mlir_quantize(
+    quantized = mlir_quantize(
         calibrated,
         disable_per_channel=not int8_recipe(build).per_channel,
         fully_quantize=False,
@@ -387,6 +390,9 @@ def quantize_calibrated(
         denylisted_nodes=nodes or None,
         denylisted_ops=op_types or None,
     )
+    # A tiled RoIPooling (fixed_point_split) has one tensor per tile and role, each calibrated
+    # on the RoIs its tile saw; one range per role, as an untiled tensor would get.
+    return share_tile_ranges(quantized)
 
 
 def full_int8(build: BuildInput, keep_float: Sequence[str] = (), calibrated: bytes | None = None):

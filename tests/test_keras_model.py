@@ -247,6 +247,44 @@ def test_roiedge_layer_model_with_two_outputs(tmp_path):
         np.testing.assert_array_equal(single[name], got[name][1])
 
 
+def test_split_lowering_int8_export_shares_tile_ranges(tmp_path):
+    """A model with the tiled ``fixed_point_split`` lowering: the export's int8 (MSE ranges,
+    denylists) gives every tile's tensor of one role one range, as the untiled tensor would get,
+    and the artifact runs within int8's tolerance of the float model."""
+    import keras
+    from ai_edge_litert.interpreter import Interpreter
+
+    from export.keras_model import export_keras_model
+    from models.roi_pooling import RoIPooling
+    from runtime.run import run_artifact
+
+    keras.utils.set_random_seed(5)
+    # 10x10 samples x 6 channels x 4 bytes per RoI; 2 RoIs a tile: 5 tiles.
+    layer = RoIPooling(
+        size=(5, 5), implementation="fixed_point_split", tile_bytes=2 * 10 * 10 * 6 * 4, name="pool"
+    )
+    model = head_model(layer, 16, 20, 6, 10, name="split_head")
+    arrays = sample_arrays(10, 16, 20, 6, 10, seed=2)
+    out = tmp_path / "split"
+    manifest = export_keras_model(
+        model, arrays, out, precisions=("int8",), formats=("tflite",), progress=False
+    )
+    interpreter = Interpreter(model_path=str(out / manifest.artifacts[0].path))
+    roles: dict[str, set] = {}
+    for detail in interpreter.get_tensor_details():
+        match = re.search(r"roi_tile_(\d+)/(\w+)", detail["name"])
+        if match and detail["dtype"] == np.int8:
+            roles.setdefault(match.group(2), set()).add((match.group(1), detail["quantization"]))
+    tiles = {tile for params in roles.values() for tile, _ in params}
+    assert len(tiles) == 5 and len(roles) >= 4, roles
+    for role, params in roles.items():
+        assert len({quantization for _, quantization in params}) == 1, (role, params)
+    fresh = sample_arrays(2, 16, 20, 6, 10, seed=8)
+    got = run_artifact(out, fresh, precision="int8")
+    want = _keras_run(model, fresh, 2)
+    assert np.max(np.abs(got["class_scores"] - want["class_scores"])) <= 0.05
+
+
 # ------------------------------------------------------------------------------- proofs and errors
 
 
