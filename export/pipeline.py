@@ -365,14 +365,16 @@ def _build_one(
     ``io`` is the model's I/O when it is not a detector stage (see :class:`ModelIO`); ``mixed``
     what the mixed-precision search needs (:class:`export.tflite_format.BuildInput` fields).
     """
+    from export.swap import retile_for
     from export.tflite_format import BuildInput
 
     names = model_io(spec.model, io).inputs
     samples = [dict(zip(names, s)) for s in calibration[spec.model]]
     golden = [dict(zip(names, s)) for s in golden_inputs[spec.model]]
-    build = BuildInput(
-        spec.model, keras_models[spec.model], samples, io, golden=golden, **(mixed or {})
+    keras_model, retiled = retile_for(
+        keras_models[spec.model], spec.format, spec.precision, golden_inputs[spec.model][:2]
     )
+    build = BuildInput(spec.model, keras_model, samples, io, golden=golden, **(mixed or {}))
     with _quiet():
         built = BUILDERS[spec.format][spec.precision](build)
     report = audit_artifact(spec, built.data)
@@ -401,7 +403,10 @@ def _build_one(
             "precision": spec.precision,
             "description": spec.description,
             "bytes": len(built.data),
-            "build_notes": built.notes,
+            "build_notes": {
+                **built.notes,
+                **({"roi_tiles_sized_for_int8": retiled} if retiled else {}),
+            },
             "golden_check": metrics,
         }
     )

@@ -410,3 +410,57 @@ def prove_swap(
         f"samples ({source}); {record['edge_rounding']}"
     )
     return record
+
+
+#: Artifacts whose RoIPooling runs in int8: a tiled lowering's tiles are sized for int8 there
+#: (4x the RoIs of a float32 tile in the same bytes; ``fixed_point_split`` int8 with float32-sized
+#: tiles measured ~1.4x the time of int8-sized ones on make bench's case). ONNX int8 keeps
+#: RoIPooling float (export.onnx_format.roi_pooling_nodes), int8_io has no RoIPooling.
+INT8_ROI_ARTIFACTS = frozenset({("tflite", "int8"), ("tflite", "mixed")})
+#: Largest difference allowed between a model and its retiled copy (same arithmetic, other tiles).
+RETILE_MAX_ABS = 1e-6
+
+
+def retile_for(model: Any, format: str, precision: str, rows: Sequence[Sequence[np.ndarray]]):
+    """(model, retiled layer names): for an int8 artifact, a copy whose tiled RoIPooling layers
+    size their tiles for int8, proven to compute what ``model`` computes on ``rows``.
+
+    Only layers of a lowering with sized tiles (``models.roi_lowerings.SIZED_TILE_LOWERINGS``)
+    left at the float32 default sizing change; every other layer is the original object, and
+    ``model`` itself is returned untouched when nothing changes (other artifacts, other
+    lowerings, layers the user sized for int8 already). ``rows``: input lists in model order.
+    """
+    import keras
+
+    from models.roi_lowerings import SIZED_TILE_LOWERINGS
+
+    if (format, precision) not in INT8_ROI_ARTIFACTS:
+        return model, []
+    targets = {
+        id(layer): layer
+        for layer in model.layers
+        if isinstance(layer, RoIPooling)
+        and layer.implementation in SIZED_TILE_LOWERINGS
+        and layer.tile_precision == "float32"
+    }
+    if not targets:
+        return model, []
+
+    def clone(layer):
+        if id(layer) not in targets:
+            return layer
+        return RoIPooling.from_config({**layer.get_config(), "tile_precision": "int8"})
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    for row in rows:
+        want = model(list(row), training=False)
+        got = copy(list(row), training=False)
+        want = want if isinstance(want, (list, tuple)) else [want]
+        got = got if isinstance(got, (list, tuple)) else [got]
+        worst = max(float(np.max(np.abs(np.asarray(g) - np.asarray(w)))) for g, w in zip(got, want))
+        if not worst <= RETILE_MAX_ABS:
+            raise ExportCheckError(
+                f"model {model.name}: its copy with RoIPooling tiles sized for int8 differs by "
+                f"{worst:.3g} (> {RETILE_MAX_ABS}) from the model; expected the same values"
+            )
+    return copy, sorted(layer.name for layer in targets.values())

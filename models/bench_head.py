@@ -50,18 +50,23 @@ class HeadBenchConfig:
     rounds: int = 3
     calibration_samples: int = 8
     agreement_samples: int = 4
-    implementation: str = "fixed_point"
-    variants: str = "fixed_point_tiled,fixed_point_split,neighbour_pool_split"
+    implementation: str = "fixed_point_split"  # models.roi_pooling.DEFAULT_IMPLEMENTATION
+    variants: str = "fixed_point,fixed_point_tiled,neighbour_pool_split"
     profile: int = 1
     rss: int = 1
     seed: int = 0
     json: str | None = None
 
 
-def build_head(config: HeadBenchConfig):
-    """The Keras head: (features, rois, box_indexes) -> (class_scores [N, K], box_deltas [N, K, 4])."""
+def build_head(config: HeadBenchConfig, tile_precision: str = "float32"):
+    """The Keras head: (features, rois, box_indexes) -> (class_scores [N, K], box_deltas [N, K, 4]).
+
+    ``tile_precision``: what a tiled lowering sizes its tiles for (the int8 form gets int8
+    tiles, as the export gives its int8 artifacts); the same weights either way (same seed).
+    """
     import keras
 
+    from models.roi_lowerings import SIZED_TILE_LOWERINGS
     from models.roi_pooling import RoIPooling
 
     keras.utils.set_random_seed(config.seed)
@@ -70,7 +75,10 @@ def build_head(config: HeadBenchConfig):
     )
     rois = keras.Input((4,), batch_size=config.num_rois, name="rois")
     box_indexes = keras.Input((), batch_size=config.num_rois, dtype="int32", name="box_indexes")
-    pooled = RoIPooling(config.size, 2, config.implementation, name="roi_pooling")(
+    tiles = (
+        {"tile_precision": tile_precision} if config.implementation in SIZED_TILE_LOWERINGS else {}
+    )
+    pooled = RoIPooling(config.size, 2, config.implementation, name="roi_pooling", **tiles)(
         features, rois, box_indexes
     )
     x = keras.layers.Flatten()(pooled)
@@ -285,6 +293,7 @@ def run(config: HeadBenchConfig) -> dict[str, Any]:
     rng = np.random.default_rng(config.seed)
     model = build_head(config)
     function = _keras_function(model, config)
+    int8_function = _keras_function(build_head(config, "int8"), config)
     calibration = [random_inputs(config, rng) for _ in range(config.calibration_samples)]
     agreement = [random_inputs(config, rng) for _ in range(config.agreement_samples)]
     arrays = agreement[0]
@@ -295,7 +304,7 @@ def run(config: HeadBenchConfig) -> dict[str, Any]:
     builders = {
         "tflite/float32": lambda: convert_function(function, "float32"),
         "tflite/float16": lambda: convert_function(function, "float16"),
-        "tflite/int8": lambda: convert_function(function, "int8", lambda: iter(calibration)),
+        "tflite/int8": lambda: convert_function(int8_function, "int8", lambda: iter(calibration)),
         "onnx/float32": lambda: _onnx(function, config, calibration, int8=False),
         "onnx/int8": lambda: _onnx(function, config, calibration, int8=True),
     }

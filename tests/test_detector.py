@@ -11,6 +11,7 @@ import pytest
 from models.data import eval_split
 from models.detector import (
     SHIPPED,
+    DetectorLayers,
     DetectorLoadError,
     FloatDetector,
     build_detector,
@@ -184,13 +185,15 @@ def test_training_graph_box_math_matches_runtime_numpy():
 
 
 def test_head_lowerings_agree_on_the_shipped_weights(shipped):
-    """Training pools with the crop_and_resize lowering; the shipped head uses the default."""
+    """Training pools with the crop_and_resize lowering; the shipped head was saved with
+    ``fixed_point`` (the default before ``fixed_point_split``; same values, its artifacts and
+    numbers unchanged), and new detectors get the default."""
     import keras
 
     config = shipped.head.get_config()
     for layer in config["layers"]:
         if layer["class_name"] == "RoIPooling":
-            assert layer["config"]["implementation"] == DEFAULT_IMPLEMENTATION
+            assert layer["config"]["implementation"] == "fixed_point"
             layer["config"]["implementation"] = "crop_and_resize"
     oracle = keras.Model.from_config(config)
     oracle.set_weights(shipped.head.get_weights())
@@ -198,6 +201,7 @@ def test_head_lowerings_agree_on_the_shipped_weights(shipped):
     inputs = [stages["features"], stages["proposals"], stages["box_indexes"]]
     for got, want in zip(shipped.head(inputs), oracle(inputs)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4)
+    assert DetectorLayers(CONFIG).roi_pooling().implementation == DEFAULT_IMPLEMENTATION
 
 
 def test_detector_config_for_other_sizes_and_classes():

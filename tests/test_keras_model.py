@@ -255,13 +255,15 @@ def test_split_lowering_int8_export_shares_tile_ranges(tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
     from export.keras_model import export_keras_model
+    from export.swap import retile_for
     from models.roi_pooling import RoIPooling
     from runtime.run import run_artifact
 
     keras.utils.set_random_seed(5)
-    # 10x10 samples x 6 channels x 4 bytes per RoI; 2 RoIs a tile: 5 tiles.
+    # 10x10 samples x 6 channels per RoI: 1 RoI a float32 tile of these bytes, 2 an int8 one;
+    # the export sizes the int8 artifact's tiles for int8 (a proven copy): 5 tiles.
     layer = RoIPooling(
-        size=(5, 5), implementation="fixed_point_split", tile_bytes=2 * 10 * 10 * 6 * 4, name="pool"
+        size=(5, 5), implementation="fixed_point_split", tile_bytes=2 * 10 * 10 * 6, name="pool"
     )
     model = head_model(layer, 16, 20, 6, 10, name="split_head")
     arrays = sample_arrays(10, 16, 20, 6, 10, seed=2)
@@ -277,6 +279,12 @@ def test_split_lowering_int8_export_shares_tile_ranges(tmp_path):
             roles.setdefault(match.group(2), set()).add((match.group(1), detail["quantization"]))
     tiles = {tile for params in roles.values() for tile, _ in params}
     assert len(tiles) == 5 and len(roles) >= 4, roles
+    report = json.loads((out / manifest.artifacts[0].op_report).read_text())
+    assert report["build_notes"]["roi_tiles_sized_for_int8"] == ["pool"]
+    assert model.get_layer("pool").tile_precision == "float32"  # the user's model untouched
+    rows = [[arrays[k][0] for k in ("features", "rois", "box_indexes")]]
+    for format, precision in (("tflite", "float32"), ("tflite", "dynamic_int8"), ("onnx", "int8")):
+        assert retile_for(model, format, precision, rows) == (model, [])
     for role, params in roles.items():
         assert len({quantization for _, quantization in params}) == 1, (role, params)
     fresh = sample_arrays(2, 16, 20, 6, 10, seed=8)

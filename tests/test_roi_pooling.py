@@ -7,6 +7,8 @@ pooled only the first RoI because every test used exactly one).
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -163,9 +165,10 @@ class TestSeparableMatmul(RoIPoolTester):
     implementation = "separable_matmul"
 
 
-def test_default_is_the_int8_safe_builtin_form():
-    assert DEFAULT_IMPLEMENTATION == "fixed_point"
-    assert RoIPooling().implementation == "fixed_point"
+def test_default_is_the_tiled_int8_safe_builtin_form():
+    assert DEFAULT_IMPLEMENTATION == "fixed_point_split"
+    assert RoIPooling().implementation == "fixed_point_split"
+    assert inspect.signature(roi_pool).parameters["implementation"].default == "fixed_point_split"
 
 
 @pytest.mark.parametrize("samples_per_bin", [1, 2])
@@ -574,7 +577,7 @@ def test_compute_output_shape():
             r"tile_bytes must be a positive int or None, got True",
         ),
         (
-            {"tile_precision": "int8"},
+            {"tile_precision": "int8", "implementation": "fixed_point"},
             RoIPoolingInputError,
             r"tile_precision/tile_bytes apply to .*fixed_point_split.* with implementation "
             r"'fixed_point'",
