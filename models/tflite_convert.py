@@ -52,6 +52,22 @@ def convert_function(
 
 
 _INT8 = 9  # schema TensorType.INT8
+#: TFLite builtin op codes whose int8 kernels require input 0 and the outputs at one scale.
+_SAME_SCALE_OPS = frozenset(
+    {
+        1,  # AVERAGE_POOL_2D
+        2,  # CONCATENATION
+        17,  # MAX_POOL_2D
+        22,  # RESHAPE
+        36,  # GATHER
+        39,  # TRANSPOSE
+        43,  # SQUEEZE
+        45,  # STRIDED_SLICE
+        49,  # SPLIT
+        65,  # SLICE
+        102,  # SPLIT_V
+    }
+)
 
 
 def share_tile_ranges(model: bytes) -> bytes:
@@ -74,10 +90,22 @@ def share_tile_ranges(model: bytes) -> bytes:
     # ``<prefix>roi_tile_<k>/<role>``: tensor ``<role>`` of tile ``k`` of a tiled RoIPooling.
     tile_tensor = re.compile(re.escape(TILE_SCOPE) + r"(\d+)/")
     parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in parsed.operatorCodes]
     changed = False
     for graph in parsed.subgraphs:
+        # Ops whose int8 kernels need their data input and output at one scale (XNNPACK refuses
+        # the model otherwise, e.g. a STRIDED_SLICE of fixed_point_tiled's per-tile weights):
+        # their tensors keep the converter's ranges, which it already tied.
+        tied = {
+            index
+            for op in graph.operators
+            if codes[op.opcodeIndex] in _SAME_SCALE_OPS
+            for index in (op.inputs[0], *op.outputs)
+        }
         roles: dict[str, list] = {}
-        for tensor in graph.tensors:
+        for index, tensor in enumerate(graph.tensors):
+            if index in tied:
+                continue
             name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
             quantization = tensor.quantization
             if tensor.type != _INT8 or quantization is None or quantization.scale is None:

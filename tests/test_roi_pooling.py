@@ -729,3 +729,23 @@ def test_rois_in_exact_range_on_both_sides():
         assert not rois_in_exact_range([box])
     assert not rois_in_exact_range([[0.0, 0.0, 2.0001, 1.0]])
     assert not rois_in_exact_range([[0.0, float("nan"), 1.0, 1.0]])
+
+
+def test_shared_tile_ranges_leave_same_scale_ops_tied():
+    """fixed_point_tiled recomputes weights per tile and slices them (STRIDED_SLICE): widening
+    one side of such an op's scale made XNNPACK refuse the int8 model; share_tile_ranges leaves
+    every op that needs one scale on its input and output as the converter tied it."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    rng = np.random.default_rng(3)
+    model = _convert("fixed_point_tiled", 40, "int8", rng)
+    interpreter = Interpreter(model_content=model)  # XNNPACK, as the benchmarks run it
+    interpreter.allocate_tensors()
+    details = interpreter.get_tensor_details()
+    tied = ("STRIDED_SLICE", "RESHAPE", "MAX_POOL_2D", "GATHER")
+    for op in interpreter._get_ops_details():
+        if op["op_name"] in tied and details[op["inputs"][0]]["dtype"] == np.int8:
+            assert (
+                details[op["inputs"][0]]["quantization"]
+                == details[op["outputs"][0]]["quantization"]
+            ), op
