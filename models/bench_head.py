@@ -285,6 +285,7 @@ def run(config: HeadBenchConfig) -> dict[str, Any]:
 
     from models.bench_host import host_info, interleaved, load_avg
     from models.bench_profile import profile_tflite
+    from models.roi_lowerings import TILE_SCOPE
     from models.tf_threads import set_tensorflow_threads
     from models.tflite_convert import convert_function
 
@@ -379,7 +380,9 @@ def run(config: HeadBenchConfig) -> dict[str, Any]:
         inputs = dict(zip(("features", "rois", "box_indexes"), arrays))
         for name in tqdm(("tflite/float32", "tflite/int8"), desc="profile", file=sys.stderr):
             # 256 KiB cuts: the int8 FULLY_CONNECTED outputs ([300, 1024] int8) are 300 KB.
-            profiles[name] = profile_tflite(blobs[name], inputs, config.threads, 5, 3, 1 << 18)
+            profiles[name] = profile_tflite(
+                blobs[name], inputs, config.threads, 5, 3, 1 << 18, 64, TILE_SCOPE
+            )
     return {
         "config": dataclasses.asdict(config),
         "host": host,

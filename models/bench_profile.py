@@ -72,6 +72,7 @@ def profile_tflite(
     runs: int = 3,
     min_output_bytes: int = 1 << 20,
     max_cuts: int | None = None,
+    no_cut_inside: str | None = None,
 ) -> dict[str, Any]:
     """Per-op (or per group of small ops) latency of ``model_bytes`` on ``inputs``.
 
@@ -81,19 +82,24 @@ def profile_tflite(
     ``max_cuts`` keeps only the first ``max_cuts - 1`` cut points and the end (every prefix is
     alive at once, each holding all its intermediates: a model of hundreds of tiled ops would
     not fit in memory); the ops after the last kept cut are one row, ``by_op`` key ``"rest"``.
+    ``no_cut_inside``: no cut after an op whose output tensor's name contains it (e.g.
+    ``models.roi_lowerings.TILE_SCOPE``: a tiled RoIPooling is timed as one group, not tile by
+    tile, which for hundreds of tiles would not fit in memory).
     """
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
     graph = model.subgraphs[0]
     names = _op_names(model)
-    sizes, shapes = [], []
+    sizes, shapes, inside = [], [], []
     for op in graph.operators:
         tensor = graph.tensors[op.outputs[0]]
+        name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name or "")
+        inside.append(bool(no_cut_inside) and no_cut_inside in name)
         shape = [int(d) for d in (tensor.shape if tensor.shape is not None else [])]
         shapes.append(shape)
         sizes.append(int(np.prod(shape)) * _ITEM_BYTES.get(tensor.type, 4))
-    big = [size >= min_output_bytes for size in sizes]
+    big = [size >= min_output_bytes and not tiled for size, tiled in zip(sizes, inside)]
     last = len(big) - 1
     # A cut after every big op, and after the last small op before one (so runs of small ops
     # are timed as one group, apart from the big ops).
