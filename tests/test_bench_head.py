@@ -15,8 +15,8 @@ TINY = [
 
 # The float32 head with the other RoIPooling lowerings (--variants' default), same weights.
 VARIANT_FORMS = (
+    "tflite/float32@fixed_point",
     "tflite/float32@fixed_point_tiled",
-    "tflite/float32@fixed_point_split",
     "tflite/float32@neighbour_pool_split",
 )
 
