@@ -272,12 +272,13 @@ def format_table(result: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any]) -> bytes:
     """Stacked bars: ms per group, float32 and int8 side by side for every stage (PNG bytes)."""
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from models.figures import png_bytes
 
     labels, stacks = [], []
     for stage in result["stages"]:
@@ -293,11 +294,7 @@ def plot(result: dict[str, Any]) -> bytes:
     axis.set_ylabel("ms per run (onnxruntime profile)")
     axis.set_title(f"ONNX int8 vs float32 by op group ({result['host']['cpu_model']})", fontsize=9)
     axis.legend()
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    plt.close(figure)
-    return buffer.getvalue()
+    return png_bytes(figure)
 
 
 def main(argv: list[str] | None = None) -> int:

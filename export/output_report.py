@@ -7,7 +7,6 @@ parity report (``python -m export.report``) measures mAP instead and needs the d
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -70,6 +69,8 @@ def plot(manifest: Manifest, directory: Path) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from models.figures import png_bytes
+
     rows = _rows(manifest, directory)
     artifacts = list(dict.fromkeys(r["artifact"] for r in rows))
     outputs = list(dict.fromkeys(r["output"] for r in rows))
@@ -95,11 +96,7 @@ def plot(manifest: Manifest, directory: Path) -> bytes:
     axis.set_ylabel("SNR vs original model (dB)")
     axis.set_title("per-output error on the golden samples (dashed: the precision's floor)")
     axis.legend()
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    return buffer.getvalue()
+    return png_bytes(figure, dpi=100)
 
 
 def write(manifest: Manifest, directory: Path, proof_summary: str) -> None:

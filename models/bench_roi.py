@@ -398,12 +398,13 @@ def format_table(result: dict[str, Any]) -> str:
 def plot(result: dict[str, Any]) -> bytes:
     """PNG bytes: each form's latency ratio to TF's fused kernel (median, range over rounds as
     whiskers; log scale) with its max error, the precision's bar as a dashed line."""
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from models.figures import png_bytes
 
     forms = result["forms"]
     names = [f"{row['implementation']} {row['precision']}" for row in forms]
@@ -437,11 +438,7 @@ def plot(result: dict[str, Any]) -> bytes:
         fontsize=8,
     )
     axes.set_xlabel("latency / TF fused (log; lower is faster)")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    plt.close(figure)
-    return buffer.getvalue()
+    return png_bytes(figure)
 
 
 def main(argv: list[str] | None = None) -> int:

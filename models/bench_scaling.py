@@ -193,12 +193,13 @@ def format_table(result: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any]) -> bytes:
     """PNG bytes: latency against RoIs x channels, log-log, one line per form and channel count."""
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from models.figures import png_bytes
 
     figure, axes = plt.subplots(figsize=(7, 5))
     styles = {"tf_fused_ms": ("TF fused", "black"), "float32_ms": ("TFLite float32", "tab:blue")}
@@ -230,11 +231,7 @@ def plot(result: dict[str, Any]) -> bytes:
     )
     axes.legend(fontsize=6, ncol=3)
     axes.grid(True, which="both", linewidth=0.3)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    plt.close(figure)
-    return buffer.getvalue()
+    return png_bytes(figure)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,13 +122,14 @@ def show(
     title: str = "held-out",
 ) -> Path:
     """Write a PNG grid of the first ``count`` images: true boxes dashed white, predictions coloured."""
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
+
+    from models.figures import png_bytes
 
     count = min(count, len(batch.images))
     cols = min(4, count)
@@ -153,11 +154,7 @@ def show(
             ax.text(x1, y1, f"{class_names[int(c)]} {s:.2f}", color="black", fontsize=6,
                     bbox={"facecolor": colour, "pad": 0.5, "lw": 0})  # fmt: skip
         ax.set_title(f"{title} #{i}", fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(out, buffer.getvalue())
+    atomic_write_bytes(out, png_bytes(fig, dpi=100))
     return out
 
 
