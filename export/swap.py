@@ -432,6 +432,7 @@ def retile_for(model: Any, format: str, precision: str, rows: Sequence[Sequence[
     """
     import keras
 
+    from export.pipeline import _keras_outputs
     from models.roi_lowerings import SIZED_TILE_LOWERINGS
 
     if (format, precision) not in INT8_ROI_ARTIFACTS:
@@ -452,12 +453,8 @@ def retile_for(model: Any, format: str, precision: str, rows: Sequence[Sequence[
         return RoIPooling.from_config({**layer.get_config(), "tile_precision": "int8"})
 
     copy = keras.models.clone_model(model, clone_function=clone)
-    for row in rows:
-        want = model(list(row), training=False)
-        got = copy(list(row), training=False)
-        want = want if isinstance(want, (list, tuple)) else [want]
-        got = got if isinstance(got, (list, tuple)) else [got]
-        worst = max(float(np.max(np.abs(np.asarray(g) - np.asarray(w)))) for g, w in zip(got, want))
+    for got, want in zip(_keras_outputs(copy, rows), _keras_outputs(model, rows)):
+        worst = max(float(np.max(np.abs(g - w))) for g, w in zip(got, want))
         if not worst <= RETILE_MAX_ABS:
             raise ExportCheckError(
                 f"model {model.name}: its copy with RoIPooling tiles sized for int8 differs by "

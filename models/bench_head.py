@@ -285,7 +285,7 @@ def run(config: HeadBenchConfig) -> dict[str, Any]:
 
     from models.bench_host import host_info, interleaved, load_avg
     from models.bench_profile import profile_tflite
-    from models.roi_lowerings import TILE_SCOPE
+    from models.roi_lowerings import SIZED_TILE_LOWERINGS, TILE_SCOPE
     from models.tf_threads import set_tensorflow_threads
     from models.tflite_convert import convert_function
 
@@ -294,7 +294,9 @@ def run(config: HeadBenchConfig) -> dict[str, Any]:
     rng = np.random.default_rng(config.seed)
     model = build_head(config)
     function = _keras_function(model, config)
-    int8_function = _keras_function(build_head(config, "int8"), config)
+    # A tiled lowering's int8 form gets int8-sized tiles (the same weights); others the same head.
+    tiled = config.implementation in SIZED_TILE_LOWERINGS
+    int8_function = _keras_function(build_head(config, "int8"), config) if tiled else function
     calibration = [random_inputs(config, rng) for _ in range(config.calibration_samples)]
     agreement = [random_inputs(config, rng) for _ in range(config.agreement_samples)]
     arrays = agreement[0]
