@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return edgetpu_main(argv[1:])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if any(a == "--detector" or a.startswith("--detector=") for a in argv):
+        from export.card_export import main as card_main  # a third-party detector's card
+
+        return card_main(argv)
     if any(a == "--keras-model" or a.startswith("--keras-model=") for a in argv):
         from export.keras_model import main as keras_main  # any Keras model, not the detector
 

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime import processing
+from runtime import card_processing, processing
 from runtime.backends import EDGETPU_MODES, Stage, edgetpu_available, load_stage
+from runtime.card import card_from_manifest, is_card
 from runtime.config import DetectorConfig
 from runtime.errors import RoiedgeError
 from runtime.images import open_image, resize
@@ -74,6 +75,11 @@ class Detector:
         self.options = options
         self.directory = Path(artifacts_dir)
         self.manifest: Manifest = read_manifest(self.directory)
+        self._local = threading.local()
+        self.card = None
+        if is_card(self.manifest.detector):  # a third-party detector described by a card
+            self._init_card(options)
+            return
         config = DetectorConfig.from_dict(
             self.manifest.detector, source=f"{self.directory / 'manifest.json'} detector"
         )
@@ -90,7 +96,26 @@ class Detector:
         self._anchor_table = processing.anchor_table(self.anchors)  # read-only, shared by threads
         self.backbone = self._load("backbone_rpn")
         self.head = self._load("head")
-        self._local = threading.local()
+
+    def _init_card(self, options: DetectorOptions) -> None:
+        """Config from the manifest's detector card; ``config`` is the card (class_names,
+        category_ids, image_size), thresholds overridable like the built-in detector's."""
+        card = card_from_manifest(self.manifest.detector, f"{self.directory / 'manifest.json'}")
+        post = {
+            k: v
+            for k, v in (
+                ("score_threshold", options.score_threshold),
+                ("max_detections", options.max_detections),
+            )
+            if v is not None
+        }
+        if post:
+            card = dataclasses.replace(card, postprocess=dataclasses.replace(card.postprocess, **post))
+        self.card = self.config = card
+        self.backbone = self._load("backbone_rpn")
+        self.head = self._load("head")
+        rois = self.head.entry.inputs[card.head.inputs.index("rois")]
+        self._roi_shape = tuple(rois.shape)
 
     @property
     def timings(self) -> dict[str, float]:
@@ -147,6 +172,9 @@ class Detector:
         """Any image -> (``image`` tensor [1,H,W,3] float32, (sy, sx) from model to input pixels)."""
         # JPEGs decode at a reduced scale (>= the model size); boxes scale to the full size.
         pixels, (height, width) = open_image(image, reduce_to=self.config.image_size)
+        if self.card is not None:
+            tensor, (sy, sx) = card_processing.preprocess(pixels, self.card)
+            return tensor, (sy * height / pixels.shape[0], sx * width / pixels.shape[1])
         model_h, model_w = self.config.image_size
         tensor = processing.preprocess(resize(pixels, (model_h, model_w)), self.config)
         return tensor, (height / model_h, width / model_w)
@@ -154,6 +182,13 @@ class Detector:
     def detect_tensor(self, tensor: np.ndarray) -> processing.Detections:
         """The ``image`` tensor [1,H,W,3] float32 in [0,255] -> Detections in model pixels."""
         timings = self._local.__dict__.setdefault("timings", {})
+        if self.card is not None:
+            start = time.perf_counter()
+            found = card_processing.detect(
+                tensor, self.backbone.run, self.head.run, self.card, self._roi_shape
+            )
+            timings["backbone_rpn+head"] = time.perf_counter() - start
+            return found
         start = time.perf_counter()
         features, rpn_scores, rpn_deltas = self.backbone.run(tensor)
         timings["backbone_rpn"] = time.perf_counter() - start

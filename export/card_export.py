@@ -1,0 +1,334 @@
+"""Export a third-party two-stage detector described by a card: ``python -m export --detector``.
+
+The card (:mod:`runtime.card`) names the user's backbone_rpn and head Keras models and their
+conventions. Both models are loaded (with the card's custom objects), given the card's static
+shapes, checked against the card (output shapes, anchors x cells; refused before any
+conversion), then built into the same artifact table with the same builders, audits, golden
+checks and atomic install as the shipped detector (:func:`export.pipeline._build_one` through
+:func:`build_stage_artifacts`). Stage inputs come from the user's images run through the float
+Keras models and :mod:`runtime.card_processing`, exactly as the device will feed them. The
+manifest's ``detector`` records the card, so ``python -m runtime`` runs it unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.config import ExportCheckError, ExportInputError, comma_names
+from export.formats import model_artifacts
+from export.stages import ModelIO
+from runtime.card import CARD_KEY, DetectorCard, card_to_json, read_card
+from runtime.errors import RoiedgeError
+from runtime.manifest import FORMATS, MANIFEST_NAME, Manifest, seal
+
+SCHEMA_VERSION = 1
+#: Precisions of a card export (int8_io and mixed need the built-in detector's contract).
+CARD_PRECISIONS = ("float32", "float16", "dynamic_int8", "int8")
+#: At most this many head calls (chunks of num_rois) per calibration image.
+HEAD_CALLS_PER_IMAGE = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class CardExportConfig:
+    """One ``python -m export --detector`` run (the CLI flags map 1:1 onto the fields)."""
+
+    detector: Path
+    out: Path
+    calibration: Path
+    golden_samples: int = 4
+    calibration_images: int | None = None
+    formats: tuple[str, ...] | None = None
+    precisions: tuple[str, ...] | None = None
+    progress: bool = True
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        for field, allowed in (("formats", FORMATS), ("precisions", CARD_PRECISIONS)):
+            values = getattr(self, field)
+            unknown = [v for v in values or () if v not in allowed]
+            if values is not None and (not values or unknown):
+                raise ExportInputError(
+                    f"--{field} {','.join(values)}: expected some of {', '.join(allowed)}"
+                )
+        if self.golden_samples < 1:
+            raise ExportInputError(f"--golden-samples {self.golden_samples}: expected >= 1")
+
+
+class CardModels:
+    """The card's two Keras models at static shapes, with the card's I/O names."""
+
+    def __init__(self, card: DetectorCard, folder: Path) -> None:
+        from export.keras_loading import load_keras_model
+        from runtime.card_processing import check_model_shapes
+
+        paths = card.resolve(folder)
+        custom = [paths["custom_objects"]] if paths["custom_objects"] else []
+        for key in ("backbone_rpn", "head", "custom_objects"):
+            if paths[key] is not None and not paths[key].is_file():
+                raise ExportInputError(
+                    f"card {key} {paths[key]}: no such file (paths are relative to the card)"
+                )
+        self.card = card
+        height, width = card.image_size
+        backbone = _loaded(load_keras_model(paths["backbone_rpn"], custom, "RoiPoolingConv", 1))
+        self.backbone_rpn = _fixed(backbone, [(1, height, width, 3)], "backbone_rpn")
+        out_shapes = [tuple(t.shape) for t in self.backbone_rpn.outputs]
+        if len(out_shapes) == 3:
+            features = out_shapes[card.rpn.outputs.index("features")]
+        else:
+            features = (1, None, None, None)
+        head = _loaded(load_keras_model(paths["head"], custom, "RoiPoolingConv", 1))
+        n = card.rois.num_rois
+        in_shapes = {"features": features, "rois": (1, n, 4), "box_indexes": (n,)}
+        declared = [tuple(t.shape) for t in head.inputs]
+        if len(declared) == len(card.head.inputs):
+            roi_rank = len(declared[card.head.inputs.index("rois")])
+            in_shapes["rois"] = (1, n, 4) if roi_rank == 3 else (n, 4)
+        check_model_shapes(card, out_shapes, declared, [tuple(t.shape) for t in head.outputs])
+        self.head = _fixed(head, [in_shapes[name] for name in card.head.inputs], "head")
+        check_model_shapes(
+            card,
+            out_shapes,
+            [tuple(t.shape) for t in self.head.inputs],
+            [tuple(t.shape) for t in self.head.outputs],
+        )
+        self.roi_shape = tuple(self.head.inputs[card.head.inputs.index("rois")].shape)
+        coordinates = ("rois", "box_indexes") if card.rois.box_indexes else ("rois",)
+        self.io = {
+            "backbone_rpn": ModelIO(("image",), card.rpn.outputs),
+            "head": ModelIO(card.head.inputs, card.head.outputs, coordinates),
+        }
+
+    def run_backbone(self, tensor: np.ndarray) -> list[np.ndarray]:
+        return _call(self.backbone_rpn, [tensor])
+
+    def run_head(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        return _call(self.head, list(inputs))
+
+    def stage_inputs(self, tensor: np.ndarray, head_calls: int | None = None):
+        """(backbone sample, head samples) of one preprocessed image, as the device feeds them."""
+        from runtime import card_processing as cp
+
+        features, scores, deltas = cp.split_backbone(self.run_backbone(tensor), self.card)
+        rois = cp.proposals(scores, deltas, features.shape[1:3], self.card)
+        batches = cp.roi_batches(rois, self.card, self.roi_shape)[:head_calls]
+        n = self.card.rois.num_rois
+        heads = []
+        for batch, _ in batches:
+            feeds = {"features": features, "rois": batch, "box_indexes": np.zeros(n, np.int32)}
+            heads.append([feeds[name] for name in self.card.head.inputs])
+        return [tensor], heads
+
+
+def _loaded(loaded: Any) -> Any:
+    return loaded.original if loaded.original is not None else loaded.swapped_at_load
+
+
+def _call(model: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    outs = model(inputs if len(inputs) > 1 else inputs[0], training=False)
+    outs = outs if isinstance(outs, (list, tuple)) else [outs]
+    return [np.asarray(o, np.float32) for o in outs]
+
+
+def _fixed(model: Any, shapes: list[tuple], what: str) -> Any:
+    """``model`` called on batch-1 inputs of ``shapes`` (static shapes for the converters)."""
+    import keras
+
+    if len(model.inputs) != len(shapes):
+        raise ExportInputError(
+            f"{what} {model.name} has {len(model.inputs)} inputs; the card expects {len(shapes)}"
+        )
+    for tensor, shape in zip(model.inputs, shapes):
+        declared = tuple(tensor.shape)
+        if len(declared) != len(shape) or any(
+            d is not None and s is not None and d != s for d, s in zip(declared, shape)
+        ):
+            raise ExportInputError(
+                f"{what} input {tensor.name} has shape {list(declared)}; the card implies "
+                f"{list(shape)}"
+            )
+    if None in [d for shape in shapes for d in shape]:
+        raise ExportInputError(f"{what}: input shapes {shapes} are not all known from the card")
+    inputs = [
+        keras.Input(batch_shape=shape, dtype=str(t.dtype).split(".")[-1], name=f"{what}_in{i}")
+        for i, (shape, t) in enumerate(zip(shapes, model.inputs))
+    ]
+    outputs = model(inputs if len(inputs) > 1 else inputs[0])
+    return keras.Model(inputs, outputs, name=what)
+
+
+def _images(config: CardExportConfig, card: DetectorCard):
+    """(calibration tensors, golden tensors) of ``--calibration``, preprocessed as on device."""
+    from export.calibration import calibration_files, hold_out_golden
+    from runtime.card_processing import preprocess
+    from runtime.images import load_image
+
+    files = calibration_files(Path(config.calibration))
+    calibration, golden = hold_out_golden(files, config.golden_samples)
+    calibration = calibration[: config.calibration_images] if config.calibration_images else calibration
+
+    def tensors(paths):
+        try:
+            return [preprocess(load_image(p), card)[0] for p in paths]
+        except RoiedgeError as error:
+            raise ExportInputError(str(error)) from None
+
+    return tensors(calibration), tensors(golden)
+
+
+def run_card_export(config: CardExportConfig) -> Manifest:
+    """Build, check and atomically install every selected artifact of a card detector."""
+    from export import pipeline
+    from runtime.manifest import sha256_file
+
+    card = read_card(config.detector)
+    out = Path(config.out)
+    _check_out(out)
+    models = CardModels(card, Path(config.detector).resolve().parent)
+    calibration_images, golden_images = _images(config, card)
+    calibration = {"backbone_rpn": [], "head": []}
+    golden_inputs = {"backbone_rpn": [], "head": []}
+    for target, images, calls in (
+        (calibration, calibration_images, HEAD_CALLS_PER_IMAGE),
+        (golden_inputs, golden_images, 1),
+    ):
+        for tensor in images:
+            backbone, heads = models.stage_inputs(tensor, calls)
+            target["backbone_rpn"].append(backbone)
+            target["head"].extend(heads)
+    if not golden_inputs["head"] or not calibration["head"]:
+        raise ExportInputError(
+            f"--calibration {config.calibration}: the RPN proposed no RoI on its images; "
+            "expected images where the detector finds something (or a card with other thresholds)"
+        )
+    keras_models = {"backbone_rpn": models.backbone_rpn, "head": models.head}
+    golden_outputs = {m: pipeline._keras_outputs(keras_models[m], golden_inputs[m]) for m in keras_models}
+    specs = [
+        spec
+        for model in ("backbone_rpn", "head")
+        for spec in model_artifacts(model)
+        if spec.precision in CARD_PRECISIONS
+        and (config.formats is None or spec.format in config.formats)
+        and (config.precisions is None or spec.precision in config.precisions)
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
+    try:
+        golden = {}
+        for model in keras_models:
+            relative = f"{pipeline.GOLDEN_DIR}/{model}.npz"
+            arrays = pipeline.golden_arrays(golden_inputs[model], golden_outputs[model])
+            pipeline.atomic_write_bytes(work / relative, pipeline._npz_bytes(arrays))
+            golden[model] = relative
+        entries, failures = [], []
+        with pipeline._bar(config, total=len(specs), desc="artifacts", unit="artifact") as bar:
+            for spec in specs:
+                bar.set_postfix_str(spec.name)
+                try:
+                    entry, broken = pipeline._build_one(
+                        spec, keras_models, calibration, golden_inputs, golden_outputs, work,
+                        models.io[spec.model],
+                    )
+                except (RoiedgeError, ExportCheckError):
+                    raise
+                except Exception as error:  # the converters raise their own types
+                    first = " ".join(str(error).split())[:300]
+                    raise ExportCheckError(
+                        f"{spec.name}: conversion failed ({type(error).__name__}: {first})"
+                    ) from None
+                entries.append(entry)
+                failures.extend(broken)
+                bar.update(1)
+        pipeline.raise_golden_failures(failures)
+        paths = card.resolve(Path(config.detector).resolve().parent)
+        manifest = seal(
+            Manifest(
+                artifacts=tuple(entries),
+                golden=golden,
+                source_models={
+                    "card": str(config.detector),
+                    "card_sha256": sha256_file(config.detector),
+                    "backbone_rpn": str(paths["backbone_rpn"]),
+                    "head": str(paths["head"]),
+                    "backbone_rpn_sha256": sha256_file(paths["backbone_rpn"]),
+                    "head_sha256": sha256_file(paths["head"]),
+                },
+                detector={CARD_KEY: card_to_json(card)},
+                versions=pipeline._versions(),
+            ),
+            work,
+        )
+        pipeline.write_manifest(manifest, work)
+        for entry in pipeline.read_manifest(work).artifacts:
+            pipeline.verified_path(work, entry)
+        pipeline._publish_permissions(work)
+        pipeline.swap_in(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ExportInputError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+        raise ExportInputError(
+            f"--out {out}: a non-empty directory without {MANIFEST_NAME}; refusing to replace "
+            "something that is not an artifacts directory"
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m export --detector",
+        description="Export a third-party two-stage Keras detector (keras-frcnn style) described "
+        "by a detector card (docs/detector_card.md) to TFLite and ONNX artifacts.",
+    )
+    parser.add_argument("--detector", type=Path, required=True, help="the detector card .json")
+    parser.add_argument("--out", type=Path, required=True, help="artifacts directory to (re)place")
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        required=True,
+        help="a folder of .jpg/.png images or a COCO instances .json; --golden-samples of them "
+        "are held back as golden samples",
+    )
+    parser.add_argument("--golden-samples", type=int, default=4, help="golden images (default 4)")
+    parser.add_argument(
+        "--calibration-images", type=int, default=None, help="at most this many calibration images"
+    )
+    parser.add_argument("--formats", type=comma_names, default=None, help=f"of {','.join(FORMATS)}")
+    parser.add_argument(
+        "--precisions", type=comma_names, default=None, help=f"of {','.join(CARD_PRECISIONS)}"
+    )
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bars"
+    )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """The CLI: exit 0 ok, 1 a failed check or build, 2 bad input."""
+    from export.__main__ import summary
+
+    args = build_parser().parse_args(argv)
+    try:
+        config = CardExportConfig(**vars(args))
+        manifest = run_card_export(config)
+    except RoiedgeError as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    except ExportCheckError as error:
+        print(f"export check failed: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
+    print(summary(manifest, Path(config.out)))
+    return 0
