@@ -233,12 +233,12 @@ def _swap_and_prove(
 
     The original runs here when it can; otherwise its outputs come from ``output:NAME`` arrays.
     """
-    from export.pipeline import _keras_outputs
+    from export.shared import keras_outputs
     from export.swap import prove_swap, swap_roi_layers
 
     if loaded.original is not None:
         swapped, swaps = swap_roi_layers(loaded.original, config.roi_layer, config.samples_per_bin)
-        golden_outputs = _keras_outputs(loaded.original, golden_rows)
+        golden_outputs = keras_outputs(loaded.original, golden_rows)
         source = "ran the original model here on the golden samples"
     else:
         swapped, swaps = loaded.swapped_at_load, None
