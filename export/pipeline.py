@@ -107,7 +107,7 @@ def _calibration_images(config: ExportConfig, files: list[Path] | None, size) ->
     return images
 
 
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
@@ -182,7 +182,7 @@ def audit_artifact(spec: ArtifactSpec, data: bytes) -> dict[str, Any]:
     return report
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
@@ -216,7 +216,7 @@ def _source_models(model: Path) -> dict[str, str]:
     }
 
 
-def _publish_permissions(tree: Path) -> None:
+def publish_permissions(tree: Path) -> None:
     """Temp files are created 0600/0700; published artifacts get the usual umask modes."""
     mask = os.umask(0)
     os.umask(mask)
@@ -266,14 +266,14 @@ def run_export(config: ExportConfig) -> Manifest:
         for model in stages:
             relative = f"{GOLDEN_DIR}/{model}.npz"
             arrays = golden_arrays(golden_inputs[model], golden_outputs[model])
-            atomic_write_bytes(work / relative, _npz_bytes(arrays))
+            atomic_write_bytes(work / relative, npz_bytes(arrays))
             golden[model] = relative
 
         entries, failures = [], []
         with _bar(config, total=len(specs), desc="artifacts", unit="artifact") as bar:
             for spec in specs:
                 bar.set_postfix_str(spec.name)
-                entry, broken = _build_one(
+                entry, broken = build_one(
                     spec,
                     keras_models,
                     calibration,
@@ -303,7 +303,7 @@ def run_export(config: ExportConfig) -> Manifest:
                     ),
                 },
                 detector=detector.config.to_dict(),
-                versions=_versions(),
+                versions=package_versions(),
             ),
             work,
         )
@@ -311,7 +311,7 @@ def run_export(config: ExportConfig) -> Manifest:
         reread = read_manifest(work)
         for entry in reread.artifacts:
             verified_path(work, entry)
-        _publish_permissions(work)
+        publish_permissions(work)
         swap_in(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -345,7 +345,7 @@ def raise_golden_failures(failures: list[str]) -> None:
         raise ExportCheckError(f"{len(failures)} golden check(s) failed: " + "; ".join(failures))
 
 
-def _build_one(
+def build_one(
     spec, keras_models, calibration, golden_inputs, golden_outputs, work: Path, io=None, mixed=None
 ):
     """Build, audit and golden-check one artifact into ``work``; (ArtifactEntry, failures).
