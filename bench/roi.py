@@ -1,6 +1,6 @@
 """RoIPooling micro-benchmark: the builtin-only TFLite forms against TensorFlow's fused kernel.
 
-``python -m models.bench_roi [--json PATH]`` (run by ``make bench``) times, in one run:
+``python -m bench.roi [--json PATH]`` (run by ``make bench``) times, in one run:
 
 * TensorFlow's fused ``CropAndResize`` + ``MaxPool`` (the reference, ``tf.function``);
 * for every builtin-only implementation of :func:`models.roi_pooling.roi_pool`, its TFLite
@@ -13,7 +13,7 @@ and whether it meets :data:`TARGETS` (``--json``/``--png`` also write the result
 The reference and every form are timed in turn over ``--rounds`` rounds (a ratio per round, so
 load that comes and goes hits both; the range is reported), the JSON names the host (CPU model,
 flags, caches, load), and ``--profile 1`` adds a per-op profile of the first implementation
-(the default one unless ``--implementations`` names others; :mod:`models.bench_profile`). The
+(the default one unless ``--implementations`` names others; :mod:`bench.tflite_profile`). The
 split lowerings size their tiles for the precision converted to (``--tile-bytes`` per tile,
 ``--tile-per-precision 0`` for float32-sized tiles everywhere), and their int8 tiles share one
 range per tensor (``--share-tile-ranges 0`` to measure without); ``--ablate 1`` also times
@@ -260,9 +260,9 @@ def run(config: BenchConfig) -> dict[str, Any]:
     """Measure every form, interleaved with the reference; returns the JSON-ready result."""
     from tqdm import tqdm
 
-    from models.bench_host import host_info, interleaved, load_avg
-    from models.bench_profile import profile_tflite
+    from bench.tflite_profile import profile_tflite
     from models.tf_threads import set_tensorflow_threads
+    from runtime.bench import host_info, interleaved, load_avg
 
     host = host_info()
     tf_threads = set_tensorflow_threads(config.threads)
@@ -357,9 +357,9 @@ def run(config: BenchConfig) -> dict[str, Any]:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    from models.bench_host import host_line
-    from models.bench_profile import format_profile
+    from bench.tflite_profile import format_profile
     from models.roi_lowerings import TILE_BYTES
+    from runtime.bench import host_line
 
     config = result["config"]
     lines = [
@@ -443,7 +443,7 @@ def plot(result: dict[str, Any]) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     defaults = BenchConfig()
-    parser = argparse.ArgumentParser(prog="python -m models.bench_roi", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.roi", description=__doc__)
     for field in dataclasses.fields(BenchConfig):
         flag = "--" + field.name.replace("_", "-")
         kind = str if field.name in ("json", "png", "implementations", "tile_bytes") else int
