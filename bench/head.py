@@ -428,6 +428,8 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import bench.lowerings  # noqa: F401  (registers the benchmark-only RoIPooling lowerings)
+
     defaults = HeadBenchConfig()
     parser = argparse.ArgumentParser(prog="python -m bench.head", description=__doc__)
     for field in dataclasses.fields(HeadBenchConfig):

@@ -164,11 +164,11 @@ def convert(
 
 
 def _tile_ablations() -> dict[str, Any]:
-    """Cut-down tile bodies of ``fixed_point_split`` (see ``roi_lowerings._bilinear_tile``):
+    """Cut-down tile bodies of ``fixed_point_split`` (see ``roi_lowerings.bilinear_tile``):
     what each tile op costs, the rest of the graph (int32 path, pools, (DE)QUANTIZE) kept."""
     import tensorflow as tf
 
-    from models.roi_lowerings import _bilinear_tile
+    from models.roi_lowerings import bilinear_tile
 
     def one_gather(table, corners, weights):
         return tf.gather(table, corners[0])
@@ -186,7 +186,7 @@ def _tile_ablations() -> dict[str, Any]:
         "1 GATHER": one_gather,
         "1 GATHER, 1 MUL": one_gather_one_mul,
         "4 GATHERs, 3 ADDs": four_gathers_three_adds,
-        "4 GATHERs, 4 MULs, 3 ADDs (the lowering)": _bilinear_tile,
+        "4 GATHERs, 4 MULs, 3 ADDs (the lowering)": bilinear_tile,
     }
 
 
@@ -194,7 +194,7 @@ def _ablation_function(config: BenchConfig, tile_body, tile_bytes: int | None):
     """``fixed_point_split`` with int8-sized tiles and ``tile_body`` as a ``tf.function``."""
     import tensorflow as tf
 
-    from models.roi_lowerings import ELEMENT_BYTES, Tiling, _fixed_point_split_roi_pool
+    from models.roi_lowerings import ELEMENT_BYTES, Tiling, fixed_point_split_roi_pool
 
     crop = (config.size * config.samples_per_bin,) * 2
     tiling = Tiling(tile_bytes, ELEMENT_BYTES["int8"])
@@ -207,7 +207,7 @@ def _ablation_function(config: BenchConfig, tile_body, tile_bytes: int | None):
         ]
     )
     def pool(features, rois, box_indexes):
-        return _fixed_point_split_roi_pool(
+        return fixed_point_split_roi_pool(
             features, rois, box_indexes, crop, config.samples_per_bin, tiling, tile_body
         )
 
@@ -442,6 +442,8 @@ def plot(result: dict[str, Any]) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import bench.lowerings  # noqa: F401  (registers the benchmark-only RoIPooling lowerings)
+
     defaults = BenchConfig()
     parser = argparse.ArgumentParser(prog="python -m bench.roi", description=__doc__)
     for field in dataclasses.fields(BenchConfig):

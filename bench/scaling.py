@@ -235,6 +235,8 @@ def plot(result: dict[str, Any]) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import bench.lowerings  # noqa: F401  (registers the benchmark-only RoIPooling lowerings)
+
     defaults = ScalingConfig()
     parser = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__)
     for field in dataclasses.fields(ScalingConfig):
