@@ -35,6 +35,14 @@ LIMITS: dict[str, Limit] = _table(
     Limit("image_pixels", 50_000_000, "pixels", "decoded size of one image (H x W)"),
     Limit("json_bytes", 512 * 1024 * 1024, "bytes", "one JSON file (COCO dataset, manifest, card)"),
     Limit("json_depth", 64, "levels", "nesting depth of one JSON document"),
+    Limit(
+        "npz_bytes", 1024**3, "bytes", "an .npz: its members' declared sizes together, each array"
+    ),
+    Limit(
+        "keras_bytes", 1024**3, "bytes", "a .keras archive: its members' declared sizes together"
+    ),
+    Limit("archive_members", 10_000, "members", "files inside one .npz or .keras archive"),
+    Limit("model_bytes", 2 * 1024**3, "bytes", "one .tflite or .onnx artifact file"),
 )
 
 
