@@ -254,8 +254,8 @@ def _array_of(member: BinaryIO, info: zipfile.ZipInfo, key: str, where: str) -> 
     return flat.reshape(shape, order="F" if fortran else "C")
 
 
-def load_npz(path: os.PathLike | str, what: str) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz`` by key (``.npy`` suffix dropped), every limit checked first.
+def load_npz(path: os.PathLike | str | bytes, what: str) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` (a path or its bytes) by key (``.npy`` dropped), limits first.
 
     :func:`check_zip_members` with LIMITS ``npz_bytes``, then per member its ``.npy`` header:
     dtype bool/int/uint/float only, shape x itemsize within ``npz_bytes`` and equal to what the
