@@ -132,6 +132,7 @@ def to_stored(value: Any, info: TensorInfo, backend: str) -> np.ndarray:
             f"{backend}: input {info.name!r} has shape {array.shape}; expected {info.shape}"
         )
     dtype = np.dtype(info.dtype)
+    refuse_kind(array, dtype, f"{backend}: input {info.name!r}")
     if info.scale and dtype.kind in "iu" and array.dtype.kind == "f":
         limits = np.iinfo(dtype)
         quantized = np.round(array.astype(np.float64) / info.scale) + (info.zero_point or 0)
@@ -141,7 +142,41 @@ def to_stored(value: Any, info: TensorInfo, backend: str) -> np.ndarray:
             f"{backend}: input {info.name!r} is {array.dtype} but the tensor is {dtype.name} "
             "without a quantization scale; expected an integer array"
         )
+    if dtype.kind in "iu" and array.dtype.kind in "iu":
+        check_int_range(array, dtype, f"{backend}: input {info.name!r}")
     return np.ascontiguousarray(array, dtype=dtype)
+
+
+def refuse_kind(array: np.ndarray, dtype: np.dtype, what: str) -> None:
+    """Refuse values a cast to ``dtype`` would silently change in kind.
+
+    Complex (the imaginary part dropped), string, object, structured and date arrays are never
+    model inputs; a bool array only feeds a bool tensor and a bool tensor takes only bools.
+    """
+    kind = array.dtype.kind
+    if kind not in "biuf":
+        raise BackendError(
+            f"{what} is {array.dtype}; expected a real number array ({dtype.name} tensor; no "
+            "complex, string or object values)"
+        )
+    if (kind == "b") != (dtype.kind == "b"):
+        raise BackendError(
+            f"{what} is {array.dtype} but the tensor is {dtype.name}; expected "
+            f"{'a bool' if dtype.kind == 'b' else 'a number'} array"
+        )
+
+
+def check_int_range(array: np.ndarray, dtype: np.dtype, what: str) -> None:
+    """Refuse integers outside ``dtype``'s range (a cast would wrap 2**32 to 0)."""
+    if not array.size or np.can_cast(array.dtype, dtype, casting="safe"):
+        return
+    bounds = np.iinfo(dtype)
+    low, high = int(array.min()), int(array.max())
+    if low < bounds.min or high > bounds.max:
+        raise BackendError(
+            f"{what} has values {low}..{high}; expected {dtype.name} values in "
+            f"[{bounds.min}, {bounds.max}] (a cast would wrap them)"
+        )
 
 
 def from_stored(value: np.ndarray, info: TensorInfo) -> np.ndarray:
@@ -297,9 +332,14 @@ class _TFLiteBackend(Backend):
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         interpreter = self._interpreter
         with self._lock:
-            for name, value in feeds.items():
-                interpreter.set_tensor(self._in_index[name], value)
-            interpreter.invoke()
+            try:
+                for name, value in feeds.items():
+                    interpreter.set_tensor(self._in_index[name], value)
+                interpreter.invoke()
+            except (ValueError, RuntimeError) as error:
+                raise BackendError(
+                    f"{self.name}: the model failed on these inputs ({_first(error)})"
+                ) from None
             # get_tensor copies, so the results stay valid after the lock is released.
             return {name: interpreter.get_tensor(i) for name, i in self._out_index.items()}
 
@@ -485,7 +525,18 @@ class OnnxRuntimeBackend(Backend):
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # InferenceSession.run is thread-safe (onnxruntime documents concurrent Run calls).
         names = [t.name for t in self.outputs]
-        return dict(zip(names, self._session.run(names, feeds)))
+        try:
+            return dict(zip(names, self._session.run(names, feeds)))
+        except Exception as error:  # onnxruntime raises its own exception types per failure
+            raise BackendError(
+                f"{self.name}: the model failed on these inputs ({_first(error)})"
+            ) from None
+
+
+def _first(error: BaseException) -> str:
+    """The first line of an interpreter's message, at most 200 characters."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__
 
 
 # ---------------------------------------------------------------------------------------- stages

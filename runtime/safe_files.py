@@ -78,6 +78,13 @@ def regular_file(path: os.PathLike | str, what: str) -> Path:
 
 
 @contextlib.contextmanager
+def open_regular(path: os.PathLike | str, what: str) -> Iterator[BinaryIO]:
+    """A binary handle of regular file ``path``: opened without blocking, checked by ``fstat``."""
+    with _opened(path, what) as (handle, _, _):
+        yield handle
+
+
+@contextlib.contextmanager
 def _opened(path: os.PathLike | str, what: str) -> Iterator[tuple[BinaryIO, int, Path]]:
     """(binary handle, size, path) of a regular file, opened without blocking and re-checked.
 
