@@ -134,8 +134,14 @@ def unique_name(stem: str, taken: set[str], suffix: str = ".png") -> str:
     return name
 
 
-def coco_results(path: Path, image_id: int, found: list) -> list[dict]:
-    """COCO results rows of one image: bbox [x, y, width, height] in pixels, 1-based category."""
+def coco_results(
+    path: Path, image_id: int, found: list, category_ids: tuple[int, ...] | None = None
+) -> list[dict]:
+    """COCO results rows of one image: bbox [x, y, width, height] in pixels.
+
+    ``category_id`` is ``category_ids[class id]``, the training dataset's own id of the class
+    (``DetectorConfig.category_ids``); None means COCO's 1..K.
+    """
     rows = []
     for d in found:
         y1, x1, y2, x2 = (float(v) for v in d.box)
@@ -143,7 +149,9 @@ def coco_results(path: Path, image_id: int, found: list) -> list[dict]:
             {
                 "image_id": image_id,
                 "file_name": str(path),
-                "category_id": int(d.class_id) + 1,  # COCO ids start at 1 (0 = background)
+                "category_id": (
+                    int(category_ids[d.class_id]) if category_ids else int(d.class_id) + 1
+                ),
                 "category_name": d.class_name,
                 "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
                 "score": round(float(d.score), 5),
@@ -194,7 +202,7 @@ def _detect(args: argparse.Namespace) -> int:
             print(
                 f"  {d.class_name:<12} {d.score:.3f}  box y1={y1:.1f} x1={x1:.1f} y2={y2:.1f} x2={x2:.1f}"
             )
-        results.extend(coco_results(path, image_id, found))
+        results.extend(coco_results(path, image_id, found, detector.config.category_ids))
         if args.out is not None:
             # Drawn at full resolution (the detector itself decoded a reduced JPEG).
             drawn = draw_detections(load_image(path), found)
