@@ -44,6 +44,8 @@ class ArtifactResult:
     top1_agreement: float | None
     failures: tuple[str, ...]
     skipped: str | None = None
+    #: What a row without per-output metrics ran (the detector pipeline row), else "".
+    detail: str = ""
 
     @property
     def ok(self) -> bool:
@@ -174,6 +176,11 @@ def format_results(results: list[ArtifactResult]) -> str:
     for result in results:
         if result.skipped is not None:
             lines.append(f"{result.entry.name:<34} {'-':<15} skipped ({result.skipped})")
+        elif result.detail:
+            verdict = "ok" if result.ok else "FAIL"
+            lines.append(
+                f"{result.entry.name:<34} {result.backend:<15} {result.detail:<56}  {verdict}"
+            )
         elif not result.outputs:
             lines.append(f"{result.entry.name:<34} {result.backend:<15} (not run){'':<56}  FAIL")
         for i, output in enumerate(result.outputs):
@@ -195,13 +202,18 @@ def format_results(results: list[ArtifactResult]) -> str:
             lines.append(
                 f"FAIL {result.entry.name} ({result.entry.precision}): " + "; ".join(reasons)
             )
-    passed = sum(r.ok for r in results)
-    skipped = [r for r in results if r.skipped is not None]
-    ran = len(results) - len(skipped)
+    pipelines = [r for r in results if r.entry.model == "pipeline"]
+    artifacts = [r for r in results if r.entry.model != "pipeline"]
+    passed = sum(r.ok for r in artifacts)
+    skipped = [r for r in artifacts if r.skipped is not None]
+    ran = len(artifacts) - len(skipped)
     summary = f"{passed}/{ran} artifacts within their precision's tolerance"
     if skipped:
         reasons = sorted({r.skipped for r in skipped})
         summary += f"; {len(skipped)} skipped ({', '.join(reasons)})"
+    for row in pipelines:
+        state = "skipped" if row.skipped else ("ok" if row.ok else "FAIL")
+        summary += f"; detector pipeline {row.entry.format}/{row.entry.precision} {state}"
     lines.append(summary)
     return "\n".join(lines)
 

@@ -233,6 +233,17 @@ def _check(args: argparse.Namespace) -> int:
     results = check_directory(
         args.artifacts, backends=backends, num_threads=args.threads, only=only, progress=progress
     )
+    if args.only is None:  # the detector config and a detection on the golden image
+        from runtime.check_pipeline import check_pipeline
+
+        row = check_pipeline(
+            args.artifacts,
+            read_manifest(args.artifacts),
+            formats=tuple(args.formats or ("tflite", "onnx")),
+            backends=backends,
+            num_threads=args.threads,
+        )
+        results += [row] if row is not None else []
     if not results:
         raise RoiedgeError(
             f"{args.artifacts}: no artifacts to check (--only {args.only}, --formats {args.formats})"

@@ -275,6 +275,25 @@ def _check_bounds(config: DetectorConfig) -> None:
     limits.check("config_detections", config.max_detections, f"{what}.max_detections")
 
 
+def stage_shapes(config: DetectorConfig) -> dict[str, tuple[tuple[tuple[int, ...], ...], ...]]:
+    """The tensor shapes ``config`` implies, per stage: (input shapes, output shapes).
+
+    In the two-stage contract's order (export.stages.STAGE_IO): backbone_rpn image ->
+    features, rpn_scores, rpn_deltas; head features, proposals, box_indexes -> class_scores,
+    box_deltas. A manifest whose artifacts disagree was edited or mixed with another detector.
+    """
+    (height, width), (fh, fw) = config.image_size, config.feature_size
+    features = (1, fh, fw, config.feature_channels)
+    anchors, proposals, k = config.num_anchors, config.num_proposals, config.num_classes
+    return {
+        "backbone_rpn": (((1, height, width, 3),), (features, (1, anchors), (1, anchors, 4))),
+        "head": (
+            (features, (proposals, 4), (proposals,)),
+            ((proposals, k + 1), (proposals, k, 4)),
+        ),
+    }
+
+
 def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
