@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from runtime.errors import ArtifactError, RoiedgeError
+from runtime.errors import ArtifactError, RoiedgeError, say
 from runtime.interpreter_private import full_signature_list
 from runtime.safe_files import read_bytes
 
@@ -376,7 +376,7 @@ def _edgetpu_mode_for(path: Path, compiled: bool, edgetpu: str) -> str:
             f"{path}: {message}; expected the compiled backbone (python -m export edgetpu DIR "
             "adds backbone_rpn/tflite/int8_io_edgetpu)"
         )
-    print(f"warning: {message}; running it on the CPU", file=sys.stderr)
+    say(f"warning: {message}; running it on the CPU", file=sys.stderr)
     return "off"
 
 
@@ -413,7 +413,7 @@ def load_edgetpu_delegate(module: Any, required: bool) -> Any:
         )
         if required:
             raise BackendError(message) from None
-        print(f"warning: {message}; running on the CPU instead", file=sys.stderr)
+        say(f"warning: {message}; running on the CPU instead", file=sys.stderr)
         return None
 
 

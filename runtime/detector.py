@@ -19,7 +19,7 @@ import numpy as np
 from runtime import processing
 from runtime.backends import EDGETPU_MODES, Stage, edgetpu_available, load_stage
 from runtime.config import DetectorConfig, stage_shapes
-from runtime.errors import ArtifactError, RoiedgeError
+from runtime.errors import ArtifactError, RoiedgeError, say
 from runtime.images import open_image, resize
 from runtime.manifest import EDGETPU_PRECISION, FORMAT_PRECISIONS, Manifest, read_manifest
 
@@ -162,7 +162,7 @@ class Detector:
         message = f"Edge TPU runtime (libedgetpu) not installed, so {compiled} cannot run"
         if edgetpu == "require":
             raise RoiedgeError(f"{message}; expected the Coral runtime and a Coral device")
-        print(f"warning: {message}; running the uncompiled {precision} on the CPU", file=sys.stderr)
+        say(f"warning: {message}; running the uncompiled {precision} on the CPU", file=sys.stderr)
         return precision
 
     def describe(self) -> str:

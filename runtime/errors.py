@@ -1,6 +1,8 @@
 """User-facing errors of the runtime: one line that names the thing, what was seen, what was expected."""
 
+import sys
 import unicodedata
+from typing import Any, TextIO
 
 
 class RoiedgeError(Exception):
@@ -39,3 +41,9 @@ def printable(text: object) -> str:
 def one_line(error: BaseException) -> str:
     """``error``'s message on one line, terminal-safe: whitespace runs as one space, controls escaped."""
     return printable(" ".join(str(error).split()))
+
+
+def say(*parts: Any, file: TextIO | None = None) -> None:
+    """``print`` for every CLI line a user sees: each line through :func:`printable`."""
+    text = " ".join(str(part) for part in parts)
+    print("\n".join(printable(line) for line in text.split("\n")), file=file or sys.stdout)

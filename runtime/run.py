@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends import _canonical, check_int_range, load_stage, refuse_kind
-from runtime.errors import RoiedgeError
+from runtime.errors import RoiedgeError, say
 from runtime.manifest import FORMATS, atomic_write_bytes, read_manifest
-from runtime.safe_files import load_npz, open_regular
+from runtime.safe_files import load_npz, open_regular, writable_output
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -145,6 +145,7 @@ def main(args: argparse.Namespace) -> int:
     """The ``run`` verb: exit 0, or a RoiedgeError for the CLI to report (exit 2)."""
     if args.threads is not None and args.threads < 1:
         raise RoiedgeError(f"--threads {args.threads}: expected a positive thread count")
+    writable_output(args.out, "--out")
     outputs = run_artifact(
         args.artifacts,
         read_npz(args.inputs, "--inputs", "an .npz keyed by input name"),
@@ -158,5 +159,5 @@ def main(args: argparse.Namespace) -> int:
     np.savez(buffer, **outputs)
     atomic_write_bytes(args.out, buffer.getvalue())
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in outputs.items())
-    print(f"wrote {args.out}: {shapes}")
+    say(f"wrote {args.out}: {shapes}")
     return 0
