@@ -170,6 +170,21 @@ class DetectorCard:
         return (-(-self.image_size[0] // stride), -(-self.image_size[1] // stride))
 
     @property
+    def score_threshold(self) -> float:
+        """postprocess.score_threshold (the name DetectorConfig uses)."""
+        return self.postprocess.score_threshold
+
+    @property
+    def max_detections(self) -> int:
+        """postprocess.max_detections (the name DetectorConfig uses)."""
+        return self.postprocess.max_detections
+
+    @property
+    def unclipped_boxes(self) -> bool:
+        """True when boxes may leave the image (head.clip false, as in keras-frcnn)."""
+        return not self.head.clip
+
+    @property
     def num_anchors(self) -> int:
         """h * w * A, the anchor count the RPN outputs must have."""
         h, w = self.feature_size

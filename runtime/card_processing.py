@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from runtime.card import CardError, DetectorCard
-from runtime.processing import Detections, nms, top_k_indices
+from runtime.nms import nms, top_k_indices
+from runtime.processing import Detections
 
 #: Largest log-scale a delta may apply before exp (keeps float64 finite; keras-frcnn has none).
 _MAX_LOG_SCALE = 20.0
