@@ -4,7 +4,7 @@ The card (:mod:`runtime.card`) names the user's backbone_rpn and head Keras mode
 conventions. Both models are loaded (with the card's custom objects), given the card's static
 shapes, checked against the card (output shapes, anchors x cells; refused before any
 conversion), then built into the same artifact table with the same builders, audits, golden
-checks and atomic install as the shipped detector (:func:`export.pipeline._build_one` through
+checks and atomic install as the shipped detector (:func:`export.pipeline.build_one` through
 :func:`build_stage_artifacts`). Stage inputs come from the user's images run through the float
 Keras models and :mod:`runtime.card_processing`, exactly as the device will feed them. The
 manifest's ``detector`` records the card, so ``python -m runtime`` runs it unchanged.
@@ -18,9 +18,6 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from export.config import ExportCheckError, ExportInputError, comma_names
 from export.formats import model_artifacts
@@ -62,107 +59,13 @@ class CardExportConfig:
             raise ExportInputError(f"--golden-samples {self.golden_samples}: expected >= 1")
 
 
-class CardModels:
-    """The card's two Keras models at static shapes, with the card's I/O names."""
-
-    def __init__(self, card: DetectorCard, folder: Path) -> None:
-        from export.keras_loading import load_keras_model
-        from runtime.card_processing import check_model_shapes
-
-        paths = card.resolve(folder)
-        custom = [paths["custom_objects"]] if paths["custom_objects"] else []
-        for key in ("backbone_rpn", "head", "custom_objects"):
-            if paths[key] is not None and not paths[key].is_file():
-                raise ExportInputError(
-                    f"card {key} {paths[key]}: no such file (paths are relative to the card)"
-                )
-        self.card = card
-        height, width = card.image_size
-        backbone = _loaded(load_keras_model(paths["backbone_rpn"], custom, "RoiPoolingConv", 1))
-        self.backbone_rpn = _fixed(backbone, [(1, height, width, 3)], "backbone_rpn")
-        out_shapes = [tuple(t.shape) for t in self.backbone_rpn.outputs]
-        if len(out_shapes) == 3:
-            features = out_shapes[card.rpn.outputs.index("features")]
-        else:
-            features = (1, None, None, None)
-        head = _loaded(load_keras_model(paths["head"], custom, "RoiPoolingConv", 1))
-        n = card.rois.num_rois
-        in_shapes = {"features": features, "rois": (1, n, 4), "box_indexes": (n,)}
-        declared = [tuple(t.shape) for t in head.inputs]
-        if len(declared) == len(card.head.inputs):
-            roi_rank = len(declared[card.head.inputs.index("rois")])
-            in_shapes["rois"] = (1, n, 4) if roi_rank == 3 else (n, 4)
-        check_model_shapes(card, out_shapes, declared, [tuple(t.shape) for t in head.outputs])
-        self.head = _fixed(head, [in_shapes[name] for name in card.head.inputs], "head")
-        check_model_shapes(
-            card,
-            out_shapes,
-            [tuple(t.shape) for t in self.head.inputs],
-            [tuple(t.shape) for t in self.head.outputs],
-        )
-        self.roi_shape = tuple(self.head.inputs[card.head.inputs.index("rois")].shape)
-        coordinates = ("rois", "box_indexes") if card.rois.box_indexes else ("rois",)
-        self.io = {
-            "backbone_rpn": ModelIO(("image",), card.rpn.outputs),
-            "head": ModelIO(card.head.inputs, card.head.outputs, coordinates),
-        }
-
-    def run_backbone(self, tensor: np.ndarray) -> list[np.ndarray]:
-        return _call(self.backbone_rpn, [tensor])
-
-    def run_head(self, *inputs: np.ndarray) -> list[np.ndarray]:
-        return _call(self.head, list(inputs))
-
-    def stage_inputs(self, tensor: np.ndarray, head_calls: int | None = None):
-        """(backbone sample, head samples) of one preprocessed image, as the device feeds them."""
-        from runtime import card_processing as cp
-
-        features, scores, deltas = cp.split_backbone(self.run_backbone(tensor), self.card)
-        rois = cp.proposals(scores, deltas, features.shape[1:3], self.card)
-        batches = cp.roi_batches(rois, self.card, self.roi_shape)[:head_calls]
-        n = self.card.rois.num_rois
-        heads = []
-        for batch, _ in batches:
-            feeds = {"features": features, "rois": batch, "box_indexes": np.zeros(n, np.int32)}
-            heads.append([feeds[name] for name in self.card.head.inputs])
-        return [tensor], heads
-
-
-def _loaded(loaded: Any) -> Any:
-    return loaded.original if loaded.original is not None else loaded.swapped_at_load
-
-
-def _call(model: Any, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    outs = model(inputs if len(inputs) > 1 else inputs[0], training=False)
-    outs = outs if isinstance(outs, (list, tuple)) else [outs]
-    return [np.asarray(o, np.float32) for o in outs]
-
-
-def _fixed(model: Any, shapes: list[tuple], what: str) -> Any:
-    """``model`` called on batch-1 inputs of ``shapes`` (static shapes for the converters)."""
-    import keras
-
-    if len(model.inputs) != len(shapes):
-        raise ExportInputError(
-            f"{what} {model.name} has {len(model.inputs)} inputs; the card expects {len(shapes)}"
-        )
-    for tensor, shape in zip(model.inputs, shapes):
-        declared = tuple(tensor.shape)
-        if len(declared) != len(shape) or any(
-            d is not None and s is not None and d != s for d, s in zip(declared, shape)
-        ):
-            raise ExportInputError(
-                f"{what} input {tensor.name} has shape {list(declared)}; the card implies "
-                f"{list(shape)}"
-            )
-    if None in [d for shape in shapes for d in shape]:
-        raise ExportInputError(f"{what}: input shapes {shapes} are not all known from the card")
-    inputs = [
-        keras.Input(batch_shape=shape, dtype=str(t.dtype).split(".")[-1], name=f"{what}_in{i}")
-        for i, (shape, t) in enumerate(zip(shapes, model.inputs))
-    ]
-    outputs = model(inputs if len(inputs) > 1 else inputs[0])
-    return keras.Model(inputs, outputs, name=what)
+def stage_io(card: DetectorCard) -> dict[str, ModelIO]:
+    """The artifacts' tensor names (the card's roles) and the head's coordinate inputs."""
+    coordinates = ("rois", "box_indexes") if card.rois.box_indexes else ("rois",)
+    return {
+        "backbone_rpn": ModelIO(("image",), card.rpn.outputs),
+        "head": ModelIO(card.head.inputs, card.head.outputs, coordinates),
+    }
 
 
 def _images(config: CardExportConfig, card: DetectorCard):
@@ -173,7 +76,9 @@ def _images(config: CardExportConfig, card: DetectorCard):
 
     files = calibration_files(Path(config.calibration))
     calibration, golden = hold_out_golden(files, config.golden_samples)
-    calibration = calibration[: config.calibration_images] if config.calibration_images else calibration
+    calibration = (
+        calibration[: config.calibration_images] if config.calibration_images else calibration
+    )
 
     def tensors(paths):
         try:
@@ -187,12 +92,16 @@ def _images(config: CardExportConfig, card: DetectorCard):
 def run_card_export(config: CardExportConfig) -> Manifest:
     """Build, check and atomically install every selected artifact of a card detector."""
     from export import pipeline
+    from export.shared import keras_outputs
     from runtime.manifest import sha256_file
 
     card = read_card(config.detector)
     out = Path(config.out)
     _check_out(out)
+    from models.card_models import CardModels
+
     models = CardModels(card, Path(config.detector).resolve().parent)
+    io = stage_io(card)
     calibration_images, golden_images = _images(config, card)
     calibration = {"backbone_rpn": [], "head": []}
     golden_inputs = {"backbone_rpn": [], "head": []}
@@ -210,7 +119,7 @@ def run_card_export(config: CardExportConfig) -> Manifest:
             "expected images where the detector finds something (or a card with other thresholds)"
         )
     keras_models = {"backbone_rpn": models.backbone_rpn, "head": models.head}
-    golden_outputs = {m: pipeline._keras_outputs(keras_models[m], golden_inputs[m]) for m in keras_models}
+    golden_outputs = {m: keras_outputs(keras_models[m], golden_inputs[m]) for m in keras_models}
     specs = [
         spec
         for model in ("backbone_rpn", "head")
@@ -226,16 +135,25 @@ def run_card_export(config: CardExportConfig) -> Manifest:
         for model in keras_models:
             relative = f"{pipeline.GOLDEN_DIR}/{model}.npz"
             arrays = pipeline.golden_arrays(golden_inputs[model], golden_outputs[model])
-            pipeline.atomic_write_bytes(work / relative, pipeline._npz_bytes(arrays))
+            pipeline.atomic_write_bytes(work / relative, pipeline.npz_bytes(arrays))
             golden[model] = relative
         entries, failures = [], []
-        with pipeline._bar(config, total=len(specs), desc="artifacts", unit="artifact") as bar:
+        from tqdm import tqdm
+
+        with tqdm(
+            total=len(specs), desc="artifacts", unit="artifact", disable=not config.progress
+        ) as bar:
             for spec in specs:
                 bar.set_postfix_str(spec.name)
                 try:
-                    entry, broken = pipeline._build_one(
-                        spec, keras_models, calibration, golden_inputs, golden_outputs, work,
-                        models.io[spec.model],
+                    entry, broken = pipeline.build_one(
+                        spec,
+                        keras_models,
+                        calibration,
+                        golden_inputs,
+                        golden_outputs,
+                        work,
+                        io[spec.model],
                     )
                 except (RoiedgeError, ExportCheckError):
                     raise
@@ -262,14 +180,14 @@ def run_card_export(config: CardExportConfig) -> Manifest:
                     "head_sha256": sha256_file(paths["head"]),
                 },
                 detector={CARD_KEY: card_to_json(card)},
-                versions=pipeline._versions(),
+                versions=pipeline.package_versions(),
             ),
             work,
         )
         pipeline.write_manifest(manifest, work)
         for entry in pipeline.read_manifest(work).artifacts:
             pipeline.verified_path(work, entry)
-        pipeline._publish_permissions(work)
+        pipeline.publish_permissions(work)
         pipeline.swap_in(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -318,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """The CLI: exit 0 ok, 1 a failed check or build, 2 bad input."""
-    from export.__main__ import summary
+    from export.summary import summary
 
     args = build_parser().parse_args(argv)
     try:

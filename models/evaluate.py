@@ -164,6 +164,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m models.evaluate", description=__doc__)
     parser.add_argument("--model", default=str(SHIPPED), help="detector .keras file")
     parser.add_argument(
+        "--detector",
+        default=None,
+        help="a detector card .json (docs/detector_card.md): score its original Keras models "
+        "through the runtime's numpy processing on --data (the float reference)",
+    )
+    parser.add_argument(
         "--data", default=None, help="COCO instances JSON (default: the procedural held-out split)"
     )
     parser.add_argument(
@@ -200,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and Path(value).is_dir():
             print(f"error: {flag} {value} is a directory; expected a file path", file=sys.stderr)
             return 2
+    if args.detector is not None:
+        return _card_main(args)
     from models.detector import load_detector
 
     try:
@@ -246,6 +254,30 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"error: cannot write output ({error})", file=sys.stderr)
         return 2
+    if args.min_map50 is not None and not summary["map50"] >= args.min_map50:
+        print(f"check failed: mAP@0.5 {summary['map50']:.3f} < {args.min_map50}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _card_main(args: argparse.Namespace) -> int:
+    """``--detector CARD --data VAL.json``: the card's float Keras reference, scored."""
+    from models.card_models import evaluate_card
+
+    if args.data is None:
+        print("error: --detector needs --data VAL.json (a COCO set)", file=sys.stderr)
+        return 2
+    started = time.time()
+    try:
+        summary = evaluate_card(Path(args.detector), Path(args.data), args.images_dir)
+    except RoiedgeError as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 2
+    summary["seconds"] = round(time.time() - started, 1)
+    print(format_table(summary))
+    if args.json:
+        atomic_write_bytes(Path(args.json), strict_json.dump_bytes(summary))
+        print(f"wrote {args.json}")
     if args.min_map50 is not None and not summary["map50"] >= args.min_map50:
         print(f"check failed: mAP@0.5 {summary['map50']:.3f} < {args.min_map50}", file=sys.stderr)
         return 1

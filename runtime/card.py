@@ -222,7 +222,9 @@ def read_card(path: Path) -> DetectorCard:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CardError(f"--detector {path}: no such file (expected a detector card .json)") from None
+        raise CardError(
+            f"--detector {path}: no such file (expected a detector card .json)"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CardError(f"--detector {path}: not a readable JSON file ({error})") from None
     return parse_card(data, source=str(path))
@@ -410,7 +412,9 @@ def parse_card(data: Any, source: str = "detector card") -> DetectorCard:
     ro.done()
 
     hd = top.section("head")
-    wanted_inputs = ("features", "rois", "box_indexes") if rois.box_indexes else ("features", "rois")
+    wanted_inputs = (
+        ("features", "rois", "box_indexes") if rois.box_indexes else ("features", "rois")
+    )
     head = Head(
         model=hd.text("model"),
         inputs=hd.order("inputs", wanted_inputs, wanted_inputs),
@@ -426,9 +430,7 @@ def parse_card(data: Any, source: str = "detector card") -> DetectorCard:
     )
     hd.done()
     if head.round_to_feature_pixels and rois.format != "feature_xywh":
-        top.fail(
-            "head.round_to_feature_pixels", True, 'false unless rois.format is "feature_xywh"'
-        )
+        top.fail("head.round_to_feature_pixels", True, 'false unless rois.format is "feature_xywh"')
 
     po = top.section("postprocess")
     postprocess = Postprocess(
@@ -452,7 +454,9 @@ def parse_card(data: Any, source: str = "detector card") -> DetectorCard:
         custom_objects=custom_objects,
     )
     if rpn.pre_nms_top_n is not None and rpn.pre_nms_top_n < rpn.post_nms_top_n:
-        top.fail("rpn.pre_nms_top_n", rpn.pre_nms_top_n, f">= rpn.post_nms_top_n ({rpn.post_nms_top_n})")
+        top.fail(
+            "rpn.pre_nms_top_n", rpn.pre_nms_top_n, f">= rpn.post_nms_top_n ({rpn.post_nms_top_n})"
+        )
     return card
 
 

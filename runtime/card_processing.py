@@ -331,7 +331,10 @@ def check_model_shapes(
                 f"{len(card.anchors.sizes)} sizes x {len(card.anchors.ratios)} ratios = {a} "
                 f"anchors on {rows}x{cols} cells expects {list(shape)}"
             )
-    for side, cells, size in (("height", rows, card.image_size[0]), ("width", cols, card.image_size[1])):
+    for side, cells, size in (
+        ("height", rows, card.image_size[0]),
+        ("width", cols, card.image_size[1]),
+    ):
         if cells not in (size // card.anchors.stride, -(-size // card.anchors.stride)):
             raise CardError(
                 f"backbone_rpn features have {cells} cells along the {side}; anchors.stride "

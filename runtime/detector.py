@@ -140,7 +140,9 @@ class Detector:
             if v is not None
         }
         if post:
-            card = dataclasses.replace(card, postprocess=dataclasses.replace(card.postprocess, **post))
+            card = dataclasses.replace(
+                card, postprocess=dataclasses.replace(card.postprocess, **post)
+            )
         self.card = self.config = card
         self.backbone = self._load("backbone_rpn")
         self.head = self._load("head")

@@ -96,9 +96,7 @@ def build_models(layer, num_rois=8, pool=4, channels=16, hidden=32, seed=0):
     base = x
     r = keras.layers.Conv2D(channels, 3, padding="same", activation="relu", name="rpn_conv1")(base)
     x_class = keras.layers.Conv2D(num_anchors, 1, activation="sigmoid", name="rpn_out_class")(r)
-    x_regr = keras.layers.Conv2D(num_anchors * 4, 1, activation="linear", name="rpn_out_regress")(
-        r
-    )
+    x_regr = keras.layers.Conv2D(num_anchors * 4, 1, activation="linear", name="rpn_out_regress")(r)
     model_rpn = keras.Model(img_input, [x_class, x_regr, base], name="model_rpn")
 
     feature_input = keras.Input(shape=(None, None, channels))
@@ -125,7 +123,12 @@ def card_dict(image_size, num_rois=8, score_threshold=0.5):
         "backbone_rpn": "model_rpn.keras",
         "custom_objects": "frcnn_layers.py",
         "image_size": list(image_size),
-        "preprocess": {"channels": "RGB", "mean": list(MEAN), "std": [1, 1, 1], "resize": "stretch"},
+        "preprocess": {
+            "channels": "RGB",
+            "mean": list(MEAN),
+            "std": [1, 1, 1],
+            "resize": "stretch",
+        },
         "class_names": list(CLASS_NAMES),
         "category_ids": list(CATEGORY_IDS),
         "anchors": {
@@ -147,7 +150,12 @@ def card_dict(image_size, num_rois=8, score_threshold=0.5):
             "nms_iou": 0.7,
             "min_size": 0,
         },
-        "rois": {"format": "feature_xywh", "integer": True, "num_rois": num_rois, "box_indexes": False},
+        "rois": {
+            "format": "feature_xywh",
+            "integer": True,
+            "num_rois": num_rois,
+            "box_indexes": False,
+        },
         "head": {
             "model": "model_classifier.keras",
             "inputs": ["features", "rois"],
@@ -181,7 +189,7 @@ def write_coco_set(folder: Path, count: int, size: tuple[int, int], seed: int) -
         canvas = Image.fromarray(pixels)
         draw = ImageDraw.Draw(canvas)
         for _ in range(int(rng.integers(1, 3))):
-            side = float(rng.uniform(0.22, 0.45) * min(size))
+            side = float(rng.uniform(0.3, 0.5) * min(size))
             x1 = float(rng.uniform(0, width - side))
             y1 = float(rng.uniform(0, height - side))
             label = int(rng.integers(0, 2))
@@ -313,7 +321,7 @@ def train(model_rpn, model_classifier, items, image_size, steps=40, seed=0):
         for _ in range(num_rois):
             if rng.random() < 0.6 and len(gt):
                 g = int(rng.integers(len(gt)))
-                box = gt[g] / STRIDE + rng.normal(0, 0.5, 4)
+                box = gt[g] / STRIDE + rng.normal(0, 0.3, 4)
             else:
                 x, y = rng.uniform(0, cols - 2), rng.uniform(0, rows - 2)
                 box = np.array([x, y, x + rng.uniform(1, 3), y + rng.uniform(1, 3)])
@@ -326,7 +334,9 @@ def train(model_rpn, model_classifier, items, image_size, steps=40, seed=0):
             rois.append([x1, y1, x2 - x1, y2 - y1])
             t = np.zeros(4 * k)
             if label < k:
-                t[4 * label : 4 * label + 4] = _coding(roi[None] * STRIDE, gt[g][None])[0] * CLASSIFIER_STD
+                t[4 * label : 4 * label + 4] = (
+                    _coding(roi[None] * STRIDE, gt[g][None])[0] * CLASSIFIER_STD
+                )
             targets.append((t, label))
             label_rows.append(label)
         roi_tensor = np.asarray(rois, np.float32)[None]
@@ -348,7 +358,9 @@ def train(model_rpn, model_classifier, items, image_size, steps=40, seed=0):
         cls_opt.apply_gradients(zip(grads, model_classifier.trainable_variables))
 
 
-def write_detector(folder: Path, data_json: Path, image_size, steps=40, num_rois=8, score_threshold=0.5):
+def write_detector(
+    folder: Path, data_json: Path, image_size, steps=40, num_rois=8, score_threshold=0.5
+):
     """Build, train and save the two models, the layer file and the card; returns the card path."""
     folder.mkdir(parents=True, exist_ok=True)
     layer_file = write_layer_file(folder)
