@@ -265,7 +265,14 @@ def _swap_and_prove(
         print(f"warning: {range_warning}", file=sys.stderr)
     try:
         proof = prove_swap(
-            swapped, golden_rows, golden_outputs, names_out, source, swaps, extra_reference=given
+            swapped,
+            golden_rows,
+            golden_outputs,
+            names_out,
+            source,
+            swaps,
+            extra_reference=given,
+            original=loaded.original,
         )
     except ExportCheckError as error:
         if range_warning:
