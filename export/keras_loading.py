@@ -232,8 +232,9 @@ def io_infos(model: Any) -> tuple[list[TensorInfo], list[TensorInfo]]:
 
 def coordinate_inputs(model: Any) -> tuple[str, ...]:
     """Model inputs that reach a RoIPooling layer's ``rois`` or ``box_indexes`` argument directly
-    or through single-input layers (a Reshape, a Lambda slice...): their arithmetic is kept
-    out of int8 quantization."""
+    or through single-input layers (a Reshape, a Lambda slice...), or any coordinate operand of
+    the model's graph (:mod:`export.coordinates`): their arithmetic is kept out of int8
+    quantization. Model input order."""
     from export.swap import layer_arguments, roi_pooling_layers
 
     by_id = {id(t): t.name for t in model.inputs}
@@ -256,4 +257,9 @@ def coordinate_inputs(model: Any) -> tuple[str, ...]:
     for layer in roi_pooling_layers(model):
         args = layer_arguments(layer)
         names += [n for n in (origin(t) for t in args[1:]) if n is not None]
-    return tuple(dict.fromkeys(names))
+    # Any other model: inputs reaching slice begins/sizes, gather indices, RoI boxes in its graph.
+    from export.coordinates import graph_coordinate_inputs
+
+    names += graph_coordinate_inputs(model)
+    order = [t.name for t in model.inputs]
+    return tuple(sorted(dict.fromkeys(names), key=order.index))

@@ -216,6 +216,27 @@ def _layer_size(layer: Any) -> tuple[int, int]:
     )
 
 
+#: RoI layers of other projects the swap does not cover, with what differs (refused by name).
+UNCOVERED_LAYERS = {
+    "PyramidROIAlign": "4 pyramid levels chosen by box area, crop_and_resize per level, then "
+    "reordered",
+    "ROIAlign": "average-pooled samples at bin centres (torchvision-style), not crop_and_resize",
+    "RoIAlign": "average-pooled samples at bin centres (torchvision-style), not crop_and_resize",
+}
+COVERED = (
+    "roiedge's swap covers single-level crop_and_resize RoIPooling (+ max pool) and keras-frcnn "
+    "RoiPoolingConv"
+)
+
+
+def refuse_uncovered(model: Any) -> None:
+    """One-line ExportInputError naming the first layer of a class the swap does not cover."""
+    for layer in model.layers:
+        why = UNCOVERED_LAYERS.get(type(layer).__name__)
+        if why:
+            raise ExportInputError(f"layer {layer.name} ({type(layer).__name__}): {why}; {COVERED}")
+
+
 def swap_roi_layers(model: Any, roi_layer: str, samples_per_bin: int):
     """(copy, swaps): ``model`` with every non-roiedge layer of class ``roi_layer`` replaced.
 
@@ -238,16 +259,31 @@ def swap_roi_layers(model: Any, roi_layer: str, samples_per_bin: int):
                 f"layer {layer.name} is a nested model containing a {roi_layer}; the swap "
                 "handles layers of the top-level functional model only (flatten the model)"
             )
+    from export.swap_frcnn import FRCNN_CLASS, frcnn_replacement, is_frcnn_layer
+
+    refuse_uncovered(model)
     targets = {
         id(layer): layer
         for layer in model.layers
-        if type(layer).__name__ == roi_layer and not _is_roiedge(layer)
+        if (type(layer).__name__ == roi_layer or is_frcnn_layer(layer)) and not _is_roiedge(layer)
     }
     if not targets:
         return model, []
     swaps = []
     replacements = {}
     for key, layer in targets.items():
+        if is_frcnn_layer(layer):
+            replacements[key], record = frcnn_replacement(layer)
+            swaps.append(record)
+            continue
+        arguments = layer_arguments(layer)
+        if len(arguments) != 3:
+            raise ExportInputError(
+                f"layer {layer.name} ({type(layer).__name__}): takes {len(arguments)} input "
+                "tensor(s); the swap covers crop_and_resize-style layers called with "
+                "(feature_maps, rois [N,4] normalized y1x1y2x2, box_indexes [N]) and keras-frcnn's "
+                f"{FRCNN_CLASS} ([feature_map, rois (x, y, w, h)])"
+            )
         size = _layer_size(layer)
         replacements[key] = SwappedRoIPooling(size, samples_per_bin, name=layer.name)
         swaps.append(
@@ -266,10 +302,17 @@ def swap_roi_layers(model: Any, roi_layer: str, samples_per_bin: int):
     try:
         copy = keras.models.clone_model(model, clone_function=clone)
     except Exception as error:  # clone_model raises ValueError/TypeError for non-functional models
+        from runtime.errors import one_line
+
+        functional = type(model).__name__ in ("Functional", "Model") and hasattr(model, "inputs")
+        advice = (
+            "the swapped layer was called like the original and failed: check the layer's inputs"
+            if functional
+            else "build it as a functional keras.Model(inputs, outputs)"
+        )
         raise ExportInputError(
             f"model {model.name}: cannot copy it to swap its {roi_layer} layer(s) "
-            f"({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''});"
-            " build it as a functional keras.Model(inputs, outputs)"
+            f"({type(error).__name__}: {one_line(error)[:400]}); {advice}"
         ) from None
     return copy, swaps
 
