@@ -66,7 +66,8 @@ def write_frcnn_layer_file(directory: Path) -> Path:
 
 def frcnn_classifier(layer, height, width, channels, num_rois, classes=4, hidden=32):
     """keras-frcnn's classifier: RoiPoolingConv -> TimeDistributed Flatten/Dense -> softmax
-    class scores [1, N, classes] (background last) and regression [1, N, 4 (classes - 1)]."""
+    class scores [1, N, classes] (background last) and regression [1, N, 4 (classes - 1)],
+    named as keras-frcnn names them (``dense_class_{classes}``, ``dense_regress_{classes}``)."""
     import keras
 
     features = keras.Input((height, width, channels), batch_size=1, name="feature_map")
@@ -75,10 +76,10 @@ def frcnn_classifier(layer, height, width, channels, num_rois, classes=4, hidden
     x = keras.layers.TimeDistributed(keras.layers.Flatten(), name="flatten")(x)
     x = keras.layers.TimeDistributed(keras.layers.Dense(hidden, activation="relu"), name="fc1")(x)
     scores = keras.layers.TimeDistributed(
-        keras.layers.Dense(classes, activation="softmax"), name="dense_class"
+        keras.layers.Dense(classes, activation="softmax"), name=f"dense_class_{classes}"
     )(x)
     regr = keras.layers.TimeDistributed(
-        keras.layers.Dense(4 * (classes - 1), activation="linear"), name="dense_regress"
+        keras.layers.Dense(4 * (classes - 1), activation="linear"), name=f"dense_regress_{classes}"
     )(x)
     return keras.Model([features, rois], [scores, regr], name="frcnn_classifier")
 

@@ -116,6 +116,7 @@ def test_int8_export_keeps_the_rois_float(user_layers, tmp_path):
     from export.__main__ import main
     from export.stages import ModelIO
     from export.tflite_format import quantization_leaks
+    from runtime.check import check_directory, format_results
     from runtime.manifest import read_manifest
     from runtime.run import run_artifact
 
@@ -139,10 +140,18 @@ def test_int8_export_keeps_the_rois_float(user_layers, tmp_path):
     fresh = frcnn_samples(4, 14, 18, 16, 8, seed=9)
     want = [np.asarray(o) for o in model([fresh["feature_map"][0], fresh["rois"][0]])]
     got = run_artifact(out, {k: v[:1] for k, v in fresh.items()}, precision="float32")
-    assert np.max(np.abs(got["dense_class"][0] - want[0])) <= 1e-5
+    assert np.max(np.abs(got["dense_class_4"][0] - want[0])) <= 1e-5
     got = run_artifact(out, {k: v[:1] for k, v in fresh.items()}, precision="int8")
-    print("int8 SNR dense_class", snr_db(got["dense_class"][0], want[0]))
-    assert snr_db(got["dense_class"][0], want[0]) >= 20.0
+    print("int8 SNR dense_class_4", snr_db(got["dense_class_4"][0], want[0]))
+    assert snr_db(got["dense_class_4"][0], want[0]) >= 20.0
+    # runtime check: full output names, top-1 judged on the softmax output.
+    results = check_directory(out)
+    assert all(r.ok for r in results) and all(r.top1_agreement is not None for r in results)
+    table = format_results(results)
+    assert " dense_regress_4 " in table and " dense_class_4 " in table
+    report = (out / "report.md").read_text()
+    rows = [line for line in report.splitlines() if "| dense_class_4 |" in line]
+    assert rows and all(row.split("|")[7].strip() for row in rows)  # the top-1 column
 
 
 def test_uncovered_roi_layers_are_refused_in_one_line():
