@@ -176,7 +176,8 @@ def load_keras_model(
         e
         for e in _layer_entries(config)
         # tf.keras 2 HDF5 configs store a registered class as "package>Name".
-        if e["class_name"].rsplit(">", 1)[-1] == roi_layer and not _is_roiedge_entry(e)
+        if e["class_name"].rsplit(">", 1)[-1] in (roi_layer, "RoiPoolingConv")
+        and not _is_roiedge_entry(e)
     ]
     if not targets:
         hint = "; pass --custom-objects FILE.py defining it" if "Could not locate" in why else ""

@@ -324,6 +324,12 @@ def substitute_class(entry: dict[str, Any], samples_per_bin: int) -> type:
     """
     config = entry["config"]
     name = config.get("name", "?")
+    if entry["class_name"].rsplit(">", 1)[-1] == "RoiPoolingConv":
+        raise ExportInputError(
+            f"layer {name} (RoiPoolingConv): its class cannot run here and its saved config does "
+            "not say which resize it uses (TF1 resize_images or TF2 tf.image.resize); pass "
+            "--custom-objects FILE.py defining RoiPoolingConv so the swap reads it off the layer"
+        )
     unknown = sorted(set(config) - _BOOKKEEPING_KEYS - set(_SIZE_KEYS))
     if unknown:
         raise ExportInputError(

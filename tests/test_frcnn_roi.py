@@ -192,3 +192,16 @@ def test_graph_coordinate_inputs_find_slice_and_gather_operands():
     )([crop, scale])
     model = keras.Model([features, start, picks, scale], [weighted, rows])
     assert graph_coordinate_inputs(model) == ("start", "picks")
+
+
+def test_saved_roi_pooling_conv_without_its_class_asks_for_it(user_layers, tmp_path):
+    from export.keras_loading import load_keras_model
+
+    _, module = user_layers
+    model = frcnn_classifier(module.RoiPoolingConv(3, 2, name="roi_pool"), 6, 6, 2, 2)
+    model.save(tmp_path / "c.keras")
+    with pytest.raises(ExportInputError) as raised:
+        load_keras_model(tmp_path / "c.keras", [], "RoIPooling", 1)
+    text = str(raised.value)
+    assert "\n" not in text and text.startswith("layer roi_pool (RoiPoolingConv)")
+    assert "--custom-objects" in text
