@@ -42,6 +42,13 @@ INDEX_OPERANDS: dict[str, tuple[int, ...] | None] = {
 }
 #: Ops whose outputs do not depend on their operands' values.
 _SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank"})
+#: Comparisons: one comparing a tensor with itself is a constant (``x > x`` is false for every
+#: float), the zero the tiled RoIPooling lowerings add to order their tiles after the features.
+_COMPARISONS = frozenset({"Greater", "GreaterEqual", "Less", "LessEqual", "Equal", "NotEqual"})
+
+
+def _self_comparison(op) -> bool:
+    return op.type in _COMPARISONS and len(op.inputs) == 2 and op.inputs[0] is op.inputs[1]
 
 
 def graph_coordinate_inputs(model: Any) -> tuple[str, ...]:
@@ -81,7 +88,7 @@ def graph_coordinate_inputs(model: Any) -> tuple[str, ...]:
         if tensor.ref() in by_tensor:
             found.add(by_tensor[tensor.ref()])
             continue
-        if tensor.op.type in _SHAPE_OPS:
+        if tensor.op.type in _SHAPE_OPS or _self_comparison(tensor.op):
             continue
         stack.extend(tensor.op.inputs)
     return tuple(n for n in names if n in found)

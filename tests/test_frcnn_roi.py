@@ -205,3 +205,16 @@ def test_saved_roi_pooling_conv_without_its_class_asks_for_it(user_layers, tmp_p
     text = str(raised.value)
     assert "\n" not in text and text.startswith("layer roi_pool (RoiPoolingConv)")
     assert "--custom-objects" in text
+
+
+def test_graph_coordinate_inputs_of_roiedge_lowerings_are_the_boxes():
+    """The tiled lowering orders its tiles with ``x > x`` of the features (a constant zero in the
+    gather index): the features are still not a coordinate input."""
+    from export.coordinates import graph_coordinate_inputs
+    from models.roi_pooling import RoIPooling
+    from tests.keras_models import head_model
+
+    for implementation in ("fixed_point", "fixed_point_split"):
+        layer = RoIPooling(size=(3, 3), implementation=implementation, name="pool")
+        model = head_model(layer, 8, 10, 4, 20, name="boxes_head")
+        assert graph_coordinate_inputs(model) == ("rois", "box_indexes"), implementation
