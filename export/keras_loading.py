@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
+import inspect
 import json
 import re
 import shutil
@@ -61,8 +62,47 @@ def _import_custom_objects(files: Sequence[Path]) -> dict[str, Any]:
                 f"--custom-objects {path}: importing it failed ({type(error).__name__}: "
                 f"{_first_line(error)})"
             ) from None
-        objects.update({k: v for k, v in vars(module).items() if isinstance(v, type)})
+        # Classes, and the plain functions the file defines (custom activations, losses, Lambda
+        # helpers saved by name): Keras looks both up by name.
+        objects.update(
+            {
+                k: v
+                for k, v in vars(module).items()
+                if isinstance(v, type)
+                or (inspect.isfunction(v) and v.__module__ == name and not k.startswith("_"))
+            }
+        )
     return objects
+
+
+#: Longest cause quoted from a Keras load error (its messages embed whole layer configs).
+_CAUSE_CHARS = 300
+
+
+def load_cause(error: BaseException) -> str:
+    """One line saying why Keras could not load a model: the outer message's first sentence and
+    the innermost cause Keras wrapped in it ("Exception encountered: ..." or ``__cause__``),
+    without the layer configs Keras appends."""
+    inner = error
+    while inner.__cause__ is not None or inner.__context__ is not None:
+        inner = inner.__cause__ or inner.__context__
+    outer_text = " ".join(str(error).split())
+    texts = [outer_text] if inner is error else [outer_text, " ".join(str(inner).split())]
+    segments = [t for text in texts for t in re.split(r"Exception encountered:\s*", text) if t]
+    cleaned = []
+    for segment in segments:
+        segment = re.split(r"\s*(?:Full object config|config=|Received: )", segment)[0]
+        segment = segment.strip(" .;:")
+        if segment and segment not in cleaned:
+            cleaned.append(segment)
+    if not cleaned:
+        return type(error).__name__
+    first = cleaned[0].split(". ")[0]
+    cause = cleaned[-1] if len(cleaned) > 1 else ""
+    if len(cause) > 150:  # Keras's advice after the cause's first sentence is generic
+        cause = cause.split(". ")[0]
+    text = first if not cause or cause in first else f"{first}; cause: {cause}"
+    return text if len(text) <= _CAUSE_CHARS else text[: _CAUSE_CHARS - 3] + "..."
 
 
 def _first_line(error: BaseException) -> str:
@@ -131,15 +171,17 @@ def load_keras_model(
         model = keras.models.load_model(path, custom_objects=objects, compile=False)
         return LoadedModel(model, None)
     except Exception as error:  # Keras raises TypeError/ValueError/... for an unloadable layer
-        why = _first_line(error).split(". ")[0]
+        why = load_cause(error)
     targets = [
         e
         for e in _layer_entries(config)
         # tf.keras 2 HDF5 configs store a registered class as "package>Name".
-        if e["class_name"].rsplit(">", 1)[-1] == roi_layer and not _is_roiedge_entry(e)
+        if e["class_name"].rsplit(">", 1)[-1] in (roi_layer, "RoiPoolingConv")
+        and not _is_roiedge_entry(e)
     ]
     if not targets:
-        raise ExportInputError(f"--keras-model {path}: Keras cannot load it ({why})")
+        hint = "; pass --custom-objects FILE.py defining it" if "Could not locate" in why else ""
+        raise ExportInputError(f"--keras-model {path}: Keras cannot load it ({why}){hint}")
     substitutes = dict(objects)
     for entry in targets:
         key = entry.get("registered_name") or entry["class_name"]
@@ -232,8 +274,9 @@ def io_infos(model: Any) -> tuple[list[TensorInfo], list[TensorInfo]]:
 
 def coordinate_inputs(model: Any) -> tuple[str, ...]:
     """Model inputs that reach a RoIPooling layer's ``rois`` or ``box_indexes`` argument directly
-    or through single-input layers (a Reshape, a Lambda slice...): their arithmetic is kept
-    out of int8 quantization."""
+    or through single-input layers (a Reshape, a Lambda slice...), or any coordinate operand of
+    the model's graph (:mod:`export.coordinates`): their arithmetic is kept out of int8
+    quantization. Model input order."""
     from export.swap import layer_arguments, roi_pooling_layers
 
     by_id = {id(t): t.name for t in model.inputs}
@@ -256,4 +299,19 @@ def coordinate_inputs(model: Any) -> tuple[str, ...]:
     for layer in roi_pooling_layers(model):
         args = layer_arguments(layer)
         names += [n for n in (origin(t) for t in args[1:]) if n is not None]
-    return tuple(dict.fromkeys(names))
+    # Any other model: inputs reaching slice begins/sizes, gather indices, RoI boxes in its graph.
+    from export.coordinates import graph_coordinate_inputs
+
+    names += graph_coordinate_inputs(model)
+    order = [t.name for t in model.inputs]
+    return tuple(sorted(dict.fromkeys(names), key=order.index))
+
+
+def crash_line(what: str, error: BaseException) -> str:
+    """One line for a converter/calibrator crash while building artifact ``what``: its type and
+    the line of its message that names the failing op (TFLite's "Node number N (OP) failed")."""
+    text = str(error).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    failing = [line for line in lines if "failed" in line or "Error" in line or "error" in line]
+    cause = " ".join((failing[-1] if failing else lines[-1] if lines else "").split())[:300]
+    return f"{what}: the build crashed ({type(error).__name__}: {cause or 'no message'})"

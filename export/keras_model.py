@@ -265,7 +265,14 @@ def _swap_and_prove(
         print(f"warning: {range_warning}", file=sys.stderr)
     try:
         proof = prove_swap(
-            swapped, golden_rows, golden_outputs, names_out, source, swaps, extra_reference=given
+            swapped,
+            golden_rows,
+            golden_outputs,
+            names_out,
+            source,
+            swaps,
+            extra_reference=given,
+            original=loaded.original,
         )
     except ExportCheckError as error:
         if range_warning:
@@ -284,9 +291,16 @@ def _build_failure(what: str, error: Exception, config, swapped) -> Exception:
     the audit refuses. Both usually mean a crop_and_resize layer was not swapped.
     """
     from export.swap import roi_pooling_layers
+    from runtime.errors import RoiedgeError
 
-    if not isinstance(error, ExportCheckError) and type(error).__name__ != "ConverterError":
+    if isinstance(error, RoiedgeError):
         return error
+    if not isinstance(error, ExportCheckError) and type(error).__name__ != "ConverterError":
+        # A converter or calibrator crash (e.g. int8 calibration's "RESHAPE failed to prepare"):
+        # a failed build, said in one line with its cause.
+        from export.keras_loading import crash_line
+
+        return ExportCheckError(crash_line(what, error))
     ops = sorted(
         set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", str(error)))
     )

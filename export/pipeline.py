@@ -41,7 +41,6 @@ from export.formats import ArtifactSpec
 from export.shared import keras_outputs
 from export.stages import STAGE_IO, ModelIO, model_io
 from runtime import strict_json
-from runtime.golden import CLASS_SCORES
 from runtime.manifest import (
     MANIFEST_NAME,
     ArtifactEntry,
@@ -138,24 +137,26 @@ def golden_check(
     binding and judge as ``python -m runtime check``. Returns per-output metrics and broken bounds.
     """
     from runtime.backends import Stage, open_backend
-    from runtime.golden import compare_outputs
+    from runtime.golden import class_score_output, compare_outputs
 
     stage = Stage(entry, open_backend(path, entry.format, num_threads=1), path)
     actual = [stage.run(*sample) for sample in inputs]
     names = model_io(entry.model, io).outputs
+    references = [np.stack([s[j] for s in reference]) for j in range(len(names))]
+    class_scores = class_score_output(names, references)
     verdict = compare_outputs(
         entry.precision,
         [np.stack([s[j] for s in actual]) for j in range(len(names))],
-        [np.stack([s[j] for s in reference]) for j in range(len(names))],
+        references,
         names,
-        class_scores=names.index(CLASS_SCORES) if CLASS_SCORES in names else None,
+        class_scores=class_scores,
     )
     results: dict[str, Any] = {}
     for output in verdict.outputs:
         results[output.name] = {k: float(v) for k, v in vars(output.metrics).items()}
         results[output.name]["failures"] = list(output.failures)
     if verdict.top1_agreement is not None:
-        results[CLASS_SCORES]["top1_agreement"] = verdict.top1_agreement
+        results[names[class_scores]]["top1_agreement"] = verdict.top1_agreement
     return results, [f"{entry.name}: {failure}" for failure in verdict.failures]
 
 

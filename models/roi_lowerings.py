@@ -126,6 +126,19 @@ def _fraction_bits(length) -> int:
     return min(bits, 24)
 
 
+def fixed_point_position_error(height: int, width: int, length: int, crop_length: int) -> float:
+    """Largest distance (pixels) of a fixed-point sample position from the exact one.
+
+    ``height``/``width`` of the map fix the fraction bits; ``length`` is the axis's map length,
+    ``crop_length`` its samples. Rounding a corner to ``2**-bits`` moves the position by at most
+    ``2**-bits * (L - 1)``, the step's two corners and its floor by ``2 * 2**-bits * (L - 1)``
+    and ``(crop_length - 1) * 2**-bits`` at the last sample; the weight fraction is then cut to
+    ``2**-WEIGHT_BITS``. For :mod:`export.proof_bound`.
+    """
+    unit = 2.0 ** -min(_fraction_bits(height), _fraction_bits(width))
+    return unit * (3 * (length - 1) + crop_length) + 2.0**-WEIGHT_BITS
+
+
 #: Fraction bits of the int32 bilinear weights (2**-22 ~ 2.4e-7: far below the 1e-5 float bar,
 #: and every intermediate of :func:`_fixed_point_product` stays below 2**31).
 WEIGHT_BITS = 22

@@ -19,7 +19,7 @@ import numpy as np
 
 from runtime.backends import Stage, edgetpu_available, missing_interpreter, open_backend
 from runtime.errors import ArtifactError, RoiedgeError
-from runtime.golden import OutputResult, compare_outputs, golden_samples
+from runtime.golden import OutputResult, class_score_output, compare_outputs, golden_samples
 from runtime.manifest import (
     ArtifactEntry,
     Manifest,
@@ -119,7 +119,10 @@ def _judge_stage(
             )
         actuals.append(actual)
         references.append(golden[key].reshape(actual.shape))
-    class_scores = 0 if entry.model == "head" else None
+    # The shipped head's output 0; any other model's class-probability output, if it has one.
+    class_scores = (
+        0 if entry.model == "head" else class_score_output(stage.output_labels, references)
+    )
     # The Edge TPU runs the same int8 arithmetic as the CPU: its compilation keeps int8_io's bounds.
     precision = entry.precision.removesuffix("_edgetpu")
     verdict = compare_outputs(precision, actuals, references, stage.output_labels, class_scores)
@@ -168,8 +171,10 @@ def check_directory(
 
 def format_results(results: list[ArtifactResult]) -> str:
     """A plain-text table: one row per artifact output, then a verdict per failing artifact."""
+    # Output names in full (a user model's may be long): the column is as wide as the longest.
+    width = max([13] + [len(o.name) for r in results for o in r.outputs])
     header = (
-        f"{'artifact':<34} {'backend':<15} {'output':<13} {'max abs':>9} {'mean abs':>9} "
+        f"{'artifact':<34} {'backend':<15} {'output':<{width}} {'max abs':>9} {'mean abs':>9} "
         f"{'SNR dB':>7} {'PSNR dB':>7} {'top-1':>6}  verdict"
     )
     lines = [header, "-" * len(header)]
@@ -182,7 +187,9 @@ def format_results(results: list[ArtifactResult]) -> str:
                 f"{result.entry.name:<34} {result.backend:<15} {result.detail:<56}  {verdict}"
             )
         elif not result.outputs:
-            lines.append(f"{result.entry.name:<34} {result.backend:<15} (not run){'':<56}  FAIL")
+            lines.append(
+                f"{result.entry.name:<34} {result.backend:<15} (not run){'':<{width + 43}}  FAIL"
+            )
         for i, output in enumerate(result.outputs):
             m = output.metrics
             top1 = (
@@ -193,7 +200,7 @@ def format_results(results: list[ArtifactResult]) -> str:
             verdict = ("ok" if result.ok else "FAIL") if i == 0 else ""
             lines.append(
                 f"{result.entry.name if i == 0 else '':<34} {result.backend if i == 0 else '':<15} "
-                f"{output.name[:13]:<13} {m.max_abs:>9.2e} {m.mean_abs:>9.2e} {_db(m.snr_db):>7} "
+                f"{output.name:<{width}} {m.max_abs:>9.2e} {m.mean_abs:>9.2e} {_db(m.snr_db):>7} "
                 f"{_db(m.psnr_db):>7} {top1:>6}  {verdict}"
             )
     for result in results:

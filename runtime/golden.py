@@ -66,6 +66,28 @@ def error_metrics(actual: np.ndarray, reference: np.ndarray) -> ErrorMetrics:
     )
 
 
+#: How far a probability row's sum may be from 1 (float32 softmax, then int8 output rounding).
+PROBABILITY_SUM_SLACK = 1e-3
+
+
+def class_score_output(names: Sequence[str], references: Sequence[np.ndarray]) -> int | None:
+    """Index of the output whose top-1 agreement is judged: the one named :data:`CLASS_SCORES`,
+    else the first whose reference values are class probabilities (softmax-like: >= 0, at least
+    2 classes on the last axis, every row summing to 1 within :data:`PROBABILITY_SUM_SLACK`;
+    a user head's ``dense_class`` of keras-frcnn), else None (no class decision to check)."""
+    if CLASS_SCORES in names:
+        return list(names).index(CLASS_SCORES)
+    for index, reference in enumerate(references):
+        values = np.asarray(reference, np.float64)
+        if values.ndim < 1 or values.shape[-1] < 2 or values.size == 0:
+            continue
+        if not np.all(np.isfinite(values)) or values.min() < 0:
+            continue
+        if np.all(np.abs(values.sum(axis=-1) - 1.0) <= PROBABILITY_SUM_SLACK):
+            return index
+    return None
+
+
 def top1_agreement(class_scores: np.ndarray, reference: np.ndarray) -> float:
     """Fraction of rows whose argmax over the last axis matches the reference's ([..., K+1])."""
     a = np.asarray(class_scores).reshape(-1, np.shape(class_scores)[-1]).argmax(-1)
