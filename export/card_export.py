@@ -18,10 +18,12 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from export.config import ExportCheckError, ExportInputError, comma_names
 from export.formats import model_artifacts
 from export.stages import ModelIO
+from runtime import strict_json
 from runtime.card import CARD_KEY, DetectorCard, card_to_json, read_card
 from runtime.errors import RoiedgeError
 from runtime.manifest import FORMATS, MANIFEST_NAME, Manifest, seal
@@ -66,6 +68,25 @@ def stage_io(card: DetectorCard) -> dict[str, ModelIO]:
         "backbone_rpn": ModelIO(("image",), card.rpn.outputs),
         "head": ModelIO(card.head.inputs, card.head.outputs, coordinates),
     }
+
+
+def swap_head(models: Any, rows, reference) -> tuple[Any, dict[str, Any] | None]:
+    """The head with its RoI layers (keras-frcnn RoiPoolingConv, tutorial RoIPooling) swapped for
+    roiedge's builtin-only int8-safe lowerings and proven on the golden rows; (head, proof).
+
+    A head without such a layer is returned as it is (proof None).
+    """
+    from export.swap import prove_swap, swap_roi_layers
+    from models.card_models import fixed_shapes
+
+    swapped, swaps = swap_roi_layers(models.head_source, "RoiPoolingConv", 1)
+    if not swaps:
+        return models.head, None
+    head = fixed_shapes(swapped, models.head_shapes, "head")
+    names = models.card.head.outputs
+    proof = prove_swap(head, rows, reference, names, "ran the original head here", swaps)
+    print(f"swap proof: {proof['summary']}", file=sys.stderr)
+    return head, proof
 
 
 def _images(config: CardExportConfig, card: DetectorCard):
@@ -120,6 +141,7 @@ def run_card_export(config: CardExportConfig) -> Manifest:
         )
     keras_models = {"backbone_rpn": models.backbone_rpn, "head": models.head}
     golden_outputs = {m: keras_outputs(keras_models[m], golden_inputs[m]) for m in keras_models}
+    keras_models["head"], proof = swap_head(models, golden_inputs["head"], golden_outputs["head"])
     specs = [
         spec
         for model in ("backbone_rpn", "head")
@@ -137,6 +159,10 @@ def run_card_export(config: CardExportConfig) -> Manifest:
             arrays = pipeline.golden_arrays(golden_inputs[model], golden_outputs[model])
             pipeline.atomic_write_bytes(work / relative, pipeline.npz_bytes(arrays))
             golden[model] = relative
+        if proof is not None:
+            pipeline.atomic_write_bytes(
+                work / pipeline.REPORT_DIR / "swap_proof.json", strict_json.dump_bytes(proof)
+            )
         entries, failures = [], []
         from tqdm import tqdm
 

@@ -26,17 +26,14 @@ import numpy as np
 import tensorflow as tf
 
 from export.config import ExportCheckError, ExportInputError
-<<<<<<< HEAD
-from export.shared import keras_outputs
-=======
 from export.proof_bound import (
     crop_and_resize_bound,
     layer_arguments,
     layer_proof,
     propagated_bounds,
 )
+from export.shared import keras_outputs
 from models.roi_lowerings import fixed_point_position_error
->>>>>>> h21a
 from models.roi_pooling import RoIPooling, roi_pool
 
 #: Config keys of a saved RoIPooling layer that carry no semantics (Keras bookkeeping).
@@ -429,19 +426,8 @@ def prove_swap(
             "class name needs --roi-layer NAME); exported as is"
         )
         return {"swapped_layers": [], "summary": summary}
-<<<<<<< HEAD
-    actual = keras_outputs(swapped, rows)
-    per_output = {}
-    worst = (0.0, output_names[0], 0)
-    for j, name in enumerate(output_names):
-        diffs = [float(np.max(np.abs(a[j] - r[j]))) for a, r in zip(actual, reference)]
-        per_output[name] = max(diffs)
-        sample = int(np.argmax(diffs))
-        if diffs[sample] > worst[0]:
-            worst = (diffs[sample], name, sample)
-=======
     names = [s["layer"] for s in swaps]
-    actual = _keras_outputs(swapped, rows)
+    actual = keras_outputs(swapped, rows)
     per_output = {
         name: max(float(np.max(np.abs(a[j] - r[j]))) for a, r in zip(actual, reference))
         for j, name in enumerate(output_names)
@@ -493,7 +479,6 @@ def prove_swap(
                 f"carried to it allows {limit:.3g} (proof: {source}); {hint}"
             )
         verdict = f"max {ratio:.2g} of the float32 rounding bound carried to the outputs"
->>>>>>> h21a
     edges = []
     total_rois = 0
     for layer, values in _roi_layer_values(swapped, rows):
@@ -568,16 +553,6 @@ def retile_for(model: Any, format: str, precision: str, rows: Sequence[Sequence[
         return RoIPooling.from_config({**layer.get_config(), "tile_precision": "int8"})
 
     copy = keras.models.clone_model(model, clone_function=clone)
-<<<<<<< HEAD
-    for got, want in zip(keras_outputs(copy, rows), keras_outputs(model, rows)):
-        worst = max(float(np.max(np.abs(g - w))) for g, w in zip(got, want))
-        if not worst <= RETILE_MAX_ABS:
-            raise ExportCheckError(
-                f"model {model.name}: its copy with RoIPooling tiles sized for int8 differs by "
-                f"{worst:.3g} (> {RETILE_MAX_ABS}) from the model; expected the same values"
-            )
-    return copy, sorted(layer.name for layer in targets.values())
-=======
     names = sorted(layer.name for layer in targets.values())
     ratio, name, sample, diff, limit = layer_proof(model, copy, names, rows, retile_bound)["worst"]
     if not ratio <= 1.0:
@@ -596,4 +571,3 @@ def retile_bound(layer: Any, inputs: Sequence[np.ndarray]) -> np.ndarray:
     return crop_and_resize_bound(
         feature_maps, rois, box_indexes, layer.size, layer.samples_per_bin, None, with_tf=False
     )
->>>>>>> h21a

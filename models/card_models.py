@@ -52,7 +52,7 @@ def _load(path: Path, objects: dict[str, Any], key: str) -> Any:
         raise CardError(f"card {key} {path}: Keras cannot load it ({first})") from None
 
 
-def _fixed(model: Any, shapes: list[tuple], what: str) -> Any:
+def fixed_shapes(model: Any, shapes: list[tuple], what: str) -> Any:
     """``model`` called on batch-1 inputs of ``shapes`` (static shapes for the converters)."""
     import keras
 
@@ -91,7 +91,7 @@ class CardModels:
         objects = import_custom_objects(paths["custom_objects"])
         backbone = _load(paths["backbone_rpn"], objects, "backbone_rpn")
         height, width = card.image_size
-        self.backbone_rpn = _fixed(backbone, [(1, height, width, 3)], "backbone_rpn")
+        self.backbone_rpn = fixed_shapes(backbone, [(1, height, width, 3)], "backbone_rpn")
         out_shapes = [tuple(t.shape) for t in self.backbone_rpn.outputs]
         head = _load(paths["head"], objects, "head")
         declared = [tuple(t.shape) for t in head.inputs]
@@ -103,7 +103,9 @@ class CardModels:
             "rois": (1, n, 4) if roi_rank == 3 else (n, 4),
             "box_indexes": (n,),
         }
-        self.head = _fixed(head, [shapes[name] for name in card.head.inputs], "head")
+        self.head_shapes = [shapes[name] for name in card.head.inputs]
+        self.head_source = head  # as loaded (the RoI layer swap works on it)
+        self.head = fixed_shapes(head, self.head_shapes, "head")
         self.roi_shape = shapes["rois"]
         self._calls = {}
 
