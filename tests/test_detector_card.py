@@ -1,0 +1,310 @@
+"""Detector cards: schema validation, the keras-frcnn conventions against an independent numpy
+port of keras-frcnn's post-processing, and the whole path card -> export -> TF-free runtime ->
+COCO results scored by pycocotools with the dataset's own category ids."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras_frcnn_port as port
+import keras_frcnn_style as kf
+import numpy as np
+import pytest
+
+from runtime.card import CardError, card_to_json, parse_card
+
+SIZE = (64, 64)
+NUM_ROIS = 8
+
+
+def _card(**changes):
+    data = kf.card_dict(SIZE, NUM_ROIS)
+    for dotted, value in changes.items():
+        target = data
+        *path, last = dotted.split(".")
+        for key in path:
+            target = target[key]
+        if value is KeyError:
+            del target[last]
+        else:
+            target[last] = value
+    return data
+
+
+# ------------------------------------------------------------------------------------ the schema
+
+
+def test_card_round_trips_through_its_json():
+    card = parse_card(_card())
+    assert parse_card(json.loads(json.dumps(card_to_json(card)))) == card
+    assert card.anchors.per_cell == 6 and card.category_ids == kf.CATEGORY_IDS
+
+
+@pytest.mark.parametrize(
+    ("change", "value", "words"),
+    [
+        ("colour", 1, ["unknown key colour"]),
+        ("rpn.nms", 0.7, ["unknown key rpn.nms"]),
+        ("head.background", "middle", ["head.background", '"middle"', '"first", "last"']),
+        ("rpn.layouts.scores", "[H,W,A]", ["rpn.layouts.scores", "[1,H,W,A]"]),
+        ("anchors.stride", 0, ["anchors.stride is 0", ">= 1"]),
+        ("rois.num_rois", 2.5, ["rois.num_rois is 2.5", "an integer"]),
+        ("category_ids", [7], ["category_ids is [7]", "2 distinct"]),
+        ("preprocess.std", [1, 0, 1], ["preprocess.std", "positive"]),
+        ("rpn.delta_scales", KeyError, ["rpn.delta_scales is missing"]),
+        ("schema_version", 2, ["schema_version is 2", "expected 1"]),
+        ("head.inputs", ["rois", "image"], ["head.inputs", "features, rois"]),
+    ],
+)
+def test_bad_card_is_one_line_naming_key_seen_expected(change, value, words):
+    with pytest.raises(CardError) as caught:
+        parse_card(_card(**{change: value}), source="card.json")
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("card.json: ")
+    for word in words:
+        assert word in message
+
+
+# ------------------------------------------------------ the conventions vs keras-frcnn's own code
+
+
+def _frcnn_config():
+    root = np.sqrt(2.0)
+    return {
+        "std_scaling": kf.RPN_STD,
+        "anchor_box_scales": list(kf.ANCHOR_SIZES),
+        # keras-frcnn's ratio pairs (x, y) for w/h ratios 1, 0.5, 2
+        "anchor_box_ratios": [[1, 1], [1 / root, 2 / root], [2 / root, 1 / root]],
+        "rpn_stride": kf.STRIDE,
+        "num_rois": NUM_ROIS,
+        "classifier_regr_std": list(kf.CLASSIFIER_STD),
+    }
+
+
+def _compare_to_port(card, run_rpn, run_head, tensor, threshold):
+    """Runtime card_processing vs the port on the same model outputs: same detections."""
+    from runtime import card_processing as cp
+
+    ours = cp.detect(tensor, run_rpn, run_head, card, (1, NUM_ROIS, 4))
+    theirs = port.test_frcnn_detect(
+        lambda x: run_rpn(x),
+        lambda f, r: run_head(f, r.astype(np.float32)),
+        tensor,
+        _frcnn_config(),
+        dict(enumerate(kf.CLASS_NAMES)),
+        threshold,
+    )
+    rows = sorted((name, *box, prob) for name, found in theirs.items() for (*box, prob) in found)
+    mine = sorted(
+        (kf.CLASS_NAMES[c], b[1], b[0], b[3], b[2], s)
+        for b, s, c in zip(ours.boxes.tolist(), ours.scores.tolist(), ours.class_ids.tolist())
+    )
+    assert len(mine) == len(rows)
+    for a, b in zip(mine, rows):
+        assert a[0] == b[0]
+        assert np.allclose(a[1:5], b[1:5], atol=1e-3 * max(SIZE))
+        assert abs(a[5] - b[5]) <= 1e-4
+    return len(rows)
+
+
+def test_card_processing_equals_keras_frcnn_port_on_random_outputs():
+    """Random RPN/head outputs (many boxes, ties of rounding, clipping, padded chunks): the card
+    pipeline and the port of keras-frcnn's rpn_to_roi/apply_regr/NMS agree exactly."""
+    card = parse_card(_card(**{"postprocess.score_threshold": 0.4}))
+    rng = np.random.default_rng(3)
+    rows, cols, a = SIZE[0] // kf.STRIDE, SIZE[1] // kf.STRIDE, 6
+    total = 0
+    for trial in range(6):
+        scores = rng.uniform(0, 1, (1, rows, cols, a)).astype(np.float32)
+        deltas = rng.normal(0, 1.5, (1, rows, cols, 4 * a)).astype(np.float32)
+        features = rng.normal(size=(1, rows, cols, 4)).astype(np.float32)
+        head_rng = np.random.default_rng(trial)
+        table = {}
+
+        def run_head(f, r, table=table, head_rng=head_rng):
+            key = (r.astype(np.float64) + 0.0).tobytes()  # same RoI, same outputs (-0.0 == 0.0)
+            if key not in table:
+                logits = head_rng.normal(0, 2, (1, NUM_ROIS, 3))
+                probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+                regr = head_rng.normal(0, 1, (1, NUM_ROIS, 8))
+                table[key] = [probs.astype(np.float32), regr.astype(np.float32)]
+            return table[key]
+
+        def run_head_rowwise(f, r, run_head=run_head):
+            # outputs per RoI row (a head's rows are independent): one call per row
+            probs, regr = [], []
+            for row in r[0]:
+                p, d = run_head(f, np.repeat(row[None, None], NUM_ROIS, axis=1))
+                probs.append(p[0, 0])
+                regr.append(d[0, 0])
+            return [np.stack(probs)[None], np.stack(regr)[None]]
+
+        outputs = [scores, deltas, features]
+        total += _compare_to_port(card, lambda x, o=outputs: o, run_head_rowwise, None, 0.4)
+    assert total > 20  # the comparison saw detections, not empty lists
+
+
+def test_card_refuses_models_that_disagree():
+    from runtime.card_processing import check_model_shapes
+
+    card = parse_card(_card())
+    good = [(None, 8, 8, 6), (None, 8, 8, 24), (None, 8, 8, 16)]
+    head_in = [(None, 8, 8, 16), (None, NUM_ROIS, 4)]
+    head_out = [(None, NUM_ROIS, 3), (None, NUM_ROIS, 8)]
+    check_model_shapes(card, good, head_in, head_out)
+    bad_rpn = [(None, 8, 8, 9), *good[1:]]
+    with pytest.raises(CardError, match=r"scores has shape .* 6 anchors on 8x8 cells"):
+        check_model_shapes(card, bad_rpn, head_in, head_out)
+    with pytest.raises(CardError, match="last axis of 3"):
+        check_model_shapes(card, good, head_in, [(None, NUM_ROIS, 2), head_out[1]])
+    with pytest.raises(CardError, match=r"rois.num_rois 8 expects \[1, 8, 4\]"):
+        check_model_shapes(card, good, [head_in[0], (None, 4, 4)], head_out)
+
+
+# ------------------------------------------------------------------------------------ end to end
+
+
+def _run(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=cwd, timeout=900
+    )
+
+
+def _coco_map50(data_json: Path, results_json: Path) -> float:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    rows = json.loads(results_json.read_text())
+    if not rows:
+        return 0.0
+    truth = COCO(str(data_json))
+    evaluation = COCOeval(truth, truth.loadRes(rows), "bbox")
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    return float(evaluation.stats[1])
+
+
+def _detector(tmp_path, steps, images, score_threshold):
+    data = kf.write_coco_set(tmp_path / "data", images, SIZE, seed=11)
+    card = kf.write_detector(
+        tmp_path / "det",
+        data,
+        SIZE,
+        steps=steps,
+        num_rois=NUM_ROIS,
+        score_threshold=score_threshold,
+    )
+    return data, card
+
+
+def _float_reference_vs_port(card_path: Path, data: Path):
+    """The float reference (original Keras models + card_processing) vs the keras-frcnn port on
+    the same Keras models: same detections on every image."""
+    from models.card_models import CardModels
+    from runtime.card import read_card
+    from runtime.card_processing import preprocess
+    from runtime.images import load_image
+
+    card = read_card(card_path)
+    models = CardModels(card, card_path.parent)
+
+    # A small model's dead-ReLU cells give equal scores, and keras-frcnn's np.argsort leaves the
+    # order of equal scores unspecified: both sides get the same outputs with ties broken by a
+    # deterministic offset below 1e-6 (a function of the anchor / of the RoI, not of position).
+    def run_backbone(tensor):
+        scores, deltas, features = models.run_backbone(tensor)
+        offsets = np.sin(np.arange(scores.size) * 12.9898).reshape(scores.shape) * 5e-7
+        return [(scores + offsets).astype(np.float32), deltas, features]
+
+    def run_head(features, rois):
+        probs, deltas = models.run_head(features, rois)
+        offsets = np.sin(rois[0] @ np.array([1.3, 2.7, 3.1, 4.9], np.float32))[:, None] * 5e-7
+        return [(probs + offsets[None]).astype(np.float32), deltas]
+
+    count = 0
+    for path in sorted((data.parent / "images").glob("*.png"))[:6]:
+        tensor, _ = preprocess(load_image(path), card)
+        count += _compare_to_port(card, run_backbone, run_head, tensor, card.score_threshold)
+    return count
+
+
+def test_keras_frcnn_card_end_to_end_float32(tmp_path):
+    """Fast: a keras-frcnn-style detector trained 15 steps (score threshold 0: every
+    non-background argmax is a detection) exports float32 by its card, passes `runtime check` TF-free, and
+    `detect --json` rows carry the dataset's category ids and score under pycocotools."""
+    data, card = _detector(tmp_path, steps=15, images=8, score_threshold=0.0)
+    out = tmp_path / "art"
+    done = _run(
+        "-m", "export", "--detector", str(card), "--calibration", str(data), "--out", str(out),
+        "--precisions", "float32", "--formats", "tflite", "--golden-samples", "2", "--no-progress",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["detector"]["card"]["category_ids"] == list(kf.CATEGORY_IDS)
+    assert (out / "reports" / "swap_proof.json").is_file()  # RoiPoolingConv swapped and proven
+    checked = _run("-m", "runtime", "check", str(out))
+    assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
+    assert "detector pipeline tflite/float32 ok" in checked.stdout
+    results = tmp_path / "det.json"
+    detected = _run(
+        "-m", "runtime", "detect", "--artifacts", str(out), "--precision", "float32",
+        "--json", str(results), str(data.parent / "images"),
+    )  # fmt: skip
+    assert detected.returncode == 0, detected.stderr[-2000:]
+    rows = json.loads(results.read_text())
+    assert rows and {r["category_id"] for r in rows} <= set(kf.CATEGORY_IDS)
+    assert 0.0 <= _coco_map50(data, results) <= 1.0
+    assert _float_reference_vs_port(card, data) > 0
+
+
+def test_card_export_refuses_a_card_its_models_disagree_with(tmp_path):
+    data, card = _detector(tmp_path, steps=0, images=6, score_threshold=0.0)
+    broken = json.loads(card.read_text())
+    broken["anchors"]["sizes"] = [16, 32, 64]  # 9 anchors a cell; the RPN has 6
+    bad = card.with_name("bad.json")
+    bad.write_text(json.dumps(broken))
+    done = _run(
+        "-m", "export", "--detector", str(bad), "--calibration", str(data),
+        "--out", str(tmp_path / "art"), "--no-progress",
+    )  # fmt: skip
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "9 anchors on 8x8 cells" in last
+    assert not (tmp_path / "art").exists()
+
+
+@pytest.mark.slow
+def test_keras_frcnn_card_trained_float_vs_int8(tmp_path):
+    """Slow: trained a few steps; every artifact passes `runtime check`; float reference ==
+    keras-frcnn port; int8 mAP@0.5 within 1 point of float32 (pycocotools, dataset ids)."""
+    data, card = _detector(tmp_path, steps=150, images=24, score_threshold=0.5)
+    assert _float_reference_vs_port(card, data) > 0
+    out = tmp_path / "art"
+    done = _run(
+        "-m", "export", "--detector", str(card), "--calibration", str(data), "--out", str(out),
+        "--no-progress",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    checked = _run("-m", "runtime", "check", str(out))
+    assert checked.returncode == 0, checked.stdout[-3000:]
+    scores = {}
+    for fmt, precision in (("tflite", "float32"), ("tflite", "int8"), ("onnx", "int8")):
+        results = tmp_path / f"{fmt}-{precision}.json"
+        detected = _run(
+            "-m", "runtime", "detect", "--artifacts", str(out), "--format", fmt,
+            "--precision", precision, "--json", str(results), str(data.parent / "images"),
+        )  # fmt: skip
+        assert detected.returncode == 0, detected.stderr[-2000:]
+        scores[fmt, precision] = _coco_map50(data, results)
+    reference = json.loads(
+        _run("-m", "models.evaluate", "--detector", str(card), "--data", str(data), "--json",
+             str(tmp_path / "ref.json")).stdout and (tmp_path / "ref.json").read_text()
+    )  # fmt: skip
+    print("mAP@0.5", scores, "float reference", reference["map50"])
+    assert scores["tflite", "float32"] > 0.05  # it learned something
+    for key in (("tflite", "int8"), ("onnx", "int8")):
+        assert abs(scores[key] - scores["tflite", "float32"]) <= 0.01 + 1e-9, scores
