@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         detector = load_detector(args.model)
     except RoiedgeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     names = detector.config.class_names
     started = time.time()
