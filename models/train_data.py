@@ -1,6 +1,6 @@
 """What training learns from: the procedural stream or a COCO dataset with its augmentation.
 
-:func:`training_data` turns a :class:`models.train.TrainConfig` into the detector config and a
+:func:`training_data` turns a :class:`models.train_config.TrainConfig` into the detector config and a
 batch source ``source(step) -> models.data.Batch`` (deterministic in ``(seed, step)``, with the
 ``max_gt`` boxes per image the training graph pads to).
 """
@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from models.data import CLASS_NAMES, TRAIN_SPLIT, Batch, DataConfig, data_config_for, make_batch
+from models.train_config import TrainConfig
 from runtime.config import DetectorConfig
 from runtime.errors import RoiedgeError
-
-if TYPE_CHECKING:
-    from models.train import TrainConfig
 
 MAX_GT = 6  # DataConfig.max_objects; procedural ground truth is padded to this many boxes per image
 #: Scale jitter of --data training: each image is zoomed by a log-uniform factor in this range and

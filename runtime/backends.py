@@ -578,7 +578,7 @@ class Stage:
         return [results[t.name] for t in self._out]
 
 
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
     """``serving_default_image:0`` -> ``image``; ``StatefulPartitionedCall:1`` is left as is."""
     if name.endswith(":0"):
         name = name[:-2]
@@ -591,8 +591,8 @@ def _bind(spec: Any, tensors: tuple[TensorInfo, ...], side: str, path: Path) -> 
         lambda t: t.name == spec.name,
         lambda t: spec.name in t.aliases,
         lambda t: (
-            _canonical(t.name) == _canonical(spec.name)
-            or any(_canonical(a) == _canonical(spec.name) for a in t.aliases)
+            canonical_name(t.name) == canonical_name(spec.name)
+            or any(canonical_name(a) == canonical_name(spec.name) for a in t.aliases)
         ),
     ):
         found = [t for t in tensors if match(t)]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends import _canonical, check_int_range, load_stage, refuse_kind
+from runtime.backends import canonical_name, check_int_range, load_stage, refuse_kind
 from runtime.errors import RoiedgeError, say
 from runtime.manifest import FORMATS, atomic_write_bytes, read_manifest
 from runtime.safe_files import load_npz, open_regular, writable_output
@@ -57,7 +57,7 @@ def run_artifact(
     manifest = read_manifest(directory)
     entry = manifest.find(_model(manifest, model, format, precision), format, precision)
     stage = load_stage(directory, entry, backend=backend, num_threads=num_threads)
-    labels = [_canonical(spec.name) for spec in entry.inputs]
+    labels = [canonical_name(spec.name) for spec in entry.inputs]
     arrays = []
     for label, spec in zip(labels, entry.inputs):
         key = label if label in inputs else spec.name
