@@ -89,7 +89,7 @@ def plot(result: dict[str, Any]) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     from runtime import strict_json
-    from runtime.errors import RoiedgeError
+    from runtime.errors import RoiedgeError, one_line
     from runtime.manifest import atomic_write_bytes
 
     parser = argparse.ArgumentParser(prog="python -m bench.onnx_profile", description=__doc__)
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = profile_artifacts(args.artifacts, args.threads, args.runs, args.rounds)
     except RoiedgeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     if not result["stages"]:
         print(f"error: {args.artifacts}: no stage has both ONNX float32 and int8", file=sys.stderr)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from runtime import strict_json
+from runtime.errors import one_line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(value, int) and field.name != "seed" and value < 1:
                 raise ValueError(f"--{field.name.replace('_', '-')} is {value}; expected >= 1")
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     result = run(config)
     print(format_table(result))

@@ -13,7 +13,7 @@ from pathlib import Path
 from export.config import ExportCheckError, ExportConfig, comma_names
 from export.formats import ARTIFACTS, PRECISIONS
 from export.summary import summary
-from runtime.errors import RoiedgeError
+from runtime.errors import RoiedgeError, one_line
 from runtime.manifest import FORMATS, MODELS
 
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
         manifest = run_export(config)
     except RoiedgeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     except ExportCheckError as error:
         print(f"export check failed: {error}", file=sys.stderr)

@@ -186,10 +186,10 @@ def _parser() -> argparse.ArgumentParser:
 def check_category_ids(dataset: Any, config: Any, args: argparse.Namespace) -> None:
     """Refuse a dataset whose category ids differ from the detector's: `detect --json` writes the
     detector's ids, so its rows would score against other classes than this mAP counts."""
-    if tuple(dataset.category_ids) != tuple(config.category_ids):
+    if tuple(dataset.category_ids) != config.coco_ids:
         raise RoiedgeError(
             f"--data {args.data} has category ids {list(dataset.category_ids)}; the detector "
-            f"{args.model} writes {list(config.category_ids)} (trained on another numbering; "
+            f"{args.model} writes {list(config.coco_ids)} (trained on another numbering; "
             "renumber the dataset's categories or retrain on it)"
         )
 
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         detector = load_detector(args.model)
     except RoiedgeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     names = detector.config.class_names
     started = time.time()

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from runtime.errors import ArtifactError, RoiedgeError, say
+from runtime.input_checks import check_int_range, refuse_kind
 from runtime.interpreter_private import full_signature_list
 from runtime.safe_files import read_bytes
 
@@ -96,10 +97,9 @@ class Backend:
         edgetpu: str = "off",
         content: bytes | None = None,
     ) -> None:
-        """Load ``content`` (else the file ``path``); ``num_threads`` None = every core.
+        """Load ``content`` (the bytes that were hashed), else ``path``; threads None = all cores.
 
-        ``edgetpu`` is one of EDGETPU_MODES; ``path`` names the model in messages. Pass the bytes
-        that were hashed as ``content``: a path re-opened after its check may hold another file.
+        ``edgetpu`` is one of EDGETPU_MODES; ``path`` names the model in messages.
         """
         raise NotImplementedError
 
@@ -145,38 +145,6 @@ def to_stored(value: Any, info: TensorInfo, backend: str) -> np.ndarray:
     if dtype.kind in "iu" and array.dtype.kind in "iu":
         check_int_range(array, dtype, f"{backend}: input {info.name!r}")
     return np.ascontiguousarray(array, dtype=dtype)
-
-
-def refuse_kind(array: np.ndarray, dtype: np.dtype, what: str) -> None:
-    """Refuse values a cast to ``dtype`` would silently change in kind.
-
-    Complex (the imaginary part dropped), string, object, structured and date arrays are never
-    model inputs; a bool array only feeds a bool tensor and a bool tensor takes only bools.
-    """
-    kind = array.dtype.kind
-    if kind not in "biuf":
-        raise BackendError(
-            f"{what} is {array.dtype}; expected a real number array ({dtype.name} tensor; no "
-            "complex, string or object values)"
-        )
-    if (kind == "b") != (dtype.kind == "b"):
-        raise BackendError(
-            f"{what} is {array.dtype} but the tensor is {dtype.name}; expected "
-            f"{'a bool' if dtype.kind == 'b' else 'a number'} array"
-        )
-
-
-def check_int_range(array: np.ndarray, dtype: np.dtype, what: str) -> None:
-    """Refuse integers outside ``dtype``'s range (a cast would wrap 2**32 to 0)."""
-    if not array.size or np.can_cast(array.dtype, dtype, casting="safe"):
-        return
-    bounds = np.iinfo(dtype)
-    low, high = int(array.min()), int(array.max())
-    if low < bounds.min or high > bounds.max:
-        raise BackendError(
-            f"{what} has values {low}..{high}; expected {dtype.name} values in "
-            f"[{bounds.min}, {bounds.max}] (a cast would wrap them)"
-        )
 
 
 def from_stored(value: np.ndarray, info: TensorInfo) -> np.ndarray:
@@ -267,10 +235,8 @@ class _TFLiteBackend(Backend):
     ) -> None:
         from runtime.flatbuffer import validate_tflite_bytes
 
-        if content is None:
-            content = read_bytes(path, "artifact", "model_bytes")
-        # The interpreter keeps pointers into the buffer: it must live as long as the interpreter.
-        self._content = content
+        content = read_bytes(path, "artifact", "model_bytes") if content is None else content
+        self._content = content  # the interpreter points into it: keep it alive as long
         # Old interpreters (tflite-runtime 2.14) do not verify the flatbuffer and can segfault on
         # a truncated or corrupt file: walk its structure first (a few ms).
         self.summary = validate_tflite_bytes(content, path)
@@ -502,8 +468,7 @@ class OnnxRuntimeBackend(Backend):
         if num_threads:
             options.intra_op_num_threads = int(num_threads)
             options.inter_op_num_threads = 1
-        if content is None:
-            content = read_bytes(path, "artifact", "model_bytes")
+        content = read_bytes(path, "artifact", "model_bytes") if content is None else content
         try:
             self._session = ort.InferenceSession(
                 content, sess_options=options, providers=["CPUExecutionProvider"]

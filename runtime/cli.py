@@ -141,7 +141,7 @@ def coco_results(
     """COCO results rows of one image: bbox [x, y, width, height] in pixels.
 
     ``category_id`` is ``category_ids[class id]``, the training dataset's own id of the class
-    (``DetectorConfig.category_ids``); None means COCO's 1..K.
+    (``DetectorConfig.coco_ids``); None means COCO's 1..K.
     """
     rows = []
     for d in found:
@@ -201,7 +201,7 @@ def _detect(args: argparse.Namespace) -> int:
             say(
                 f"  {d.class_name:<12} {d.score:.3f}  box y1={y1:.1f} x1={x1:.1f} y2={y2:.1f} x2={x2:.1f}"
             )
-        results.extend(coco_results(path, image_id, found, detector.config.category_ids))
+        results.extend(coco_results(path, image_id, found, detector.config.coco_ids))
         if args.out is not None:
             # Drawn at full resolution (the detector itself decoded a reduced JPEG).
             drawn = draw_detections(load_image(path), found)

@@ -28,9 +28,9 @@ class DetectorConfig:
     Coordinates everywhere are ``[y1, x1, y2, x2]``; "pixels" means image pixels of the ``image``
     tensor (``image_size`` = (H, W)), "normalized" means pixels divided by (H, W).
     Class ids 0..K-1 index ``class_names``; the head's class_scores column 0 is background, so
-    column ``c + 1`` is class id ``c``. ``category_ids[c]`` is class ``c``'s id in the dataset
-    the detector was trained on (COCO ``categories[].id``; default 1..K), the ``category_id``
-    that ``detect --json`` writes. Every field is bounded (``config_*`` rows of LIMITS).
+    column ``c + 1`` is class id ``c``. ``coco_ids[c]`` is class ``c``'s id in the dataset
+    the detector was trained on (COCO ``categories[].id``; ``category_ids``, None = 1..K), the
+    ``category_id`` that ``detect --json`` writes. Every field is bounded (``config_*`` rows of LIMITS).
     """
 
     image_size: tuple[int, int] = (160, 160)
@@ -49,15 +49,16 @@ class DetectorConfig:
     score_threshold: float = 0.05
     nms_iou: float = 0.5
     max_detections: int = 20
-    #: None means 1..K (COCO's convention for K classes); set by training on a dataset.
+    #: The dataset's ids of the classes; None means 1..K (COCO's convention), see ``coco_ids``.
     category_ids: tuple[int, ...] | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        if self.category_ids is None:
-            ids = tuple(range(1, len(self.class_names) + 1))
-            object.__setattr__(self, "category_ids", ids)
-        _check_category_ids(self.category_ids, self.class_names)
+        if self.category_ids is not None:
+            _check_category_ids(self.category_ids, self.class_names)
+            if self.category_ids == tuple(range(1, len(self.class_names) + 1)):
+                # One spelling of the default, so replace(class_names=...) keeps meaning 1..K.
+                object.__setattr__(self, "category_ids", None)
         _check(
             len(self.image_size) == 2 and all(int(v) > 0 for v in self.image_size),
             "image_size",
@@ -98,6 +99,13 @@ class DetectorConfig:
         _check_bounds(self)
 
     @property
+    def coco_ids(self) -> tuple[int, ...]:
+        """The category id of each class id 0..K-1: ``category_ids``, or 1..K when None."""
+        if self.category_ids is None:
+            return tuple(range(1, self.num_classes + 1))
+        return self.category_ids
+
+    @property
     def num_classes(self) -> int:
         """K, the number of object classes (without background)."""
         return len(self.class_names)
@@ -129,7 +137,7 @@ class DetectorConfig:
         data = {
             field.name: _jsonable(getattr(self, field.name)) for field in dataclasses.fields(self)
         }
-        if tuple(data["category_ids"]) == tuple(range(1, self.num_classes + 1)):
+        if data["category_ids"] is None:
             del data["category_ids"]
         return data
 

@@ -1,5 +1,7 @@
 """User-facing errors of the runtime: one line that names the thing, what was seen, what was expected."""
 
+from __future__ import annotations
+
 import sys
 import unicodedata
 from typing import Any, TextIO

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends import canonical_name, check_int_range, load_stage, refuse_kind
+from runtime.backends import canonical_name, load_stage
 from runtime.errors import RoiedgeError, say
+from runtime.input_checks import check_int_range, refuse_kind
 from runtime.manifest import FORMATS, atomic_write_bytes, read_manifest
 from runtime.safe_files import load_npz, open_regular, writable_output
 

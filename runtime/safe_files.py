@@ -195,7 +195,7 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, No
 
 @contextlib.contextmanager
 def _archive(
-    source: os.PathLike | str | bytes, what: str, limit_name: str
+    source: os.PathLike | str | bytes, what: str, limit_name: str, kind: str = "zip archive"
 ) -> Iterator[tuple[zipfile.ZipFile, list[zipfile.ZipInfo], str]]:
     """(open ZipFile, its checked members, "what path") of an archive file or its bytes."""
     with contextlib.ExitStack() as stack:
@@ -211,7 +211,7 @@ def _archive(
             archive = stack.enter_context(zipfile.ZipFile(handle))
         except _ZIP_ERRORS as error:
             reason = " ".join(str(error).split())[:120] or type(error).__name__
-            raise RoiedgeError(f"{where}: not a readable zip archive ({reason})") from None
+            raise RoiedgeError(f"{where}: not a readable {kind} ({reason})") from None
         yield archive, _zip_members(archive, where, limit_name), where
 
 
@@ -269,7 +269,7 @@ def load_npz(path: os.PathLike | str | bytes, what: str) -> dict[str, np.ndarray
     member holds; never unpickles. Anything else is a one-line RoiedgeError naming the file.
     """
     arrays: dict[str, np.ndarray] = {}
-    with _archive(path, what, "npz_bytes") as (archive, infos, where):
+    with _archive(path, what, "npz_bytes", ".npz") as (archive, infos, where):
         for info in infos:
             name = info.filename
             key = name.removesuffix(".npy")

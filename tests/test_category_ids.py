@@ -7,6 +7,7 @@ with Keras to ~1e-5; the JSON rounds boxes to 0.01 px and scores to 1e-5)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import shutil
@@ -25,14 +26,17 @@ REMAP = {1: 5, 2: 9, 3: 12}
 
 def test_category_ids_default_to_1_to_k_and_old_configs_still_load():
     config = DetectorConfig()
-    assert config.category_ids == (1, 2, 3)
+    assert config.coco_ids == (1, 2, 3) and config.category_ids is None
     old = config.to_dict()
     assert "category_ids" not in old  # what runtimes from before the field read unchanged
     assert DetectorConfig.from_dict(old) == config
     own = DetectorConfig(category_ids=(5, 9, 12))
     assert own.to_dict()["category_ids"] == [5, 9, 12]
     assert DetectorConfig.from_dict(own.to_dict()) == own
-    assert DetectorConfig(category_ids=(0, 1, 2)).category_ids == (0, 1, 2)
+    assert DetectorConfig(category_ids=(0, 1, 2)).coco_ids == (0, 1, 2)
+    assert DetectorConfig(category_ids=(1, 2, 3)) == config  # one spelling of the default
+    # Changing the classes of a default config keeps the default numbering (1..K).
+    assert dataclasses.replace(config, class_names=("a", "b")).coco_ids == (1, 2)
 
 
 @pytest.mark.parametrize(
@@ -85,7 +89,7 @@ def test_training_records_the_datasets_category_ids(tmp_path):
 
     dataset = procedural_dataset(tmp_path, 4)
     data = training_data(TrainConfig(data=dataset, quiet=True), None)
-    assert data.det.category_ids == (5, 9, 12)
+    assert data.det.coco_ids == (5, 9, 12)
     assert data.det.class_names == ("circle", "rectangle", "triangle")
 
 

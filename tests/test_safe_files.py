@@ -195,7 +195,7 @@ def test_the_members_together_and_their_count_are_bounded(tmp_path, monkeypatch)
 def test_a_file_that_is_not_a_zip_is_one_line(tmp_path):
     path = tmp_path / "x.npz"
     path.write_bytes(b"not a zip at all")
-    one_line_error(safe_files.load_npz, path, "--inputs", match="not a readable zip")
+    one_line_error(safe_files.load_npz, path, "--inputs", match="not a readable .npz")
 
 
 ARRAY_DTYPES = st.sampled_from(["bool", "int8", "uint8", "int32", "int64", ">i4", "float16", "<f8"])
