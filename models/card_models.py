@@ -2,8 +2,8 @@
 
 :class:`CardModels` loads the card's backbone_rpn and head (with its ``custom_objects`` file),
 gives them the card's static shapes and refuses a card its models disagree with, before any
-conversion. :func:`evaluate_card` runs the user's original Keras models through
-:mod:`runtime.card_processing` — the numpy code the device runs — and scores them on a COCO set,
+conversion. :func:`card_predictions` runs the user's original Keras models through
+:mod:`runtime.card_processing` — the numpy code the device runs — on a COCO set (``models.evaluate`` scores them),
 so the artifacts' mAP differs from this float reference by their numerics alone.
 """
 
@@ -145,10 +145,10 @@ class CardModels:
         return [tensor], heads
 
 
-def evaluate_card(card_path: Path, data: Path, images_dir: Path | None = None) -> dict[str, Any]:
-    """mAP summary of the card's original Keras models on the COCO set ``data`` (photo pixels)."""
-    from models.coco import ground_truth, load_coco
-    from models.evaluate import summarize
+def card_predictions(card_path: Path, data: Path, images_dir: Path | None = None):
+    """(dataset, Detections per image in photo pixels) of the card's original Keras models on
+    the COCO set ``data`` (``models.evaluate --detector`` scores them)."""
+    from models.coco import load_coco
     from runtime.card import read_card
     from runtime.images import load_image
 
@@ -167,7 +167,4 @@ def evaluate_card(card_path: Path, data: Path, images_dir: Path | None = None) -
         found = models.detect(tensor)
         scale = np.asarray([sy, sx, sy, sx], np.float32)
         predictions.append(Detections(found.boxes * scale, found.scores, found.class_ids))
-    summary = summarize(predictions, ground_truth(dataset), dataset.class_names)
-    summary["dataset"] = str(dataset.source)
-    summary["card"] = str(card_path)
-    return summary
+    return dataset, predictions

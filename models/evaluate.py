@@ -262,17 +262,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def _card_main(args: argparse.Namespace) -> int:
     """``--detector CARD --data VAL.json``: the card's float Keras reference, scored."""
-    from models.card_models import evaluate_card
+    from models.card_models import card_predictions
+    from models.coco import ground_truth
 
     if args.data is None:
         print("error: --detector needs --data VAL.json (a COCO set)", file=sys.stderr)
         return 2
     started = time.time()
     try:
-        summary = evaluate_card(Path(args.detector), Path(args.data), args.images_dir)
+        dataset, predictions = card_predictions(
+            Path(args.detector), Path(args.data), args.images_dir
+        )
     except RoiedgeError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
+    summary = summarize(predictions, ground_truth(dataset), dataset.class_names)
+    summary.update(dataset=str(dataset.source), card=str(args.detector))
     summary["seconds"] = round(time.time() - started, 1)
     print(format_table(summary))
     if args.json:

@@ -164,12 +164,6 @@ class DetectorCard:
         return len(self.class_names)
 
     @property
-    def feature_size(self) -> tuple[int, int]:
-        """(h, w) of the feature map the anchors tile: ceil(image_size / stride)."""
-        stride = self.anchors.stride
-        return (-(-self.image_size[0] // stride), -(-self.image_size[1] // stride))
-
-    @property
     def score_threshold(self) -> float:
         """postprocess.score_threshold (the name DetectorConfig uses)."""
         return self.postprocess.score_threshold
@@ -183,12 +177,6 @@ class DetectorCard:
     def unclipped_boxes(self) -> bool:
         """True when boxes may leave the image (head.clip false, as in keras-frcnn)."""
         return not self.head.clip
-
-    @property
-    def num_anchors(self) -> int:
-        """h * w * A, the anchor count the RPN outputs must have."""
-        h, w = self.feature_size
-        return h * w * self.anchors.per_cell
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict in the card's own key layout (parse_card reads it back)."""
@@ -465,14 +453,10 @@ def card_from_manifest(detector: dict[str, Any], source: str) -> DetectorCard:
     return parse_card(detector[CARD_KEY], source=source)
 
 
-def _layout_to_dict(card: DetectorCard) -> dict[str, Any]:
-    """The card back in its file layout (rpn.layouts nested), for the manifest and docs."""
+def card_to_json(card: DetectorCard) -> dict[str, Any]:
+    """The card as a JSON object in its file layout (rpn.layouts nested), which
+    :func:`parse_card` reads back to an equal card (the manifest records it so)."""
     data = card.to_dict()
     rpn = data["rpn"]
     rpn["layouts"] = {"scores": rpn.pop("scores_layout"), "deltas": rpn.pop("deltas_layout")}
     return data
-
-
-def card_to_json(card: DetectorCard) -> dict[str, Any]:
-    """The card as a JSON object that :func:`parse_card` reads back to an equal card."""
-    return _layout_to_dict(card)
