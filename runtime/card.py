@@ -164,6 +164,11 @@ class DetectorCard:
         return len(self.class_names)
 
     @property
+    def coco_ids(self) -> tuple[int, ...]:
+        """category_ids (the name DetectorConfig's resolved ids go by)."""
+        return self.category_ids
+
+    @property
     def score_threshold(self) -> float:
         """postprocess.score_threshold (the name DetectorConfig uses)."""
         return self.postprocess.score_threshold
