@@ -23,12 +23,11 @@ _TFLITE_CUSTOM = 32
 
 
 def tflite_model(model_bytes: bytes):
-    """The flatbuffer object model (``ModelT``) of a .tflite file's bytes."""
-    from export.tf_private import flatbuffer_utils as _flatbuffer_utils
+    """The flatbuffer object model (``ModelT``) of a .tflite file's bytes (one reader for the
+    export: :func:`export.shared.tflite_model_graph`)."""
+    from export.shared import tflite_model_graph
 
-    flatbuffer_utils = _flatbuffer_utils()
-
-    return flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+    return tflite_model_graph(model_bytes)
 
 
 def tflite_op_name(model, opcode_index: int) -> str:

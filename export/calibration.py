@@ -18,8 +18,7 @@ import numpy as np
 
 from export.config import CALIBRATION_SEED, ExportInputError
 from runtime.errors import RoiedgeError, one_line
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+from runtime.images import IMAGE_SUFFIXES  # the suffixes detect picks up, .webp included
 
 
 def procedural_images(
@@ -42,7 +41,8 @@ def procedural_images(
 
 
 def image_files(directory: Path) -> list[Path]:
-    """The .jpg/.jpeg/.png files of ``directory`` (sorted), or a one-line ExportInputError."""
+    """The image files of ``directory`` (:data:`runtime.images.IMAGE_SUFFIXES`, sorted), or a
+    one-line ExportInputError."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ExportInputError(
@@ -50,7 +50,9 @@ def image_files(directory: Path) -> list[Path]:
         )
     files = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ExportInputError(f"--calibration {directory}: contains no .jpg/.jpeg/.png images")
+        raise ExportInputError(
+            f"--calibration {directory}: contains no images ({', '.join(IMAGE_SUFFIXES)})"
+        )
     return files
 
 

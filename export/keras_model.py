@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -177,12 +175,8 @@ def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> M
     golden_in = {name: golden_rows}
     golden_out = {name: golden_outputs}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
-    try:
-        relative = f"{pipeline.GOLDEN_DIR}/{name}.npz"
-        arrays = pipeline.golden_arrays(golden_rows, golden_outputs)
-        pipeline.atomic_write_bytes(work / relative, pipeline.npz_bytes(arrays))
+    with pipeline.building_dir(out) as work:
+        relative = pipeline.write_golden(work, name, golden_rows, golden_outputs)
         proof["coordinate_inputs"] = list(io.coordinate_inputs)
         proof["golden_samples"] = samples.golden_indexes
         proof["calibration_samples"] = len(samples.calibration_indexes)
@@ -215,14 +209,7 @@ def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> M
             work,
         )
         output_report.write(manifest, work, proof["summary"])
-        pipeline.write_manifest(manifest, work)
-        for entry in pipeline.read_manifest(work).artifacts:
-            pipeline.verified_path(work, entry)
-        pipeline.publish_permissions(work)
-        pipeline.swap_in(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        pipeline.publish(manifest, work, out)
     return manifest
 
 

@@ -236,6 +236,38 @@ def swap_in(built: Path, out: Path) -> None:
         os.replace(built, out)
 
 
+@contextlib.contextmanager
+def building_dir(out: Path):
+    """A fresh temporary directory next to ``out`` to build into; removed if anything fails
+    (nothing partial is left behind), kept for :func:`publish` otherwise."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
+    try:
+        yield work
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def write_golden(
+    work: Path, model: str, inputs: list[list[np.ndarray]], outputs: list[list[np.ndarray]]
+) -> str:
+    """Write ``model``'s golden inputs and outputs into ``work``; returns the relative path."""
+    relative = f"{GOLDEN_DIR}/{model}.npz"
+    atomic_write_bytes(work / relative, npz_bytes(golden_arrays(inputs, outputs)))
+    return relative
+
+
+def publish(manifest: Manifest, work: Path, out: Path) -> None:
+    """Write ``manifest`` into ``work``, verify every artifact against the manifest as read
+    back, then swap ``work`` in for ``out`` (the one step both export paths end with)."""
+    write_manifest(manifest, work)
+    for entry in read_manifest(work).artifacts:
+        verified_path(work, entry)
+    publish_permissions(work)
+    swap_in(work, out)
+
+
 def run_export(config: ExportConfig) -> Manifest:
     """Build, check and atomically install every selected artifact; returns the manifest."""
     specs = config.selected()
@@ -260,15 +292,11 @@ def run_export(config: ExportConfig) -> Manifest:
     golden_inputs = stage_samples(detector, golden_images)
     golden_outputs = {m: keras_outputs(keras_models[m], golden_inputs[m]) for m in stages}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
-    try:
-        golden = {}
-        for model in stages:
-            relative = f"{GOLDEN_DIR}/{model}.npz"
-            arrays = golden_arrays(golden_inputs[model], golden_outputs[model])
-            atomic_write_bytes(work / relative, npz_bytes(arrays))
-            golden[model] = relative
+    with building_dir(out) as work:
+        golden = {
+            model: write_golden(work, model, golden_inputs[model], golden_outputs[model])
+            for model in stages
+        }
 
         entries, failures = [], []
         with _bar(config, total=len(specs), desc="artifacts", unit="artifact") as bar:
@@ -308,15 +336,7 @@ def run_export(config: ExportConfig) -> Manifest:
             ),
             work,
         )
-        write_manifest(manifest, work)
-        reread = read_manifest(work)
-        for entry in reread.artifacts:
-            verified_path(work, entry)
-        publish_permissions(work)
-        swap_in(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        publish(manifest, work, out)
     return manifest
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -19,7 +18,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from runtime.errors import ArtifactError, RoiedgeError, say
+from runtime.edgetpu import (  # noqa: F401  (public here too, as before)
+    EDGETPU_MODES,
+    BackendError,
+    edgetpu_available,
+    edgetpu_mode_for,
+    load_edgetpu_delegate,
+)
+from runtime.errors import ArtifactError
 from runtime.input_checks import check_int_range, refuse_kind
 from runtime.interpreter_private import full_signature_list
 from runtime.safe_files import read_bytes
@@ -29,18 +35,8 @@ PREFERENCE: dict[str, tuple[str, ...]] = {
     "tflite": ("ai_edge_litert", "tflite_runtime", "tensorflow"),
     "onnx": ("onnxruntime",),
 }
-EDGETPU_MODES = ("off", "try", "require")
-_EDGETPU_LIBRARY = {
-    "Linux": "libedgetpu.so.1",
-    "Darwin": "libedgetpu.1.dylib",
-    "Windows": "edgetpu.dll",
-}
 
 _REGISTRY: dict[str, type[Backend]] = {}
-
-
-class BackendError(RoiedgeError):
-    """A backend is unknown, not installed, or cannot load or run an artifact."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,7 +236,7 @@ class _TFLiteBackend(Backend):
         # Old interpreters (tflite-runtime 2.14) do not verify the flatbuffer and can segfault on
         # a truncated or corrupt file: walk its structure first (a few ms).
         self.summary = validate_tflite_bytes(content, path)
-        edgetpu = _edgetpu_mode_for(path, self.summary.edgetpu_compiled, edgetpu)
+        edgetpu = edgetpu_mode_for(path, self.summary.edgetpu_compiled, edgetpu)
         module = self._interpreter_module()
         # A TFLite interpreter holds one set of tensors: two threads interleaving set_tensor /
         # invoke / get_tensor swap each other's inputs or hit "There is at least 1 reference to
@@ -321,66 +317,6 @@ def _signature_keys(interpreter: Any) -> dict[int, str]:
         for key, index in signature.get(side, {}).items():
             keys[int(index)] = key
     return keys
-
-
-def _edgetpu_mode_for(path: Path, compiled: bool, edgetpu: str) -> str:
-    """The delegate mode to use for a model: only an edgetpu_compiler output can use the TPU.
-
-    An uncompiled model under ``try`` runs on the CPU (said on stderr); under ``require`` it is an
-    error. A compiled model needs the delegate: its ``edgetpu-custom-op`` has no CPU kernel.
-    """
-    if compiled:
-        return "require"  # edgetpu-custom-op has no CPU kernel: no delegate, no run
-    if edgetpu == "off":
-        return "off"
-    message = (
-        f"{path.name} was not compiled by edgetpu_compiler (it has no edgetpu-custom-op), so the "
-        "Edge TPU would run none of it"
-    )
-    if edgetpu == "require":
-        raise BackendError(
-            f"{path}: {message}; expected the compiled backbone (python -m export edgetpu DIR "
-            "adds backbone_rpn/tflite/int8_io_edgetpu)"
-        )
-    say(f"warning: {message}; running it on the CPU", file=sys.stderr)
-    return "off"
-
-
-def edgetpu_available() -> bool:
-    """Whether the Coral Edge TPU runtime library can be loaded here."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(_EDGETPU_LIBRARY.get(platform.system(), "libedgetpu.so.1"))
-    except OSError:
-        return False
-    return True
-
-
-def load_edgetpu_delegate(module: Any, required: bool) -> Any:
-    """The Coral Edge TPU delegate via ``module.load_delegate``, or None (with a message) if absent.
-
-    With ``required`` a missing delegate raises a BackendError instead of falling back to the CPU.
-    """
-    import ctypes
-
-    library = _EDGETPU_LIBRARY.get(platform.system(), "libedgetpu.so.1")
-    try:
-        # Probe with ctypes first: a failed load_delegate leaves a half-built Delegate whose
-        # __del__ prints a traceback (ai_edge_litert 2.3).
-        ctypes.CDLL(library)
-        return module.load_delegate(library)
-    except (ValueError, OSError, RuntimeError, AttributeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        message = (
-            f"Edge TPU delegate {library} could not be loaded ({reason}); expected the Coral "
-            "runtime (libedgetpu) installed and a Coral device attached (a model compiled by "
-            "edgetpu_compiler cannot run without it)"
-        )
-        if required:
-            raise BackendError(message) from None
-        say(f"warning: {message}; running on the CPU instead", file=sys.stderr)
-        return None
 
 
 @register("ai_edge_litert")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from runtime import strict_json
 from runtime.errors import RoiedgeError, one_line, say
+from runtime.images import IMAGE_SUFFIXES
 from runtime.safe_files import writable_output
 
 
@@ -101,10 +102,6 @@ def _parser() -> argparse.ArgumentParser:
     child.add_argument("--threads", type=int, default=None)
     child.add_argument("--backend", default=None)
     return parser
-
-
-#: File suffixes ``detect`` picks up inside a directory (case-insensitive).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 def image_files(paths: list[Path]) -> list[Path]:

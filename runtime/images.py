@@ -21,6 +21,11 @@ _COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 3
 MIN_SIDE = 2
 
 
+#: Image file suffixes (case-insensitive) picked up from a folder: by ``detect`` and by the
+#: export's ``--calibration`` folder alike; the loader decodes each of them.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
 def load_image(source: Any) -> np.ndarray:
     """A path, PIL image or HxWx3 array -> HxWx3 uint8 RGB array, in the frame a viewer shows.
 

@@ -15,11 +15,8 @@ def test_pipeline_row_splits_detect_into_its_steps(tmp_path):
     assert set(split) == {*PIPELINE_STEPS, "total"}
     assert all(value > 0 for key, value in split.items() if key != "other")
     assert split["other"] >= 0
-    # The steps are disjoint parts of detect(): each below its total, together about its total
-    # (medians per step do not add up exactly; a double-counted or missing step would show).
-    parts = [v for k, v in split.items() if k != "total"]
-    assert max(parts) < split["total"]
-    assert 0.5 * split["total"] <= sum(parts) <= 1.2 * split["total"]
+    # How the steps add up is pipeline_split's arithmetic, tested exactly below on fixed
+    # timings; measured medians are not compared here (no timing asserts on a shared machine).
     share = row["postprocess_share"]
     low, high = row["postprocess_share_iqr"]
     assert 0 < low <= share <= high < 1

@@ -14,14 +14,15 @@ TINY = [
 
 def test_bench_writes_every_form_with_errors_against_tf(tmp_path, capsys):
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
-    assert bench_roi.main([*TINY, "--json", str(out_json), "--png", str(out_png)]) == 0
+    argv = [*TINY, "--calibration-samples", "8"]  # 2 samples calibrate 3 RoIs too coarsely
+    assert bench_roi.main([*argv, "--json", str(out_json), "--png", str(out_png)]) == 0
     result = json.loads(out_json.read_text())
     forms = {(row["implementation"], row["precision"]): row for row in result["forms"]}
     assert set(forms) == {
         (impl, precision) for impl in ("fixed_point", "gather") for precision in ("float32", "int8")
     }
     assert forms["fixed_point", "float32"]["max_abs_error"] <= 1e-5
-    assert forms["fixed_point", "int8"]["max_abs_error"] <= 0.05
+    assert forms["fixed_point", "int8"]["max_abs_error"] <= 0.02  # the project's int8 bar
     for row in forms.values():
         assert row["latency_ms"] > 0 and len(row["round_ratios"]) == 2
         low, high = row["ratio_range"]
@@ -75,12 +76,13 @@ def test_scaling_sweep_writes_cases_errors_and_a_log_log_plot(tmp_path, capsys):
     out_json, out_png = tmp_path / "scaling.json", tmp_path / "scaling.png"
     argv = ["--rois", "2,5", "--channels", "3,8", "--height", "6", "--width", "7"]
     argv += ["--runs", "1", "--rounds", "1", "--json", str(out_json), "--png", str(out_png)]
+    argv += ["--calibration-samples", "8"]
     assert bench_scaling.main(argv) == 0
     cases = json.loads(out_json.read_text())["cases"]
     assert {(c["num_rois"], c["channels"]) for c in cases} == {(2, 3), (5, 3), (2, 8), (5, 8)}
     for case in cases:
         assert case["float32_max_abs_error"] <= 1e-5  # one resizable model serves every count
-        assert case["int8_max_abs_error"] <= 0.05
+        assert case["int8_max_abs_error"] <= 0.02  # the project's int8 bar
     assert out_png.read_bytes().startswith(b"\x89PNG")
     assert bench_scaling.main(["--rois", "16,x"]) == 2
     assert "error: --rois is '16,x'" in capsys.readouterr().err

@@ -133,8 +133,10 @@ def test_shipped_model_contract_and_map_floor(shipped):
     check_contract(shipped.backbone_rpn, shipped.head, shipped.config)
     batch = eval_split(40)
     summary = score(predict(shipped, batch.images), batch, shipped.config.class_names)
-    assert summary["map50"] >= 0.85, summary
-    assert summary["map50_95"] >= 0.5, summary
+    # The shipped model scores 0.950 / 0.725 on these 40 held-out images (deterministic; 0.952 /
+    # 0.744 on all 500): a floor one point below, so a degraded model or scorer fails here.
+    assert summary["map50"] >= 0.94, summary
+    assert summary["map50_95"] >= 0.715, summary
 
 
 def test_float_detector_stages(shipped):

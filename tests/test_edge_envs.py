@@ -12,9 +12,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # builds two venvs with pip: make test installs none
 def test_runtime_checks_and_detects_in_device_environments(exported_artifacts):
     out, _ = exported_artifacts
     proc = subprocess.run(

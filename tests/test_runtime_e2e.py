@@ -98,3 +98,29 @@ def test_check_cli_passes_every_exported_artifact(artifacts, capsys):
     out = capsys.readouterr().out
     count = len(read_manifest(artifacts).artifacts)
     assert f"{count}/{count} artifacts within their precision's tolerance" in out
+
+
+def test_check_cli_fails_when_the_outputs_are_off(artifacts, tmp_path, capsys):
+    """The check above can fail: with the head's golden class scores reversed along the class
+    axis (the manifest resealed, so only the numbers are wrong) every head artifact fails, in
+    every precision, and every backbone artifact passes."""
+    import shutil
+
+    from runtime.cli import main
+    from runtime.manifest import seal, write_manifest
+
+    copy = tmp_path / "artifacts"
+    shutil.copytree(artifacts, copy)
+    manifest = read_manifest(copy)
+    golden = copy / manifest.golden["head"]
+    with np.load(golden) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["output_0"] = np.ascontiguousarray(arrays["output_0"][..., ::-1])
+    np.savez(golden, **arrays)
+    write_manifest(seal(manifest, copy), copy)
+
+    assert main(["check", str(copy)]) == 1
+    out = capsys.readouterr().out
+    heads = sum(e.model == "head" for e in manifest.artifacts)
+    count = len(manifest.artifacts)
+    assert f"{count - heads}/{count} artifacts within their precision's tolerance" in out

@@ -35,7 +35,7 @@ def workdir(tmp_path_factory):
     """A private copy of the fake artifacts whose manifest.json each example overwrites."""
     target = tmp_path_factory.mktemp("prop") / "artifacts"
     shutil.copytree(shared_fake_artifacts(tmp_path_factory), target)
-    return target, (target / "manifest.json").read_bytes()
+    return target, (target / "manifest.json").read_bytes(), _load_everything(target)
 
 
 def _one_line(error: RoiedgeError) -> None:
@@ -43,10 +43,11 @@ def _one_line(error: RoiedgeError) -> None:
     assert text and "\n" not in text and len(text) < 600, text
 
 
-def _load_everything(directory) -> None:
-    """What a device does with a manifest: read it, build a Detector (hashes, paths, loads)."""
+def _load_everything(directory) -> list:
+    """What a device does with a manifest: read it, build a Detector (hashes, paths, loads);
+    returns the detections on one image."""
     read_manifest(directory)
-    Detector(directory, precision="float32").detect(fake_image(0))
+    return Detector(directory, precision="float32").detect(fake_image(0))
 
 
 json_values = st.recursive(
@@ -71,7 +72,7 @@ def _paths(node, prefix=()):
 @SETTINGS
 @given(data=st.data())
 def test_corrupted_manifest_json_values_give_one_line_errors(workdir, data):
-    directory, original = workdir
+    directory, original, baseline = workdir
     manifest = json.loads(original)
     paths = [p for p in _paths(manifest) if p]
     corrupted = copy.deepcopy(manifest)
@@ -87,14 +88,20 @@ def test_corrupted_manifest_json_values_give_one_line_errors(workdir, data):
                 parent[path[-1]] = data.draw(json_values)
         except (KeyError, IndexError, TypeError):
             continue  # an earlier mutation removed this path
-    if data.draw(st.booleans()) and isinstance(corrupted.get("detector"), dict):
+    rehashed = data.draw(st.booleans()) and isinstance(corrupted.get("detector"), dict)
+    if rehashed:
         # Re-hash the detector so a corrupted config reaches the config parser too.
         corrupted["detector_sha256"] = detector_digest(corrupted["detector"])
     (directory / "manifest.json").write_text(json.dumps(corrupted))
     try:
-        _load_everything(directory)
+        found = _load_everything(directory)
     except RoiedgeError as error:
         _one_line(error)
+        return
+    # Accepted: then the corruption was harmless. Without a re-hashed (possibly different but
+    # valid) detector config, the device must detect exactly what the intact manifest gives.
+    if not rehashed or corrupted["detector"] == manifest["detector"]:
+        assert found == baseline, (corrupted, found)
 
 
 @SETTINGS
@@ -103,7 +110,7 @@ def test_corrupted_manifest_json_values_give_one_line_errors(workdir, data):
     cut=st.one_of(st.none(), st.integers(0, 10**6)),
 )
 def test_corrupted_manifest_bytes_give_one_line_errors(workdir, edits, cut):
-    directory, original = workdir
+    directory, original, baseline = workdir
     data = bytearray(original)
     for position, value in edits:
         data[position % len(data)] = value
@@ -111,9 +118,12 @@ def test_corrupted_manifest_bytes_give_one_line_errors(workdir, edits, cut):
         data = data[: cut % len(data)]
     (directory / "manifest.json").write_bytes(bytes(data))
     try:
-        _load_everything(directory)
+        found = _load_everything(directory)
     except RoiedgeError as error:
         _one_line(error)
+        return
+    # Accepted bytes (the config is hashed, files are hashed): the same detections as intact.
+    assert found == baseline, bytes(data)
 
 
 def _encoded(fmt: str) -> bytes:
@@ -187,7 +197,7 @@ _FLAGS = [
     extra=st.lists(st.sampled_from(_FLAGS) | st.text(max_size=6), max_size=5),
 )
 def test_random_cli_arguments_exit_0_1_or_2_without_a_traceback(workdir, tmp_path, verb, extra):
-    directory, original = workdir
+    directory, original, _ = workdir
     (directory / "manifest.json").write_bytes(original)
     image = tmp_path / "scene.png"
     Image.fromarray(fake_image(1)).save(image)

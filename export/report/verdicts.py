@@ -88,7 +88,7 @@ def onnx_int8_rows(
         if profile["floor"] is not None:
             row["note"] += (
                 f"; floor {profile['floor']:.2f}x: the float RoIPooling alone, which int8 keeps "
-                "float, over the float32 stage (python -m export.onnx_profile)"
+                "float, over the float32 stage (python -m bench.onnx_profile)"
             )
         row["profile"] = profile
         rows.append(row)
