@@ -28,13 +28,15 @@ def procedural_images(
     seed: int = CALIBRATION_SEED,
     progress=None,
     size: tuple[int, int] = (160, 160),
+    start: int = 0,
 ):
-    """``count`` procedural uint8 [H,W,3] scenes of ``models.data`` (split ``split``) at ``size``."""
+    """``count`` procedural uint8 [H,W,3] scenes of ``models.data`` (split ``split``, sample
+    indexes ``start``...) at ``size``."""
     from models.data import data_config_for, make_sample, sample_rng
 
     data = data_config_for(size)
     images = []
-    for index in range(count):
+    for index in range(start, start + count):
         images.append(make_sample(sample_rng(seed, split, index), data).image)
         if progress is not None:
             progress.update(1)

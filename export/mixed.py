@@ -188,7 +188,7 @@ class MapDropTarget:
     """Loss = the stage's mAP@.5:.95 drop (points, other stage float Keras) minus ``max_drop``."""
 
     def __init__(self, detector: Any, stage: str, max_drop: float, images: int = 200):
-        from models.data import EVAL_SEED, make_batch
+        from models.data import EVAL_SEED, data_config_for, make_batch
         from models.detector import FloatDetector
         from models.evaluate import score
 
@@ -196,7 +196,9 @@ class MapDropTarget:
         self.max_drop = max_drop
         self.keras = FloatDetector(detector)
         self.config = detector.config
-        self.batch = make_batch(EVAL_SEED, VAL_SPLIT, 0, images)
+        # Scenes at the detector's own size (the default DataConfig is 160x160).
+        data = data_config_for(self.config.image_size)
+        self.batch = make_batch(EVAL_SEED, VAL_SPLIT, 0, images, data)
         self.refs = [self.keras.stages(image) for image in self.batch.images]
         self._score = score
         self.keras_map = self._map([self._head_dets(r, r) for r in self.refs])

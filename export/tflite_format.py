@@ -144,8 +144,13 @@ def _converter(build: BuildInput):
 
 
 def _representative(build: BuildInput) -> Callable:
+    from export.streaming import bar
+
     def samples():
-        yield from build.calibration
+        with bar(len(build.calibration), f"{build.stage}: TFLite calibration") as progress:
+            for sample in build.calibration:  # one at a time: spilled samples load lazily
+                yield sample
+                progress.update(1)
 
     return samples
 
@@ -235,15 +240,28 @@ def quantization_leaks(model_bytes: bytes, stage: str, io: ModelIO | None = None
 def calibrate(build: BuildInput, precision: str = "int8") -> bytes:
     """The float model of ``precision``'s recipe (:func:`int8_recipe`: the Keras model or its
     equalized copy) with every tensor's activation range recorded (ACTIVATION_RANGES)."""
-    import tensorflow as tf
+    from export.streaming import cached
 
     build, _ = prepared(build, precision)
+    ranges = ACTIVATION_RANGES.get(build.stage, "minmax")
+    # int8, int8_io and mixed of one stage calibrate the same model on the same samples: once.
+    return cached(
+        "tflite-calibrated",
+        (build.keras_model, build.calibration),
+        (build.stage, ranges, RANGE_SAMPLES),
+        lambda: _calibrated(build, ranges),
+    )
+
+
+def _calibrated(build: BuildInput, ranges: str) -> bytes:
+    import tensorflow as tf
+
     converter = _converter(build)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = _representative(build)
     set_converter_flag(converter, "_experimental_calibrate_only", True)
     calibrated = converter.convert()
-    if ACTIVATION_RANGES.get(build.stage, "minmax") == "mse":
+    if ranges == "mse":
         calibrated = mse_activation_ranges(calibrated, build.calibration[:RANGE_SAMPLES])
     return calibrated
 
@@ -307,13 +325,32 @@ def mse_clip(values: np.ndarray, low: float, high: float) -> tuple[float, float]
     return best[1], best[2]
 
 
-def mse_activation_ranges(calibrated: bytes, samples: Sequence[dict[str, np.ndarray]]) -> bytes:
-    """A calibrated model with each recorded activation range replaced by :func:`mse_clip`'s.
+def mse_clip_histogram(histogram, low: float, high: float) -> tuple[float, float]:
+    """:func:`mse_clip` from a :class:`export.streaming.RangeHistogram` of the values (bounded
+    memory: the statistics, not the values, of every calibration sample)."""
+    best = (np.inf, low, high)
+    for factor in RANGE_FACTORS:
+        a, b = low * factor, high * factor
+        if b - a <= 0:
+            continue
+        error = histogram.squared_error(a, b)
+        if error < best[0]:
+            best = (error, a, b)
+    return best[1], best[2]
 
-    Runs the calibrated (float) model on ``samples`` keeping every intermediate tensor, and
-    rewrites the per-tensor min/max the quantizer reads. Zero stays inside every range.
+
+def mse_activation_ranges(calibrated: bytes, samples: Sequence[dict[str, np.ndarray]]) -> bytes:
+    """A calibrated model with each recorded activation range replaced by the MSE-best clip.
+
+    Runs the calibrated (float) model on ``samples`` one at a time keeping every intermediate
+    tensor, accumulates each ranged tensor's values into a fixed-size histogram over its
+    recorded min/max (:class:`export.streaming.RangeHistogram`; memory independent of the
+    sample count), and rewrites the per-tensor min/max the quantizer reads with
+    :func:`mse_clip_histogram`'s. Zero stays inside every range.
     """
     from ai_edge_litert.interpreter import Interpreter
+
+    from export.streaming import RangeHistogram, bar
 
     fb = flatbuffer_utils()
     model = _float_model_graph(calibrated)
@@ -332,18 +369,24 @@ def mse_activation_ranges(calibrated: bytes, samples: Sequence[dict[str, np.ndar
         interpreter = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
     runner_inputs = interpreter.get_signature_runner().get_input_details()
     interpreter.allocate_tensors()
-    collected: dict[int, list[np.ndarray]] = {i: [] for i in ranged}
-    for sample in samples:
-        for key, detail in runner_inputs.items():
-            interpreter.set_tensor(detail["index"], sample[key])
-        interpreter.invoke()
-        for i in ranged:
-            # Every third value: the same distribution at a third of the memory.
-            collected[i].append(np.array(interpreter.get_tensor(i)).ravel()[::3])
+    bounds = {}
+    for i in ranged:
+        quantization = subgraph.tensors[i].quantization
+        low, high = float(quantization.min[0]), float(quantization.max[0])
+        bounds[i] = (min(low, 0.0), max(high, 0.0))
+    histograms = {i: RangeHistogram(*bounds[i]) for i in ranged}
+    with bar(len(samples), "MSE activation ranges") as progress:
+        for sample in samples:
+            for key, detail in runner_inputs.items():
+                interpreter.set_tensor(detail["index"], sample[key])
+            interpreter.invoke()
+            for i in ranged:
+                # Every third value: the same distribution in a third of the time.
+                histograms[i].add(np.asarray(interpreter.get_tensor(i)).ravel()[::3])
+            progress.update(1)
     for i in ranged:
         tensor = subgraph.tensors[i]
-        low, high = float(tensor.quantization.min[0]), float(tensor.quantization.max[0])
-        low, high = mse_clip(np.concatenate(collected[i]), min(low, 0.0), max(high, 0.0))
+        low, high = mse_clip_histogram(histograms[i], *bounds[i])
         tensor.quantization.min = np.array([low], np.float32)
         tensor.quantization.max = np.array([high], np.float32)
     return bytes(fb.convert_object_to_bytearray(model))
