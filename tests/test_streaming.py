@@ -34,7 +34,7 @@ def test_spilled_samples_read_back_as_written(tmp_path):
     named = named_samples(store, ("x", "i"))
     assert named is named_samples(store, ("x", "i"))  # one view: caches keyed by it hit
     np.testing.assert_array_equal(named[-1]["i"], written[-1][1])
-    np.testing.assert_array_equal(list(named[1:2])[0]["x"], written[1][0])
+    np.testing.assert_array_equal(next(iter(named[1:2]))["x"], written[1][0])
     with pytest.raises(TypeError):
         store[1:].append(written[0])
 

@@ -91,8 +91,10 @@ def format_markdown(report: dict[str, Any]) -> str:
         for row in report["mixed"]:
             target = ", ".join(f"{k} {v}" for k, v in row["target"].items() if k != "target_met")
             kept = "<br>".join(row["kept_float_layers"]) or "none (int8 meets the target)"
+            reached = ", ".join(f"{k} {_num(v, '.2f')}" for k, v in row.get("reached", {}).items())
+            met = "yes" if row["target_met"] else f"**NO** ({reached}; {row.get('why')})"
             lines.append(
-                f"| {row['name']} | {target} | {row['target_met']} | {kept} | "
+                f"| {row['name']} | {target} | {met} | {kept} | "
                 f"{_num(row.get('extra_bytes_vs_int8'), ',')} | "
                 f"{_num(row.get('extra_ms_vs_int8'), '+.2f')} |"
             )

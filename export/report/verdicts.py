@@ -126,6 +126,9 @@ def mixed_rows(directory: Path, manifest: Manifest, latency: dict) -> list[dict[
             "kept_float_layers": notes.get("kept_float_layers", []),
             "target": {k: v for k, v in notes.items() if k.startswith(("target", "max_", "min_"))},
             "target_met": notes.get("target_met"),
+            # what the search reached (target units) and, when missed, why (export.mixed)
+            "reached": {k: v for k, v in notes.items() if k.startswith("reached_")},
+            "why": notes.get("why"),
             "bytes": entry.bytes,
             "latency_ms": latency["artifacts"].get(entry.name),
         }
