@@ -85,12 +85,12 @@ def hold_out_golden(files: Sequence[Path], count: int) -> tuple[list[Path], list
 
 
 def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """One image file as uint8 RGB, resized (bilinear) to ``size`` = (H, W) by the runtime."""
-    from runtime.images import load_image as runtime_load_image
-    from runtime.images import resize
+    """One image file as uint8 RGB, decoded and resized (bilinear) to ``size`` = (H, W) as the
+    runtime's ``detect`` does (a large JPEG decoded at a reduced scale first)."""
+    from runtime.images import open_image, resize
 
     try:
-        return resize(runtime_load_image(path), size)
+        return resize(open_image(path, reduce_to=tuple(size))[0], size)
     except RoiedgeError as error:
         raise ExportInputError(str(error)) from None
 
