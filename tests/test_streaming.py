@@ -48,8 +48,8 @@ def test_spilled_samples_read_back_as_written(tmp_path):
 def test_streamed_histogram_range_is_as_good_as_the_values_own(seed, kind, chunks):
     """The range chosen from per-chunk histograms quantizes the values (brute-force error over
     every candidate, computed here) within 1% of the best candidate's error."""
+    from export.mse_ranges import RANGE_FACTORS, mse_clip_histogram
     from export.streaming import RangeHistogram
-    from export.tflite_format import RANGE_FACTORS, mse_clip_histogram
 
     rng = np.random.default_rng(seed)
     values = {
