@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from export.shared import tflite_model_graph
 from export.tf_private import flatbuffer_utils
 
 #: The shrink factors of the recorded (min, max) tried.
@@ -64,7 +65,7 @@ def mse_activation_ranges(calibrated: bytes, samples: Sequence[dict[str, np.ndar
     from export.streaming import RangeHistogram, bar
 
     fb = flatbuffer_utils()
-    model = fb.read_model_from_bytearray(bytearray(calibrated))
+    model = tflite_model_graph(calibrated)
     subgraph = model.subgraphs[0]
     ranged = [
         i
