@@ -27,13 +27,15 @@ def procedural_images(
     seed: int = CALIBRATION_SEED,
     progress=None,
     size: tuple[int, int] = (160, 160),
+    start: int = 0,
 ):
-    """``count`` procedural uint8 [H,W,3] scenes of ``models.data`` (split ``split``) at ``size``."""
+    """``count`` procedural uint8 [H,W,3] scenes of ``models.data`` (split ``split``, sample
+    indexes ``start``...) at ``size``."""
     from models.data import data_config_for, make_sample, sample_rng
 
     data = data_config_for(size)
     images = []
-    for index in range(count):
+    for index in range(start, start + count):
         images.append(make_sample(sample_rng(seed, split, index), data).image)
         if progress is not None:
             progress.update(1)
@@ -85,12 +87,12 @@ def hold_out_golden(files: Sequence[Path], count: int) -> tuple[list[Path], list
 
 
 def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """One image file as uint8 RGB, resized (bilinear) to ``size`` = (H, W) by the runtime."""
-    from runtime.images import load_image as runtime_load_image
-    from runtime.images import resize
+    """One image file as uint8 RGB, decoded and resized (bilinear) to ``size`` = (H, W) as the
+    runtime's ``detect`` does (a large JPEG decoded at a reduced scale first)."""
+    from runtime.images import open_image, resize
 
     try:
-        return resize(runtime_load_image(path), size)
+        return resize(open_image(path, reduce_to=tuple(size))[0], size)
     except RoiedgeError as error:
         raise ExportInputError(str(error)) from None
 

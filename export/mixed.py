@@ -92,12 +92,29 @@ class SearchResult:
     path: tuple[SearchStep, ...]
     #: True when MAX_EVALUATIONS ran out and every candidate was kept float unmeasured.
     fallback: bool = False
+    #: The loss of the configuration chosen (None: not measured, e.g. a fallback not re-measured).
+    reached_loss: float | None = None
+
+    @property
+    def why(self) -> str | None:
+        """One line saying why the target was not met (None when it was)."""
+        if self.met:
+            return None
+        if self.fallback:
+            return "the search ran out of measurements and kept every candidate layer float" + (
+                "" if self.reached_loss is None else f"; still short by {self.reached_loss:.3g}"
+            )
+        if self.reached_loss is not None:
+            return f"every candidate layer kept float and still short by {self.reached_loss:.3g}"
+        return "not reached"
 
     def notes(self) -> dict[str, Any]:
         """JSON-ready summary for the op report."""
         return {
             "kept_float_layers": list(self.kept_float),
             "target_met": self.met,
+            "reached_loss": self.reached_loss,
+            "why": self.why,
             "all_float_fallback": self.fallback,
             "candidate_layers": self.candidates,
             "start_loss": self.start.loss,
@@ -130,7 +147,7 @@ def greedy_search(
 
     start = SearchStep((), measure(()))
     if start.loss <= 0 or not candidates:
-        return SearchResult((), start.loss <= 0, len(candidates), start, (), ())
+        return SearchResult((), start.loss <= 0, len(candidates), start, (), (), False, start.loss)
     position = {c: i for i, c in enumerate(candidates)}
     alone: tuple[SearchStep, ...] = ()
     order = list(candidates)
@@ -143,12 +160,31 @@ def greedy_search(
     for layer in order:
         kept = (*kept, layer)
         if budget[0] <= 0:
-            return SearchResult(candidates, True, len(candidates), start, alone, tuple(path), True)
+            # Not measured: never claimed met (the builder measures what it ships, see
+            # measured_fallback).
+            return SearchResult(candidates, False, len(candidates), start, alone, tuple(path), True)
         loss = alone[position[layer]].loss if alone and len(kept) == 1 else measure(kept)
         path.append(SearchStep(kept, loss))
         if loss <= 0:
-            return SearchResult(kept, True, len(candidates), start, alone, tuple(path))
-    return SearchResult(kept, False, len(candidates), start, alone, tuple(path))
+            return SearchResult(kept, True, len(candidates), start, alone, tuple(path), False, loss)
+    last = path[-1].loss if path else start.loss
+    return SearchResult(kept, False, len(candidates), start, alone, tuple(path), False, last)
+
+
+def measured_fallback(
+    result: SearchResult, evaluate: Callable[[tuple[str, ...]], float]
+) -> SearchResult:
+    """``result`` with its fallback configuration (every candidate float) measured: met only if
+    that measurement meets the target."""
+    if not result.fallback or result.reached_loss is not None:
+        return result
+    loss = float(evaluate(result.kept_float))
+    return dataclasses.replace(result, met=loss <= 0, reached_loss=loss)
+
+
+def target_notes(target: SnrTarget | MapDropTarget, result: SearchResult) -> dict[str, Any]:
+    """The op report's ``mixed`` notes: the target, what was reached, whether met and why not."""
+    return {**target.describe(), **result.notes(), **target.reached(result.reached_loss)}
 
 
 # -- targets
@@ -184,12 +220,47 @@ class SnrTarget:
     def describe(self) -> dict[str, Any]:
         return {"target": "snr", "min_output_snr_db": self.min_snr_db, "samples": len(self.samples)}
 
+    def reached(self, loss: float | None) -> dict[str, Any]:
+        """What the chosen configuration reached, in the target's units."""
+        return {"reached_min_output_snr_db": None if loss is None else self.min_snr_db - loss}
+
+    def ceiling_db(self) -> dict[str, float]:
+        """Per output, the SNR of its float values quantized alone to 8 bits (their MSE range):
+        what an int8 representation of that output can keep at best."""
+        from export.tflite_format import mse_clip
+        from runtime.golden import error_metrics
+
+        ceilings = {}
+        for j, name in enumerate(self.outputs):
+            values = np.stack([r[j] for r in self.reference]).astype(np.float32)
+            low, high = float(min(values.min(), 0.0)), float(max(values.max(), 0.0))
+            if high - low <= 0:
+                continue
+            a, b = mse_clip(values.ravel(), low, high)
+            step = (b - a) / 255.0
+            quantized = np.clip(np.round((values - a) / step), 0, 255) * step + a
+            ceilings[name] = error_metrics(quantized.astype(np.float32), values).snr_db
+        return ceilings
+
+    def refuse_if_unreachable(self, where: str) -> None:
+        """A one-line ExportInputError when the floor is above what int8 outputs can keep."""
+        from export.config import ExportInputError
+
+        ceilings = self.ceiling_db()
+        if ceilings and self.min_snr_db > min(ceilings.values()):
+            name = min(ceilings, key=ceilings.get)
+            raise ExportInputError(
+                f"{where}: SNR floor {self.min_snr_db:.1f} dB is above what an 8-bit {name} can "
+                f"keep ({ceilings[name]:.1f} dB, its float values quantized alone); unreachable "
+                "by int8, refused before searching"
+            )
+
 
 class MapDropTarget:
     """Loss = the stage's mAP@.5:.95 drop (points, other stage float Keras) minus ``max_drop``."""
 
     def __init__(self, detector: Any, stage: str, max_drop: float, images: int = 200):
-        from models.data import EVAL_SEED, make_batch
+        from models.data import EVAL_SEED, data_config_for, make_batch
         from models.detector import FloatDetector
         from models.evaluate import score
 
@@ -197,7 +268,9 @@ class MapDropTarget:
         self.max_drop = max_drop
         self.keras = FloatDetector(detector)
         self.config = detector.config
-        self.batch = make_batch(EVAL_SEED, VAL_SPLIT, 0, images)
+        # Scenes at the detector's own size (the default DataConfig is 160x160).
+        data = data_config_for(self.config.image_size)
+        self.batch = make_batch(EVAL_SEED, VAL_SPLIT, 0, images, data)
         self.refs = [self.keras.stages(image) for image in self.batch.images]
         self._score = score
         self.keras_map = self._map([self._head_dets(r, r) for r in self.refs])
@@ -240,6 +313,13 @@ class MapDropTarget:
 
     def __call__(self, run: Callable[[dict], dict]) -> float:
         return 100.0 * (self.keras_map - self.stage_map(run)) - self.max_drop
+
+    def reached(self, loss: float | None) -> dict[str, Any]:
+        """What the chosen configuration reached: its stage mAP@.5:.95 drop in points."""
+        return {"reached_stage_drop_pts": None if loss is None else loss + self.max_drop}
+
+    def refuse_if_unreachable(self, where: str) -> None:
+        """A drop bound is reachable by construction (every layer float drops nothing)."""
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -354,6 +434,7 @@ def tflite_mixed(build: BuildInput, target: SnrTarget | MapDropTarget | None = N
 
     calibrated = calibrate(build)
     target = target_for(build) if target is None else target
+    target.refuse_if_unreachable(f"{build.stage}/tflite/mixed")
 
     def evaluate(kept: tuple[str, ...]) -> float:
         return target(tflite_runner(quantize_calibrated(calibrated, build, kept)))
@@ -369,9 +450,9 @@ def tflite_mixed(build: BuildInput, target: SnrTarget | MapDropTarget | None = N
     def cached(kept: tuple[str, ...]) -> float:
         return measured.pop(kept) if kept in measured else evaluate(kept)
 
-    result = greedy_search(candidates, cached, rank=False)
+    result = measured_fallback(greedy_search(candidates, cached, rank=False), cached)
     built = full_int8(build, result.kept_float, calibrated=calibrated)
-    return Built(built.data, {**built.notes, "mixed": {**target.describe(), **result.notes()}})
+    return Built(built.data, {**built.notes, "mixed": target_notes(target, result)})
 
 
 def onnx_layers(build: BuildInput) -> list[str]:
@@ -406,6 +487,7 @@ def onnx_mixed(build: BuildInput) -> Built:
     from export.onnx_format import onnx_int8
 
     target = target_for(build)
+    target.refuse_if_unreachable(f"{build.stage}/onnx/mixed")
     built_by_kept: dict[tuple[str, ...], Built] = {}
 
     def evaluate(kept: tuple[str, ...]) -> float:
@@ -416,5 +498,6 @@ def onnx_mixed(build: BuildInput) -> Built:
     result = greedy_search(
         onnx_layers(build), evaluate, rank=False, max_evaluations=ONNX_MAX_EVALUATIONS
     )
+    result = measured_fallback(result, evaluate)
     built = built_by_kept.get(result.kept_float) or onnx_int8(build, result.kept_float)
-    return Built(built.data, {**built.notes, "mixed": {**target.describe(), **result.notes()}})
+    return Built(built.data, {**built.notes, "mixed": target_notes(target, result)})

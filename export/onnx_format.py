@@ -268,14 +268,36 @@ def quantization_leaks(proto, stage: str, io: ModelIO | None = None) -> list[str
     return sorted(set(leaks))
 
 
-class _Reader:
-    """onnxruntime CalibrationDataReader over dict samples."""
+#: Calibration images onnxruntime's calibrater holds at once: it keeps every intermediate
+#: tensor of the samples it is given (~83 MB per 480x640 backbone image) until it folds them
+#: into its statistics, so it is fed in chunks of at most this many (``CalibStridedMinMax``).
+CALIBRATION_CHUNK = 4
 
-    def __init__(self, samples: Sequence[dict[str, np.ndarray]]):
-        self._iter = iter(samples)
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over dict samples, read lazily in ranges."""
+
+    def __init__(self, samples: Sequence[dict[str, np.ndarray]], stage: str = "model"):
+        from export.streaming import bar
+
+        self._samples = samples
+        self._iter = iter(())
+        self._bar = bar(len(samples), f"{stage}: ONNX calibration")
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._iter = iter(self._samples[start_index:end_index])
 
     def get_next(self):
-        return next(self._iter, None)
+        sample = next(self._iter, None)
+        if sample is not None:
+            self._bar.update(1)
+        return sample
+
+    def close(self) -> None:
+        self._bar.close()
 
     def rewind(self):  # pragma: no cover - onnxruntime's calibrators (MinMax, Percentile) read once
         pass
@@ -288,6 +310,22 @@ def preprocessed(build: BuildInput, directory: Path) -> Path:
     graph gives the same names). RoIPooling's reshape into the dense layers is a Flatten
     (:func:`flatten_pooled_reshapes`).
     """
+    from export.streaming import cached
+
+    pre = directory / "pre.onnx"
+    # int8 and every measurement of mixed pre-process the same float graph: once per export.
+    pre.write_bytes(
+        cached(
+            "onnx-preprocessed",
+            (build.keras_model,),
+            (build.stage, build.io),
+            lambda: _preprocess(build, directory),
+        )
+    )
+    return pre
+
+
+def _preprocess(build: BuildInput, directory: Path) -> bytes:
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -299,7 +337,7 @@ def preprocessed(build: BuildInput, directory: Path) -> Path:
     if flatten_pooled_reshapes(model.graph, pooling):
         onnx.checker.check_model(model)
         onnx.save(model, os.fspath(pre))
-    return pre
+    return pre.read_bytes()
 
 
 def onnx_int8(build: BuildInput, keep_float: Sequence[str] = ()) -> Built:
@@ -330,11 +368,23 @@ def onnx_int8(build: BuildInput, keep_float: Sequence[str] = ()) -> Built:
     else:
         method, extra = CalibrationMethod.MinMax, {}
 
+    from export.streaming import cache_get, cache_put, chunk_size
+
     class Reader(_Reader, CalibrationDataReader):
         pass
 
+    # The activation ranges depend on the float graph and the samples only (not on the nodes
+    # kept float): computed once per stage and export (onnxruntime's calibration cache), fed
+    # to the calibrater CALIBRATION_CHUNK samples at a time.
+    range_key = ("onnx-ranges", (build.keras_model, build.calibration), (build.stage, method))
+    ranges_json = cache_get(*range_key)
+    reader = Reader(build.calibration, build.stage)
+    extra = {**extra, "CalibStridedMinMax": chunk_size(len(build.calibration), CALIBRATION_CHUNK)}
     with tempfile.TemporaryDirectory(prefix="roiedge-onnx-") as tmp:
         pre, dst = preprocessed(build, Path(tmp)), Path(tmp) / "int8.onnx"
+        ranges = Path(tmp) / "ranges.json"
+        if ranges_json is not None:
+            ranges.write_text(ranges_json)
         graph = onnx.load(os.fspath(pre)).graph
         coordinate = coordinate_nodes(graph, build.stage, build.io)
         pooling = roi_pooling_nodes(graph, build.stage, build.io)
@@ -342,7 +392,7 @@ def onnx_int8(build: BuildInput, keep_float: Sequence[str] = ()) -> Built:
         quantize_static(
             os.fspath(pre),
             os.fspath(dst),
-            Reader(build.calibration),
+            reader,
             quant_format=QuantFormat.QDQ,
             # uint8 activations (U8S8): onnxruntime's x86 CPU kernels fuse DQ -> Conv -> Q into
             # QLinearConv for U8S8, but ran the shipped backbone's S8S8 convs as float Conv
@@ -360,7 +410,11 @@ def onnx_int8(build: BuildInput, keep_float: Sequence[str] = ()) -> Built:
             calibrate_method=method,
             extra_options=extra,
             nodes_to_exclude=[*pooling, *scores, *keep_float],
+            calibration_cache_path=os.fspath(ranges),
         )
+        reader.close()
+        if ranges_json is None:
+            cache_put(*range_key, ranges.read_text())
         quantized = onnx.load(os.fspath(dst))
     compact_names(quantized)
     data = quantized.SerializeToString()

@@ -23,6 +23,7 @@ import numpy as np
 from export import audit, onnx_format, tflite_format
 from export.builders import BUILDERS, SPECS
 from export.calibration import (
+    StageInputs,
     calibration_files,
     hold_out_golden,
     load_image,
@@ -40,6 +41,8 @@ from export.config import (
 from export.formats import ArtifactSpec
 from export.shared import keras_outputs
 from export.stages import STAGE_IO, ModelIO, model_io
+from export.streaming import clear_cache, named_samples, spill_directory, spill_stage_samples
+from export.streaming import progress as streaming_progress
 from runtime import strict_json
 from runtime.manifest import (
     MANIFEST_NAME,
@@ -92,18 +95,16 @@ def check_inputs(config: ExportConfig) -> tuple[list[Path], list[Path]] | None:
     return calibration, golden
 
 
-def _calibration_images(config: ExportConfig, files: list[Path] | None, size) -> list[np.ndarray]:
+def _calibration_images(config: ExportConfig, files: list[Path] | None, size):
+    """(count, an iterator of the calibration images, made one at a time: none is kept)."""
     if files is None:
         count = config.calibration_images or DEFAULT_CALIBRATION_IMAGES
-        with _bar(config, total=count, desc="calibration images (procedural)") as bar:
-            return procedural_images(count, CALIBRATION_SPLIT, progress=bar, size=size)
+        return count, (
+            procedural_images(1, CALIBRATION_SPLIT, size=size, start=index)[0]
+            for index in range(count)
+        )
     files = files[: config.calibration_images] if config.calibration_images else files
-    images = []
-    with _bar(config, total=len(files), desc=f"calibration images ({config.calibration})") as bar:
-        for path in files:
-            images.append(load_image(path, size))
-            bar.update(1)
-    return images
+    return len(files), (load_image(path, size) for path in files)
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -270,6 +271,13 @@ def publish(manifest: Manifest, work: Path, out: Path) -> None:
 
 def run_export(config: ExportConfig) -> Manifest:
     """Build, check and atomically install every selected artifact; returns the manifest."""
+    with contextlib.ExitStack() as scratch:  # spilled calibration samples, cached calibrations
+        scratch.callback(clear_cache)
+        scratch.enter_context(streaming_progress(config.progress))
+        return _export(config, scratch)
+
+
+def _export(config: ExportConfig, scratch: contextlib.ExitStack) -> Manifest:
     specs = config.selected()
     files = check_inputs(config)
     out = Path(config.out)
@@ -282,9 +290,13 @@ def run_export(config: ExportConfig) -> Manifest:
 
     size = detector.config.image_size
     calibration_paths, golden_paths = files if files is not None else (None, None)
-    images = _calibration_images(config, calibration_paths, size)
-    with _bar(config, total=len(images), desc="calibration inputs (float backbone + RPN)") as bar:
-        calibration = stage_samples(detector, images, progress=bar)
+    count, images = _calibration_images(config, calibration_paths, size)
+    # Calibration inputs live on disk, one sample in memory at a time (export.streaming).
+    source = "procedural" if calibration_paths is None else config.calibration
+    with _bar(config, total=count, desc=f"calibration inputs ({source}, float backbone)") as bar:
+        calibration = spill_stage_samples(
+            StageInputs(detector), images, scratch.enter_context(spill_directory()), bar
+        )
     if golden_paths is None:
         golden_images = procedural_images(config.golden_samples, GOLDEN_SPLIT, size=size)
     else:  # held back from the user's images, resized as the runtime resizes
@@ -328,7 +340,7 @@ def run_export(config: ExportConfig) -> Manifest:
                     **_source_models(Path(config.model)),
                     # What the int8 artifacts were calibrated on (stage-1 input tensors, in order).
                     "calibration_sha256": tflite_format.calibration_sha256(
-                        [{"image": sample[0]} for sample in calibration["backbone_rpn"]]
+                        {"image": sample[0]} for sample in calibration["backbone_rpn"]
                     ),
                 },
                 detector=detector.config.to_dict(),
@@ -378,7 +390,7 @@ def build_one(
     from export.swap import retile_for
 
     names = model_io(spec.model, io).inputs
-    samples = [dict(zip(names, s)) for s in calibration[spec.model]]
+    samples = named_samples(calibration[spec.model], names)
     golden = [dict(zip(names, s)) for s in golden_inputs[spec.model]]
     keras_model, retiled = retile_for(
         keras_models[spec.model], spec.format, spec.precision, golden_inputs[spec.model][:2]

@@ -9,13 +9,13 @@ weights) in float32/int32 and quantizes the feature path only; see :func:`export
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from export.config import ExportCheckError
+from export.mse_ranges import RANGE_FACTORS, mse_activation_ranges, mse_clip  # noqa: F401
 from export.shared import (
     FLOAT_SCORE_OPS,
     BuildInput,
@@ -84,9 +84,9 @@ def int8_recipe(build: BuildInput, precision: str = "int8") -> Int8Recipe:
 #: mAP@.5:.95 0.7377 -> 0.7392, float 0.7442). The head keeps min/max: its int8 already matches
 #: float Keras mAP once its softmax is float (see FLOAT_SCORE_OPS).
 ACTIVATION_RANGES = {"backbone_rpn": "mse", "head": "minmax"}
-#: Calibration samples whose activations choose the MSE ranges, and the shrink factors tried.
+#: Calibration samples whose activations choose the MSE ranges (the shrink factors tried:
+#: export.mse_ranges.RANGE_FACTORS).
 RANGE_SAMPLES = 100
-RANGE_FACTORS = np.linspace(0.3, 1.0, 36)
 
 #: Calibration samples run through the per-layer debug model of each int8 artifact.
 LAYER_DEBUG_SAMPLES = 16
@@ -102,8 +102,13 @@ def _converter(build: BuildInput):
 
 
 def _representative(build: BuildInput) -> Callable:
+    from export.streaming import bar
+
     def samples():
-        yield from build.calibration
+        with bar(len(build.calibration), f"{build.stage}: TFLite calibration") as progress:
+            for sample in build.calibration:  # one at a time: spilled samples load lazily
+                yield sample
+                progress.update(1)
 
     return samples
 
@@ -164,15 +169,28 @@ def quantization_leaks(model_bytes: bytes, stage: str, io: ModelIO | None = None
 def calibrate(build: BuildInput, precision: str = "int8") -> bytes:
     """The float model of ``precision``'s recipe (:func:`int8_recipe`: the Keras model or its
     equalized copy) with every tensor's activation range recorded (ACTIVATION_RANGES)."""
-    import tensorflow as tf
+    from export.streaming import cached
 
     build, _ = prepared(build, precision)
+    ranges = ACTIVATION_RANGES.get(build.stage, "minmax")
+    # int8, int8_io and mixed of one stage calibrate the same model on the same samples: once.
+    return cached(
+        "tflite-calibrated",
+        (build.keras_model, build.calibration),
+        (build.stage, ranges, RANGE_SAMPLES),
+        lambda: _calibrated(build, ranges),
+    )
+
+
+def _calibrated(build: BuildInput, ranges: str) -> bytes:
+    import tensorflow as tf
+
     converter = _converter(build)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = _representative(build)
     set_converter_flag(converter, "_experimental_calibrate_only", True)
     calibrated = converter.convert()
-    if ACTIVATION_RANGES.get(build.stage, "minmax") == "mse":
+    if ranges == "mse":
         calibrated = mse_activation_ranges(calibrated, build.calibration[:RANGE_SAMPLES])
     return calibrated
 
@@ -217,65 +235,6 @@ def prepared(build: BuildInput, precision: str = "int8") -> tuple[BuildInput, di
         notes,
     )
     return equalized, notes
-
-
-def mse_clip(values: np.ndarray, low: float, high: float) -> tuple[float, float]:
-    """The (low, high) among ``RANGE_FACTORS`` x (low, high) whose 8-bit uniform quantization of
-    ``values`` (clipped to the range) has the least mean squared error."""
-    best = (np.inf, low, high)
-    for factor in RANGE_FACTORS:
-        a, b = low * factor, high * factor
-        if b - a <= 0:
-            continue
-        step = (b - a) / 255.0
-        error = float(
-            np.mean((values - (np.clip(np.round((values - a) / step), 0, 255) * step + a)) ** 2)
-        )
-        if error < best[0]:
-            best = (error, a, b)
-    return best[1], best[2]
-
-
-def mse_activation_ranges(calibrated: bytes, samples: Sequence[dict[str, np.ndarray]]) -> bytes:
-    """A calibrated model with each recorded activation range replaced by :func:`mse_clip`'s.
-
-    Runs the calibrated (float) model on ``samples`` keeping every intermediate tensor, and
-    rewrites the per-tensor min/max the quantizer reads. Zero stays inside every range.
-    """
-    from ai_edge_litert.interpreter import Interpreter
-
-    fb = flatbuffer_utils()
-    model = tflite_model_graph(calibrated)
-    subgraph = model.subgraphs[0]
-    ranged = [
-        i
-        for i, t in enumerate(subgraph.tensors)
-        if t.quantization is not None
-        and t.quantization.min is not None
-        and len(t.quantization.min) == 1
-        and fb.type_to_name(t.type) == "FLOAT32"
-    ]
-    with warnings.catch_warnings():
-        # "intended for debugging": it is, a one-off pass over the calibration samples.
-        warnings.simplefilter("ignore")
-        interpreter = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
-    runner_inputs = interpreter.get_signature_runner().get_input_details()
-    interpreter.allocate_tensors()
-    collected: dict[int, list[np.ndarray]] = {i: [] for i in ranged}
-    for sample in samples:
-        for key, detail in runner_inputs.items():
-            interpreter.set_tensor(detail["index"], sample[key])
-        interpreter.invoke()
-        for i in ranged:
-            # Every third value: the same distribution at a third of the memory.
-            collected[i].append(np.array(interpreter.get_tensor(i)).ravel()[::3])
-    for i in ranged:
-        tensor = subgraph.tensors[i]
-        low, high = float(tensor.quantization.min[0]), float(tensor.quantization.max[0])
-        low, high = mse_clip(np.concatenate(collected[i]), min(low, 0.0), max(high, 0.0))
-        tensor.quantization.min = np.array([low], np.float32)
-        tensor.quantization.max = np.array([high], np.float32)
-    return bytes(fb.convert_object_to_bytearray(model))
 
 
 def coordinate_denylist(calibrated: bytes, io: ModelIO) -> tuple[list[str], list[str]]:

@@ -22,7 +22,7 @@ import numpy as np
 from models.data import Batch
 from runtime import strict_json
 from runtime.errors import RoiedgeError
-from runtime.images import load_image, resize
+from runtime.images import load_image, open_image, resize
 
 #: A box may overhang its image by this many pixels (float rounding of annotation tools);
 #: it is clipped to the image. Anything further out is an error.
@@ -238,9 +238,11 @@ def load_coco(
 
 def load_resized(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
     """One image file -> (uint8 RGB [H,W,3] at ``size`` = (H, W) as the runtime resizes it,
-    the original (height, width))."""
-    pixels = load_image(path)
-    return resize(pixels, tuple(size)), (int(pixels.shape[0]), int(pixels.shape[1]))
+    the original (height, width)). Decoded as ``python -m runtime detect`` decodes it: a large
+    JPEG at the smallest 1/2, 1/4, 1/8 scale still at least ``size`` (runtime.images.open_image),
+    so what is trained, scored and reported on is what the device sees."""
+    pixels, (height, width) = open_image(path, reduce_to=tuple(size))
+    return resize(pixels, tuple(size)), (int(height), int(width))
 
 
 def scale_to(size: tuple[int, int], height: int, width: int) -> np.ndarray:

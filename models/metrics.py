@@ -122,6 +122,79 @@ def average_precision(
     )
 
 
+#: Per class, per image: (detection scores [D], matched [T,D], ignored [T,D], regular truths).
+ImageMatches = list[list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]]
+
+
+def image_matches(
+    predictions: Sequence[Any],
+    ground_truths: Sequence[Any],
+    num_classes: int,
+    thresholds: Sequence[float],
+    max_detections: int = MAX_DETECTIONS,
+) -> ImageMatches:
+    """COCO's per-image, per-class matching of :func:`mean_average_precision` (same inputs), kept
+    per image so that a resample of the images (a bootstrap) is scored without re-matching."""
+    thresholds = [float(t) for t in thresholds]
+    preds = [_prediction(p) for p in predictions]
+    gts = [_ground_truth(g) for g in ground_truths]
+    matches: ImageMatches = []
+    for cls in range(num_classes):
+        per_image = []
+        for (p_boxes, p_scores, p_labels), (g_boxes, g_labels, g_crowd) in zip(preds, gts):
+            mine = p_labels == cls
+            order = np.argsort(-p_scores[mine], kind="stable")[:max_detections]
+            d_boxes, d_scores = p_boxes[mine][order], p_scores[mine][order]
+            truth = g_labels == cls
+            crowd = g_crowd[truth]
+            gt_order = np.argsort(crowd, kind="stable")  # regular truths first, crowds last
+            t_boxes, crowd = g_boxes[truth][gt_order], crowd[gt_order]
+            matched, ignored = _match(coco_iou(d_boxes, t_boxes, crowd), crowd, thresholds)
+            per_image.append((d_scores, matched, ignored, int((~crowd).sum())))
+        matches.append(per_image)
+    return matches
+
+
+def ap_from_matches(
+    matches: ImageMatches, num_thresholds: int, images: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(AP [T,K] with NaN for classes without truth, regular truths per class [K]) over the
+    images ``images`` (indexes into the matched images, repeats allowed; None = all)."""
+    num_classes = len(matches)
+    ap = np.full((num_thresholds, num_classes), np.nan)
+    num_gt = np.zeros(num_classes, np.int64)
+    for cls, per_image in enumerate(matches):
+        chosen = per_image if images is None else [per_image[i] for i in images]
+        total = int(sum(item[3] for item in chosen))
+        num_gt[cls] = total
+        if total == 0:
+            continue
+        scores = np.concatenate([item[0] for item in chosen])
+        rank = np.argsort(-scores, kind="stable")
+        matched = np.concatenate([item[1] for item in chosen], axis=1)[:, rank]
+        ignored = np.concatenate([item[2] for item in chosen], axis=1)[:, rank]
+        for t_index in range(num_thresholds):
+            tp_cum = np.cumsum(matched[t_index] & ~ignored[t_index]).astype(np.float64)
+            fp_cum = np.cumsum(~matched[t_index] & ~ignored[t_index]).astype(np.float64)
+            recall = tp_cum / total
+            # COCO adds eps to the denominator; max() gives the same 0 for no counted detections
+            # and keeps exact fractions (1/1 == 1.0) otherwise
+            precision = tp_cum / np.maximum(tp_cum + fp_cum, np.spacing(1))
+            ap[t_index, cls] = interpolated_ap(recall, precision)
+    return ap, num_gt
+
+
+def map50_95_of(ap: np.ndarray) -> float:
+    """mAP@.5:.95 of an AP [T,K] table as :func:`mean_average_precision` averages it (per
+    threshold over the classes with truth, then over thresholds)."""
+    with np.errstate(all="ignore"):
+        valid = ~np.isnan(ap)
+        per_threshold = [
+            float(np.mean(ap[t][valid[t]])) if valid[t].any() else np.nan for t in range(len(ap))
+        ]
+    return float(np.mean(per_threshold)) if per_threshold else float("nan")
+
+
 def mean_average_precision(
     predictions: Sequence[Any],
     ground_truths: Sequence[Any],
@@ -151,40 +224,8 @@ def mean_average_precision(
             f"{len(predictions)} prediction entries for {len(ground_truths)} ground-truth images"
         )
     thresholds = [float(t) for t in iou_thresholds]
-    preds = [_prediction(p) for p in predictions]
-    gts = [_ground_truth(g) for g in ground_truths]
-    ap = np.full((len(thresholds), num_classes), np.nan)
-    num_gt = np.zeros(num_classes, np.int64)
-    for cls in range(num_classes):
-        scores_all, matched_all, ignored_all = [], [], []
-        for (p_boxes, p_scores, p_labels), (g_boxes, g_labels, g_crowd) in zip(preds, gts):
-            mine = p_labels == cls
-            order = np.argsort(-p_scores[mine], kind="stable")[:max_detections]
-            d_boxes, d_scores = p_boxes[mine][order], p_scores[mine][order]
-            truth = g_labels == cls
-            crowd = g_crowd[truth]
-            gt_order = np.argsort(crowd, kind="stable")  # regular truths first, crowds last
-            t_boxes, crowd = g_boxes[truth][gt_order], crowd[gt_order]
-            num_gt[cls] += int((~crowd).sum())
-            matched, ignored = _match(coco_iou(d_boxes, t_boxes, crowd), crowd, thresholds)
-            scores_all.append(d_scores)
-            matched_all.append(matched)
-            ignored_all.append(ignored)
-        total = int(num_gt[cls])
-        if total == 0:
-            continue
-        scores = np.concatenate(scores_all)
-        rank = np.argsort(-scores, kind="stable")
-        matched = np.concatenate(matched_all, axis=1)[:, rank]
-        ignored = np.concatenate(ignored_all, axis=1)[:, rank]
-        for t_index in range(len(thresholds)):
-            tp_cum = np.cumsum(matched[t_index] & ~ignored[t_index]).astype(np.float64)
-            fp_cum = np.cumsum(~matched[t_index] & ~ignored[t_index]).astype(np.float64)
-            recall = tp_cum / total
-            # COCO adds eps to the denominator; max() gives the same 0 for no counted detections
-            # and keeps exact fractions (1/1 == 1.0) otherwise
-            precision = tp_cum / np.maximum(tp_cum + fp_cum, np.spacing(1))
-            ap[t_index, cls] = interpolated_ap(recall, precision)
+    matches = image_matches(predictions, ground_truths, num_classes, thresholds, max_detections)
+    ap, num_gt = ap_from_matches(matches, len(thresholds))
     with np.errstate(all="ignore"):
         valid = ~np.isnan(ap)
         per_threshold = [

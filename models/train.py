@@ -397,6 +397,11 @@ def _parser() -> argparse.ArgumentParser:
         "val": "COCO instances JSON scored after every epoch (mAP line)",
         "images": "folder the datasets' file_name entries are relative to (default: the JSON's)",
         "image_size": "model input H W, multiples of 8 (default 160 160)",
+        "num_proposals": "RoIs the head classifies per image (default 64; the head's cost grows "
+        "with it: see docs/real_sizes.md)",
+        "pool_size": "RoIPooling output H W per RoI (default 7 7)",
+        "max_detections": "most detections kept per image after NMS (default 20)",
+        "score_threshold": "lowest class score kept as a detection (default 0.05)",
     }
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
@@ -407,15 +412,16 @@ def _parser() -> argparse.ArgumentParser:
         elif kind.startswith("tuple[int, int]"):
             parser.add_argument(flag, type=int, nargs=2, metavar=("H", "W"), help=text)
         else:
-            convert = {"int": int, "float": float, "str": str, "str | None": str}[kind]
+            convert = {"int": int, "float": float, "str": str}[kind.split(" | ")[0]]
             parser.add_argument(flag, type=convert, default=field.default, help=text)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.image_size is not None:
-        args.image_size = tuple(args.image_size)
+    for name in ("image_size", "pool_size"):
+        if getattr(args, name) is not None:
+            setattr(args, name, tuple(getattr(args, name)))
     cfg = TrainConfig(**vars(args))
     if cfg.epochs < 1 or cfg.steps_per_epoch < 1 or cfg.batch_size < 1:
         print("error: --epochs, --steps-per-epoch and --batch-size must be >= 1", file=sys.stderr)

@@ -31,6 +31,12 @@ class TrainConfig:
     val: str | None = None
     images: str | None = None
     image_size: tuple[int, int] | None = None
+    #: Detector config fields (None: DetectorConfig's default); recorded in the saved model's
+    #: config, so in its sidecar and the export manifest.
+    num_proposals: int | None = None
+    pool_size: tuple[int, int] | None = None
+    max_detections: int | None = None
+    score_threshold: float | None = None
 
     @property
     def steps(self) -> int:

@@ -107,6 +107,17 @@ class TrainingData(NamedTuple):
     val: Any  # (CocoDataset, Batch at det.image_size) or None
 
 
+#: TrainConfig fields that set the DetectorConfig field of the same name when given.
+HEAD_FLAGS = ("num_proposals", "pool_size", "max_detections", "score_threshold")
+
+
+def with_head_flags(det: DetectorConfig, cfg: TrainConfig) -> DetectorConfig:
+    """``det`` with the ``--num-proposals``/``--pool-size``/``--max-detections``/
+    ``--score-threshold`` values ``cfg`` gives (DetectorConfig validates them)."""
+    given = {name: getattr(cfg, name) for name in HEAD_FLAGS if getattr(cfg, name) is not None}
+    return dataclasses.replace(det, **given) if given else det
+
+
 def training_data(cfg: TrainConfig, det: DetectorConfig | None) -> TrainingData:
     """The detector config and batch source of ``cfg``: a COCO dataset or the procedural stream.
 
@@ -122,7 +133,7 @@ def training_data(cfg: TrainConfig, det: DetectorConfig | None) -> TrainingData:
                 f"--val {cfg.val} needs --data (the procedural data has its own held-out split)"
             )
         if det is None:
-            det = detector_config(cfg.image_size or (160, 160))
+            det = with_head_flags(detector_config(cfg.image_size or (160, 160)), cfg)
         if tuple(det.class_names) != CLASS_NAMES:
             raise RoiedgeError(
                 f"class names {list(det.class_names)} do not match the procedural data's "
@@ -135,7 +146,7 @@ def training_data(cfg: TrainConfig, det: DetectorConfig | None) -> TrainingData:
     dataset = load_coco(cfg.data, cfg.images)
     size = tuple(cfg.image_size) if cfg.image_size else (det.image_size if det else (160, 160))
     if det is None:
-        det = detector_config(size, dataset.class_names)
+        det = with_head_flags(detector_config(size, dataset.class_names), cfg)
     # The dataset's own category ids travel with the detector to `detect --json` (issue 20).
     if tuple(det.class_names) == dataset.class_names:
         det = dataclasses.replace(det, category_ids=dataset.category_ids)

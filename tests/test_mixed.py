@@ -52,6 +52,41 @@ def test_greedy_search_keeps_only_the_layers_the_target_needs():
     assert greedy_search(layers, lambda kept: -1.0).kept_float == ()
 
 
+def test_a_search_that_does_not_reach_its_target_never_says_met():
+    from export.mixed import greedy_search, measured_fallback
+
+    layers = ("a", "b", "c", "d")
+    # Out of measurements: the unmeasured fallback is not claimed met...
+    capped = greedy_search(layers, lambda kept: 5.0 - len(kept), rank=False, max_evaluations=2)
+    assert capped.fallback and not capped.met and capped.why
+    # ...until what it ships is measured: met only if that measurement meets the target.
+    short = measured_fallback(capped, lambda kept: 7.6)  # e.g. 22.4 dB against 30 dB
+    assert not short.met and short.reached_loss == 7.6 and "7.6" in short.why
+    assert measured_fallback(capped, lambda kept: -0.1).met
+    # Every layer float and still short: not met, with the shortfall.
+    never = greedy_search(layers, lambda kept: 1.0, rank=False)
+    assert not never.met and never.reached_loss == 1.0 and not never.fallback
+    notes = never.notes()
+    assert notes["target_met"] is False and "short by 1" in notes["why"]
+
+
+def test_an_snr_floor_above_what_8_bit_outputs_keep_is_refused_before_searching(head_setup):
+    from export.config import ExportInputError
+    from export.mixed import SnrTarget, tflite_mixed
+    from export.tflite_format import BuildInput
+
+    detector, samples = head_setup
+    build = BuildInput("head", detector.head, samples)
+    target = SnrTarget(build, min_snr_db=80.0, samples=samples[-4:])
+    # Each output's ceiling: its own float values at 8 bits (tens of dB, never 80).
+    ceilings = target.ceiling_db()
+    assert set(ceilings) == set(STAGE_IO["head"][1])
+    assert all(10.0 < c < 80.0 for c in ceilings.values())
+    with pytest.raises(ExportInputError, match="unreachable by int8") as error:
+        tflite_mixed(build, target=target)
+    assert "\n" not in str(error.value)
+
+
 def test_mixed_search_meets_an_snr_target_with_fewer_float_layers_than_all_float(head_setup):
     from export.mixed import SnrTarget, tflite_layers, tflite_mixed, tflite_runner
     from export.tflite_format import BuildInput, calibrate, quantize_calibrated

@@ -33,7 +33,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         "",
         "## Pipelines (both stages exported)",
         "",
-        "| pipeline | mAP@0.5 | Δ pts | mAP@.5:.95 | Δ pts | box IoU vs float | matched | bytes "
+        "| pipeline | mAP@0.5 | Δ pts [95%] | mAP@.5:.95 | Δ pts [95%] | box IoU vs float | matched | bytes "
         "| p50 ms | verdict |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
@@ -53,7 +53,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         "",
         "## Artifacts (the other stage in float Keras)",
         "",
-        "| artifact | mAP@0.5 | Δ pts | mAP@.5:.95 | Δ pts | top-1 | box IoU | bytes | p50 ms "
+        "| artifact | mAP@0.5 | Δ pts [95%] | mAP@.5:.95 | Δ pts [95%] | top-1 | box IoU | bytes | p50 ms "
         "| verdict |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
@@ -91,8 +91,10 @@ def format_markdown(report: dict[str, Any]) -> str:
         for row in report["mixed"]:
             target = ", ".join(f"{k} {v}" for k, v in row["target"].items() if k != "target_met")
             kept = "<br>".join(row["kept_float_layers"]) or "none (int8 meets the target)"
+            reached = ", ".join(f"{k} {_num(v, '.2f')}" for k, v in row.get("reached", {}).items())
+            met = "yes" if row["target_met"] else f"**NO** ({reached}; {row.get('why')})"
             lines.append(
-                f"| {row['name']} | {target} | {row['target_met']} | {kept} | "
+                f"| {row['name']} | {target} | {met} | {kept} | "
                 f"{_num(row.get('extra_bytes_vs_int8'), ',')} | "
                 f"{_num(row.get('extra_ms_vs_int8'), '+.2f')} |"
             )
@@ -122,15 +124,24 @@ def format_markdown(report: dict[str, Any]) -> str:
 
 
 def _delta(base: float | None, row: dict, key: str = "map50") -> str:
+    """The Δ against float Keras in points, with its paired bootstrap 95% interval if any."""
     if base is None or row.get(key) is None:
         return "-"
-    return f"{100 * (row[key] - base):+.2f}"
+    interval = row.get("drop_intervals", {}).get(key)
+    if interval is None:
+        return f"{100 * (row[key] - base):+.2f}"
+    # the interval is of the drop (Keras - row); Δ = -drop, so its ends swap
+    return (
+        f"{100 * (row[key] - base):+.2f} "
+        f"[{-100 * interval['high']:+.2f}, {-100 * interval['low']:+.2f}]"
+    )
 
 
 def _verdict(row: dict) -> str:
     if "passed" not in row:
         return "-"
-    return "pass" if row["passed"] else "**FAIL**"
+    small = " (val set too small to judge a bound)" if row.get("too_small_to_judge") else ""
+    return ("pass" if row["passed"] else "**FAIL**") + small
 
 
 def speed_table(report: dict[str, Any]) -> str:

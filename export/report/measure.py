@@ -143,11 +143,32 @@ class Measurer:
         """mAP, per-output error statistics and detection agreement of everything measured."""
         batch, scorer = self._scored_images()
         run = _AccuracyRun(self, scorer)
+        run.scored_as = self._scored_as(batch)
         label = "held-out images" if self.config.data is None else str(self.config.data)
         images = progress(batch.images, self.config.progress, label)
         for index, image in enumerate(images):
             run.add(image, with_errors=index < self.config.stage_images)
         return run.summary(batch)
+
+    def _scored_as(self, batch: Any) -> Any:
+        """``detections -> (predictions, truths)`` exactly as the scorer scores them (the photos'
+        own pixels for ``--data``), for the bootstrap's per-image matching."""
+        if self.config.data is None:
+            truths = list(zip(batch.boxes, batch.labels))
+            return lambda detections: (list(detections), truths)
+        from models.coco import ground_truth, load_coco
+        from models.evaluate import to_original_pixels
+
+        dataset = load_coco(self.config.data)
+        size = self.detector_config.image_size
+        truths = ground_truth(dataset)
+
+        def scored_as(detections):
+            return [
+                to_original_pixels(d, size, i) for d, i in zip(detections, dataset.images)
+            ], truths
+
+        return scored_as
 
     def _scored_images(self) -> tuple[Any, Any]:
         """(images at the model size, ``scorer(detections) -> mAP summary``): the procedural
@@ -259,6 +280,7 @@ class _AccuracyRun:
             "artifacts": {},
             "pipelines": {},
         }
+        self._keras_matches = self._matches(self.keras_dets)
         for entry in self.entries:
             row = self._scored(self.artifact_dets[entry.name], batch)
             stats = {n: acc.result() for n, acc in self.errors[entry.name].items() if acc.actual}
@@ -274,10 +296,25 @@ class _AccuracyRun:
             )
         return result
 
+    def _matches(self, detections: list) -> Any:
+        from models.bootstrap import COCO_IOU_THRESHOLDS
+        from models.metrics import image_matches
+
+        predictions, truths = self.scored_as(detections)
+        classes = len(self.det_cfg.class_names)
+        return image_matches(predictions, truths, classes, COCO_IOU_THRESHOLDS)
+
     def _scored(self, detections: list, batch: Any) -> dict[str, Any]:
+        from models.bootstrap import paired_drop_intervals_from_matches
+
         summary = self.scorer(detections)
+        intervals = paired_drop_intervals_from_matches(
+            self._keras_matches, self._matches(detections), len(detections)
+        )
         return {
             "map50": summary["map50"],
             "map50_95": summary["map50_95"],
+            # drop against float Keras (fractions) with its paired bootstrap 95% interval
+            "drop_intervals": {k: v.to_dict() for k, v in intervals.items()},
             "agreement": detection_agreement(detections, self.keras_dets, AGREEMENT_MIN_SCORE),
         }

@@ -14,15 +14,51 @@ from runtime.manifest import ArtifactEntry, Manifest
 
 
 def map_drop_failures(precision: str, keras: dict, row: dict) -> list[str]:
-    """The mAP@0.5 and mAP@.5:.95 drop bounds of ``precision`` this measured row breaks."""
+    """The mAP@0.5 and mAP@.5:.95 drop bounds of ``precision`` this measured row breaks.
+
+    With a paired bootstrap interval (``drop_intervals``, models.bootstrap) a bound is broken
+    only when the whole 95% interval is past it; a row whose interval is too wide to judge is
+    marked (``row["too_small_to_judge"]``), not failed.
+    """
     from runtime.golden import map50_95_drop_failures, map50_drop_failures
 
+    if "drop_intervals" in row:
+        return interval_failures(precision, row)
     failures = []
     if "map50" in row:
         failures += map50_drop_failures(precision, keras.get("map50", float("nan")), row["map50"])
     if "map50_95" in row:
         keras_map = keras.get("map50_95", float("nan"))
         failures += map50_95_drop_failures(precision, keras_map, row["map50_95"])
+    return failures
+
+
+def interval_failures(precision: str, row: dict) -> list[str]:
+    """:func:`map_drop_failures` from the row's bootstrap intervals (see models.bootstrap)."""
+    from models.bootstrap import DropInterval, images_needed
+    from runtime.tolerances import tolerance_for
+
+    tolerance = tolerance_for(precision)
+    bounds = {"map50": tolerance.max_map50_drop, "map50_95": tolerance.max_map50_95_drop}
+    labels = {"map50": "mAP@0.5", "map50_95": "mAP@.5:.95"}
+    failures, too_small = [], []
+    for key, values in row["drop_intervals"].items():
+        interval, bound = DropInterval(**values), bounds.get(key)
+        verdict = interval.verdict(bound)
+        shown = (
+            f"{labels[key]} drop {100 * interval.drop:.2f} pts "
+            f"[95% {100 * interval.low:.2f}, {100 * interval.high:.2f}]"
+        )
+        if verdict == "fail":
+            failures.append(f"{shown} > {100 * bound:.2f} pts")
+        elif verdict == "too small":
+            needed = images_needed(interval, bound)
+            too_small.append(
+                f"{shown}: {interval.images} images cannot judge a {100 * bound:.2f} pt bound "
+                f"(~{needed} needed)"
+            )
+    if too_small:
+        row["too_small_to_judge"] = too_small
     return failures
 
 
@@ -126,6 +162,9 @@ def mixed_rows(directory: Path, manifest: Manifest, latency: dict) -> list[dict[
             "kept_float_layers": notes.get("kept_float_layers", []),
             "target": {k: v for k, v in notes.items() if k.startswith(("target", "max_", "min_"))},
             "target_met": notes.get("target_met"),
+            # what the search reached (target units) and, when missed, why (export.mixed)
+            "reached": {k: v for k, v in notes.items() if k.startswith("reached_")},
+            "why": notes.get("why"),
             "bytes": entry.bytes,
             "latency_ms": latency["artifacts"].get(entry.name),
         }
