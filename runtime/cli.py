@@ -91,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_run_arguments(verbs.add_parser("run", help="run one artifact on inputs from an .npz"))
 
+    from runtime.stream_cli import add_arguments as add_stream_arguments
+
+    add_stream_arguments(verbs.add_parser("stream", help="detect on a video or camera stream"))
+
     child = verbs.add_parser("_bench-child")  # internal: one measurement in a fresh process
     child.add_argument("kind", choices=("artifact", "pipeline"))
     child.add_argument("what")
@@ -327,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
 
     verb = {"detect": _detect, "check": _check, "bench": _bench, "_bench-child": _bench_child}
     verb["run"] = _run
+    from runtime.stream_cli import main as _stream
+
+    verb["stream"] = _stream
     try:
         return verb[args.verb](args)
     except RoiedgeError as error:
