@@ -25,7 +25,9 @@ def moving_frames(
 ) -> Iterator[np.ndarray]:
     """``num_frames`` frames [H,W,3] uint8 RGB of moving shapes (``image_size`` = (H, W))."""
     config = data_config_for(image_size)
-    scene = make_sample(sample_rng(seed, VIDEO_SPLIT, 0), dataclasses.replace(config, min_objects=3))
+    scene = make_sample(
+        sample_rng(seed, VIDEO_SPLIT, 0), dataclasses.replace(config, min_objects=3)
+    )
     empty = dataclasses.replace(config, min_objects=0, max_objects=0, noise_min=0.0, noise_max=0.0)
     background = make_sample(sample_rng(seed, VIDEO_SPLIT, 1), empty).image.astype(np.float32)
     rng = np.random.default_rng([seed, VIDEO_SPLIT, 2])

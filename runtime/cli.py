@@ -82,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", nargs="*", default=None, help="artifact names (default: all)")
     bench.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     bench.add_argument(
+        "--video",
+        type=Path,
+        default=None,
+        help="instead: stream fps on this video, pipelined vs sequential, 1 and 2 cores",
+    )
+    bench.add_argument("--rounds", type=int, default=3, help="--video: runs per mode and setting")
+    bench.add_argument(
         "--require-all",
         action="store_true",
         help="fail (exit 1) when a measurement is skipped because its interpreter is not installed",
@@ -265,6 +272,10 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.video is not None:
+        from runtime.stream_bench import run_from_cli
+
+        return run_from_cli(args)
     from runtime.backends import edgetpu_available, missing_interpreter
     from runtime.bench import format_table, run_child
     from runtime.manifest import EDGETPU_PRECISION, atomic_write_bytes, read_manifest

@@ -17,7 +17,7 @@ import numpy as np
 
 from runtime import strict_json
 from runtime.errors import RoiedgeError, one_line
-from runtime.interrupts import EXIT_SIGINT
+from runtime.interrupts import EXIT_SIGINT, EXIT_SIGTERM, Terminated
 from runtime.stream import STEPS
 
 
@@ -163,7 +163,7 @@ def main(args: argparse.Namespace) -> int:
     writer: VideoWriter | None = None
     lines = args.json.open("w", encoding="utf-8") if args.json is not None else None
     status = StatusLine(sys.stderr)
-    code = 0
+    code, failure = 0, None
     try:
         for result in results:
             start = time.perf_counter()
@@ -180,8 +180,10 @@ def main(args: argparse.Namespace) -> int:
                 break
     except KeyboardInterrupt:
         code = EXIT_SIGINT
+    except Terminated:
+        code = EXIT_SIGTERM
     except RoiedgeError as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        failure = f"error: {one_line(error)}"
         code = 2
     finally:
         results.close()
@@ -191,8 +193,11 @@ def main(args: argparse.Namespace) -> int:
             lines.close()
     status.show(source.dropped, final=True)
     written = [str(p) for p in (args.out, args.json) if p is not None]
-    if code == EXIT_SIGINT:
-        print(f"interrupted (Ctrl-C) after {status.frames} frames", file=sys.stderr)
+    if code in (EXIT_SIGINT, EXIT_SIGTERM):
+        signal_name = "Ctrl-C" if code == EXIT_SIGINT else "SIGTERM"
+        print(f"interrupted ({signal_name}) after {status.frames} frames", file=sys.stderr)
     if written:
         print(f"wrote {status.frames} frames to {', '.join(written)}")
+    if failure is not None:  # last, so the stream's error is the one line it ends with
+        print(failure, file=sys.stderr)
     return code

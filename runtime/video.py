@@ -41,6 +41,9 @@ class Frame(NamedTuple):
 
 def opencv() -> Any:
     """The ``cv2`` module, or a one-line VideoError saying what to install."""
+    # ffmpeg's own log (e.g. "moov atom not found") would be a second line beside our error.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     try:
         import cv2
     except ImportError:
