@@ -58,17 +58,27 @@ def measure(artifacts: str, video: str, precision: str, mode: str, cores: int) -
     else:
         results = detector.stream(source, head_copies=cores)
     detector.detect(np.zeros((*detector.config.image_size, 3), np.uint8))  # warm-up
-    start = time.perf_counter()
-    latencies = [result.latency_s for result in results]
+    start, cpu_start = time.perf_counter(), time.process_time()
+    latencies, timings = [], []
+    for result in results:
+        latencies.append(result.latency_s)
+        timings.append(result.timings)
     elapsed = time.perf_counter() - start
+    cpu_s = time.process_time() - cpu_start
+    steps = sorted({name for t in timings for name in t})
     return {
         "mode": mode,
         "precision": precision,
         "cores": cores,
         "frames": len(latencies),
         "fps": len(latencies) / elapsed,
+        # CPU time of every thread of the process per frame: the work a frame costs, which a
+        # loaded host does not change (wall fps it does: it shares the cores by runnable thread).
+        "cpu_ms_per_frame": cpu_s / len(latencies) * 1e3,
         "p50_ms": float(np.percentile(latencies, 50) * 1e3),
         "p90_ms": float(np.percentile(latencies, 90) * 1e3),
+        # Median ms per step (a step's own time, waiting in queues excluded).
+        "step_ms": {n: float(np.median([t.get(n, 0.0) for t in timings]) * 1e3) for n in steps},
     }
 
 
@@ -125,7 +135,12 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[mode] = {
                 "fps": [r["fps"] for r in by[mode]],
                 "p50_ms": float(np.median([r["p50_ms"] for r in by[mode]])),
+                "cpu_ms_per_frame": float(np.median([r["cpu_ms_per_frame"] for r in by[mode]])),
                 "p90_ms": float(np.median([r["p90_ms"] for r in by[mode]])),
+                "step_ms": {
+                    name: float(np.median([r["step_ms"].get(name, 0.0) for r in by[mode]]))
+                    for name in sorted({n for r in by[mode] for n in r["step_ms"]})
+                },
             }
         rows.append(row)
     return rows
@@ -137,7 +152,7 @@ def format_summary(result: dict[str, Any]) -> str:
         f"stream bench on {result['host']}, {result['started']}, load average "
         f"{_load(result['load_before'])} -> {_load(result['load_after'])}, video {result['video']}",
         f"{'cores':>5} {'precision':<10} {'sequential fps':>16} {'pipelined fps':>16} "
-        f"{'ratio':>11} {'seq p50/p90 ms':>15} {'pipe p50/p90 ms':>16}",
+        f"{'ratio':>11} {'seq p50/p90 ms':>15} {'pipe p50/p90 ms':>16} {'CPU ms/frame':>13}",
     ]
     for row in result["summary"]:
         seq, pipe, ratio = row["sequential"], row["pipelined"], row["ratio"]
@@ -145,6 +160,7 @@ def format_summary(result: dict[str, Any]) -> str:
             f"{row['cores']:>5} {row['precision']:<10} {_range(seq['fps']):>16} "
             f"{_range(pipe['fps']):>16} {_range(ratio, 2) + 'x':>11} "
             f"{seq['p50_ms']:>7.1f}/{seq['p90_ms']:<7.1f} {pipe['p50_ms']:>8.1f}/{pipe['p90_ms']:<7.1f}"
+            f" {seq['cpu_ms_per_frame']:>6.1f}/{pipe['cpu_ms_per_frame']:<6.1f}"
         )
     return "\n".join(lines)
 
