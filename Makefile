@@ -56,7 +56,8 @@ report: $(STAMP) $(ARTIFACTS)/manifest.json
 	$(PY) -m export.report --artifacts $(ARTIFACTS)
 
 ## bench: RoIPooling micro-benchmark (+ per-op profile, lowering variants), realistic head in every
-## format, RoIPooling cost curves, artifact speed table, ONNX int8 profile, runtime cold start and memory.
+## format, RoIPooling cost curves, artifact speed table, ONNX int8 profile, runtime cold start and memory,
+## video stream fps (pipelined vs sequential, 1 and 2 cores).
 bench: $(STAMP) $(ARTIFACTS)/manifest.json
 	$(PY) -m bench.roi --json $(ARTIFACTS)/bench_roi.json --png $(ARTIFACTS)/bench_roi.png
 	$(PY) -m bench.head --json $(ARTIFACTS)/bench_head.json
@@ -65,6 +66,7 @@ bench: $(STAMP) $(ARTIFACTS)/manifest.json
 	$(PY) -m bench.onnx_profile --artifacts $(ARTIFACTS) --json $(ARTIFACTS)/bench_onnx_profile.json --png $(ARTIFACTS)/bench_onnx_profile.png
 	$(PY) -m runtime bench $(ARTIFACTS)
 	$(PY) bench/cold_start.py --artifacts $(ARTIFACTS)
+	$(PY) -m bench.stream --artifacts $(ARTIFACTS) --json $(ARTIFACTS)/bench_stream.json --png $(ARTIFACTS)/bench_stream.png
 
 ## edgetpu: compile the int8_io backbone for the Coral Edge TPU (needs edgetpu_compiler installed).
 edgetpu: $(STAMP) $(ARTIFACTS)/manifest.json

@@ -84,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", nargs="*", default=None, help="artifact names (default: all)")
     bench.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     bench.add_argument(
+        "--video",
+        type=Path,
+        default=None,
+        help="instead: stream fps on this video, pipelined vs sequential, 1 and 2 cores",
+    )
+    bench.add_argument("--rounds", type=int, default=3, help="--video: runs per mode and setting")
+    bench.add_argument(
         "--require-all",
         action="store_true",
         help="fail (exit 1) when a measurement is skipped because its interpreter is not installed",
@@ -92,6 +99,10 @@ def _parser() -> argparse.ArgumentParser:
     from runtime.run import add_arguments as add_run_arguments
 
     add_run_arguments(verbs.add_parser("run", help="run one artifact on inputs from an .npz"))
+
+    from runtime.stream_cli import add_arguments as add_stream_arguments
+
+    add_stream_arguments(verbs.add_parser("stream", help="detect on a video or camera stream"))
 
     child = verbs.add_parser("_bench-child")  # internal: one measurement in a fresh process
     child.add_argument("kind", choices=("artifact", "pipeline"))
@@ -276,6 +287,10 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.video is not None:
+        from runtime.stream_bench import run_from_cli
+
+        return run_from_cli(args)
     from runtime.backends import edgetpu_available, missing_interpreter
     from runtime.bench import format_table, run_child
     from runtime.manifest import EDGETPU_PRECISION, atomic_write_bytes, read_manifest
@@ -344,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
 
     verb = {"detect": _detect, "check": _check, "bench": _bench, "_bench-child": _bench_child}
     verb["run"] = _run
+    from runtime.stream_cli import main as _stream
+
+    verb["stream"] = _stream
     try:
         return verb[args.verb](args)
     except RoiedgeError as error:

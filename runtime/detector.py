@@ -249,9 +249,37 @@ class Detector:
         tensor, (sy, sx) = self._preprocess(image)
         timings["preprocess"] = time.perf_counter() - start
         found = self.detect_tensor(tensor)
-        boxes = found.boxes * np.asarray([sy, sx, sy, sx], dtype=np.float32)
-        detections = processing.Detections(boxes, found.scores, found.class_ids).to_list(
-            self.config.class_names
-        )
+        detections = self.to_image_detections(found, (sy, sx))
         timings["total"] = time.perf_counter() - start  # the list too: it is part of the call
         return detections
+
+    # The pieces of detect() that runtime.stream runs as pipeline steps of their own.
+
+    @property
+    def anchor_table(self) -> processing.AnchorTable:
+        """The anchors and their decoding geometry (read-only arrays, shared by threads)."""
+        return self._anchor_table
+
+    def prepare(self, image: Any) -> tuple[np.ndarray, tuple[float, float]]:
+        """Any image -> (``image`` tensor [1,H,W,3] float32, (sy, sx) from model to input pixels)."""
+        return self._preprocess(image)
+
+    def to_image_detections(
+        self, found: processing.Detections, scale: tuple[float, float]
+    ) -> list[processing.Detection]:
+        """Detections in model pixels -> the list ``detect`` returns, boxes times (sy, sx)."""
+        sy, sx = scale
+        boxes = found.boxes * np.asarray([sy, sx, sy, sx], dtype=np.float32)
+        return processing.Detections(boxes, found.scores, found.class_ids).to_list(
+            self.config.class_names
+        )
+
+    def stream(self, frames: Any, **options: Any) -> Any:
+        """Detections of each frame of ``frames`` (Frame items or HxWx3 uint8 RGB arrays), in
+        order, with the steps pipelined in threads -> iterator of runtime.stream.StreamResult.
+
+        ``options``: fields of runtime.stream.StreamOptions (queue_size, workers).
+        """
+        from runtime.stream import StreamOptions, stream_detections
+
+        return stream_detections(self, frames, StreamOptions(**options))

@@ -6,6 +6,7 @@
 # Builds two venvs under .edge-envs/ (reused while their requirements are unchanged; FRESH=1 rebuilds):
 #   tflite-runtime: numpy<2 + tflite-runtime==2.14.0 + Pillow   (a Raspberry Pi OS-like image)
 #   litert-onnx:    numpy + ai-edge-litert==2.3.0 + onnxruntime==1.31.1 + Pillow
+# (each with opencv-python-headless for the stream check: 4.11.0.86 takes numpy<2, 5.1.0.95 numpy 2)
 # then copies runtime/, the artifacts and scripts/device_cases.py to a temp dir outside the repo
 # and, in each env, checks that TensorFlow is absent, runs the README's `python -m runtime check
 # artifacts` as is (it must exit 0 with only tflite-runtime installed: ONNX rows are skipped),
@@ -26,8 +27,8 @@ fi
 ARTIFACTS="$(cd "$ARTIFACTS" && pwd)"
 
 declare -A REQUIREMENTS=(
-    [tflite-runtime]="numpy<2 tflite-runtime==2.14.0 pillow==11.3.0"
-    [litert-onnx]="numpy==2.4.6 ai-edge-litert==2.3.0 onnxruntime==1.31.1 pillow==13.0.0"
+    [tflite-runtime]="numpy<2 tflite-runtime==2.14.0 pillow==11.3.0 opencv-python-headless==4.11.0.86"
+    [litert-onnx]="numpy==2.4.6 ai-edge-litert==2.3.0 onnxruntime==1.31.1 pillow==13.0.0 opencv-python-headless==5.1.0.95"
 )
 # The formats each env can run (check them all; detect with every backbone precision of them).
 declare -A FORMATS=([tflite-runtime]="tflite" [litert-onnx]="tflite onnx")
@@ -39,6 +40,7 @@ cp -r "$REPO/runtime" "$WORK/runtime"
 find "$WORK/runtime" -name __pycache__ -prune -exec rm -rf {} +
 cp -r "$ARTIFACTS" "$WORK/artifacts"
 cp "$REPO/scripts/device_cases.py" "$WORK/device_cases.py"
+cp "$REPO/scripts/device_stream_check.py" "$WORK/device_stream_check.py"
 echo "== device copy: $WORK (runtime/ + artifacts/ only)"
 
 FAILED=()
@@ -128,6 +130,8 @@ Detector('artifacts', precision='int8', backend='${BACKEND[$name]}').detect(np.z
 bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'models', 'export'))
 sys.exit(f'loaded {bad}' if bad else 0)"
     step "[$name] device cases" "$py" device_cases.py artifacts
+    step "[$name] stream --video (int8): frames in order, = detect, mp4 frame count" \
+        "$py" device_stream_check.py artifacts --precision int8 --backend "${BACKEND[$name]}"
     echo "== env $name: $((SECONDS - env_start)) s"
 done
 
