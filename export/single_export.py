@@ -129,9 +129,7 @@ def build_single_files(
                 "golden_check": {
                     "location": {
                         **{
-                            k: float(v)
-                            for o in verdict.outputs
-                            for k, v in vars(o.metrics).items()
+                            k: float(v) for o in verdict.outputs for k, v in vars(o.metrics).items()
                         },
                         "detections_matched": verdict.top1_agreement,
                         "failures": list(verdict.failures),

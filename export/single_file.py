@@ -86,7 +86,9 @@ def proposals_function(config: DetectorConfig):
     )
     def proposals(rpn_scores, rpn_deltas):
         scores, top = tf.math.top_k(rpn_scores[0], k=config.rpn_pre_nms_top_n, sorted=True)
-        boxes = _decode(tf.gather(rpn_deltas[0], top), tf.gather(geometry, top), config.box_coder_scales)
+        boxes = _decode(
+            tf.gather(rpn_deltas[0], top), tf.gather(geometry, top), config.box_coder_scales
+        )
         boxes = tf.minimum(tf.maximum(boxes, 0.0), limits)
         extent = boxes[:, 2:] - boxes[:, :2]
         big = tf.reduce_min(extent, axis=1) >= config.rpn_min_size

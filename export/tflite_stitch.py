@@ -129,7 +129,9 @@ class _Chain:
             ("FLOAT32", "INT8"): (_QUANTIZE, 1),
             ("UINT8", "INT8"): (_QUANTIZE, 1),
         }
-        if pair not in conversions or (pair[0] == "UINT8" and pair[1] == "INT8" and not have.quantization):
+        if pair not in conversions or (
+            pair[0] == "UINT8" and pair[1] == "INT8" and not have.quantization
+        ):
             raise ExportCheckError(f"chaining {piece}: cannot bind {name!r} {pair[0]} to {pair[1]}")
         builtin_code, version = conversions[pair]
         quantization = None

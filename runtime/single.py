@@ -176,5 +176,7 @@ def judge_single(
     floor = tolerance_for(precision).min_top1_agreement
     failures = ()
     if floor is not None and agreement < floor:
-        failures = (f"detections matched (class, IoU >= {MATCH_MIN_IOU}) {agreement:.3f} < {floor:.3f}",)
+        failures = (
+            f"detections matched (class, IoU >= {MATCH_MIN_IOU}) {agreement:.3f} < {floor:.3f}",
+        )
     return dataclasses.replace(verdict, top1_agreement=agreement, top1_failures=failures)
