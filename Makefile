@@ -58,13 +58,13 @@ report: $(STAMP) $(ARTIFACTS)/manifest.json
 ## bench: RoIPooling micro-benchmark (+ per-op profile, lowering variants), realistic head in every
 ## format, RoIPooling cost curves, artifact speed table, ONNX int8 profile, runtime cold start and memory.
 bench: $(STAMP) $(ARTIFACTS)/manifest.json
-	$(PY) -m models.bench_roi --json $(ARTIFACTS)/bench_roi.json --png $(ARTIFACTS)/bench_roi.png
-	$(PY) -m models.bench_head --json $(ARTIFACTS)/bench_head.json
-	$(PY) -m models.bench_scaling --json $(ARTIFACTS)/bench_scaling.json --png $(ARTIFACTS)/bench_scaling.png
+	$(PY) -m bench.roi --json $(ARTIFACTS)/bench_roi.json --png $(ARTIFACTS)/bench_roi.png
+	$(PY) -m bench.head --json $(ARTIFACTS)/bench_head.json
+	$(PY) -m bench.scaling --json $(ARTIFACTS)/bench_scaling.json --png $(ARTIFACTS)/bench_scaling.png
 	$(PY) -m export.report --artifacts $(ARTIFACTS) --speed-only
-	$(PY) -m export.onnx_profile --artifacts $(ARTIFACTS) --json $(ARTIFACTS)/bench_onnx_profile.json --png $(ARTIFACTS)/bench_onnx_profile.png
+	$(PY) -m bench.onnx_profile --artifacts $(ARTIFACTS) --json $(ARTIFACTS)/bench_onnx_profile.json --png $(ARTIFACTS)/bench_onnx_profile.png
 	$(PY) -m runtime bench $(ARTIFACTS)
-	$(PY) scripts/bench_cold_start.py --artifacts $(ARTIFACTS)
+	$(PY) bench/cold_start.py --artifacts $(ARTIFACTS)
 
 ## edgetpu: compile the int8_io backbone for the Coral Edge TPU (needs edgetpu_compiler installed).
 edgetpu: $(STAMP) $(ARTIFACTS)/manifest.json

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from export.config import ExportCheckError, ExportConfig, comma_names
 from export.formats import ARTIFACTS, PRECISIONS
-from runtime.errors import RoiedgeError
+from export.summary import summary
+from runtime.errors import RoiedgeError, one_line
 from runtime.manifest import FORMATS, MODELS
 
 
@@ -91,37 +92,13 @@ def main(argv: list[str] | None = None) -> int:
 
         manifest = run_export(config)
     except RoiedgeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     except ExportCheckError as error:
         print(f"export check failed: {error}", file=sys.stderr)
         return 1
     print(summary(manifest, Path(config.out)))
     return 0
-
-
-def summary(manifest, out: Path) -> str:
-    """One line per artifact: size, size vs float32, worst golden SNR, head top-1 agreement."""
-    from runtime import strict_json
-
-    lines = [f"{'artifact':34s} {'bytes':>10s} {'vs f32':>7s} {'min SNR dB':>10s} {'top-1':>6s}"]
-    for entry in manifest.artifacts:
-        report = strict_json.loads((out / entry.op_report).read_text(encoding="utf-8"))
-        checks = report.get("golden_check", {})
-        snr = min((c["snr_db"] for c in checks.values()), default=float("nan"))
-        top1 = checks.get("class_scores", {}).get("top1_agreement")
-        try:
-            ratio = entry.bytes / manifest.find(entry.model, entry.format, "float32").bytes
-            ratio_text = f"{ratio:.2f}x"
-        except RoiedgeError:
-            ratio_text = "-"
-        lines.append(
-            f"{entry.name:34s} {entry.bytes:10d} {ratio_text:>7s} {snr:10.1f} "
-            f"{'' if top1 is None else f'{top1:.3f}':>6s}"
-        )
-    total = sum(a.bytes for a in manifest.artifacts)
-    lines.append(f"wrote {len(manifest.artifacts)} artifacts ({total / 1e6:.1f} MB) to {out}")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

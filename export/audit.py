@@ -22,7 +22,8 @@ OLDEST_TFLITE_RUNTIME = "2.14.0"
 _TFLITE_CUSTOM = 32
 
 
-def _tflite_model(model_bytes: bytes):
+def tflite_model(model_bytes: bytes):
+    """The flatbuffer object model (``ModelT``) of a .tflite file's bytes."""
     from export.tf_private import flatbuffer_utils as _flatbuffer_utils
 
     flatbuffer_utils = _flatbuffer_utils()
@@ -30,7 +31,7 @@ def _tflite_model(model_bytes: bytes):
     return flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
 
 
-def _tflite_op_name(model, opcode_index: int) -> str:
+def tflite_op_name(model, opcode_index: int) -> str:
     """``CONV_2D`` for a builtin, the custom code (``FlexCropAndResize``...) for a custom op."""
     from export.tf_private import flatbuffer_utils as _flatbuffer_utils
 
@@ -46,21 +47,21 @@ def _tflite_op_name(model, opcode_index: int) -> str:
 
 def tflite_ops(model_bytes: bytes) -> Counter:
     """Op name -> count over every subgraph of a .tflite flatbuffer."""
-    model = _tflite_model(model_bytes)
+    model = tflite_model(model_bytes)
     counts: Counter = Counter()
     for subgraph in model.subgraphs:
         for op in subgraph.operators:
-            counts[_tflite_op_name(model, op.opcodeIndex)] += 1
+            counts[tflite_op_name(model, op.opcodeIndex)] += 1
     return counts
 
 
 def tflite_op_versions(model_bytes: bytes) -> dict[str, list[int]]:
     """Op name -> the op versions used (older runtimes reject versions newer than they know)."""
-    model = _tflite_model(model_bytes)
+    model = tflite_model(model_bytes)
     versions: dict[str, set[int]] = {}
     for subgraph in model.subgraphs:
         for op in subgraph.operators:
-            name = _tflite_op_name(model, op.opcodeIndex)
+            name = tflite_op_name(model, op.opcodeIndex)
             versions.setdefault(name, set()).add(int(model.operatorCodes[op.opcodeIndex].version))
     return {name: sorted(v) for name, v in sorted(versions.items())}
 
@@ -68,7 +69,7 @@ def tflite_op_versions(model_bytes: bytes) -> dict[str, list[int]]:
 def tflite_min_runtime_version(model_bytes: bytes) -> str | None:
     """The converter's ``min_runtime_version`` metadata: the oldest TFLite that knows every op
     version used (None if the model does not carry it)."""
-    model = _tflite_model(model_bytes)
+    model = tflite_model(model_bytes)
     for entry in model.metadata or []:
         if entry.name and entry.name.decode() == "min_runtime_version":
             data = model.buffers[entry.buffer].data
@@ -160,7 +161,7 @@ def tflite_tensor_report(model_bytes: bytes) -> dict[str, Any]:
 
     flatbuffer_utils = _flatbuffer_utils()
 
-    model = _tflite_model(model_bytes)
+    model = tflite_model(model_bytes)
     tensors = []
     for subgraph in model.subgraphs:
         produced = {o for op in subgraph.operators for o in op.outputs}

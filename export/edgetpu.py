@@ -94,9 +94,9 @@ INSTALL_HINT = (
 
 
 def _tensor_rule_breaks(tensor: Any, constant: bool, name: str) -> list[str]:
-    from tensorflow.lite.tools import flatbuffer_utils
+    from export.tf_private import flatbuffer_utils
 
-    dtype = flatbuffer_utils.type_to_name(tensor.type).lower()
+    dtype = flatbuffer_utils().type_to_name(tensor.type).lower()
     raw = tensor.shapeSignature if tensor.shapeSignature is not None else tensor.shape
     shape = [int(d) for d in (raw if raw is not None else [])]
     broken = []
@@ -124,15 +124,15 @@ def op_placement(model_bytes: bytes) -> list[dict[str, Any]]:
     compiler cuts the graph once). ``reason`` lists the rules an op breaks itself, or says it
     follows an unmapped op.
     """
-    from export.audit import _tflite_model, _tflite_op_name
+    from export.audit import tflite_model, tflite_op_name
 
-    model = _tflite_model(model_bytes)
+    model = tflite_model(model_bytes)
     graph = model.subgraphs[0]
     produced = {o for op in graph.operators for o in op.outputs}
     graph_inputs = set(graph.inputs)
     rows, cut = [], None
     for index, op in enumerate(graph.operators):
-        name = _tflite_op_name(model, op.opcodeIndex)
+        name = tflite_op_name(model, op.opcodeIndex)
         broken = []
         if name not in EDGETPU_SUPPORTED_OPS:
             broken.append(f"{name} is not in Coral's supported ops")

@@ -182,7 +182,7 @@ def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> M
     try:
         relative = f"{pipeline.GOLDEN_DIR}/{name}.npz"
         arrays = pipeline.golden_arrays(golden_rows, golden_outputs)
-        pipeline.atomic_write_bytes(work / relative, pipeline._npz_bytes(arrays))
+        pipeline.atomic_write_bytes(work / relative, pipeline.npz_bytes(arrays))
         proof["coordinate_inputs"] = list(io.coordinate_inputs)
         proof["golden_samples"] = samples.golden_indexes
         proof["calibration_samples"] = len(samples.calibration_indexes)
@@ -195,7 +195,7 @@ def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> M
             for spec in specs:
                 bar.set_postfix_str(spec.name)
                 try:
-                    entry, broken = pipeline._build_one(
+                    entry, broken = pipeline.build_one(
                         spec, {name: swapped}, calibration, golden_in, golden_out, work, io
                     )
                 except Exception as error:  # the converters raise their own types
@@ -210,7 +210,7 @@ def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> M
                 golden={name: relative},
                 source_models=_source(config, name),
                 detector={},
-                versions=pipeline._versions(),
+                versions=pipeline.package_versions(),
             ),
             work,
         )
@@ -218,7 +218,7 @@ def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> M
         pipeline.write_manifest(manifest, work)
         for entry in pipeline.read_manifest(work).artifacts:
             pipeline.verified_path(work, entry)
-        pipeline._publish_permissions(work)
+        pipeline.publish_permissions(work)
         pipeline.swap_in(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -233,12 +233,12 @@ def _swap_and_prove(
 
     The original runs here when it can; otherwise its outputs come from ``output:NAME`` arrays.
     """
-    from export.pipeline import _keras_outputs
+    from export.shared import keras_outputs
     from export.swap import prove_swap, swap_roi_layers
 
     if loaded.original is not None:
         swapped, swaps = swap_roi_layers(loaded.original, config.roi_layer, config.samples_per_bin)
-        golden_outputs = _keras_outputs(loaded.original, golden_rows)
+        golden_outputs = keras_outputs(loaded.original, golden_rows)
         source = "ran the original model here on the golden samples"
     else:
         swapped, swaps = loaded.swapped_at_load, None
@@ -387,7 +387,7 @@ def build_parser():
 
 def main(argv: list[str]) -> int:
     """Exit 0 ok, 1 a check failed (swap proof, audit, golden), 2 bad usage or input."""
-    from export.__main__ import summary
+    from export.summary import summary
     from runtime.errors import RoiedgeError
 
     args = build_parser().parse_args(argv)

@@ -33,8 +33,15 @@ from typing import Any
 
 import numpy as np
 
+from export.shared import (
+    FLOAT_SCORE_OPS,
+    BuildInput,
+    Built,
+    keras_outputs,
+    onnx_session,
+    tflite_model_graph,
+)
 from export.stages import STAGE_IO
-from export.tflite_format import BuildInput, Built
 
 #: Default ``--target-drop``: the mixed pipeline's mAP@.5:.95 drop bound, in points.
 DEFAULT_TARGET_DROP = 0.5
@@ -151,18 +158,12 @@ class SnrTarget:
     """Loss = how many dB the worst output falls short of ``min_snr_db`` (label-free)."""
 
     def __init__(self, build: BuildInput, min_snr_db: float = MIN_OUTPUT_SNR_DB, samples=None):
-        import tensorflow as tf
-
         self.outputs = build.model_io.outputs
         self.min_snr_db = min_snr_db
         self.samples = list(samples if samples is not None else build.calibration[:SNR_SAMPLES])
         names = build.model_io.inputs
-        call = tf.function(lambda *a: build.keras_model(list(a) if len(a) > 1 else a[0]))
-        self.reference = []
-        for sample in self.samples:
-            outs = call(*[sample[n] for n in names])
-            outs = outs if isinstance(outs, (list, tuple)) else [outs]
-            self.reference.append([np.asarray(o, np.float32) for o in outs])
+        rows = [[sample[n] for n in names] for sample in self.samples]
+        self.reference = keras_outputs(build.keras_model, rows)
 
     def snrs(self, run: Callable[[dict], dict]) -> dict[str, float]:
         """Per-output SNR (dB) of a model runner over the samples."""
@@ -287,9 +288,7 @@ def tflite_runner(model_bytes: bytes) -> Callable[[dict], dict]:
 
 def onnx_runner(model_bytes: bytes) -> Callable[[dict], dict]:
     """A function feeding a dict of named inputs to an ONNX model, returning named outputs."""
-    from export.onnx_format import _session
-
-    session = _session(model_bytes)
+    session = onnx_session(model_bytes)
     names = [o.name for o in session.get_outputs()]
     inputs = {i.name for i in session.get_inputs()}
 
@@ -305,10 +304,10 @@ def onnx_runner(model_bytes: bytes) -> Callable[[dict], dict]:
 def tflite_layers(calibrated: bytes, build: BuildInput) -> list[str]:
     """Output tensor names of the layers full int8 quantizes (candidates to keep float)."""
     from export.tf_private import flatbuffer_utils
-    from export.tflite_format import FLOAT_SCORE_OPS, _float_model_graph, coordinate_denylist
+    from export.tflite_format import coordinate_denylist
 
     fb = flatbuffer_utils()
-    model = _float_model_graph(calibrated)
+    model = tflite_model_graph(calibrated)
     coordinate, _ = coordinate_denylist(calibrated, build.model_io)
     subgraph = model.subgraphs[0]
     names = []

@@ -16,8 +16,8 @@ import numpy as np
 
 from export.config import ExportCheckError
 from export.formats import ONNX_OPSET
+from export.shared import FLOAT_SCORE_OPS, BuildInput, Built, onnx_session
 from export.stages import ModelIO, model_io, named_function
-from export.tflite_format import FLOAT_SCORE_OPS, BuildInput, Built
 
 #: Activation range = this percentile of |x| over the calibration set (ONNX int8 backbone).
 CALIBRATION_PERCENTILE = 99.99
@@ -29,7 +29,7 @@ CALIBRATION_METHODS = {"backbone_rpn": "percentile", "head": "minmax"}
 #: ONNX op type of each TFLite score builtin.
 SCORE_OP_TYPES = {"SOFTMAX": "Softmax", "LOGISTIC": "Sigmoid"}
 #: Score op types ONNX int8 keeps float where they make the model's outputs (:func:`score_nodes`):
-#: TFLite's :data:`~export.tflite_format.FLOAT_SCORE_OPS` (same reason: an int8 probability has
+#: TFLite's :data:`~export.shared.FLOAT_SCORE_OPS` (same reason: an int8 probability has
 #: 1/255 steps, so confident scores tie at the top code and the order among them, which AP's
 #: ranking and the RPN's top-k/NMS depend on, becomes arbitrary) plus LOGISTIC, the RPN's
 #: Sigmoid. On the shipped detector's 500 held-out images the ONNX int8 pipeline's mAP@.5:.95 drop
@@ -395,30 +395,14 @@ def onnx_int8(build: BuildInput, keep_float: Sequence[str] = ()) -> Built:
 BUILDERS: dict[str, Callable[[BuildInput], Built]] = {
     "float32": onnx_float32,
     "int8": onnx_int8,
-    "mixed": lambda build: _onnx_mixed(build),
 }
-
-
-def _onnx_mixed(build: BuildInput) -> Built:
-    from export.mixed import onnx_mixed  # export.mixed imports this module
-
-    return onnx_mixed(build)
-
-
-def _session(model_bytes: bytes):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
 def tensor_specs(model_bytes: bytes, stage: str, io: ModelIO | None = None):
     """(inputs, outputs) TensorSpecs in the Keras order, as named inside the ONNX graph."""
     from runtime.manifest import TensorSpec
 
-    session = _session(model_bytes)
+    session = onnx_session(model_bytes)
     dtypes = {
         "tensor(float)": "float32",
         "tensor(int32)": "int32",

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from export import audit, onnx_format, tflite_format
+from export.builders import BUILDERS, SPECS
 from export.calibration import (
     calibration_files,
     hold_out_golden,
@@ -37,6 +38,7 @@ from export.config import (
     ExportInputError,
 )
 from export.formats import ArtifactSpec
+from export.shared import keras_outputs
 from export.stages import STAGE_IO, ModelIO, model_io
 from runtime import strict_json
 from runtime.golden import CLASS_SCORES
@@ -54,8 +56,6 @@ from runtime.manifest import (
 
 GOLDEN_DIR = "golden"
 REPORT_DIR = "reports"
-BUILDERS = {"tflite": tflite_format.BUILDERS, "onnx": onnx_format.BUILDERS}
-SPECS = {"tflite": tflite_format.tensor_specs, "onnx": onnx_format.tensor_specs}
 
 
 def _bar(config: ExportConfig, **kwargs):
@@ -107,19 +107,7 @@ def _calibration_images(config: ExportConfig, files: list[Path] | None, size) ->
     return images
 
 
-def _keras_outputs(keras_model: Any, samples: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
-    import tensorflow as tf
-
-    call = tf.function(lambda *a: keras_model(list(a) if len(a) > 1 else a[0], training=False))
-    results = []
-    for inputs in samples:
-        outs = call(*inputs)
-        outs = outs if isinstance(outs, (list, tuple)) else [outs]
-        results.append([np.asarray(o, np.float32) for o in outs])
-    return results
-
-
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
@@ -194,7 +182,7 @@ def audit_artifact(spec: ArtifactSpec, data: bytes) -> dict[str, Any]:
     return report
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
@@ -228,7 +216,7 @@ def _source_models(model: Path) -> dict[str, str]:
     }
 
 
-def _publish_permissions(tree: Path) -> None:
+def publish_permissions(tree: Path) -> None:
     """Temp files are created 0600/0700; published artifacts get the usual umask modes."""
     mask = os.umask(0)
     os.umask(mask)
@@ -269,7 +257,7 @@ def run_export(config: ExportConfig) -> Manifest:
     else:  # held back from the user's images, resized as the runtime resizes
         golden_images = [load_image(path, size) for path in golden_paths]
     golden_inputs = stage_samples(detector, golden_images)
-    golden_outputs = {m: _keras_outputs(keras_models[m], golden_inputs[m]) for m in stages}
+    golden_outputs = {m: keras_outputs(keras_models[m], golden_inputs[m]) for m in stages}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
@@ -278,14 +266,14 @@ def run_export(config: ExportConfig) -> Manifest:
         for model in stages:
             relative = f"{GOLDEN_DIR}/{model}.npz"
             arrays = golden_arrays(golden_inputs[model], golden_outputs[model])
-            atomic_write_bytes(work / relative, _npz_bytes(arrays))
+            atomic_write_bytes(work / relative, npz_bytes(arrays))
             golden[model] = relative
 
         entries, failures = [], []
         with _bar(config, total=len(specs), desc="artifacts", unit="artifact") as bar:
             for spec in specs:
                 bar.set_postfix_str(spec.name)
-                entry, broken = _build_one(
+                entry, broken = build_one(
                     spec,
                     keras_models,
                     calibration,
@@ -320,7 +308,7 @@ def run_export(config: ExportConfig) -> Manifest:
                     ),
                 },
                 detector=detector.config.to_dict(),
-                versions=_versions(),
+                versions=package_versions(),
             ),
             work,
         )
@@ -328,7 +316,7 @@ def run_export(config: ExportConfig) -> Manifest:
         reread = read_manifest(work)
         for entry in reread.artifacts:
             verified_path(work, entry)
-        _publish_permissions(work)
+        publish_permissions(work)
         swap_in(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -375,7 +363,7 @@ def raise_golden_failures(failures: list[str]) -> None:
         raise ExportCheckError(f"{len(failures)} golden check(s) failed: " + "; ".join(failures))
 
 
-def _build_one(
+def build_one(
     spec, keras_models, calibration, golden_inputs, golden_outputs, work: Path, io=None, mixed=None
 ):
     """Build, audit and golden-check one artifact into ``work``; (ArtifactEntry, failures).
@@ -383,8 +371,8 @@ def _build_one(
     ``io`` is the model's I/O when it is not a detector stage (see :class:`ModelIO`); ``mixed``
     what the mixed-precision search needs (:class:`export.tflite_format.BuildInput` fields).
     """
+    from export.shared import BuildInput
     from export.swap import retile_for
-    from export.tflite_format import BuildInput
 
     names = model_io(spec.model, io).inputs
     samples = [dict(zip(names, s)) for s in calibration[spec.model]]

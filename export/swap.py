@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from export.config import ExportCheckError, ExportInputError
+from export.shared import keras_outputs
 from models.roi_pooling import RoIPooling, roi_pool
 
 #: Largest allowed max abs difference between the swapped and the original float model.
@@ -335,7 +336,6 @@ def prove_swap(
     Raises ExportCheckError (one line: how far apart, where, what to try) if any output differs
     by more than :data:`PROOF_MAX_ABS`; returns the proof record for ``reports/swap_proof.json``.
     """
-    from export.pipeline import _keras_outputs
 
     if swaps is None:  # swapped while loading: read back what was swapped
         swaps = [
@@ -358,7 +358,7 @@ def prove_swap(
             "class name needs --roi-layer NAME); exported as is"
         )
         return {"swapped_layers": [], "summary": summary}
-    actual = _keras_outputs(swapped, rows)
+    actual = keras_outputs(swapped, rows)
     per_output = {}
     worst = (0.0, output_names[0], 0)
     for j, name in enumerate(output_names):
@@ -432,7 +432,6 @@ def retile_for(model: Any, format: str, precision: str, rows: Sequence[Sequence[
     """
     import keras
 
-    from export.pipeline import _keras_outputs
     from models.roi_lowerings import SIZED_TILE_LOWERINGS
 
     if (format, precision) not in INT8_ROI_ARTIFACTS:
@@ -453,7 +452,7 @@ def retile_for(model: Any, format: str, precision: str, rows: Sequence[Sequence[
         return RoIPooling.from_config({**layer.get_config(), "tile_precision": "int8"})
 
     copy = keras.models.clone_model(model, clone_function=clone)
-    for got, want in zip(_keras_outputs(copy, rows), _keras_outputs(model, rows)):
+    for got, want in zip(keras_outputs(copy, rows), keras_outputs(model, rows)):
         worst = max(float(np.max(np.abs(g - w))) for g, w in zip(got, want))
         if not worst <= RETILE_MAX_ABS:
             raise ExportCheckError(

@@ -3,7 +3,7 @@
 Each builder takes a :class:`BuildInput` and returns the .tflite bytes plus notes for the op report.
 Full-integer quantization keeps the coordinate path of RoIPooling (everything computed from the
 ``proposals``/``box_indexes`` inputs alone: sample positions, floor/ceil, GATHER indexes, lerp
-weights) in float32/int32 and quantizes the feature path only; see :func:`_coordinate_path`.
+weights) in float32/int32 and quantizes the feature path only; see :func:`export.shared.coordinate_path`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,14 @@ from typing import Any
 import numpy as np
 
 from export.config import ExportCheckError
+from export.shared import (
+    FLOAT_SCORE_OPS,
+    BuildInput,
+    Built,
+    coordinate_path,
+    tflite_interpreter,
+    tflite_model_graph,
+)
 from export.stages import ModelIO, frozen_function, model_io
 from export.tf_private import (
     flatbuffer_utils,
@@ -23,13 +31,6 @@ from export.tf_private import (
     quantization_debugger,
     set_converter_flag,
 )
-
-#: Per-channel weight scales for full-integer TFLite and ONNX, per stage. The backbone uses
-#: per-tensor: on the shipped model TFLite is as accurate (features 22.0 vs 21.2 dB SNR), ONNX
-#: loses ~1.3 dB (23.4 vs 24.7 dB), and the per-channel scale tables of ~1.6k channels cost
-#: 10-14% of a 94k-parameter model (0.33x -> 0.29x of float32); per-tensor is also what older
-#: Edge TPU compilers require. The head's dense layers keep per-channel scales.
-PER_CHANNEL_WEIGHTS = {"backbone_rpn": False, "head": True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,49 +91,6 @@ RANGE_FACTORS = np.linspace(0.3, 1.0, 36)
 #: Calibration samples run through the per-layer debug model of each int8 artifact.
 LAYER_DEBUG_SAMPLES = 16
 
-#: Op types full int8 keeps in float. An int8 SOFTMAX output has 1/256 steps, so the head's
-#: confident detections tie at 255/256 and AP's ranking among them (which box is counted first)
-#: becomes arbitrary: on the shipped model that alone cost ~1 point of mAP@.5:.95 (0.7248 vs
-#: 0.7348 with a float SOFTMAX, float Keras 0.7349, 200 held-out images). A float SOFTMAX on the
-#: dequantized int8 logits costs one DEQUANTIZE of a [64,4] tensor.
-FLOAT_SCORE_OPS = ("SOFTMAX",)
-
-
-@dataclasses.dataclass(frozen=True)
-class BuildInput:
-    """What every builder gets: the stage, its Keras model and calibration samples (dicts)."""
-
-    stage: str
-    keras_model: Any
-    calibration: Sequence[dict[str, np.ndarray]]
-    #: I/O of a model that is not a detector stage (None: the stage's STAGE_IO contract).
-    io: ModelIO | None = None
-    #: Golden inputs (dicts), on which a transformed copy of the model is proven equal to it.
-    golden: Sequence[dict[str, np.ndarray]] = ()
-    #: For ``mixed`` (export.mixed): the whole detector, where the calibration images came from
-    #: ("procedural": labelled validation scenes exist; "folder": no labels) and the target.
-    detector: Any = None
-    validation: str = "folder"
-    target_drop: float = 0.5
-    val_images: int = 200
-
-    @property
-    def model_io(self) -> ModelIO:
-        return model_io(self.stage, self.io)
-
-    @property
-    def per_channel(self) -> bool:
-        """Per-channel weight scales (:data:`PER_CHANNEL_WEIGHTS`; other models: yes)."""
-        return PER_CHANNEL_WEIGHTS.get(self.stage, True)
-
-
-@dataclasses.dataclass(frozen=True)
-class Built:
-    """A built artifact: file bytes and notes for its report."""
-
-    data: bytes
-    notes: dict[str, Any] = dataclasses.field(default_factory=dict)
-
 
 def _converter(build: BuildInput):
     import tensorflow as tf
@@ -177,35 +135,6 @@ def tflite_dynamic_int8(build: BuildInput) -> Built:
     return Built(converter.convert(), {"per_channel_dense_weights": False})
 
 
-def _float_model_graph(model_bytes: bytes):
-    return flatbuffer_utils().read_model_from_bytearray(bytearray(model_bytes))
-
-
-def _coordinate_path(model, io: ModelIO) -> tuple[list[int], list[int]]:
-    """(operator indexes, tensor indexes) computed from the coordinate inputs alone.
-
-    An op is on the coordinate path if none of its inputs depends on a non-coordinate input
-    (the feature map): its outputs are box positions, indexes or lerp weights, never features.
-    """
-    subgraph = model.subgraphs[0]
-    signature = model.signatureDefs[0]
-    by_name = {s.name.decode(): s.tensorIndex for s in signature.inputs}
-    feature_inputs = {by_name[n] for n in io.inputs if n not in io.coordinate_inputs}
-    coordinate_inputs = {by_name[n] for n in io.coordinate_inputs}
-    depends_on_features = set(feature_inputs)
-    reachable = set(coordinate_inputs)
-    ops, tensors = [], set()
-    for index, op in enumerate(subgraph.operators):
-        inputs = [i for i in op.inputs if i >= 0]
-        if any(i in depends_on_features for i in inputs):
-            depends_on_features.update(op.outputs)
-        elif any(i in reachable for i in inputs):
-            reachable.update(op.outputs)
-            ops.append(index)
-            tensors.update(op.outputs)
-    return ops, sorted(tensors | coordinate_inputs)
-
-
 def quantization_leaks(model_bytes: bytes, stage: str, io: ModelIO | None = None) -> list[str]:
     """Coordinate-path tensors that are int8/uint8/int16 (should be none).
 
@@ -216,8 +145,8 @@ def quantization_leaks(model_bytes: bytes, stage: str, io: ModelIO | None = None
     if not io.coordinate_inputs:
         return []
     fb = flatbuffer_utils()
-    model = _float_model_graph(model_bytes)
-    op_indexes, _ = _coordinate_path(model, io)
+    model = tflite_model_graph(model_bytes)
+    op_indexes, _ = coordinate_path(model, io)
     subgraph = model.subgraphs[0]
     leaks = []
     for index in op_indexes:
@@ -316,7 +245,7 @@ def mse_activation_ranges(calibrated: bytes, samples: Sequence[dict[str, np.ndar
     from ai_edge_litert.interpreter import Interpreter
 
     fb = flatbuffer_utils()
-    model = _float_model_graph(calibrated)
+    model = tflite_model_graph(calibrated)
     subgraph = model.subgraphs[0]
     ranged = [
         i
@@ -352,8 +281,8 @@ def mse_activation_ranges(calibrated: bytes, samples: Sequence[dict[str, np.ndar
 def coordinate_denylist(calibrated: bytes, io: ModelIO) -> tuple[list[str], list[str]]:
     """(tensor names, op types) of RoIPooling's coordinate path, to keep out of quantization."""
     fb = flatbuffer_utils()
-    model = _float_model_graph(calibrated)
-    op_indexes, tensor_indexes = _coordinate_path(model, io)
+    model = tflite_model_graph(calibrated)
+    op_indexes, tensor_indexes = coordinate_path(model, io)
     subgraph = model.subgraphs[0]
     nodes = sorted({subgraph.tensors[t].name.decode() for t in tensor_indexes})
     # A multi-output op (UNPACK of the box columns) is matched by op type, not output name;
@@ -457,7 +386,7 @@ def layer_errors(debug_model: bytes, samples: Sequence[dict[str, np.ndarray]]) -
     import csv
     import io
 
-    runner = _interpreter(debug_model).get_signature_runner()
+    runner = tflite_interpreter(debug_model).get_signature_runner()
     by_index = {d["index"]: key for key, d in runner.get_input_details().items()}
     order = [by_index[i] for i in sorted(by_index)]
 
@@ -532,7 +461,7 @@ def tflite_int8_io(build: BuildInput) -> Built:
 def float_tensors(model_bytes: bytes) -> list[str]:
     """Names of the FLOAT32/FLOAT16 tensors of a .tflite model (none in an all-integer one)."""
     fb = flatbuffer_utils()
-    subgraph = _float_model_graph(model_bytes).subgraphs[0]
+    subgraph = tflite_model_graph(model_bytes).subgraphs[0]
     return [
         t.name.decode()
         for t in subgraph.tensors
@@ -546,14 +475,7 @@ BUILDERS: dict[str, Callable[[BuildInput], Built]] = {
     "dynamic_int8": tflite_dynamic_int8,
     "int8": tflite_int8,
     "int8_io": tflite_int8_io,
-    "mixed": lambda build: _tflite_mixed(build),
 }
-
-
-def _tflite_mixed(build: BuildInput) -> Built:
-    from export.mixed import tflite_mixed  # export.mixed imports this module
-
-    return tflite_mixed(build)
 
 
 def tensor_specs(model_bytes: bytes, stage: str, io: ModelIO | None = None):
@@ -564,7 +486,7 @@ def tensor_specs(model_bytes: bytes, stage: str, io: ModelIO | None = None):
     """
     from runtime.manifest import TensorSpec
 
-    interpreter = _interpreter(model_bytes)
+    interpreter = tflite_interpreter(model_bytes)
     runner = interpreter.get_signature_runner()
     in_details = runner.get_input_details()
     out_details = runner.get_output_details()
@@ -583,9 +505,3 @@ def tensor_specs(model_bytes: bytes, stage: str, io: ModelIO | None = None):
         tuple(spec(in_details[n]) for n in names_in),
         tuple(spec(out_details[n]) for n in names_out),
     )
-
-
-def _interpreter(model_bytes: bytes):
-    from ai_edge_litert.interpreter import Interpreter
-
-    return Interpreter(model_content=model_bytes, num_threads=1)

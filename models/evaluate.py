@@ -177,6 +177,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_category_ids(dataset: Any, config: Any, args: argparse.Namespace) -> None:
+    """Refuse a dataset whose category ids differ from the detector's: `detect --json` writes the
+    detector's ids, so its rows would score against other classes than this mAP counts."""
+    if tuple(dataset.category_ids) != config.coco_ids:
+        raise RoiedgeError(
+            f"--data {args.data} has category ids {list(dataset.category_ids)}; the detector "
+            f"{args.model} writes {list(config.coco_ids)} (trained on another numbering; "
+            "renumber the dataset's categories or retrain on it)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.images < 1:
@@ -194,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         detector = load_detector(args.model)
     except RoiedgeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     names = detector.config.class_names
     started = time.time()
@@ -214,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"--data {args.data} has classes {list(dataset.class_names)}; the detector "
                     f"{args.model} has {list(names)}"
                 )
+            check_category_ids(dataset, detector.config, args)
             batch = resized_batch(dataset, detector.config.image_size)
         except RoiedgeError as error:
             print(f"error: {one_line(error)}", file=sys.stderr)

@@ -3,7 +3,7 @@
 Each lowering maps ``(feature_maps [B,H,W,C], rois [N,4] normalized y1x1y2x2, box_indexes [N]
 int32, crop_size)`` to the ``[N, ch, cw, C]`` crops of ``tf.image.crop_and_resize`` (the
 ``POOLING_LOWERINGS`` also max-pool, tile by tile). ``fixed_point`` (the default) and its
-variants share one int32 sampling grid (:func:`_fixed_point_sampling`); ``gather`` computes its
+variants share one int32 sampling grid (:func:`fixed_point_sampling`); ``gather`` computes its
 coordinates in float. Inputs are already checked by :mod:`models.roi_pooling`.
 """
 
@@ -146,8 +146,8 @@ def _fixed_point_product(a, b):
     return tf.math.floordiv(partial + (1 << 7), 1 << 8)
 
 
-class _Sampling(NamedTuple):
-    """The int32 sampling grid of :func:`_fixed_point_sampling`, shapes ``[N, ch]``/``[N, cw]``."""
+class Sampling(NamedTuple):
+    """The int32 sampling grid of :func:`fixed_point_sampling`, shapes ``[N, ch]``/``[N, cw]``."""
 
     top: Any
     bottom: Any
@@ -162,7 +162,7 @@ class _Sampling(NamedTuple):
     fractions: tuple  # ([N, ch], [N, cw]) int32 in units of 2**-WEIGHT_BITS
 
 
-def _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size) -> _Sampling:
+def fixed_point_sampling(feature_maps, rois, box_indexes, crop_size) -> Sampling:
     """The int32 sample grid of the fixed-point lowerings: crop_and_resize's sample rows and
     columns, which samples lie on the map, and the four bilinear weights (builtins only).
 
@@ -250,7 +250,7 @@ def _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size) -> _Sampli
         bottom_right,
     )
     inside = tf.logical_and(y_inside[:, :, None], x_inside[:, None, :])  # [N, ch, cw]
-    return _Sampling(
+    return Sampling(
         top,
         bottom,
         left,
@@ -265,7 +265,7 @@ def _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size) -> _Sampli
     )
 
 
-def _fixed_weight(fixed, dtype, scale: float = 1.0):
+def fixed_weight(fixed, dtype, scale: float = 1.0):
     """An int32 weight in units of 2**-WEIGHT_BITS as ``dtype`` (times ``scale``, a power of 2)."""
     # In float32 (a float16 feature map could not hold 2**22), then the features' dtype. Two
     # constant factors of 2**-11: each is a normal float16 (a float16-converted model stores
@@ -280,23 +280,23 @@ def _fixed_point_crop_and_resize(feature_maps, rois, box_indexes, crop_size):
 
     Each GATHER gives ``[N, ch, cw, C]``; the MULs and ADDs are elementwise int8 ops that XNNPACK
     runs fast, where a stacked ``[N, ch, cw, 4, C]`` tensor reduced with SUM was ~2x slower (and
-    the single-GATHER variants below are slower still: ``make bench``).
+    the single-GATHER variants in ``bench/lowerings.py`` are slower still: ``make bench``).
     """
-    grid = _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
-    return _four_gathers(feature_maps, box_indexes, grid, slice(None))
+    grid = fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
+    return four_gathers(feature_maps, box_indexes, grid, slice(None))
 
 
-def _gather_table(feature_maps, channels):
+def gather_table(feature_maps, channels):
     """``([B*H*W + 1, C] table, B*H*W)``: the map's pixels as rows, then one zero row."""
     flat = tf.reshape(feature_maps, [-1, channels])
     zero_row = tf.shape(flat)[0]
     return tf.concat([flat, tf.zeros_like(flat[:1])], axis=0), zero_row
 
 
-def _four_gathers(feature_maps, box_indexes, grid: _Sampling, rois_slice: slice):
+def four_gathers(feature_maps, box_indexes, grid: Sampling, rois_slice: slice):
     """The bilinear samples of RoIs ``rois_slice`` from four GATHERs, four MULs and three ADDs."""
     # One zero row after the map: samples outside it gather zeros (CropAndResize's extrapolation).
-    flat, zero_row = _gather_table(feature_maps, grid.channels)
+    flat, zero_row = gather_table(feature_maps, grid.channels)
 
     def rois_of(tensor):
         # All RoIs: no slice, which would be a STRIDED_SLICE copying the whole [N, ch, cw] tensor.
@@ -310,7 +310,7 @@ def _four_gathers(feature_maps, box_indexes, grid: _Sampling, rois_slice: slice)
         return tf.gather(flat, tf.where(inside, index, zero_row))  # [n, ch, cw, C]
 
     def weight(fixed):
-        return _fixed_weight(rois_of(fixed), feature_maps.dtype)[..., None]
+        return fixed_weight(rois_of(fixed), feature_maps.dtype)[..., None]
 
     top_left, top_right, bottom_left, bottom_right = grid.weights
     # Four MULs and three ADDs (not a stacked SUM): fast elementwise int8 kernels under XNNPACK.
@@ -320,118 +320,6 @@ def _four_gathers(feature_maps, box_indexes, grid: _Sampling, rois_slice: slice)
         + gather(grid.bottom, grid.left) * weight(bottom_left)
         + gather(grid.bottom, grid.right) * weight(bottom_right)
     )
-
-
-#: RoIs per tile of ``fixed_point_tiled``.
-ROI_TILE = 16
-
-
-def _fixed_point_tiled_roi_pool(
-    feature_maps, rois, box_indexes, crop_size, samples_per_bin, tiling=None
-):
-    """``fixed_point`` in tiles of :data:`ROI_TILE` RoIs, each max-pooled before the next starts.
-
-    The same ops as ``fixed_point`` on a slice of the RoIs at a time: each tile's
-    ``[tile, ch, cw, C]`` intermediates are small enough to stay in cache between the ops that
-    write and read them, where the whole-batch ones (120 MB each at 300 RoIs, 14x14x512 float32)
-    stream through memory. Needs a static number of RoIs (otherwise one tile). Its tiles are
-    fixed (``tiling`` is unused).
-    """
-    del tiling
-    grid = _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
-    num_rois = rois.shape[0]
-    if num_rois is None:
-        bounds = [slice(None)]
-    else:
-        bounds = [slice(i, min(i + ROI_TILE, num_rois)) for i in range(0, num_rois, ROI_TILE)]
-    pooled = []
-    for tile, rois_slice in enumerate(bounds):
-        with tf.name_scope(f"{TILE_SCOPE}{tile}"):
-            crops = _four_gathers(feature_maps, box_indexes, grid, rois_slice)
-            pooled.append(max_pool_bins(crops, samples_per_bin))
-    return pooled[0] if len(pooled) == 1 else tf.concat(pooled, axis=0)
-
-
-def _neighbour_table(feature_maps, grid: _Sampling, offsets):
-    """``[B*H*W + 1, len(offsets) * C]``: row ``p`` holds pixels ``p + o`` for each offset ``o``.
-
-    Past the map the rows are zeros, so row ``B*H*W`` is all zeros (the extrapolation row). A
-    neighbour that wraps to the next row, or past the map, only ever meets a weight of exactly 0:
-    a sample on the last column (row) has fraction 0.
-    """
-    flat = tf.reshape(feature_maps, [-1, grid.channels])
-    pixels = tf.shape(flat)[0]
-    padded = tf.concat([flat, tf.zeros_like(flat[:1])], axis=0)
-    padded = tf.concat([padded, tf.zeros([max(offsets), grid.channels], flat.dtype)], axis=0)
-    return tf.concat([padded[o : o + pixels + 1] for o in offsets], axis=1), pixels
-
-
-def _neighbour_gather(feature_maps, box_indexes, grid: _Sampling):
-    """One GATHER of the four neighbours of every sample: ``[N, ch, cw, 4 * C]``."""
-    table, zero_row = _neighbour_table(feature_maps, grid, (0, 1, grid.width, grid.width + 1))
-    base = box_indexes[:, None, None] * (grid.height * grid.width)
-    index = base + grid.top[:, :, None] * grid.width + grid.left[:, None, :]
-    return tf.gather(table, tf.where(grid.inside, index, zero_row))
-
-
-def _neighbour_pool_crop_and_resize(feature_maps, rois, box_indexes, crop_size):
-    """crop_and_resize as one GATHER of stacked neighbours, one MUL and an AVERAGE_POOL_2D."""
-    grid = _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
-    crop_height, crop_width = crop_size
-    stacked = _neighbour_gather(feature_maps, box_indexes, grid)  # [N, ch, cw, 4C]
-    samples = tf.reshape(stacked, [-1, 4, 1, grid.channels])
-    # Weights times 4: the average of the four products is their sum.
-    weights = tf.stack([_fixed_weight(w, feature_maps.dtype, 4.0) for w in grid.weights], -1)
-    products = samples * tf.reshape(weights, [-1, 4, 1, 1])
-    summed = tf.nn.avg_pool2d(products, (4, 1), (4, 1), "VALID")
-    return tf.reshape(summed, [-1, crop_height, crop_width, grid.channels])
-
-
-def _neighbour_matmul_crop_and_resize(feature_maps, rois, box_indexes, crop_size):
-    """crop_and_resize as one GATHER of stacked neighbours and a BATCH_MATMUL with the weights."""
-    grid = _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
-    crop_height, crop_width = crop_size
-    stacked = _neighbour_gather(feature_maps, box_indexes, grid)  # [N, ch, cw, 4C]
-    samples = tf.reshape(stacked, [-1, 4, grid.channels])
-    weights = tf.stack([_fixed_weight(w, feature_maps.dtype) for w in grid.weights], -1)
-    summed = tf.matmul(tf.reshape(weights, [-1, 1, 4]), samples)
-    return tf.reshape(summed, [-1, crop_height, crop_width, grid.channels])
-
-
-def _axis_matrix(low, high, fraction, inside, length, dtype):
-    """``[N, crop, length]``: each sample's two bilinear weights along one axis, 0 elsewhere."""
-    pixels = tf.range(length)[None, None, :]
-    unit = 1 << WEIGHT_BITS
-    fixed = tf.where(tf.equal(pixels, low[:, :, None]), unit - fraction[:, :, None], 0) + tf.where(
-        tf.equal(pixels, high[:, :, None]), fraction[:, :, None], 0
-    )
-    fixed = tf.where(inside[:, :, None], fixed, 0)
-    return _fixed_weight(fixed, dtype)
-
-
-def _separable_matmul_crop_and_resize(feature_maps, rois, box_indexes, crop_size):
-    """crop_and_resize as two matrix products: rows (FULLY_CONNECTED-sized) then columns."""
-    grid = _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
-    batch = tf.shape(feature_maps)[0]
-    height, width, channels = grid.height, grid.width, grid.channels
-    crop_height = crop_size[0]
-    # Rows of all images stacked: sample rows index b*H + y.
-    offset = box_indexes[:, None] * height
-    rows = _axis_matrix(
-        grid.top + offset,
-        grid.bottom + offset,
-        grid.fractions[0],
-        grid.axis_inside[0],
-        batch * height,
-        feature_maps.dtype,
-    )  # [N, ch, B*H]
-    columns = _axis_matrix(
-        grid.left, grid.right, grid.fractions[1], grid.axis_inside[1], width, feature_maps.dtype
-    )  # [N, cw, W]
-    table = tf.reshape(feature_maps, [-1, width * channels])  # [B*H, W*C]
-    interpolated_rows = tf.matmul(tf.reshape(rows, [-1, batch * height]), table)
-    interpolated_rows = tf.reshape(interpolated_rows, [-1, crop_height, width, channels])
-    return tf.matmul(columns[:, None], interpolated_rows)  # [N, ch, cw, C]
 
 
 #: Bytes of one tile's largest intermediate the split lowerings aim for: the L2 cache of one
@@ -454,7 +342,7 @@ class Tiling(NamedTuple):
 DEFAULT_TILING = Tiling()
 
 
-def _tile_sizes(num_rois, per_roi_bytes, tile_bytes: int | None = None) -> list:
+def tile_sizes(num_rois, per_roi_bytes, tile_bytes: int | None = None) -> list:
     """RoIs per tile: as many as fit ``tile_bytes`` (default :data:`TILE_BYTES`; at least 1);
     ``[None]`` (one tile) if the number of RoIs is unknown at trace time."""
     if num_rois is None:
@@ -464,18 +352,18 @@ def _tile_sizes(num_rois, per_roi_bytes, tile_bytes: int | None = None) -> list:
     return [tile] * (num_rois // tile) + ([num_rois % tile] if num_rois % tile else [])
 
 
-def _per_roi_bytes(crop_size, channels, stacked: int = 1, element_bytes: int = 4) -> int:
+def per_roi_bytes(crop_size, channels, stacked: int = 1, element_bytes: int = 4) -> int:
     """Bytes of one RoI's ``[ch, cw, stacked * C]`` intermediate (C unknown: 256)."""
     channels = channels if isinstance(channels, int) else 256
     return crop_size[0] * crop_size[1] * stacked * channels * element_bytes
 
 
-def _split_rois(tensor, sizes: list) -> list:
+def split_rois(tensor, sizes: list) -> list:
     """``tensor`` split along its first (RoI) axis into tiles of ``sizes`` (one SPLIT_V op)."""
     return [tensor] if len(sizes) == 1 else tf.split(tensor, sizes)
 
 
-def _corner_indexes(box_indexes, grid: _Sampling, zero_row) -> list:
+def corner_indexes(box_indexes, grid: Sampling, zero_row) -> list:
     """Four ``[N, ch, cw]`` int32 table rows (TL, TR, BL, BR); off-map samples read the zero row."""
     base = box_indexes[:, None, None] * (grid.height * grid.width)
     corners = (
@@ -490,7 +378,7 @@ def _corner_indexes(box_indexes, grid: _Sampling, zero_row) -> list:
     ]
 
 
-def _after(tensor, previous):
+def after_previous_tile(tensor, previous):
     """``tensor`` (int32) plus a zero that depends on ``previous``'s data: orders the tiles.
 
     XNNPACK delegates the MULs, ADDs and pools but not GATHER, and the interpreter's partitioner
@@ -507,7 +395,7 @@ def _after(tensor, previous):
     return tensor + tf.cast(value > value, tf.int32)
 
 
-def _bilinear_tile(table, corners, weights):
+def bilinear_tile(table, corners, weights):
     """One tile's bilinear samples ``[t, ch, cw, C]``: four GATHERs, four MULs, three ADDs.
 
     ``corners`` are the four ``[t, ch, cw]`` table rows (TL, TR, BL, BR), ``weights`` their
@@ -523,90 +411,54 @@ def _bilinear_tile(table, corners, weights):
     return samples
 
 
-def _fixed_point_split_roi_pool(
+def fixed_point_split_roi_pool(
     feature_maps,
     rois,
     box_indexes,
     crop_size,
     samples_per_bin,
     tiling: Tiling = DEFAULT_TILING,
-    tile_body=_bilinear_tile,
+    tile_body=bilinear_tile,
 ):
     """``fixed_point`` in L2-sized tiles whose indexes and weights are computed once.
 
     The sample grid, the four gather indexes and the four weights are computed for all RoIs
     (a handful of ops on ``[N, ch, cw]``), then cut into tiles by one SPLIT_V each; per tile
     only four GATHERs, four MULs, three ADDs and the MAX_POOL_2D remain, each tile's GATHERs
-    ordered after the previous tile (:func:`_after`). ``fixed_point_tiled`` recomputes the
+    ordered after the previous tile (:func:`after_previous_tile`). ``fixed_point_tiled`` recomputes the
     indexes and weights per tile: ~50 small ops per tile, which dominate at small tiles. Needs a
     static number of RoIs (otherwise one tile). Full-int8 conversion calibrates each tile's MULs
     on their own; :func:`models.tflite_convert.share_tile_ranges` gives them one range.
-    ``tile_body`` (default :func:`_bilinear_tile`) is swapped only by the benchmark's ablation,
+    ``tile_body`` (default :func:`bilinear_tile`) is swapped only by the benchmark's ablation,
     which times cut-down tiles.
     """
-    grid = _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
-    table, zero_row = _gather_table(feature_maps, grid.channels)
-    per_roi = _per_roi_bytes(crop_size, grid.channels, 1, tiling.element_bytes)
-    sizes = _tile_sizes(rois.shape[0], per_roi, tiling.tile_bytes)
-    indexes = [_split_rois(i, sizes) for i in _corner_indexes(box_indexes, grid, zero_row)]
+    grid = fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
+    table, zero_row = gather_table(feature_maps, grid.channels)
+    per_roi = per_roi_bytes(crop_size, grid.channels, 1, tiling.element_bytes)
+    sizes = tile_sizes(rois.shape[0], per_roi, tiling.tile_bytes)
+    indexes = [split_rois(i, sizes) for i in corner_indexes(box_indexes, grid, zero_row)]
     weights = [
-        _split_rois(_fixed_weight(w, feature_maps.dtype)[..., None], sizes) for w in grid.weights
+        split_rois(fixed_weight(w, feature_maps.dtype)[..., None], sizes) for w in grid.weights
     ]
     pooled = []
     for tile in range(len(sizes)):
         with tf.name_scope(f"{TILE_SCOPE}{tile}"):
             previous = pooled[-1] if pooled else None
-            corners = [_after(indexes[corner][tile], previous) for corner in range(4)]
+            corners = [after_previous_tile(indexes[corner][tile], previous) for corner in range(4)]
             samples = tile_body(table, corners, [weights[corner][tile] for corner in range(4)])
             pooled.append(max_pool_bins(samples, samples_per_bin))
     return pooled[0] if len(pooled) == 1 else tf.concat(pooled, axis=0)
 
 
-def _neighbour_pool_split_roi_pool(
-    feature_maps, rois, box_indexes, crop_size, samples_per_bin, tiling: Tiling = DEFAULT_TILING
-):
-    """Per L2-sized tile: one GATHER of the four corners, one MUL, an AVERAGE_POOL_2D summing them.
-
-    Like ``fixed_point_split`` (indexes and weights computed once, split into tiles), but the
-    four corner indexes are stacked so one GATHER reads them all, ``[t, ch, cw, 4, C]``; the
-    weights multiply them in one MUL, and a ``(1, 4)`` average pool over the corners of
-    ``[t, ch, 4 * cw, C]`` is a quarter of their sum. The factor 4 comes after the max pool
-    (max commutes with it; exact in float): int8 conversion gives AVERAGE_POOL_2D, MAX_POOL_2D
-    and the closing CONCATENATION one scale, so weights pre-scaled by 4 would clip products above
-    the pooled range.
-    """
-    grid = _fixed_point_sampling(feature_maps, rois, box_indexes, crop_size)
-    crop_height, crop_width = crop_size
-    table, zero_row = _gather_table(feature_maps, grid.channels)
-    per_roi = _per_roi_bytes(crop_size, grid.channels, 4, tiling.element_bytes)
-    sizes = _tile_sizes(rois.shape[0], per_roi, tiling.tile_bytes)
-    indexes = _split_rois(tf.stack(_corner_indexes(box_indexes, grid, zero_row), -1), sizes)
-    weights = tf.stack([_fixed_weight(w, feature_maps.dtype) for w in grid.weights], -1)
-    weights = _split_rois(weights[..., None], sizes)  # [t, ch, cw, 4, 1] each
-    pooled = []
-    for tile, (tile_indexes, tile_weights) in enumerate(zip(indexes, weights)):
-        with tf.name_scope(f"{TILE_SCOPE}{tile}"):
-            tile_indexes = _after(tile_indexes, pooled[-1] if pooled else None)
-            products = tf.multiply(tf.gather(table, tile_indexes), tile_weights, "products")
-            products = tf.reshape(products, [-1, crop_height, crop_width * 4, grid.channels])
-            quarter_samples = tf.nn.avg_pool2d(products, (1, 4), (1, 4), "VALID")
-            pooled.append(max_pool_bins(quarter_samples, samples_per_bin) * 4.0)
-    return pooled[0] if len(pooled) == 1 else tf.concat(pooled, axis=0)
-
-
 #: Lowerings that pool themselves: (feature_maps, rois, box_indexes, crop_size, s, tiling).
+#: The benchmarks' variants join these tables through ``models.roi_pooling.register_lowering``.
 POOLING_LOWERINGS = {
-    "fixed_point_tiled": _fixed_point_tiled_roi_pool,
-    "fixed_point_split": _fixed_point_split_roi_pool,
-    "neighbour_pool_split": _neighbour_pool_split_roi_pool,
+    "fixed_point_split": fixed_point_split_roi_pool,
 }
 #: The pooling lowerings whose tiles follow a :class:`Tiling` (L2-sized, per precision).
-SIZED_TILE_LOWERINGS = ("fixed_point_split", "neighbour_pool_split")
+SIZED_TILE_LOWERINGS = ["fixed_point_split"]
 LOWERINGS = {
     "fixed_point": _fixed_point_crop_and_resize,
-    "neighbour_pool": _neighbour_pool_crop_and_resize,
-    "neighbour_matmul": _neighbour_matmul_crop_and_resize,
-    "separable_matmul": _separable_matmul_crop_and_resize,
     "gather": _gather_crop_and_resize,
     "crop_and_resize": _crop_and_resize_oracle,
 }

@@ -37,17 +37,12 @@ __all__ = [
 ]
 
 #: Selectable lowerings: the builtin-only forms (the int8-safe default first), then the TF oracle.
-IMPLEMENTATIONS = (
+IMPLEMENTATIONS = [
     "fixed_point",
-    "fixed_point_tiled",
     "fixed_point_split",
-    "neighbour_pool",
-    "neighbour_pool_split",
-    "neighbour_matmul",
-    "separable_matmul",
     "gather",
     "crop_and_resize",
-)
+]
 #: The default lowering: ``fixed_point``'s sampling and int32 coordinates, cut into L2-sized
 #: tiles (``make bench``: float32 2.2-2.9x TF's fused kernel against 4.9-7.5x untiled, int8
 #: ~10% faster, int8 error 0.014 with the tiles' ranges shared by ``share_tile_ranges``).
@@ -105,9 +100,25 @@ def _check_samples_per_bin(samples_per_bin) -> int:
 def _check_implementation(implementation) -> str:
     if implementation not in IMPLEMENTATIONS:
         raise RoIPoolingInputError(
-            f"RoIPooling implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
+            f"RoIPooling implementation must be one of {tuple(IMPLEMENTATIONS)}, got "
+            f"{implementation!r}"
         )
     return implementation
+
+
+def register_lowering(name: str, lowering, *, pools: bool = False, sized_tiles: bool = False):
+    """Make ``name`` selectable as ``RoIPooling(implementation=name)`` (``bench/lowerings.py``).
+
+    ``lowering``: ``(feature_maps, rois, box_indexes, crop_size) -> crops`` (max-pooled here), or
+    with ``pools``, ``(..., crop_size, samples_per_bin, tiling) -> pooled``; ``sized_tiles``: its
+    tiles follow ``tile_precision``/``tile_bytes``.
+    """
+    if name in IMPLEMENTATIONS:
+        return
+    (POOLING_LOWERINGS if pools else LOWERINGS)[name] = lowering
+    if sized_tiles:
+        SIZED_TILE_LOWERINGS.append(name)
+    IMPLEMENTATIONS.append(name)
 
 
 def _check_tiling(implementation: str, tile_precision, tile_bytes) -> Tiling:
@@ -129,7 +140,7 @@ def _check_tiling(implementation: str, tile_precision, tile_bytes) -> Tiling:
     if tiling != Tiling() and implementation not in SIZED_TILE_LOWERINGS:
         # Refused, not ignored: the caller asked for tiles this lowering does not cut.
         raise RoIPoolingInputError(
-            f"RoIPooling tile_precision/tile_bytes apply to {SIZED_TILE_LOWERINGS} only, "
+            f"RoIPooling tile_precision/tile_bytes apply to {tuple(SIZED_TILE_LOWERINGS)} only, "
             f"got tile_precision={tile_precision!r}, tile_bytes={tile_bytes!r} with "
             f"implementation {implementation!r}"
         )
@@ -233,19 +244,16 @@ def roi_pool(
             builtins only, coordinates in int32 fixed point so full-int8 conversion stays
             accurate; the default cuts the RoIs into cache-sized tiles (int8 conversion must
             give the tiles one range per role: ``models.tflite_convert.convert_function`` and
-            the export do). Variants ``"fixed_point_tiled"``, ``"neighbour_pool"``,
-            ``"neighbour_pool_split"``, ``"neighbour_matmul"`` and ``"separable_matmul"`` (the
-            same sampling grid, other feature paths, some in tiles of RoIs; compared by
-            ``make bench``), ``"gather"`` (builtins only, float coordinates: exact in float, but
+            the export do). ``"gather"`` (builtins only, float coordinates: exact in float, but
             full-int8 conversion quantizes its coordinates) or ``"crop_and_resize"`` (TF's
             fused kernel; the reference, Flex-only in TFLite).
         tile_precision: ``"float32"``, ``"float16"`` or ``"int8"``, the precision the model
-            will be converted to: ``fixed_point_split`` and ``neighbour_pool_split`` cut the
+            will be converted to: ``fixed_point_split`` cuts the
             RoIs into tiles whose ``[t, 2*size[0], 2*size[1], C]`` intermediate takes
             ``tile_bytes`` in it (an int8 tile holds 4x the RoIs of a float32 one).
         tile_bytes: bytes of one tile's intermediate (default
-            :data:`models.roi_lowerings.TILE_BYTES`, one core's L2). Only for the two split
-            lowerings (other implementations refuse non-default tile options).
+            :data:`models.roi_lowerings.TILE_BYTES`, one core's L2). Only for the split
+            lowering (other implementations refuse non-default tile options).
 
     Range: the fixed-point forms are exact for box coordinates in :data:`EXACT_RANGE`
     (``[-2, 2]``); any finite coordinate outside it is clamped to it first (the result is that

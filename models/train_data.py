@@ -1,6 +1,6 @@
 """What training learns from: the procedural stream or a COCO dataset with its augmentation.
 
-:func:`training_data` turns a :class:`models.train.TrainConfig` into the detector config and a
+:func:`training_data` turns a :class:`models.train_config.TrainConfig` into the detector config and a
 batch source ``source(step) -> models.data.Batch`` (deterministic in ``(seed, step)``, with the
 ``max_gt`` boxes per image the training graph pads to).
 """
@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from models.data import CLASS_NAMES, TRAIN_SPLIT, Batch, DataConfig, data_config_for, make_batch
+from models.train_config import TrainConfig
 from runtime.config import DetectorConfig
 from runtime.errors import RoiedgeError
-
-if TYPE_CHECKING:
-    from models.train import TrainConfig
 
 MAX_GT = 6  # DataConfig.max_objects; procedural ground truth is padded to this many boxes per image
 #: Scale jitter of --data training: each image is zoomed by a log-uniform factor in this range and
@@ -138,6 +136,9 @@ def training_data(cfg: TrainConfig, det: DetectorConfig | None) -> TrainingData:
     size = tuple(cfg.image_size) if cfg.image_size else (det.image_size if det else (160, 160))
     if det is None:
         det = detector_config(size, dataset.class_names)
+    # The dataset's own category ids travel with the detector to `detect --json` (issue 20).
+    if tuple(det.class_names) == dataset.class_names:
+        det = dataclasses.replace(det, category_ids=dataset.category_ids)
     if tuple(det.class_names) != dataset.class_names or tuple(det.image_size) != size:
         raise RoiedgeError(
             f"detector config (classes {list(det.class_names)}, image size {det.image_size}) does "
@@ -152,10 +153,14 @@ def training_data(cfg: TrainConfig, det: DetectorConfig | None) -> TrainingData:
     val = None
     if cfg.val is not None:
         val_set = load_coco(cfg.val, cfg.images)
-        if val_set.class_names != dataset.class_names:
+        if (val_set.class_names, val_set.category_ids) != (
+            dataset.class_names,
+            dataset.category_ids,
+        ):
             raise RoiedgeError(
-                f"--val {cfg.val} has classes {list(val_set.class_names)}; expected the training "
-                f"classes {list(dataset.class_names)}"
+                f"--val {cfg.val} has classes {list(val_set.class_names)} with category ids "
+                f"{list(val_set.category_ids)}; expected the training classes "
+                f"{list(dataset.class_names)} with ids {list(dataset.category_ids)}"
             )
         val = (val_set, resized_batch(val_set, det.image_size))
     description = {
@@ -163,6 +168,7 @@ def training_data(cfg: TrainConfig, det: DetectorConfig | None) -> TrainingData:
         "images": len(dataset.images),
         "annotations": dataset.num_annotations,
         "class_names": list(dataset.class_names),
+        "category_ids": list(dataset.category_ids),
         "augmentation": {"hflip": 0.5, "scale_jitter": list(SCALE_JITTER)},
     }
     return TrainingData(det, DatasetBatches(resized, cfg), description, val)

@@ -19,8 +19,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from runtime.errors import ArtifactError, RoiedgeError
+from runtime.errors import ArtifactError, RoiedgeError, say
+from runtime.input_checks import check_int_range, refuse_kind
 from runtime.interpreter_private import full_signature_list
+from runtime.safe_files import read_bytes
 
 # Backend names by artifact format, in order of preference.
 PREFERENCE: dict[str, tuple[str, ...]] = {
@@ -88,8 +90,17 @@ class Backend:
         """Whether the interpreter package can be imported here."""
         raise NotImplementedError
 
-    def __init__(self, path: Path, num_threads: int | None = None, edgetpu: str = "off") -> None:
-        """Load ``path``; ``num_threads`` None = every core; ``edgetpu`` one of EDGETPU_MODES."""
+    def __init__(
+        self,
+        path: Path,
+        num_threads: int | None = None,
+        edgetpu: str = "off",
+        content: bytes | None = None,
+    ) -> None:
+        """Load ``content`` (the bytes that were hashed), else ``path``; threads None = all cores.
+
+        ``edgetpu`` is one of EDGETPU_MODES; ``path`` names the model in messages.
+        """
         raise NotImplementedError
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -121,6 +132,7 @@ def to_stored(value: Any, info: TensorInfo, backend: str) -> np.ndarray:
             f"{backend}: input {info.name!r} has shape {array.shape}; expected {info.shape}"
         )
     dtype = np.dtype(info.dtype)
+    refuse_kind(array, dtype, f"{backend}: input {info.name!r}")
     if info.scale and dtype.kind in "iu" and array.dtype.kind == "f":
         limits = np.iinfo(dtype)
         quantized = np.round(array.astype(np.float64) / info.scale) + (info.zero_point or 0)
@@ -130,6 +142,8 @@ def to_stored(value: Any, info: TensorInfo, backend: str) -> np.ndarray:
             f"{backend}: input {info.name!r} is {array.dtype} but the tensor is {dtype.name} "
             "without a quantization scale; expected an integer array"
         )
+    if dtype.kind in "iu" and array.dtype.kind in "iu":
+        check_int_range(array, dtype, f"{backend}: input {info.name!r}")
     return np.ascontiguousarray(array, dtype=dtype)
 
 
@@ -159,8 +173,13 @@ def open_backend(
     backend: str | None = None,
     num_threads: int | None = None,
     edgetpu: str = "off",
+    content: bytes | None = None,
 ) -> Backend:
-    """Load ``path`` (a ``format`` artifact) with ``backend``, or the first available for the format."""
+    """Load ``path`` (a ``format`` artifact) with ``backend``, or the first available for the format.
+
+    ``content`` is the file's bytes when the caller has read (and hashed) them: then those bytes
+    are loaded and ``path`` only names the model in messages.
+    """
     if format not in PREFERENCE:
         raise BackendError(
             f"{path}: format {format!r} unknown; expected one of {tuple(PREFERENCE)}"
@@ -184,7 +203,7 @@ def open_backend(
         raise BackendError(
             f"backend {backend!r} is not installed in this Python ({sys.executable})"
         )
-    return cls(Path(path), num_threads=num_threads, edgetpu=edgetpu)
+    return cls(Path(path), num_threads=num_threads, edgetpu=edgetpu, content=content)
 
 
 # --------------------------------------------------------------------------------------- TFLite
@@ -207,12 +226,20 @@ class _TFLiteBackend(Backend):
     def _interpreter_module(cls) -> Any:
         raise NotImplementedError
 
-    def __init__(self, path: Path, num_threads: int | None = None, edgetpu: str = "off") -> None:
-        from runtime.flatbuffer import validate_tflite_file
+    def __init__(
+        self,
+        path: Path,
+        num_threads: int | None = None,
+        edgetpu: str = "off",
+        content: bytes | None = None,
+    ) -> None:
+        from runtime.flatbuffer import validate_tflite_bytes
 
+        content = read_bytes(path, "artifact", "model_bytes") if content is None else content
+        self._content = content  # the interpreter points into it: keep it alive as long
         # Old interpreters (tflite-runtime 2.14) do not verify the flatbuffer and can segfault on
         # a truncated or corrupt file: walk its structure first (a few ms).
-        self.summary = validate_tflite_file(path)
+        self.summary = validate_tflite_bytes(content, path)
         edgetpu = _edgetpu_mode_for(path, self.summary.edgetpu_compiled, edgetpu)
         module = self._interpreter_module()
         # A TFLite interpreter holds one set of tensors: two threads interleaving set_tensor /
@@ -229,26 +256,27 @@ class _TFLiteBackend(Backend):
                 self.delegate = "edgetpu"
         try:
             self._interpreter = module.Interpreter(
-                model_path=str(path),
+                model_content=content,
                 num_threads=num_threads or os.cpu_count() or 1,
                 experimental_delegates=delegates or None,
             )
             self._interpreter.allocate_tensors()
+            keys = _signature_keys(self._interpreter)
+            self._in_index: dict[str, int] = {}
+            self._out_index: dict[str, int] = {}
+            self.inputs = tuple(
+                self._info(d, keys, self._in_index) for d in self._interpreter.get_input_details()
+            )
+            self.outputs = tuple(
+                self._info(d, keys, self._out_index) for d in self._interpreter.get_output_details()
+            )
         except (ValueError, RuntimeError) as error:
+            # UnicodeDecodeError (a ValueError) too: a tensor or signature name not UTF-8.
             message = str(error).strip().splitlines()
             raise ArtifactError(
                 f"{path}: {self.name} cannot load it as a TFLite model "
-                f"({message[0] if message else type(error).__name__})"
+                f"({message[0][:160] if message else type(error).__name__})"
             ) from None
-        keys = _signature_keys(self._interpreter)
-        self._in_index = {}
-        self._out_index = {}
-        self.inputs = tuple(
-            self._info(d, keys, self._in_index) for d in self._interpreter.get_input_details()
-        )
-        self.outputs = tuple(
-            self._info(d, keys, self._out_index) for d in self._interpreter.get_output_details()
-        )
 
     @staticmethod
     def _info(detail: dict, keys: dict[int, str], index: dict[str, int]) -> TensorInfo:
@@ -270,9 +298,14 @@ class _TFLiteBackend(Backend):
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         interpreter = self._interpreter
         with self._lock:
-            for name, value in feeds.items():
-                interpreter.set_tensor(self._in_index[name], value)
-            interpreter.invoke()
+            try:
+                for name, value in feeds.items():
+                    interpreter.set_tensor(self._in_index[name], value)
+                interpreter.invoke()
+            except (ValueError, RuntimeError) as error:
+                raise BackendError(
+                    f"{self.name}: the model failed on these inputs ({_first(error)})"
+                ) from None
             # get_tensor copies, so the results stay valid after the lock is released.
             return {name: interpreter.get_tensor(i) for name, i in self._out_index.items()}
 
@@ -309,7 +342,7 @@ def _edgetpu_mode_for(path: Path, compiled: bool, edgetpu: str) -> str:
             f"{path}: {message}; expected the compiled backbone (python -m export edgetpu DIR "
             "adds backbone_rpn/tflite/int8_io_edgetpu)"
         )
-    print(f"warning: {message}; running it on the CPU", file=sys.stderr)
+    say(f"warning: {message}; running it on the CPU", file=sys.stderr)
     return "off"
 
 
@@ -346,7 +379,7 @@ def load_edgetpu_delegate(module: Any, required: bool) -> Any:
         )
         if required:
             raise BackendError(message) from None
-        print(f"warning: {message}; running on the CPU instead", file=sys.stderr)
+        say(f"warning: {message}; running on the CPU instead", file=sys.stderr)
         return None
 
 
@@ -419,7 +452,13 @@ class OnnxRuntimeBackend(Backend):
 
         return importlib.util.find_spec("onnxruntime") is not None
 
-    def __init__(self, path: Path, num_threads: int | None = None, edgetpu: str = "off") -> None:
+    def __init__(
+        self,
+        path: Path,
+        num_threads: int | None = None,
+        edgetpu: str = "off",
+        content: bytes | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         if edgetpu == "require":
@@ -429,9 +468,10 @@ class OnnxRuntimeBackend(Backend):
         if num_threads:
             options.intra_op_num_threads = int(num_threads)
             options.inter_op_num_threads = 1
+        content = read_bytes(path, "artifact", "model_bytes") if content is None else content
         try:
             self._session = ort.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+                content, sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as error:  # onnxruntime raises its own exception types per failure
             message = str(error).strip().splitlines()
@@ -450,7 +490,18 @@ class OnnxRuntimeBackend(Backend):
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # InferenceSession.run is thread-safe (onnxruntime documents concurrent Run calls).
         names = [t.name for t in self.outputs]
-        return dict(zip(names, self._session.run(names, feeds)))
+        try:
+            return dict(zip(names, self._session.run(names, feeds)))
+        except Exception as error:  # onnxruntime raises its own exception types per failure
+            raise BackendError(
+                f"{self.name}: the model failed on these inputs ({_first(error)})"
+            ) from None
+
+
+def _first(error: BaseException) -> str:
+    """The first line of an interpreter's message, at most 200 characters."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__
 
 
 # ---------------------------------------------------------------------------------------- stages
@@ -492,7 +543,7 @@ class Stage:
         return [results[t.name] for t in self._out]
 
 
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
     """``serving_default_image:0`` -> ``image``; ``StatefulPartitionedCall:1`` is left as is."""
     if name.endswith(":0"):
         name = name[:-2]
@@ -505,8 +556,8 @@ def _bind(spec: Any, tensors: tuple[TensorInfo, ...], side: str, path: Path) -> 
         lambda t: t.name == spec.name,
         lambda t: spec.name in t.aliases,
         lambda t: (
-            _canonical(t.name) == _canonical(spec.name)
-            or any(_canonical(a) == _canonical(spec.name) for a in t.aliases)
+            canonical_name(t.name) == canonical_name(spec.name)
+            or any(canonical_name(a) == canonical_name(spec.name) for a in t.aliases)
         ),
     ):
         found = [t for t in tensors if match(t)]
@@ -535,9 +586,14 @@ def load_stage(
     num_threads: int | None = None,
     edgetpu: str = "off",
 ) -> Stage:
-    """Verify the sha256 of a manifest ``entry`` under ``directory``, load it and bind its tensors."""
-    from runtime.manifest import verified_path
+    """Verify the sha256 of a manifest ``entry`` under ``directory``, load it and bind its tensors.
 
-    path = verified_path(directory, entry)
-    loaded = open_backend(path, entry.format, backend, num_threads=num_threads, edgetpu=edgetpu)
+    The bytes that were hashed are the bytes loaded (the file is read once).
+    """
+    from runtime.manifest import verified_artifact
+
+    path, content = verified_artifact(directory, entry)
+    loaded = open_backend(
+        path, entry.format, backend, num_threads=num_threads, edgetpu=edgetpu, content=content
+    )
     return Stage(entry, loaded, path)

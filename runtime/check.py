@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,14 @@ import numpy as np
 from runtime.backends import Stage, edgetpu_available, missing_interpreter, open_backend
 from runtime.errors import ArtifactError, RoiedgeError
 from runtime.golden import OutputResult, compare_outputs, golden_samples
-from runtime.manifest import ArtifactEntry, Manifest, read_manifest, verified_file, verified_path
+from runtime.manifest import (
+    ArtifactEntry,
+    Manifest,
+    read_manifest,
+    verified_artifact,
+    verified_content,
+)
+from runtime.safe_files import load_npz
 from runtime.single import SINGLE_MODEL
 
 
@@ -39,6 +45,8 @@ class ArtifactResult:
     top1_agreement: float | None
     failures: tuple[str, ...]
     skipped: str | None = None
+    #: What a row without per-output metrics ran (the detector pipeline row), else "".
+    detail: str = ""
 
     @property
     def ok(self) -> bool:
@@ -55,17 +63,14 @@ def load_golden(directory: os.PathLike, manifest: Manifest, model: str) -> dict[
             f"{Path(directory) / 'manifest.json'}: no golden data for {model!r}; "
             f"it has {sorted(manifest.golden)}"
         )
-    path = verified_file(
-        directory,
-        manifest.golden[model],
-        manifest.golden_sha256.get(model, ""),
-        f"golden data of {model!r}",
+    what = f"golden data of {model!r}"
+    path, content = verified_content(
+        directory, manifest.golden[model], manifest.golden_sha256.get(model, ""), what, "npz_bytes"
     )
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise ArtifactError(f"{path}: not a readable .npz of golden arrays ({error})") from None
+        return load_npz(content, f"{path}: {what}")
+    except RoiedgeError as error:
+        raise ArtifactError(str(error)) from None
 
 
 def check_artifact(
@@ -82,11 +87,11 @@ def check_artifact(
     """
     name = backend or "automatic backend"
     try:
-        path = verified_path(directory, entry)
-    except ArtifactError as error:
+        path, content = verified_artifact(directory, entry)
+    except RoiedgeError as error:
         return ArtifactResult(entry, name, (), None, (f"not verified: {error}",))
     try:
-        loaded = open_backend(path, entry.format, backend, num_threads=num_threads)
+        loaded = open_backend(path, entry.format, backend, num_threads=num_threads, content=content)
         stage = Stage(entry, loaded, path)
     except RoiedgeError as error:
         # A verified file this interpreter cannot run (e.g. op versions newer than an old
@@ -193,6 +198,11 @@ def format_results(results: list[ArtifactResult]) -> str:
     for result in results:
         if result.skipped is not None:
             lines.append(f"{result.entry.name:<34} {'-':<15} skipped ({result.skipped})")
+        elif result.detail:
+            verdict = "ok" if result.ok else "FAIL"
+            lines.append(
+                f"{result.entry.name:<34} {result.backend:<15} {result.detail:<56}  {verdict}"
+            )
         elif not result.outputs:
             lines.append(f"{result.entry.name:<34} {result.backend:<15} (not run){'':<56}  FAIL")
         for i, output in enumerate(result.outputs):
@@ -214,13 +224,18 @@ def format_results(results: list[ArtifactResult]) -> str:
             lines.append(
                 f"FAIL {result.entry.name} ({result.entry.precision}): " + "; ".join(reasons)
             )
-    passed = sum(r.ok for r in results)
-    skipped = [r for r in results if r.skipped is not None]
-    ran = len(results) - len(skipped)
+    pipelines = [r for r in results if r.entry.model == "pipeline"]
+    artifacts = [r for r in results if r.entry.model != "pipeline"]
+    passed = sum(r.ok for r in artifacts)
+    skipped = [r for r in artifacts if r.skipped is not None]
+    ran = len(artifacts) - len(skipped)
     summary = f"{passed}/{ran} artifacts within their precision's tolerance"
     if skipped:
         reasons = sorted({r.skipped for r in skipped})
         summary += f"; {len(skipped)} skipped ({', '.join(reasons)})"
+    for row in pipelines:
+        state = "skipped" if row.skipped else ("ok" if row.ok else "FAIL")
+        summary += f"; detector pipeline {row.entry.format}/{row.entry.precision} {state}"
     lines.append(summary)
     return "\n".join(lines)
 

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from runtime import strict_json
-from runtime.errors import RoiedgeError, one_line
+from runtime.errors import RoiedgeError, one_line, say
+from runtime.safe_files import writable_output
 
 
 def _threads(value: str) -> int:
@@ -141,8 +142,14 @@ def unique_name(stem: str, taken: set[str], suffix: str = ".png") -> str:
     return name
 
 
-def coco_results(path: Path, image_id: int, found: list) -> list[dict]:
-    """COCO results rows of one image: bbox [x, y, width, height] in pixels, 1-based category."""
+def coco_results(
+    path: Path, image_id: int, found: list, category_ids: tuple[int, ...] | None = None
+) -> list[dict]:
+    """COCO results rows of one image: bbox [x, y, width, height] in pixels.
+
+    ``category_id`` is ``category_ids[class id]``, the training dataset's own id of the class
+    (``DetectorConfig.coco_ids``); None means COCO's 1..K.
+    """
     rows = []
     for d in found:
         y1, x1, y2, x2 = (float(v) for v in d.box)
@@ -150,7 +157,9 @@ def coco_results(path: Path, image_id: int, found: list) -> list[dict]:
             {
                 "image_id": image_id,
                 "file_name": str(path),
-                "category_id": int(d.class_id) + 1,  # COCO ids start at 1 (0 = background)
+                "category_id": (
+                    int(category_ids[d.class_id]) if category_ids else int(d.class_id) + 1
+                ),
                 "category_name": d.class_name,
                 "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
                 "score": round(float(d.score), 5),
@@ -164,13 +173,11 @@ def _detect(args: argparse.Namespace) -> int:
     from runtime.images import draw_detections, load_image, save_image
     from runtime.manifest import atomic_write_bytes
 
-    for flag, target in (("--out", args.out), ("--json", args.json)):
-        if target is None:
-            continue
-        if flag == "--out" and target.exists() and not target.is_dir():
-            raise RoiedgeError(f"--out {target}: is an existing file; expected a directory")
-        if flag == "--json" and target.is_dir():
-            raise RoiedgeError(f"--json {target}: is a directory; expected a file name")
+    # Outputs are checked before any work: a run never ends in "cannot write" after the work.
+    if args.out is not None:
+        writable_output(args.out, "--out", kind="dir")
+    if args.json is not None:
+        writable_output(args.json, "--json")
     paths = image_files(args.images)
     options = DetectorOptions(
         precision=args.precision,
@@ -187,7 +194,7 @@ def _detect(args: argparse.Namespace) -> int:
         detector = SingleDetector(args.artifacts, args.precision, args.backend, args.threads)
     else:
         detector = Detector(args.artifacts, options)
-    print(f"# {detector.describe()}")
+    say(f"# {detector.describe()}")
     taken: set[str] = set()
     results, failed = [], []
     for image_id, path in enumerate(paths, 1):
@@ -197,26 +204,26 @@ def _detect(args: argparse.Namespace) -> int:
             if not args.keep_going:
                 raise
             failed.append(path)
-            print(f"error: {one_line(error)}", file=sys.stderr)
+            say(f"error: {one_line(error)}", file=sys.stderr)
             continue
         ms = detector.timings["total"] * 1e3
-        print(f"{path}: {len(found)} detections in {ms:.1f} ms")
+        say(f"{path}: {len(found)} detections in {ms:.1f} ms")
         for d in found:
             y1, x1, y2, x2 = d.box
-            print(
+            say(
                 f"  {d.class_name:<12} {d.score:.3f}  box y1={y1:.1f} x1={x1:.1f} y2={y2:.1f} x2={x2:.1f}"
             )
-        results.extend(coco_results(path, image_id, found))
+        results.extend(coco_results(path, image_id, found, detector.config.coco_ids))
         if args.out is not None:
             # Drawn at full resolution (the detector itself decoded a reduced JPEG).
             drawn = draw_detections(load_image(path), found)
             target = save_image(drawn, args.out / unique_name(path.stem, taken))
-            print(f"  wrote {target}")
+            say(f"  wrote {target}")
     if args.json is not None:
         atomic_write_bytes(args.json, strict_json.dump_bytes(results, indent=1))
-        print(f"wrote {len(results)} detections to {args.json}")
+        say(f"wrote {len(results)} detections to {args.json}")
     if failed:
-        print(f"{len(failed)} of {len(paths)} images could not be read", file=sys.stderr)
+        say(f"{len(failed)} of {len(paths)} images could not be read", file=sys.stderr)
         return 1
     return 0
 
@@ -226,6 +233,8 @@ def _check(args: argparse.Namespace) -> int:
     from runtime.manifest import atomic_write_bytes, read_manifest
     from runtime.progress import progress
 
+    if args.json is not None:
+        writable_output(args.json, "--json")
     backends = {"tflite": args.tflite_backend} if args.tflite_backend else None
     only = args.only
     if args.formats:
@@ -237,11 +246,22 @@ def _check(args: argparse.Namespace) -> int:
     results = check_directory(
         args.artifacts, backends=backends, num_threads=args.threads, only=only, progress=progress
     )
+    if args.only is None:  # the detector config and a detection on the golden image
+        from runtime.check_pipeline import check_pipeline
+
+        row = check_pipeline(
+            args.artifacts,
+            read_manifest(args.artifacts),
+            formats=tuple(args.formats or ("tflite", "onnx")),
+            backends=backends,
+            num_threads=args.threads,
+        )
+        results += [row] if row is not None else []
     if not results:
         raise RoiedgeError(
             f"{args.artifacts}: no artifacts to check (--only {args.only}, --formats {args.formats})"
         )
-    print(format_results(results))
+    say(format_results(results))
     if args.json is not None:
         rows = [
             {
@@ -262,12 +282,10 @@ def _check(args: argparse.Namespace) -> int:
     ran = [r for r in results if r.skipped is None]
     skipped = len(results) - len(ran)
     if not ran:
-        print("error: no artifact could run here; install an interpreter", file=sys.stderr)
+        say("error: no artifact could run here; install an interpreter", file=sys.stderr)
         return 1
     if skipped and args.require_all:
-        print(
-            f"check failed: {skipped} artifact(s) skipped and --require-all given", file=sys.stderr
-        )
+        say(f"check failed: {skipped} artifact(s) skipped and --require-all given", file=sys.stderr)
         return 1
     return 0 if all(r.ok for r in ran) else 1
 
@@ -278,6 +296,8 @@ def _bench(args: argparse.Namespace) -> int:
     from runtime.manifest import EDGETPU_PRECISION, atomic_write_bytes, read_manifest
     from runtime.progress import progress
 
+    if args.json is not None:
+        writable_output(args.json, "--json")
     manifest = read_manifest(args.artifacts)
     entries = [e for e in manifest.artifacts if args.only is None or e.name in args.only]
     common = ["--runs", str(args.runs), "--warmup", str(args.warmup)]
@@ -313,13 +333,13 @@ def _bench(args: argparse.Namespace) -> int:
             rows.append(run_child([kind, what, str(args.artifacts), *common]))
         else:
             skipped.append({"kind": kind, "name": what, "skipped": reason})
-    print(format_table(rows))
+    say(format_table(rows))
     for row in skipped:
-        print(f"{row['name']:<34} skipped ({row['skipped']})")
+        say(f"{row['name']:<34} skipped ({row['skipped']})")
     if args.json is not None:
         atomic_write_bytes(args.json, strict_json.dump_bytes(rows + skipped))
     if skipped and args.require_all:
-        print(f"bench failed: {len(skipped)} skipped and --require-all given", file=sys.stderr)
+        say(f"bench failed: {len(skipped)} skipped and --require-all given", file=sys.stderr)
         return 1
     return 0
 
@@ -344,5 +364,5 @@ def main(argv: list[str] | None = None) -> int:
         return verb[args.verb](args)
     except RoiedgeError as error:
         message = one_line(error)
-        print(f"error: {message}", file=sys.stderr)
+        say(f"error: {message}", file=sys.stderr)
         return 2

@@ -18,8 +18,8 @@ import numpy as np
 
 from runtime import processing
 from runtime.backends import EDGETPU_MODES, Stage, edgetpu_available, load_stage
-from runtime.config import DetectorConfig
-from runtime.errors import RoiedgeError
+from runtime.config import DetectorConfig, stage_shapes
+from runtime.errors import ArtifactError, RoiedgeError, say
 from runtime.images import open_image, resize
 from runtime.manifest import EDGETPU_PRECISION, FORMAT_PRECISIONS, Manifest, read_manifest
 
@@ -56,6 +56,30 @@ class DetectorOptions:
         return self.head_format or self.format, precision, self.head_backend or self.backend
 
 
+def pipeline_mismatches(config: DetectorConfig, backbone: Any, head: Any) -> list[str]:
+    """Where the artifacts' tensor specs (manifest entries) disagree with ``config``'s shapes."""
+    found = []
+    for entry in (backbone, head):
+        inputs, outputs = stage_shapes(config)[entry.model]
+        for side, expected, specs in (
+            ("input", inputs, entry.inputs),
+            ("output", outputs, entry.outputs),
+        ):
+            for want, spec in zip(expected, specs):
+                shape = tuple(spec.shape)
+                if len(shape) != len(want) or any(
+                    d is not None and d != w for d, w in zip(shape, want)
+                ):
+                    found.append(
+                        f"{entry.name} {side} {spec.name} is {list(shape)}, config implies {list(want)}"
+                    )
+            if len(specs) != len(expected):
+                found.append(
+                    f"{entry.name} has {len(specs)} {side}s; the detector has {len(expected)}"
+                )
+    return found
+
+
 class Detector:
     """Two-stage detector over an artifacts directory; ``detect(image)`` -> list of Detection.
 
@@ -90,6 +114,12 @@ class Detector:
         self._anchor_table = processing.anchor_table(self.anchors)  # read-only, shared by threads
         self.backbone = self._load("backbone_rpn")
         self.head = self._load("head")
+        mismatches = pipeline_mismatches(self.config, self.backbone.entry, self.head.entry)
+        if mismatches:
+            raise ArtifactError(
+                f"{self.directory / 'manifest.json'}: the detector config does not fit its "
+                f"artifacts: {'; '.join(mismatches[:4])} (config edited or artifacts mixed)"
+            )
         self._local = threading.local()
 
     @property
@@ -132,7 +162,7 @@ class Detector:
         message = f"Edge TPU runtime (libedgetpu) not installed, so {compiled} cannot run"
         if edgetpu == "require":
             raise RoiedgeError(f"{message}; expected the Coral runtime and a Coral device")
-        print(f"warning: {message}; running the uncompiled {precision} on the CPU", file=sys.stderr)
+        say(f"warning: {message}; running the uncompiled {precision} on the CPU", file=sys.stderr)
         return precision
 
     def describe(self) -> str:

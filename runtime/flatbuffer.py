@@ -212,6 +212,11 @@ def validate_tflite_file(path: os.PathLike) -> TFLiteSummary:
             data = handle.read()
     except OSError as error:
         raise ArtifactError(f"{path}: cannot read it ({error.strerror or error})") from None
+    return validate_tflite_bytes(data, path)
+
+
+def validate_tflite_bytes(data: bytes, path: os.PathLike | str) -> TFLiteSummary:
+    """Structurally validate a ``.tflite``'s content ``data`` (read from ``path``, named in errors)."""
     try:
         return summarize_tflite(data)
     except ValueError as error:

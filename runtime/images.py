@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from runtime import limits
 from runtime.errors import RoiedgeError, one_line
+from runtime.safe_files import open_regular
 
 # Distinct, readable box colours, cycled by class id.
 _COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180))
@@ -59,26 +61,42 @@ def _check_size(height: int, width: int, what: str) -> None:
         )
 
 
+def _check_pixels(path: Path, width: int, height: int) -> None:
+    """Refuse an image whose header claims more than LIMITS ``image_pixels``, before decoding."""
+    bound = limits.limit("image_pixels")
+    if width * height > bound:
+        raise RoiedgeError(
+            f"{path}: refused as a decompression bomb ({width}x{height} = {width * height:,} "
+            f"pixels to decode); expected at most {bound:,} (LIMITS image_pixels)"
+        )
+
+
 def _open_path(path: Path, reduce_to: tuple[int, int] | None) -> tuple[np.ndarray, tuple[int, int]]:
     import warnings
 
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    if not os.path.lexists(path):
+        raise RoiedgeError(f"{path}: image not found")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), open_regular(path, "image") as handle:
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse both alike.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(handle) as image:
                 width, height = image.size
                 _check_size(height, width, str(path))
+                drafted = reduce_to is not None and image.format == "JPEG"
+                if not drafted:  # before getexif: a PNG's getexif() decodes the whole image
+                    _check_pixels(path, width, height)
                 orientation = image.getexif().get(0x0112, 1)  # EXIF Orientation
                 transposed = orientation in (5, 6, 7, 8)
                 full = (width, height) if transposed else (height, width)
-                if reduce_to is not None and image.format == "JPEG":
+                if drafted:
                     want_h, want_w = reduce_to
                     # draft() takes (width, height) in the stored frame.
                     want = (want_h, want_w) if transposed else (want_w, want_h)
                     image.draft("RGB", want)
+                _check_pixels(path, *image.size)  # what will be decoded, from the header
                 image = ImageOps.exif_transpose(image)
                 return _to_rgb(image, str(path)), full
     except FileNotFoundError:

@@ -35,6 +35,31 @@ LIMITS: dict[str, Limit] = _table(
     Limit("image_pixels", 50_000_000, "pixels", "decoded size of one image (H x W)"),
     Limit("json_bytes", 512 * 1024 * 1024, "bytes", "one JSON file (COCO dataset, manifest, card)"),
     Limit("json_depth", 64, "levels", "nesting depth of one JSON document"),
+    Limit(
+        "npz_bytes", 1024**3, "bytes", "an .npz: its members' declared sizes together, each array"
+    ),
+    Limit(
+        "keras_bytes", 1024**3, "bytes", "a .keras archive: its members' declared sizes together"
+    ),
+    Limit("archive_members", 10_000, "members", "files inside one .npz or .keras archive"),
+    Limit("model_bytes", 2 * 1024**3, "bytes", "one .tflite or .onnx artifact file"),
+    # The detector config (runtime/config.py): every size and count a manifest may claim.
+    Limit("config_image_side", 4096, "pixels", "DetectorConfig.image_size, each side"),
+    Limit("config_classes", 1000, "classes", "DetectorConfig.class_names"),
+    Limit("config_name_chars", 200, "characters", "one class name"),
+    Limit("config_category_id", 2**31 - 1, "", "a dataset category id (>= 0)"),
+    Limit("config_list", 10_000, "items", "any list field of a detector config"),
+    Limit("config_stride", 256, "pixels", "DetectorConfig.stride"),
+    Limit("config_channels", 4096, "channels", "DetectorConfig.feature_channels"),
+    Limit("config_anchors", 64, "anchors", "anchors per feature-map cell (sizes x ratios)"),
+    Limit("config_anchors_total", 1_000_000, "anchors", "anchors over the whole feature map"),
+    Limit("config_anchor_ratio", 100, "", "anchor aspect ratios, in [1/value, value]"),
+    Limit("config_box_scale", 1000, "", "DetectorConfig.box_coder_scales, each"),
+    Limit("config_pre_nms", 12_000, "boxes", "DetectorConfig.rpn_pre_nms_top_n"),
+    Limit("config_proposals", 2000, "proposals", "DetectorConfig.num_proposals"),
+    Limit("config_pool_side", 64, "bins", "DetectorConfig.pool_size, each side"),
+    Limit("config_samples_per_bin", 16, "samples", "DetectorConfig.samples_per_bin"),
+    Limit("config_detections", 1000, "detections", "DetectorConfig.max_detections"),
 )
 
 

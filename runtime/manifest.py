@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from runtime import strict_json
-from runtime.errors import ArtifactError, one_line
+from runtime.errors import ArtifactError, RoiedgeError
+from runtime.safe_files import read_bytes, read_json
 
 # 2: sha256 of every golden file (``golden_sha256``) and of the detector config
 # (``detector_sha256``); schema 1 manifests carry neither, so they are refused with a re-export hint.
@@ -99,10 +100,17 @@ def sha256_file(path: os.PathLike) -> str:
 
 
 def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same directory and a rename."""
+    """Write ``data`` to ``path`` through a temp file in the same directory and a rename.
+
+    A write that fails (full disk, read-only folder, a directory in the way) leaves nothing
+    behind and raises a one-line ``OutputError`` naming the file and the reason.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise OutputError(path, error) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -111,9 +119,19 @@ def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
         # mkstemp creates 0600; give the file the mode a plain open() would (0666 minus umask).
         os.chmod(tmp_name, 0o666 & ~_umask())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise OutputError(path, error) from None
         raise
+
+
+class OutputError(RoiedgeError, OSError):
+    """An output file could not be written (an OSError too, for callers that catch those)."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        reason = error.strerror or type(error).__name__
+        super().__init__(f"{path}: cannot write it ({reason}); nothing was written")
 
 
 def _umask() -> int:
@@ -262,15 +280,14 @@ def write_manifest(manifest: Manifest, directory: os.PathLike) -> Path:
 def read_manifest(directory: os.PathLike) -> Manifest:
     """Read and validate ``directory/manifest.json`` (structure and version, not yet hashes)."""
     path = Path(directory) / MANIFEST_NAME
-    if not path.is_file():
+    if not path.exists():
         raise ArtifactError(
             f"{path}: no manifest found; expected an artifacts directory made by `make export`"
         )
     try:
-        data = strict_json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
-        reason = one_line(error)[:120]
-        raise ArtifactError(f"{path}: not a readable JSON manifest ({reason})") from None
+        data = read_json(path, "manifest")
+    except RoiedgeError as error:
+        raise ArtifactError(f"not a readable JSON manifest: {error}") from None
     return manifest_from_dict(data, source=str(path))
 
 
@@ -317,3 +334,32 @@ def verified_file(directory: os.PathLike, relative: str, sha256: str, what: str)
 def verified_path(directory: os.PathLike, entry: ArtifactEntry) -> Path:
     """The artifact's file path after checking it is inside, exists and its sha256 matches."""
     return verified_file(directory, entry.path, entry.sha256, f"artifact {entry.name!r}")
+
+
+def verified_content(
+    directory: os.PathLike, relative: str, sha256: str, what: str, limit_name: str
+) -> tuple[Path, bytes]:
+    """(path, content) of a manifest-listed file: the bytes read once, hashed, then handed on.
+
+    The caller uses ``content`` itself, never the path again, so a file renamed or rewritten
+    after the check cannot be what runs (re-opening by path after hashing is a race). The size is
+    checked against LIMITS ``limit_name`` before the file is read.
+    """
+    path = resolve_inside(directory, relative, what)
+    if not path.exists():
+        raise ArtifactError(f"{path}: {what} listed in the manifest is missing")
+    content = read_bytes(path, what, limit_name)
+    actual = hashlib.sha256(content).hexdigest()
+    if actual != sha256:
+        raise ArtifactError(
+            f"{path}: sha256 {actual[:12]}... does not match the manifest's {sha256[:12]}..."
+            f" ({what} corrupt or replaced; re-export or re-copy the artifacts)"
+        )
+    return path, content
+
+
+def verified_artifact(directory: os.PathLike, entry: ArtifactEntry) -> tuple[Path, bytes]:
+    """(path, content) of an artifact whose sha256 matched: load ``content``, not the path."""
+    return verified_content(
+        directory, entry.path, entry.sha256, f"artifact {entry.name!r}", "model_bytes"
+    )

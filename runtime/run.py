@@ -12,15 +12,16 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from runtime.backends import _canonical, load_stage
-from runtime.errors import RoiedgeError
+from runtime.backends import canonical_name, load_stage
+from runtime.errors import RoiedgeError, say
+from runtime.input_checks import check_int_range, refuse_kind
 from runtime.manifest import FORMATS, atomic_write_bytes, read_manifest
+from runtime.safe_files import load_npz, open_regular, writable_output
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +58,7 @@ def run_artifact(
     manifest = read_manifest(directory)
     entry = manifest.find(_model(manifest, model, format, precision), format, precision)
     stage = load_stage(directory, entry, backend=backend, num_threads=num_threads)
-    labels = [_canonical(spec.name) for spec in entry.inputs]
+    labels = [canonical_name(spec.name) for spec in entry.inputs]
     arrays = []
     for label, spec in zip(labels, entry.inputs):
         key = label if label in inputs else spec.name
@@ -71,12 +72,16 @@ def run_artifact(
             raise RoiedgeError(
                 f"input {label!r} has dtype {array.dtype}; expected an integer array ({spec.dtype})"
             )
+        refuse_kind(array, np.dtype(spec.dtype), f"input {label!r}")
+        if np.dtype(spec.dtype).kind in "iu":
+            check_int_range(array, np.dtype(spec.dtype), f"input {label!r}")
         arrays.append((label, spec, array))
     extra = sorted(set(inputs) - set(labels) - {s.name for s in entry.inputs})
     if extra:
         raise RoiedgeError(
             f"inputs have unknown key(s) {', '.join(extra)}; {entry.name} takes {', '.join(labels)}"
         )
+    _check_box_indexes(arrays)
     stacked = [a.ndim == len(spec.shape) + 1 for _, spec, a in arrays]
     for (label, spec, array), extra_axis in zip(arrays, stacked):
         if not extra_axis and array.ndim != len(spec.shape):
@@ -104,30 +109,44 @@ def run_artifact(
     }
 
 
-def read_npz(path: Path, flag: str, expected: str) -> dict[str, np.ndarray]:
-    """The arrays of the .npz file ``path`` by key (no pickles).
+def _check_box_indexes(arrays: list) -> None:
+    """Refuse box indexes outside [0, batch of the first input): a gather out of bounds.
 
-    A missing, non-npz or unreadable file is a one-line RoiedgeError naming ``flag`` and the
-    file; ``expected`` says what the file should hold (e.g. "an .npz keyed by input name").
+    The head's ``box_indexes`` say which image of its ``features`` batch each proposal pools
+    from; an index past the batch is an interpreter error, a negative one wraps silently in ONNX.
     """
-    if not path.is_file():
+    for label, _, array in arrays:
+        if label != "box_indexes" or not array.size or not arrays[0][1].shape:
+            continue
+        batch = arrays[0][1].shape[0]
+        low, high = int(array.min()), int(array.max())
+        if batch is not None and (low < 0 or high >= batch):
+            raise RoiedgeError(
+                f"input 'box_indexes' has values {low}..{high}; expected indexes into the "
+                f"{arrays[0][0]!r} batch, in [0, {batch - 1}]"
+            )
+
+
+def read_npz(path: Path, flag: str, expected: str) -> dict[str, np.ndarray]:
+    """The arrays of the .npz file ``path`` by key (:func:`runtime.safe_files.load_npz`).
+
+    A missing, non-npz, unreadable or over-limit file, or one holding string, object or complex
+    arrays, is a one-line RoiedgeError naming ``flag`` and the file; ``expected`` says what the
+    file should hold (e.g. "an .npz keyed by input name").
+    """
+    if not path.exists():
         raise RoiedgeError(f"{flag} {path}: no such file (expected {expected})")
-    try:
-        data = np.load(path, allow_pickle=False)
-        # An .npy file loads as a bare array, which is no context manager: check before `with`.
-        if not isinstance(data, np.lib.npyio.NpzFile):
+    with open_regular(path, flag) as handle:
+        if handle.read(6) == b"\x93NUMPY":
             raise RoiedgeError(f"{flag} {path}: a single array; expected an .npz")
-        with data:
-            return {key: data[key] for key in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise RoiedgeError(f"{flag} {path}: not a readable .npz ({first})") from None
+    return load_npz(path, flag)
 
 
 def main(args: argparse.Namespace) -> int:
     """The ``run`` verb: exit 0, or a RoiedgeError for the CLI to report (exit 2)."""
     if args.threads is not None and args.threads < 1:
         raise RoiedgeError(f"--threads {args.threads}: expected a positive thread count")
+    writable_output(args.out, "--out")
     outputs = run_artifact(
         args.artifacts,
         read_npz(args.inputs, "--inputs", "an .npz keyed by input name"),
@@ -141,5 +160,5 @@ def main(args: argparse.Namespace) -> int:
     np.savez(buffer, **outputs)
     atomic_write_bytes(args.out, buffer.getvalue())
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in outputs.items())
-    print(f"wrote {args.out}: {shapes}")
+    say(f"wrote {args.out}: {shapes}")
     return 0

@@ -1,7 +1,7 @@
 """A frozen copy of runtime/processing.py before its post-processing was cut to fewer numpy calls.
 
 The tests compare the current post-processing with it bit for bit, and
-``scripts/bench_postprocess.py`` times the two against each other. Do not edit: it is the
+``bench/postprocess.py`` times the two against each other. Do not edit: it is the
 reference. What follows is the original module docstring.
 
 Numpy pre- and post-processing of the two-stage detector, shared by the device and the Keras side.

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from models import bench_head
+from bench import head as bench_head
 
 TINY = [
     "--height", "6", "--width", "7", "--channels", "4", "--num-rois", "3", "--fc", "8",

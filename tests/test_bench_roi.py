@@ -3,7 +3,7 @@ JSON and PNG, bad usage."""
 
 import json
 
-from models import bench_roi
+from bench import roi as bench_roi
 
 TINY = [
     "--height", "6", "--width", "7", "--channels", "4", "--num-rois", "3", "--size", "2",
@@ -70,7 +70,7 @@ def test_bench_sizes_split_tiles_per_precision_and_tile_size(tmp_path):
 
 
 def test_scaling_sweep_writes_cases_errors_and_a_log_log_plot(tmp_path, capsys):
-    from models import bench_scaling
+    from bench import scaling as bench_scaling
 
     out_json, out_png = tmp_path / "scaling.json", tmp_path / "scaling.png"
     argv = ["--rois", "2,5", "--channels", "3,8", "--height", "6", "--width", "7"]

@@ -144,7 +144,7 @@ def test_nms_is_the_previous_code_bit_for_bit(threshold):
 def test_per_group_nms_is_the_previous_code_bit_for_bit():
     import processing_reference as reference
 
-    from runtime.processing import _greedy_ranked
+    from runtime.nms import greedy_ranked
 
     rng = np.random.default_rng(11)
     for count in (5, 40, 64, 65, 200):
@@ -155,5 +155,5 @@ def test_per_group_nms_is_the_previous_code_bit_for_bit():
         groups = rng.integers(0, 4, count)
         for threshold, limit in ((0.5, 100), (0.2, 7), (0.0, 300)):
             expected = reference._greedy_ranked(coords, threshold, limit, groups)
-            actual = _greedy_ranked(coords, threshold, limit, groups)
+            actual = greedy_ranked(coords, threshold, limit, groups)
             np.testing.assert_array_equal(actual, expected, err_msg=f"{count} {threshold}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.onnx_profile import GROUPS, main, profile_stage, roi_pooling_model, runs_from_events
+from bench.onnx_profile import main
+from export.onnx_profile import GROUPS, profile_stage, roi_pooling_model, runs_from_events
 
 
 def _node(name: str, op: str, ts: int, dur: int) -> dict:

@@ -12,6 +12,17 @@ import inspect
 import numpy as np
 import pytest
 import tensorflow as tf
+from roi_pooling_cases import (
+    ADVERSARIAL,
+    INT8_MAX_ERROR,
+    RoIPoolTester,
+    check_split_tiles,
+    check_tflite_builtins_only_float32,
+    convert_pool,
+    random_boxes,
+    run_tflite,
+    tf_reference,
+)
 
 from models.roi_pooling import (
     DEFAULT_IMPLEMENTATION,
@@ -23,113 +34,6 @@ from models.roi_pooling import (
 )
 
 BUILTIN_IMPLEMENTATIONS = ("fixed_point", "gather")
-TOLERANCE = {np.float32: 1e-5}
-# The issue's bar on [0, 1) features. Each output carries a dozen int8 roundings of ~0.002 (the
-# input, four weights, four MULs, three ADDs), so the max over many outputs lands near 0.015
-# (make bench); quantized coordinates, the failure this form exists to prevent, give ~1.0.
-INT8_MAX_ERROR = 0.02
-
-
-def tf_reference(features, rois, box_indexes, size, samples_per_bin):
-    """TF's fused kernel: crop_and_resize to size * s, then an s x s max pool."""
-    crop = (size[0] * samples_per_bin, size[1] * samples_per_bin)
-    crops = tf.image.crop_and_resize(features, rois, box_indexes, crop, extrapolation_value=0.0)
-    return tf.nn.max_pool2d(crops, samples_per_bin, samples_per_bin, "VALID").numpy()
-
-
-def random_boxes(rng, count, low=-0.4, high=1.4):
-    """[count, 4] boxes y1x1y2x2 anywhere in [low, high]: normal, flipped, partly outside."""
-    return rng.uniform(low, high, (count, 4)).astype(np.float32)
-
-
-ADVERSARIAL = {
-    "normal": [0.1, 0.2, 0.6, 0.9],
-    "flipped": [0.7, 0.8, 0.2, 0.1],
-    "partly_outside": [-0.3, 0.25, 0.6, 1.3],
-    "fully_outside": [1.2, 1.1, 1.6, 1.5],
-    "fully_outside_negative": [-0.9, -0.8, -0.1, -0.2],
-    "zero_area": [0.3, 0.4, 0.3, 0.4],
-    "whole_image": [0.0, 0.0, 1.0, 1.0],
-    "thin_row": [0.5, 0.0, 0.5, 1.0],
-}
-
-
-class RoIPoolTester:
-    """Shared checks of one implementation against a slow reference (``expected_fn``)."""
-
-    implementation: str
-
-    def expected_fn(self, features, rois, box_indexes, size, samples_per_bin):
-        return tf_reference(features, rois, box_indexes, size, samples_per_bin)
-
-    def check(self, features, rois, box_indexes, size=(7, 7), samples_per_bin=2, dtype=np.float32):
-        actual = roi_pool(
-            features.astype(dtype),
-            rois,
-            box_indexes,
-            size=size,
-            samples_per_bin=samples_per_bin,
-            implementation=self.implementation,
-        ).numpy()
-        expected = self.expected_fn(features, rois, box_indexes, size, samples_per_bin)
-        assert actual.shape == (len(rois), size[0], size[1], features.shape[-1])
-        np.testing.assert_allclose(actual, expected, rtol=0, atol=TOLERANCE[dtype])
-        return actual
-
-    @pytest.mark.parametrize("num_rois", [1, 3, 17])
-    @pytest.mark.parametrize("samples_per_bin", [1, 2, 3])
-    def test_random_boxes(self, num_rois, samples_per_bin):
-        rng = np.random.default_rng(100 * num_rois + samples_per_bin)
-        features = rng.random((3, 13, 11, 5), dtype=np.float32)
-        rois = random_boxes(rng, num_rois)
-        box_indexes = rng.integers(0, 3, num_rois).astype(np.int32)
-        pooled = self.check(features, rois, box_indexes, (7, 5), samples_per_bin)
-        if num_rois > 1:
-            # Every RoI is pooled on its own: differing boxes give differing outputs.
-            assert not np.allclose(pooled[0], pooled[-1])
-
-    @pytest.mark.parametrize("case", sorted(ADVERSARIAL))
-    @pytest.mark.parametrize("size", [(7, 7), (3, 5), (1, 1)])
-    def test_adversarial_boxes(self, case, size):
-        rng = np.random.default_rng(7)
-        features = rng.standard_normal((2, 19, 23, 4)).astype(np.float32)
-        rois = np.asarray([ADVERSARIAL[case]] * 3, np.float32)
-        self.check(features, rois, np.array([0, 1, 1], np.int32), size, samples_per_bin=2)
-
-    def test_flipped_whole_image_is_the_whole_image_flipped(self):
-        # Exact maths, not TF's float rounding (which drops the last sample of this box).
-        rng = np.random.default_rng(3)
-        features = rng.random((1, 9, 12, 3), dtype=np.float32)
-        boxes = np.array([[0, 0, 1, 1], [1, 1, 0, 0]], np.float32)
-        pooled = roi_pool(
-            features,
-            boxes,
-            np.zeros(2, np.int32),
-            size=(9, 12),
-            samples_per_bin=1,
-            implementation=self.implementation,
-        ).numpy()
-        np.testing.assert_allclose(pooled[0], features[0], atol=1e-5)
-        np.testing.assert_allclose(pooled[1], features[0, ::-1, ::-1], atol=1e-5)
-
-    def test_static_and_dynamic_num_rois_in_tf_function(self):
-        rng = np.random.default_rng(5)
-        features = rng.random((2, 10, 10, 3), dtype=np.float32)
-        rois = random_boxes(rng, 6, 0.0, 1.0)
-        box_indexes = np.array([0, 1, 0, 1, 1, 0], np.int32)
-        layer = RoIPooling((4, 4), implementation=self.implementation)
-        dynamic = tf.function(
-            layer.__call__,
-            input_signature=[
-                tf.TensorSpec((2, 10, 10, 3), tf.float32),
-                tf.TensorSpec((None, 4), tf.float32),
-                tf.TensorSpec((None,), tf.int32),
-            ],
-        )
-        expected = tf_reference(features, rois, box_indexes, (4, 4), 2)
-        for count in (6, 2):
-            out = dynamic(features, rois[:count], box_indexes[:count]).numpy()
-            np.testing.assert_allclose(out, expected[:count], atol=1e-5)
 
 
 class TestFixedPoint(RoIPoolTester):
@@ -141,28 +45,18 @@ class TestGather(RoIPoolTester):
 
 
 # The fixed-point variants make bench compares (same sampling grid, other feature paths).
-class TestFixedPointTiled(RoIPoolTester):
-    implementation = "fixed_point_tiled"
-
-
 class TestFixedPointSplit(RoIPoolTester):
     implementation = "fixed_point_split"
 
 
-class TestNeighbourPool(RoIPoolTester):
-    implementation = "neighbour_pool"
+def test_split_lowering_cuts_the_rois_into_tiles_and_matches_tensorflow(monkeypatch):
+    """The testers' small maps fit one tile; here tiles of 3 RoIs (and a last one of 2)."""
+    check_split_tiles("fixed_point_split", 1, monkeypatch)
 
 
-class TestNeighbourPoolSplit(RoIPoolTester):
-    implementation = "neighbour_pool_split"
-
-
-class TestNeighbourMatmul(RoIPoolTester):
-    implementation = "neighbour_matmul"
-
-
-class TestSeparableMatmul(RoIPoolTester):
-    implementation = "separable_matmul"
+@pytest.mark.parametrize("implementation", [*BUILTIN_IMPLEMENTATIONS, "fixed_point_split"])
+def test_tflite_builtins_only_float32_matches_tensorflow(implementation):
+    check_tflite_builtins_only_float32(implementation)
 
 
 def test_default_is_the_tiled_int8_safe_builtin_form():
@@ -185,134 +79,6 @@ def test_numpy_loop_reference_matches_tensorflow(samples_per_bin):
 # ----------------------------------------------------------------------------- TFLite
 
 
-def _convert(
-    implementation,
-    num_rois,
-    precision,
-    rng,
-    height=20,
-    width=20,
-    channels=16,
-    size=7,
-    share_ranges=True,
-    **tile_options,
-):
-    """roi_pool (samples_per_bin 2) through the converter's standard settings per precision."""
-    from models.tflite_convert import convert_function
-
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec((1, height, width, channels), tf.float32, name="features"),
-            tf.TensorSpec((num_rois, 4), tf.float32, name="rois"),
-            tf.TensorSpec((num_rois,), tf.int32, name="box_indexes"),
-        ]
-    )
-    def pool(features, rois, box_indexes):
-        return roi_pool(
-            features, rois, box_indexes, (size, size), 2, implementation, **tile_options
-        )
-
-    def representative():
-        # Proposal-like calibration boxes (centres in the map, 0.05-0.6 wide, some past it): a
-        # handful of arbitrary corner pairs leave the int8 weight ranges under-calibrated.
-        for _ in range(8):
-            features = rng.random((1, height, width, channels), dtype=np.float32)
-            centers = rng.uniform(0.0, 1.0, (num_rois, 2))
-            extents = rng.uniform(0.05, 0.6, (num_rois, 2))
-            rois = np.concatenate([centers - extents / 2, centers + extents / 2], 1)
-            yield [features, rois.astype(np.float32), np.zeros(num_rois, np.int32)]
-
-    return convert_function(pool, precision, representative, share_ranges)
-
-
-def _run_tflite(model, features, rois, box_indexes):
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=model)
-    interpreter.allocate_tensors()
-    by_name = {d["name"]: d["index"] for d in interpreter.get_input_details()}
-    for name, value in (("features", features), ("rois", rois), ("box_indexes", box_indexes)):
-        interpreter.set_tensor(next(i for n, i in by_name.items() if name in n), value)
-    interpreter.invoke()
-    ops = {op["op_name"] for op in interpreter._get_ops_details()}
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]), ops
-
-
-VARIANTS = (
-    "fixed_point_tiled",
-    "fixed_point_split",
-    "neighbour_pool",
-    "neighbour_pool_split",
-    "neighbour_matmul",
-    "separable_matmul",
-)
-
-
-@pytest.mark.parametrize(
-    ("implementation", "stacked"), [("fixed_point_split", 1), ("neighbour_pool_split", 4)]
-)
-def test_split_lowerings_cut_the_rois_into_tiles_and_match_tensorflow(
-    implementation, stacked, monkeypatch
-):
-    """The testers' small maps fit one tile; here tiles of 3 RoIs (and a last one of 2)."""
-    from models import roi_lowerings
-
-    per_roi = roi_lowerings._per_roi_bytes((14, 10), 5, stacked)
-    monkeypatch.setattr(roi_lowerings, "TILE_BYTES", 3 * per_roi + 1)
-    assert roi_lowerings._tile_sizes(17, per_roi) == [3, 3, 3, 3, 3, 2]
-    rng = np.random.default_rng(31)
-    features = rng.random((2, 13, 11, 5), dtype=np.float32)
-    rois = random_boxes(rng, 17)
-    box_indexes = rng.integers(0, 2, 17).astype(np.int32)
-    pool = tf.function(
-        lambda f, r, b: roi_pool(f, r, b, (7, 5), 2, implementation),
-        input_signature=[
-            tf.TensorSpec(features.shape, tf.float32),
-            tf.TensorSpec((17, 4), tf.float32),
-            tf.TensorSpec((17,), tf.int32),
-        ],
-    )
-    graph = pool.get_concrete_function().graph
-    gathers = [op for op in graph.get_operations() if op.type == "GatherV2"]
-    assert len(gathers) == 6 * (4 if stacked == 1 else 1)  # per tile, not per RoI batch
-
-    def after_a_max_pool(op, seen):
-        # Whether a MaxPool (an earlier tile's output) is among op's ancestors.
-        for tensor in op.inputs:
-            if tensor.op.name not in seen:
-                seen.add(tensor.op.name)
-                if tensor.op.type == "MaxPool" or after_a_max_pool(tensor.op, seen):
-                    return True
-        return False
-
-    # Tiles stay in order under XNNPACK: every GATHER but the first tile's waits for a tile.
-    ordered = [after_a_max_pool(op, set()) for op in gathers]
-    assert sum(not o for o in ordered) == (4 if stacked == 1 else 1)
-    np.testing.assert_allclose(
-        pool(features, rois, box_indexes).numpy(),
-        tf_reference(features, rois, box_indexes, (7, 5), 2),
-        atol=1e-5,
-    )
-
-
-@pytest.mark.parametrize("implementation", BUILTIN_IMPLEMENTATIONS + VARIANTS)
-def test_tflite_builtins_only_float32_matches_tensorflow(implementation):
-    rng = np.random.default_rng(21)
-    model = _convert(implementation, 17, "float32", rng)
-    features = rng.random((1, 20, 20, 16), dtype=np.float32)
-    rois = random_boxes(rng, 17)
-    box_indexes = np.zeros(17, np.int32)
-    actual, ops = _run_tflite(model, features, rois, box_indexes)
-    assert "CROP_AND_RESIZE" not in ops and not any(
-        op.startswith(("Flex", "CUSTOM")) or op.islower() for op in ops
-    ), ops
-    assert "MAX_POOL_2D" in ops
-    assert ("BATCH_MATMUL" if implementation == "separable_matmul" else "GATHER") in ops
-    np.testing.assert_allclose(
-        actual, tf_reference(features, rois, box_indexes, (7, 7), 2), atol=1e-5
-    )
-
-
 # fixed_point's float constants are powers of two float16 holds exactly; gather's sample-step
 # constants (1/13, edge slack) round to float16 (~5e-4 relative), moving its samples slightly.
 FLOAT16_TOLERANCE = {"fixed_point": 1e-5, "gather": 0.02}
@@ -322,11 +88,11 @@ FLOAT16_TOLERANCE = {"fixed_point": 1e-5, "gather": 0.02}
 def test_tflite_float16_conversion_keeps_the_float_numbers(implementation):
     """Float16 conversion stores every float constant as float16 (2**-25 would become 0)."""
     rng = np.random.default_rng(25)
-    model = _convert(implementation, 17, "float16", rng)
+    model = convert_pool(implementation, 17, "float16", rng)
     features = rng.random((1, 20, 20, 16), dtype=np.float32)
     rois = random_boxes(rng, 17)
     box_indexes = np.zeros(17, np.int32)
-    actual, ops = _run_tflite(model, features, rois, box_indexes)
+    actual, ops = run_tflite(model, features, rois, box_indexes)
     assert "DEQUANTIZE" in ops  # really float16 constants
     np.testing.assert_allclose(
         actual,
@@ -341,11 +107,11 @@ def test_tflite_float32_converts_and_matches_on_small_maps(implementation, map_s
     """Tiny maps hit converter patterns (an int32 clip to [0, 6] became an int32 RELU6)."""
     height, width = map_size
     rng = np.random.default_rng(23)
-    model = _convert(implementation, 3, "float32", rng, height, width, channels=3, size=2)
+    model = convert_pool(implementation, 3, "float32", rng, height, width, channels=3, size=2)
     features = rng.random((1, height, width, 3), dtype=np.float32)
     rois = random_boxes(rng, 3)
     box_indexes = np.zeros(3, np.int32)
-    actual, _ = _run_tflite(model, features, rois, box_indexes)
+    actual, _ = run_tflite(model, features, rois, box_indexes)
     np.testing.assert_allclose(
         actual, tf_reference(features, rois, box_indexes, (2, 2), 2), atol=1e-5
     )
@@ -391,34 +157,14 @@ def test_onnx_export_is_loop_free_and_matches_tensorflow(implementation):
 def test_full_int8_conversion_with_standard_settings_stays_accurate(num_rois):
     """Optimize.DEFAULT + a representative dataset, nothing else: the coordinates must survive."""
     rng = np.random.default_rng(22)
-    model = _convert("fixed_point", num_rois, "int8", rng)
+    model = convert_pool("fixed_point", num_rois, "int8", rng)
     features = rng.random((1, 20, 20, 16), dtype=np.float32)
     rois = random_boxes(rng, num_rois, 0.0, 1.0)
     box_indexes = np.zeros(num_rois, np.int32)
-    actual, ops = _run_tflite(model, features, rois, box_indexes)
+    actual, ops = run_tflite(model, features, rois, box_indexes)
     assert "QUANTIZE" in ops  # really an int8 model
     error = np.abs(actual - tf_reference(features, rois, box_indexes, (7, 7), 2)).max()
     assert error <= INT8_MAX_ERROR
-
-
-def test_neighbour_pool_split_int8_does_not_clip_its_products(monkeypatch):
-    """int8 gives AVERAGE_POOL_2D, MAX_POOL_2D and CONCATENATION one scale: corner products
-    pre-scaled by 4 clipped there (error ~0.7); tiles of 3 RoIs, each calibrated on its own."""
-    from models import roi_lowerings
-
-    per_roi = roi_lowerings._per_roi_bytes((14, 14), 16, 4)
-    monkeypatch.setattr(roi_lowerings, "TILE_BYTES", 3 * per_roi)
-    rng = np.random.default_rng(23)
-    model = _convert("neighbour_pool_split", 17, "int8", rng)
-    features = rng.random((1, 20, 20, 16), dtype=np.float32)
-    rois = random_boxes(rng, 17, 0.0, 1.0)
-    box_indexes = np.zeros(17, np.int32)
-    actual, ops = _run_tflite(model, features, rois, box_indexes)
-    assert {"QUANTIZE", "AVERAGE_POOL_2D", "SPLIT_V"} <= ops
-    error = np.abs(actual - tf_reference(features, rois, box_indexes, (7, 7), 2)).max()
-    # The average pool's int8 rounding of four products costs accuracy (near the 0.02 bar on
-    # make bench's case), but nothing clips.
-    assert error <= 0.05
 
 
 def _tile_quantizations(model):
@@ -453,14 +199,14 @@ def test_split_int8_tiles_share_one_range_and_stay_accurate(num_rois, monkeypatc
     from models import roi_lowerings
     from models.tflite_convert import share_tile_ranges
 
-    per_roi = roi_lowerings._per_roi_bytes((14, 14), 16, 1, element_bytes=1)
+    per_roi = roi_lowerings.per_roi_bytes((14, 14), 16, 1, element_bytes=1)
     rng = np.random.default_rng(40 + num_rois)
     features = rng.random((1, 20, 20, 16), dtype=np.float32)
     rois = random_boxes(rng, num_rois, 0.0, 1.0)
     box_indexes = np.zeros(num_rois, np.int32)
     expected = tf_reference(features, rois, box_indexes, (7, 7), 2)
     tiles = {"tile_precision": "int8", "tile_bytes": 3 * per_roi}
-    model = _convert(
+    model = convert_pool(
         "fixed_point_split", num_rois, "int8", rng, share_ranges=num_rois < 17, **tiles
     )
     if num_rois == 17:  # six tiles: calibrated alone they differ, shared they agree
@@ -470,7 +216,7 @@ def test_split_int8_tiles_share_one_range_and_stay_accurate(num_rois, monkeypatc
     assert len(roles) >= 8 and all(len(params) == 1 for params in roles.values()), roles
     assert share_tile_ranges(model) == model
     assert _self_comparisons_only(model)
-    actual, ops = _run_tflite(model, features, rois, box_indexes)
+    actual, ops = run_tflite(model, features, rois, box_indexes)
     assert "QUANTIZE" in ops and ("SPLIT_V" in ops) == (num_rois > 3)
     assert np.abs(actual - expected).max() <= INT8_MAX_ERROR
 
@@ -480,7 +226,7 @@ def test_split_tiles_are_sized_for_the_precision(tile_precision):
     """An int8 tile holds 4x the RoIs of a float32 tile in the same bytes; same numbers."""
     from models import roi_lowerings
 
-    per_roi = roi_lowerings._per_roi_bytes((14, 10), 5)  # float32 bytes of one RoI
+    per_roi = roi_lowerings.per_roi_bytes((14, 10), 5)  # float32 bytes of one RoI
     rng = np.random.default_rng(33)
     features = rng.random((2, 13, 11, 5), dtype=np.float32)
     rois = random_boxes(rng, 17)
@@ -710,8 +456,8 @@ def test_fixed_point_is_exact_inside_the_range_and_clamps_outside(where):
     if where == "tensorflow":
         actual = roi_pool(features, rois, box_indexes).numpy()
     else:
-        model = _convert("fixed_point", len(rois), "float32", rng, channels=8)
-        actual, _ = _run_tflite(model, features, rois, box_indexes)
+        model = convert_pool("fixed_point", len(rois), "float32", rng, channels=8)
+        actual, _ = run_tflite(model, features, rois, box_indexes)
     unclamped = tf_reference(features, rois, box_indexes, (7, 7), 2)
     clamped = tf_reference(features, np.clip(rois, *EXACT_RANGE), box_indexes, (7, 7), 2)
     inside = len(INSIDE_RANGE)
@@ -729,23 +475,3 @@ def test_rois_in_exact_range_on_both_sides():
         assert not rois_in_exact_range([box])
     assert not rois_in_exact_range([[0.0, 0.0, 2.0001, 1.0]])
     assert not rois_in_exact_range([[0.0, float("nan"), 1.0, 1.0]])
-
-
-def test_shared_tile_ranges_leave_same_scale_ops_tied():
-    """fixed_point_tiled recomputes weights per tile and slices them (STRIDED_SLICE): widening
-    one side of such an op's scale made XNNPACK refuse the int8 model; share_tile_ranges leaves
-    every op that needs one scale on its input and output as the converter tied it."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    rng = np.random.default_rng(3)
-    model = _convert("fixed_point_tiled", 40, "int8", rng)
-    interpreter = Interpreter(model_content=model)  # XNNPACK, as the benchmarks run it
-    interpreter.allocate_tensors()
-    details = interpreter.get_tensor_details()
-    tied = ("STRIDED_SLICE", "RESHAPE", "MAX_POOL_2D", "GATHER")
-    for op in interpreter._get_ops_details():
-        if op["op_name"] in tied and details[op["inputs"][0]]["dtype"] == np.int8:
-            assert (
-                details[op["inputs"][0]]["quantization"]
-                == details[op["outputs"][0]]["quantization"]
-            ), op

@@ -12,7 +12,7 @@ from export.report.markdown import format_markdown, speed_table
 from export.report.plot import plot_report
 from export.report.verdicts import build_report
 from runtime import strict_json
-from runtime.errors import RoiedgeError
+from runtime.errors import RoiedgeError, one_line
 from runtime.manifest import atomic_write_bytes
 
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         config = ReportConfig(**vars(args))
         report = build_report(config)
     except RoiedgeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     if config.speed_only:
         print(speed_table(report))

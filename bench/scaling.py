@@ -1,6 +1,6 @@
 """RoIPooling cost curves: latency against work for TF's fused kernel and the TFLite forms.
 
-``python -m models.bench_scaling [--json PATH] [--png PATH]`` (run by ``make bench``) sweeps the
+``python -m bench.scaling [--json PATH] [--png PATH]`` (run by ``make bench``) sweeps the
 number of RoIs and the feature channels on a 38x38 map (7x7, samples_per_bin 2, 2 threads) and
 times, per case and interleaved, TF's fused CropAndResize+MaxPool against the default
 builtin-only lowering converted to TFLite float32 and full-integer int8. One model per channel
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from runtime import strict_json
+from runtime.errors import one_line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +108,9 @@ def _resizable_runner(model: bytes, threads: int):
 def run(config: ScalingConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from models.bench_host import host_info, interleaved, load_avg
     from models.tf_threads import set_tensorflow_threads
     from models.tflite_convert import convert_function
+    from runtime.bench import host_info, interleaved, load_avg
 
     host = host_info()
     tf_threads = set_tensorflow_threads(config.threads)
@@ -172,7 +173,7 @@ def run(config: ScalingConfig) -> dict[str, Any]:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    from models.bench_host import host_line
+    from runtime.bench import host_line
 
     lines = [
         f"RoIPooling cost curves ({result['config']['implementation']}), "
@@ -235,8 +236,10 @@ def plot(result: dict[str, Any]) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import bench.lowerings  # noqa: F401  (registers the benchmark-only RoIPooling lowerings)
+
     defaults = ScalingConfig()
-    parser = argparse.ArgumentParser(prog="python -m models.bench_scaling", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__)
     for field in dataclasses.fields(ScalingConfig):
         flag = "--" + field.name.replace("_", "-")
         kind = int if isinstance(getattr(defaults, field.name), int) else str
@@ -250,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(value, int) and field.name != "seed" and value < 1:
                 raise ValueError(f"--{field.name.replace('_', '-')} is {value}; expected >= 1")
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     result = run(config)
     print(format_table(result))

@@ -1,6 +1,6 @@
 """Throughput of one Detector shared by threads vs one Detector per thread (runtime/README.md).
 
-    python scripts/bench_threads.py --artifacts artifacts [--precision int8] [--json out.json]
+    python bench/threads.py --artifacts artifacts [--precision int8] [--json out.json]
 
 Modes and thread counts (1, 2, 4) are interleaved over three rounds in one run; the table gives
 every round's detections/s and its ratio to the shared detector on one thread in the same round.

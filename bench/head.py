@@ -1,6 +1,6 @@
 """A realistic Faster R-CNN head in every format: float Keras vs TFLite vs ONNX (speed, memory).
 
-``python -m models.bench_head [--json PATH]`` (run by ``make bench``) builds a head of the usual
+``python -m bench.head [--json PATH]`` (run by ``make bench``) builds a head of the usual
 size — RoIPooling 7x7 (samples_per_bin 2) over ``[1, 38, 38, 256]`` features and 300 RoIs, two
 FC 1024 (ReLU), 21-class softmax scores and 21x4 box deltas — with random weights (speed only,
 no download), converts it to TFLite float32/float16/int8 (standard settings,
@@ -260,10 +260,13 @@ def _peak_rss(kind: str, path: Path, config: HeadBenchConfig) -> float | None:
     fields = strict_json.dumps(dataclasses.asdict(config))
     code = (
         "import sys; from runtime import strict_json; "
-        "from models.bench_head import HeadBenchConfig, _rss_child; "
+        "from bench.head import HeadBenchConfig, _rss_child; "
         f"_rss_child({kind!r}, {str(path)!r}, HeadBenchConfig(**strict_json.loads({fields!r})))"
     )
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    # bench/ is a dev folder, not installed: the child finds it through the repository root.
+    root = str(Path(__file__).resolve().parent.parent)
+    path_list = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=path_list)
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
     )
@@ -283,11 +286,11 @@ def run(config: HeadBenchConfig) -> dict[str, Any]:
     """Build, convert, measure; returns the JSON-ready result."""
     from tqdm import tqdm
 
-    from models.bench_host import host_info, interleaved, load_avg
-    from models.bench_profile import profile_tflite
+    from bench.tflite_profile import profile_tflite
     from models.roi_lowerings import SIZED_TILE_LOWERINGS, TILE_SCOPE
     from models.tf_threads import set_tensorflow_threads
     from models.tflite_convert import convert_function
+    from runtime.bench import host_info, interleaved, load_avg
 
     host = host_info()
     tf_threads = set_tensorflow_threads(config.threads)
@@ -396,8 +399,8 @@ def run(config: HeadBenchConfig) -> dict[str, Any]:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    from models.bench_host import host_line
-    from models.bench_profile import format_profile
+    from bench.tflite_profile import format_profile
+    from runtime.bench import host_line
 
     c = result["config"]
     lines = [
@@ -425,8 +428,10 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import bench.lowerings  # noqa: F401  (registers the benchmark-only RoIPooling lowerings)
+
     defaults = HeadBenchConfig()
-    parser = argparse.ArgumentParser(prog="python -m models.bench_head", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.head", description=__doc__)
     for field in dataclasses.fields(HeadBenchConfig):
         flag = "--" + field.name.replace("_", "-")
         kind = str if field.name in ("json", "implementation", "variants") else int

@@ -1,6 +1,6 @@
 """Cold start (process start -> first detection) and peak RSS: TF-free runtime vs float Keras.
 
-    .venv/bin/python scripts/bench_cold_start.py [--artifacts artifacts] [--repeats 3] [--json F]
+    .venv/bin/python bench/cold_start.py [--artifacts artifacts] [--repeats 3] [--json F]
 
 Every measurement is a fresh subprocess (so imports, interpreter loads and page faults count);
 the median over ``--repeats`` is reported. The runtime rows use ``python -m runtime _bench-child``

@@ -1,6 +1,6 @@
 """RoIPooling micro-benchmark: the builtin-only TFLite forms against TensorFlow's fused kernel.
 
-``python -m models.bench_roi [--json PATH]`` (run by ``make bench``) times, in one run:
+``python -m bench.roi [--json PATH]`` (run by ``make bench``) times, in one run:
 
 * TensorFlow's fused ``CropAndResize`` + ``MaxPool`` (the reference, ``tf.function``);
 * for every builtin-only implementation of :func:`models.roi_pooling.roi_pool`, its TFLite
@@ -13,7 +13,7 @@ and whether it meets :data:`TARGETS` (``--json``/``--png`` also write the result
 The reference and every form are timed in turn over ``--rounds`` rounds (a ratio per round, so
 load that comes and goes hits both; the range is reported), the JSON names the host (CPU model,
 flags, caches, load), and ``--profile 1`` adds a per-op profile of the first implementation
-(the default one unless ``--implementations`` names others; :mod:`models.bench_profile`). The
+(the default one unless ``--implementations`` names others; :mod:`bench.tflite_profile`). The
 split lowerings size their tiles for the precision converted to (``--tile-bytes`` per tile,
 ``--tile-per-precision 0`` for float32-sized tiles everywhere), and their int8 tiles share one
 range per tensor (``--share-tile-ranges 0`` to measure without); ``--ablate 1`` also times
@@ -164,11 +164,11 @@ def convert(
 
 
 def _tile_ablations() -> dict[str, Any]:
-    """Cut-down tile bodies of ``fixed_point_split`` (see ``roi_lowerings._bilinear_tile``):
+    """Cut-down tile bodies of ``fixed_point_split`` (see ``roi_lowerings.bilinear_tile``):
     what each tile op costs, the rest of the graph (int32 path, pools, (DE)QUANTIZE) kept."""
     import tensorflow as tf
 
-    from models.roi_lowerings import _bilinear_tile
+    from models.roi_lowerings import bilinear_tile
 
     def one_gather(table, corners, weights):
         return tf.gather(table, corners[0])
@@ -186,7 +186,7 @@ def _tile_ablations() -> dict[str, Any]:
         "1 GATHER": one_gather,
         "1 GATHER, 1 MUL": one_gather_one_mul,
         "4 GATHERs, 3 ADDs": four_gathers_three_adds,
-        "4 GATHERs, 4 MULs, 3 ADDs (the lowering)": _bilinear_tile,
+        "4 GATHERs, 4 MULs, 3 ADDs (the lowering)": bilinear_tile,
     }
 
 
@@ -194,7 +194,7 @@ def _ablation_function(config: BenchConfig, tile_body, tile_bytes: int | None):
     """``fixed_point_split`` with int8-sized tiles and ``tile_body`` as a ``tf.function``."""
     import tensorflow as tf
 
-    from models.roi_lowerings import ELEMENT_BYTES, Tiling, _fixed_point_split_roi_pool
+    from models.roi_lowerings import ELEMENT_BYTES, Tiling, fixed_point_split_roi_pool
 
     crop = (config.size * config.samples_per_bin,) * 2
     tiling = Tiling(tile_bytes, ELEMENT_BYTES["int8"])
@@ -207,7 +207,7 @@ def _ablation_function(config: BenchConfig, tile_body, tile_bytes: int | None):
         ]
     )
     def pool(features, rois, box_indexes):
-        return _fixed_point_split_roi_pool(
+        return fixed_point_split_roi_pool(
             features, rois, box_indexes, crop, config.samples_per_bin, tiling, tile_body
         )
 
@@ -260,9 +260,9 @@ def run(config: BenchConfig) -> dict[str, Any]:
     """Measure every form, interleaved with the reference; returns the JSON-ready result."""
     from tqdm import tqdm
 
-    from models.bench_host import host_info, interleaved, load_avg
-    from models.bench_profile import profile_tflite
+    from bench.tflite_profile import profile_tflite
     from models.tf_threads import set_tensorflow_threads
+    from runtime.bench import host_info, interleaved, load_avg
 
     host = host_info()
     tf_threads = set_tensorflow_threads(config.threads)
@@ -357,9 +357,9 @@ def run(config: BenchConfig) -> dict[str, Any]:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    from models.bench_host import host_line
-    from models.bench_profile import format_profile
+    from bench.tflite_profile import format_profile
     from models.roi_lowerings import TILE_BYTES
+    from runtime.bench import host_line
 
     config = result["config"]
     lines = [
@@ -442,8 +442,10 @@ def plot(result: dict[str, Any]) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import bench.lowerings  # noqa: F401  (registers the benchmark-only RoIPooling lowerings)
+
     defaults = BenchConfig()
-    parser = argparse.ArgumentParser(prog="python -m models.bench_roi", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.roi", description=__doc__)
     for field in dataclasses.fields(BenchConfig):
         flag = "--" + field.name.replace("_", "-")
         kind = str if field.name in ("json", "png", "implementations", "tile_bytes") else int

@@ -1,6 +1,6 @@
 """Paired benchmark of the post-processing: the current code against the frozen reference.
 
-``python scripts/bench_postprocess.py ARTIFACTS [--precision int8] [--calls 300]`` runs the
+``python bench/postprocess.py ARTIFACTS [--precision int8] [--calls 300]`` runs the
 detection pipeline of ``runtime.detector.Detector`` step by step on the golden images, the
 post-processing (proposals, detections, the Detection list) alternating call by call between
 ``runtime.processing`` and ``tests/processing_reference.py`` (the code before its rewrite), so

@@ -1,0 +1,1 @@
+"""Benchmarks (``make bench``): a dev folder, not part of the installed packages."""
