@@ -331,6 +331,11 @@ def _export(config: ExportConfig, scratch: contextlib.ExitStack) -> Manifest:
                 entries.append(entry)
                 failures.extend(broken)
                 bar.update(1)
+        # The single-file detectors (export/single_export.py), from the stage files just built.
+        single, broken, single_golden = _single_files(entries, work, detector, golden_images)
+        entries, failures = entries + single, failures + broken
+        if single_golden:
+            golden["detector"] = single_golden
         raise_golden_failures(failures)
         manifest = seal(  # golden files' and detector config's sha256
             Manifest(
@@ -350,6 +355,19 @@ def _export(config: ExportConfig, scratch: contextlib.ExitStack) -> Manifest:
         )
         publish(manifest, work, out)
     return manifest
+
+
+def _single_files(entries, work: Path, detector, golden_images):
+    """export.single_export's single files of the built stage entries (entries, failures, golden)."""
+    from export.single_export import build_single_files
+    from models.detector import FloatDetector
+
+    run = FloatDetector(detector)
+    reference = [run(image) for image in golden_images]
+    with _quiet():
+        return build_single_files(
+            entries, work, detector.config, golden_images, reference, audit_artifact
+        )
 
 
 @contextlib.contextmanager

@@ -124,9 +124,14 @@ def measure_pipeline(
     start = time.perf_counter()
     fmt, _, prec = precision.rpartition(":")
     fmt = fmt or "tflite"
-    backend = backend if fmt == "tflite" else None  # --backend names a TFLite interpreter
-    options = DetectorOptions(precision=prec, format=fmt, backend=backend, num_threads=threads)
-    detector = Detector(directory, options)
+    backend = backend if fmt in ("tflite", "single") else None  # --backend: a TFLite interpreter
+    if fmt == "single":  # detector.<prec>.tflite: one interpreter (runtime/single.py)
+        from runtime.single import SingleDetector
+
+        detector = SingleDetector(directory, prec, backend, threads)
+    else:
+        options = DetectorOptions(precision=prec, format=fmt, backend=backend, num_threads=threads)
+        detector = Detector(directory, options)
     load_s = time.perf_counter() - start
     manifest = read_manifest(directory)
     image_tensor = load_golden(directory, manifest, "backbone_rpn")["input_0"]

@@ -28,6 +28,7 @@ from runtime.manifest import (
     verified_content,
 )
 from runtime.safe_files import load_npz
+from runtime.single import SINGLE_MODEL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +98,8 @@ def check_artifact(
         # tflite-runtime): a failed check of this artifact, not a reason to stop checking.
         return ArtifactResult(entry, name, (), None, (f"cannot load: {error}",))
     try:
+        if entry.model == SINGLE_MODEL:  # detections, not tensors (runtime/single.py)
+            return _judge_single(entry, stage, golden, str(path))
         return _judge_stage(entry, stage, golden, str(path))
     except RoiedgeError as error:
         return ArtifactResult(entry, stage.backend.name, (), None, (f"cannot run: {error}",))
@@ -128,6 +131,25 @@ def _judge_stage(
     verdict = compare_outputs(precision, actuals, references, stage.output_labels, class_scores)
     outputs, top1, failures = verdict.outputs, verdict.top1_agreement, verdict.top1_failures
     return ArtifactResult(entry, stage.backend.name, tuple(outputs), top1, tuple(failures))
+
+
+def _judge_single(
+    entry: ArtifactEntry, stage: Stage, golden: dict[str, np.ndarray], source: str
+) -> ArtifactResult:
+    """A single-file detector's detections on the golden images against float Keras's."""
+    from runtime.single import judge_single, outputs_to_detections
+
+    image_size = tuple(entry.inputs[0].shape[1:3])
+    samples = golden_samples(golden, entry, source)
+    found = [outputs_to_detections(stage.run(*inputs), image_size) for inputs in samples]
+    reference = [
+        outputs_to_detections([golden[f"output_{j}"][i] for j in range(4)], image_size)
+        for i in range(len(samples))
+    ]
+    verdict = judge_single(entry.precision, found, reference, image_size)
+    return ArtifactResult(
+        entry, stage.backend.name, verdict.outputs, verdict.top1_agreement, verdict.top1_failures
+    )
 
 
 def check_directory(

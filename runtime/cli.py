@@ -44,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     detect.add_argument("--threads", type=_threads, default=None)
     detect.add_argument("--edgetpu", default="off", choices=("off", "try", "require"))
     detect.add_argument("--score-threshold", type=float, default=None)
+    detect.add_argument(
+        "--pipeline",
+        default="two-stage",
+        choices=("two-stage", "single"),
+        help="two-stage: the stage files + numpy post-processing; single: "
+        "detector.<precision>.tflite, one interpreter (its own post-processing and thresholds)",
+    )
     detect.add_argument("--out", type=Path, default=None, help="write annotated images here")
     detect.add_argument(
         "--json", type=Path, default=None, help="write detections in COCO results format"
@@ -189,7 +196,12 @@ def _detect(args: argparse.Namespace) -> int:
         edgetpu=args.edgetpu,
         score_threshold=args.score_threshold,
     )
-    detector = Detector(args.artifacts, options)
+    if args.pipeline == "single":
+        from runtime.single import SingleDetector
+
+        detector = SingleDetector(args.artifacts, args.precision, args.backend, args.threads)
+    else:
+        detector = Detector(args.artifacts, options)
     say(f"# {detector.describe()}")
     taken: set[str] = set()
     results, failed = [], []
@@ -324,6 +336,7 @@ def _bench(args: argparse.Namespace) -> int:
     ]
     for pipeline in args.pipelines:
         fmt = pipeline.rpartition(":")[0] or "tflite"
+        fmt = "tflite" if fmt == "single" else fmt  # single:PRECISION, detector.PRECISION.tflite
         jobs.append(("pipeline", pipeline, why_not(fmt) if fmt in ("tflite", "onnx") else None))
     rows = []
     skipped = []
