@@ -113,7 +113,7 @@ def _images(config: CardExportConfig, card: DetectorCard):
 def run_card_export(config: CardExportConfig) -> Manifest:
     """Build, check and atomically install every selected artifact of a card detector."""
     from export import pipeline
-    from export.shared import keras_outputs
+    from export.shared import REPORT_DIR, keras_outputs
     from runtime.manifest import sha256_file
 
     card = read_card(config.detector)
@@ -161,7 +161,7 @@ def run_card_export(config: CardExportConfig) -> Manifest:
             golden[model] = relative
         if proof is not None:
             pipeline.atomic_write_bytes(
-                work / pipeline.REPORT_DIR / "swap_proof.json", strict_json.dump_bytes(proof)
+                work / REPORT_DIR / "swap_proof.json", strict_json.dump_bytes(proof)
             )
         entries, failures = [], []
         from tqdm import tqdm

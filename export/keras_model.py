@@ -155,6 +155,7 @@ def _bar(config: KerasExportConfig, **kwargs):
 def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> Manifest:
     """Validate, swap and prove, then build, check and install the artifacts in ``config.out``."""
     from export import output_report, pipeline
+    from export.shared import REPORT_DIR
 
     out = Path(config.out)
     _check_out(out)
@@ -181,7 +182,7 @@ def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> M
         proof["golden_samples"] = samples.golden_indexes
         proof["calibration_samples"] = len(samples.calibration_indexes)
         pipeline.atomic_write_bytes(
-            work / pipeline.REPORT_DIR / "swap_proof.json",
+            work / REPORT_DIR / "swap_proof.json",
             strict_json.dump_bytes(proof),
         )
         entries, failures = [], []

@@ -39,7 +39,7 @@ from export.config import (
     ExportInputError,
 )
 from export.formats import ArtifactSpec
-from export.shared import keras_outputs
+from export.shared import REPORT_DIR, keras_outputs
 from export.stages import STAGE_IO, ModelIO, model_io
 from export.streaming import clear_cache, named_samples, spill_directory, spill_stage_samples
 from export.streaming import progress as streaming_progress
@@ -57,7 +57,6 @@ from runtime.manifest import (
 )
 
 GOLDEN_DIR = "golden"
-REPORT_DIR = "reports"
 
 
 def _bar(config: ExportConfig, **kwargs):

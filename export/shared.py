@@ -31,6 +31,9 @@ PER_CHANNEL_WEIGHTS = {"backbone_rpn": False, "head": True}
 #: dequantized int8 logits costs one DEQUANTIZE of a [64,4] tensor.
 FLOAT_SCORE_OPS = ("SOFTMAX",)
 
+# The folder inside an artifacts tree that holds the per-artifact build reports.
+REPORT_DIR = "reports"
+
 
 @dataclasses.dataclass(frozen=True)
 class BuildInput:

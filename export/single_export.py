@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from export.detection_metadata import attach
+from export.shared import REPORT_DIR
 from export.single_file import OUTPUTS, single_file, stage_precisions
 from runtime import strict_json
 from runtime.config import DetectorConfig
@@ -73,7 +74,6 @@ def build_single_files(
     ``reference`` the float Keras detections of ``golden_images`` (uint8 HxWx3).
     """
     from export.formats import ArtifactSpec
-    from export.pipeline import REPORT_DIR
     from runtime.backends import Stage, open_backend
 
     built = {(e.model, e.precision): e for e in stage_entries if e.format == "tflite"}
