@@ -15,11 +15,16 @@ import pytest
 import tensorflow as tf
 
 from export.config import ExportCheckError
-from export.pipeline import _keras_outputs
+from export.shared import keras_outputs
 from export.swap import SwappedRoIPooling, prove_swap, retile_for, swap_roi_layers
 from tests.keras_models import head_model
 
 MAGNITUDES = (1, 10, 100, 1000)
+# The fast suite keeps the extremes; the middle magnitudes (the bulk of the time) run in make test-slow.
+FAST_MAGNITUDES = (1, 1000)
+MAGNITUDE_PARAMS = [
+    m if m in FAST_MAGNITUDES else pytest.param(m, marks=pytest.mark.slow) for m in MAGNITUDES
+]
 OUTPUTS = ["class_scores", "box_deltas"]
 
 
@@ -69,7 +74,7 @@ def _inputs(seed, magnitude, height=30, width=40, channels=8, count=60):
     return features, rois.astype(np.float32), np.zeros(count, np.int32)
 
 
-@pytest.mark.parametrize("magnitude", MAGNITUDES)
+@pytest.mark.parametrize("magnitude", MAGNITUDE_PARAMS)
 @pytest.mark.parametrize("samples_per_bin", [1, 2])
 def test_tf_and_the_lowering_stay_within_the_bound_of_float64(magnitude, samples_per_bin):
     features, rois, indexes = _inputs(7 + magnitude, magnitude)
@@ -145,14 +150,14 @@ def _prove(layer, samples_per_bin, magnitude, given: bool, shape=(30, 40, 8, 24)
     keras.utils.set_random_seed(3)
     model = head_model(layer, *shape)
     rows = _rows(magnitude, *shape)
-    reference = _keras_outputs(model, rows)
+    reference = keras_outputs(model, rows)
     swapped, swaps = swap_roi_layers(model, type(layer).__name__, samples_per_bin)
     original = None if given else model
     return prove_swap(swapped, rows, reference, OUTPUTS, "test", swaps, original=original)
 
 
 @pytest.mark.parametrize("given", [False, True], ids=["original_here", "outputs_given"])
-@pytest.mark.parametrize("magnitude", MAGNITUDES)
+@pytest.mark.parametrize("magnitude", MAGNITUDE_PARAMS)
 def test_correct_swaps_pass_at_every_magnitude(magnitude, given):
     proof = _prove(PlainRoIPooling((7, 7), name="roi_pool"), 1, magnitude, given)
     assert proof["swapped_layers"][0]["layer"] == "roi_pool"
@@ -169,7 +174,7 @@ WRONG = {
 
 
 @pytest.mark.parametrize("given", [False, True], ids=["original_here", "outputs_given"])
-@pytest.mark.parametrize("magnitude", MAGNITUDES)
+@pytest.mark.parametrize("magnitude", MAGNITUDE_PARAMS)
 @pytest.mark.parametrize("wrong", sorted(WRONG))
 def test_wrong_swaps_fail_at_every_magnitude(wrong, magnitude, given):
     cls, samples_per_bin = WRONG[wrong]
@@ -177,7 +182,7 @@ def test_wrong_swaps_fail_at_every_magnitude(wrong, magnitude, given):
         _prove(cls((4, 4), name="roi_pool"), samples_per_bin, magnitude, given, (12, 14, 4, 6))
 
 
-@pytest.mark.parametrize("magnitude", MAGNITUDES)
+@pytest.mark.parametrize("magnitude", MAGNITUDE_PARAMS)
 def test_retiled_copy_is_proven_with_the_same_bound(magnitude):
     from models.roi_pooling import RoIPooling
 
