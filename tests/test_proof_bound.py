@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from export.config import ExportCheckError
-from export.pipeline import _keras_outputs
+from export.shared import keras_outputs
 from export.swap import SwappedRoIPooling, prove_swap, retile_for, swap_roi_layers
 from tests.keras_models import head_model
 
@@ -145,7 +145,7 @@ def _prove(layer, samples_per_bin, magnitude, given: bool, shape=(30, 40, 8, 24)
     keras.utils.set_random_seed(3)
     model = head_model(layer, *shape)
     rows = _rows(magnitude, *shape)
-    reference = _keras_outputs(model, rows)
+    reference = keras_outputs(model, rows)
     swapped, swaps = swap_roi_layers(model, type(layer).__name__, samples_per_bin)
     original = None if given else model
     return prove_swap(swapped, rows, reference, OUTPUTS, "test", swaps, original=original)
