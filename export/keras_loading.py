@@ -62,6 +62,11 @@ def _import_custom_objects(files: Sequence[Path]) -> dict[str, Any]:
                 f"--custom-objects {path}: importing it failed ({type(error).__name__}: "
                 f"{_first_line(error)})"
             ) from None
+        except SystemExit as error:  # sys.exit() in the user's file must not end the export as 0
+            raise ExportInputError(
+                f"--custom-objects {path}: importing it called sys.exit({error.code!r}); "
+                "a custom-objects file must only define classes and functions"
+            ) from None
         # Classes, and the plain functions the file defines (custom activations, losses, Lambda
         # helpers saved by name): Keras looks both up by name.
         objects.update(

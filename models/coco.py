@@ -167,12 +167,27 @@ def load_coco(
         headers.append((ident, file, height, width))
 
     per_image: list[list[tuple[list[float], int, bool, float]]] = [[] for _ in headers]
+    seen_ann_ids: set[Any] = set()
     for i, ann in enumerate(data["annotations"]):
         where = _entry(source, "annotations", i, ann)
         _require(isinstance(ann, dict), where, type(ann).__name__, "an object")
+        ann_id = ann.get("id")
+        _require(
+            ann_id is None or (isinstance(ann_id, int) and not isinstance(ann_id, bool)),
+            where,
+            f"id {ann_id!r}",
+            "an integer annotation id",
+        )
+        _require(
+            ann_id is None or ann_id not in seen_ann_ids,
+            where,
+            f"id {ann_id} repeats",
+            "unique annotation ids",
+        )
+        seen_ann_ids.add(ann_id)
         image_id = ann.get("image_id")
         _require(
-            isinstance(image_id, int) and image_id in index_of,
+            isinstance(image_id, int) and not isinstance(image_id, bool) and image_id in index_of,
             where,
             f"image_id {image_id!r} is not in images[]",
             "the id of an entry of images[]",

@@ -13,12 +13,13 @@ describes every key.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
 
+from runtime import strict_json
 from runtime.errors import RoiedgeError
+from runtime.safe_files import read_json
 
 SCHEMA_VERSION = 1
 #: manifest.detector of a card export: {CARD_KEY: card.to_dict()}.
@@ -212,14 +213,12 @@ def is_card(detector: dict[str, Any]) -> bool:
 def read_card(path: Path) -> DetectorCard:
     """Load and validate a card file; CardError naming the file on any problem."""
     path = Path(path)
+    if not path.exists():
+        raise CardError(f"--detector {path}: no such file (expected a detector card .json)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CardError(
-            f"--detector {path}: no such file (expected a detector card .json)"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CardError(f"--detector {path}: not a readable JSON file ({error})") from None
+        data = read_json(path, "--detector")
+    except RoiedgeError as error:
+        raise CardError(str(error)) from None
     return parse_card(data, source=str(path))
 
 
@@ -237,7 +236,7 @@ class _Reader:
         self.seen: set[str] = set()
 
     def fail(self, key: str, value: Any, expected: str):
-        shown = json.dumps(value) if _json_ok(value) else repr(value)
+        shown = _shown(value)
         if len(shown) > 80:
             shown = shown[:77] + "..."
         raise CardError(f"{self.source}: {key} is {shown}; expected {expected}")
@@ -256,7 +255,7 @@ class _Reader:
     def choice(self, name: str, options: tuple[str, ...], default: Any = ...) -> str:
         value = self.get(name, default)
         if value not in options:
-            self.fail(self.key(name), value, f"one of {', '.join(map(json.dumps, options))}")
+            self.fail(self.key(name), value, f"one of {', '.join(map(strict_json.dumps, options))}")
         return value
 
     def number(self, name: str, default: Any = ..., *, low=None, high=None, integer=False):
@@ -320,12 +319,12 @@ class _Reader:
             )
 
 
-def _json_ok(value: Any) -> bool:
+def _shown(value: Any) -> str:
+    """A value as the card had it (JSON), or its repr when it is not JSON."""
     try:
-        json.dumps(value)
+        return strict_json.dumps(value)
     except (TypeError, ValueError):
-        return False
-    return True
+        return repr(value)
 
 
 def parse_card(data: Any, source: str = "detector card") -> DetectorCard:

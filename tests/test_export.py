@@ -91,7 +91,11 @@ def _snr_db(reference: np.ndarray, actual: np.ndarray) -> float:
 
 def test_manifest_lists_every_table_artifact_and_round_trips(exported):
     out, manifest = exported
-    assert {e.name for e in manifest.artifacts} == {a.name for a in ARTIFACTS}
+    # The stage table, plus one single-file detector per TFLite precision both stages have.
+    stage_names = {a.name for a in ARTIFACTS}
+    tflite_precisions = {a.precision for a in ARTIFACTS if a.format == "tflite"}
+    single_names = {f"detector/tflite/{p}" for p in tflite_precisions}
+    assert {e.name for e in manifest.artifacts} == stage_names | single_names
     reread = read_manifest(out)
     assert reread == manifest
     assert manifest_from_dict(json.loads(json.dumps(manifest_to_dict(manifest)))) == manifest
@@ -99,7 +103,7 @@ def test_manifest_lists_every_table_artifact_and_round_trips(exported):
         path = verified_path(out, entry)
         assert path.stat().st_size == entry.bytes
         assert (out / entry.op_report).is_file()
-    assert set(manifest.golden) == {"backbone_rpn", "head"}
+    assert set(manifest.golden) == {"backbone_rpn", "head", "detector"}
     assert manifest.detector["num_proposals"] > 0 and "class_names" in manifest.detector
     for key in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy"):
         assert manifest.versions[key]

@@ -251,7 +251,7 @@ def test_cli_calibration_dir_without_images_is_a_one_line_error(tmp_path):
     result = _cli(
         "--model", str(model), "--calibration", str(tmp_path / "cal"), "--out", str(tmp_path / "o")
     )
-    _assert_one_line_error(result, "no .jpg")
+    _assert_one_line_error(result, "contains no images (.jpg")
 
 
 def test_cli_unreadable_model_is_a_one_line_error(tmp_path):

@@ -99,7 +99,7 @@ def test_a_build_crash_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
             "(1008 != 8)\nNode number 11 (RESHAPE) failed to prepare."
         )
 
-    monkeypatch.setattr(pipeline, "_build_one", crash)
+    monkeypatch.setattr(pipeline, "build_one", crash)
     code = main(
         ["--keras-model", str(tmp_path / "m.keras"), "--samples", str(tmp_path / "s.npz"),
          "--out", str(tmp_path / "o"), "--formats", "tflite", "--precisions", "int8",

@@ -96,7 +96,7 @@ def user_layers(tmp_path_factory):
     ("cls", "resize"), [("RoiPoolingConv", "legacy"), ("Tf2RoiPoolingConv", "half_pixel")]
 )
 def test_swap_reads_the_resize_and_proves_the_copy(user_layers, cls, resize):
-    from export.pipeline import _keras_outputs
+    from export.shared import keras_outputs
     from export.swap import prove_swap, swap_roi_layers
 
     _, module = user_layers
@@ -106,7 +106,7 @@ def test_swap_reads_the_resize_and_proves_the_copy(user_layers, cls, resize):
     rows = [[arrays["feature_map"][i], arrays["rois"][i]] for i in range(3)]
     swapped, swaps = swap_roi_layers(model, "RoIPooling", 1)  # recognized by its class name
     assert [(s["layer"], s["resize"], s["num_rois"]) for s in swaps] == [("roi_pool", resize, 6)]
-    reference = _keras_outputs(model, rows)
+    reference = keras_outputs(model, rows)
     proof = prove_swap(swapped, rows, reference, model.output_names, "test", swaps, original=model)
     assert proof["by_layer"]["roi_pool"]["max_bound_use"] <= 1.0
 

@@ -34,6 +34,15 @@ def _p50_ms(call: Any, runs: int, warmup: int) -> float:
     return latencies(call, runs, warmup)["p50_ms"]
 
 
+def stage_artifacts(manifest: Manifest) -> list[ArtifactEntry]:
+    """The manifest's stage artifacts (backbone_rpn, head), measured per output here.
+
+    The single-file detectors (``detector/*``) have no per-stage outputs to compare; runtime
+    check judges them by matched detections.
+    """
+    return [entry for entry in manifest.artifacts if entry.model in STAGE_IO]
+
+
 class Measurer:
     """Holds the float Keras detector and the loaded artifacts of one artifacts directory."""
 
@@ -50,7 +59,7 @@ class Measurer:
         self.detector_config = self.keras.config
         self.stages = {
             entry.name: load_stage(self.directory, entry, None, num_threads=config.threads)
-            for entry in self.manifest.artifacts
+            for entry in stage_artifacts(self.manifest)
         }
 
     def _source_model(self) -> Path:
@@ -115,7 +124,7 @@ class Measurer:
         cfg = self.config
         result: dict[str, Any] = {"artifacts": {}, "pipelines": {}, "keras": {}}
         goldens = {m: load_golden(self.directory, self.manifest, m) for m in self.manifest.golden}
-        for entry in progress(self.manifest.artifacts, cfg.progress, "latency"):
+        for entry in progress(stage_artifacts(self.manifest), cfg.progress, "latency"):
             feeds = golden_samples(goldens[entry.model], entry, entry.path)[0]
             result["artifacts"][entry.name] = _p50_ms(
                 functools.partial(self.stages[entry.name].run, *feeds), cfg.runs, cfg.warmup
@@ -202,7 +211,7 @@ class _AccuracyRun:
         self.measurer = measurer
         self.scorer = scorer  # detections (model pixels, one per image) -> mAP summary
         self.det_cfg = measurer.detector_config
-        self.entries = measurer.manifest.artifacts
+        self.entries = stage_artifacts(measurer.manifest)
         self.pipelines = measurer.pipelines()
         self.detectors = {p.name: measurer.pipeline_detector(p) for p in self.pipelines}
         self.keras_dets: list = []

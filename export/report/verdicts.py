@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from export.report.config import ERROR_BINS, SCHEMA_VERSION, ReportConfig, Targets
-from export.report.measure import Measurer
+from export.report.measure import Measurer, stage_artifacts
 from export.report.statistics import machine_info
 from runtime.manifest import ArtifactEntry, Manifest
 
@@ -152,7 +152,7 @@ def mixed_rows(directory: Path, manifest: Manifest, latency: dict) -> list[dict[
     from runtime import strict_json
 
     rows = []
-    for entry in manifest.artifacts:
+    for entry in stage_artifacts(manifest):
         if entry.precision != "mixed" or not entry.op_report:
             continue
         report = strict_json.loads((directory / entry.op_report).read_text(encoding="utf-8"))
@@ -191,7 +191,7 @@ def build_report(config: ReportConfig) -> dict[str, Any]:
     if accuracy:
         keras.update(accuracy["keras"])
     artifacts = []
-    for entry in manifest.artifacts:
+    for entry in stage_artifacts(manifest):
         row: dict[str, Any] = {
             "name": entry.name,
             "model": entry.model,
