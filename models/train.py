@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import platform
 import queue
@@ -417,6 +418,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bad_numbers(cfg: TrainConfig) -> str | None:
+    """One line naming the first numeric flag out of its range, or None.
+
+    Checked before TensorFlow sees them: a negative thread count aborts its C++ runtime, a NaN
+    learning rate trains to NaN weights, and a huge --image-size allocates gigabytes.
+    """
+    from runtime import limits
+
+    if cfg.threads < 1:
+        return f"--threads is {cfg.threads}; expected an integer >= 1"
+    if not (math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0):
+        return f"--learning-rate is {cfg.learning_rate}; expected a finite number > 0"
+    if cfg.image_size is not None:
+        side_limit = limits.limit("config_image_side")
+        for side in cfg.image_size:
+            if not 8 <= side <= side_limit:
+                return (
+                    f"--image-size side is {side}; expected 8 to {side_limit} pixels "
+                    "(config_image_side, runtime/limits.py)"
+                )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     for name in ("image_size", "pool_size"):
@@ -425,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(**vars(args))
     if cfg.epochs < 1 or cfg.steps_per_epoch < 1 or cfg.batch_size < 1:
         print("error: --epochs, --steps-per-epoch and --batch-size must be >= 1", file=sys.stderr)
+        return 2
+    bad = _bad_numbers(cfg)
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
         return 2
     if not cfg.out.endswith(".keras"):
         print(f"error: --out {cfg.out!r} must end in .keras", file=sys.stderr)

@@ -43,3 +43,30 @@ def test_head_flags_set_only_the_fields_given_and_bad_values_are_refused():
     assert det.num_proposals == base.num_proposals and det.anchor_sizes == base.anchor_sizes
     with pytest.raises(RoiedgeError, match="num_proposals"):
         with_head_flags(base, TrainConfig(num_proposals=0))
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--threads", "-3"], "--threads"),
+        (["--threads", "0"], "--threads"),
+        (["--learning-rate", "nan"], "--learning-rate"),
+        (["--learning-rate", "inf"], "--learning-rate"),
+        (["--learning-rate", "-1"], "--learning-rate"),
+        (["--image-size", "40000", "40000"], "--image-size"),
+        (["--image-size", "0", "160"], "--image-size"),
+    ],
+)
+def test_numeric_flags_out_of_range_are_one_line_exit_2_before_training(tmp_path, flags, named):
+    out = tmp_path / "m.keras"
+    result = subprocess.run(
+        [sys.executable, "-m", "models.train", "--out", str(out), "--epochs", "1", *flags],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and named in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
