@@ -426,6 +426,8 @@ def _bad_numbers(cfg: TrainConfig) -> str | None:
     """
     from runtime import limits
 
+    if cfg.epochs < 1 or cfg.steps_per_epoch < 1 or cfg.batch_size < 1:
+        return "--epochs, --steps-per-epoch and --batch-size must be >= 1"
     if cfg.threads < 1:
         return f"--threads is {cfg.threads}; expected an integer >= 1"
     if not (math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0):
@@ -447,9 +449,6 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) is not None:
             setattr(args, name, tuple(getattr(args, name)))
     cfg = TrainConfig(**vars(args))
-    if cfg.epochs < 1 or cfg.steps_per_epoch < 1 or cfg.batch_size < 1:
-        print("error: --epochs, --steps-per-epoch and --batch-size must be >= 1", file=sys.stderr)
-        return 2
     bad = _bad_numbers(cfg)
     if bad:
         print(f"error: {bad}", file=sys.stderr)
