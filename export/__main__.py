@@ -10,10 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-from export.config import ExportCheckError, ExportConfig, comma_names
+from export.config import ExportConfig, comma_names
 from export.formats import ARTIFACTS, PRECISIONS
-from export.summary import summary
-from runtime.errors import RoiedgeError, one_line
+from export.summary import export_outcome
 from runtime.manifest import FORMATS, MODELS
 
 
@@ -90,19 +89,14 @@ def main(argv: list[str] | None = None) -> int:
 
         return keras_main(argv)
     args = build_parser().parse_args(argv)
-    try:
+
+    def run():
         config = ExportConfig(**vars(args))
         from export.pipeline import run_export
 
-        manifest = run_export(config)
-    except RoiedgeError as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 2
-    except ExportCheckError as error:
-        print(f"export check failed: {error}", file=sys.stderr)
-        return 1
-    print(summary(manifest, Path(config.out)))
-    return 0
+        return run_export(config), config.out
+
+    return export_outcome(run)
 
 
 if __name__ == "__main__":

@@ -262,17 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """The CLI: exit 0 ok, 1 a failed check or build, 2 bad input."""
-    from export.summary import summary
+    from export.summary import export_outcome
 
     args = build_parser().parse_args(argv)
-    try:
+
+    def run():
         config = CardExportConfig(**vars(args))
-        manifest = run_card_export(config)
-    except RoiedgeError as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
-    except ExportCheckError as error:
-        print(f"export check failed: {' '.join(str(error).split())}", file=sys.stderr)
-        return 1
-    print(summary(manifest, Path(config.out)))
-    return 0
+        return run_card_export(config), config.out
+
+    return export_outcome(run)

@@ -389,18 +389,12 @@ def build_parser():
 
 def main(argv: list[str]) -> int:
     """Exit 0 ok, 1 a check failed (swap proof, audit, golden), 2 bad usage or input."""
-    from export.summary import summary
-    from runtime.errors import RoiedgeError
+    from export.summary import export_outcome
 
     args = build_parser().parse_args(argv)
-    try:
+
+    def run():
         config = KerasExportConfig(**{**vars(args), "custom_objects": tuple(args.custom_objects)})
-        manifest = run_keras_export(config)
-    except RoiedgeError as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 2
-    except ExportCheckError as error:
-        print(f"export check failed: {one_line(error)}", file=sys.stderr)
-        return 1
-    print(summary(manifest, Path(config.out)))
-    return 0
+        return run_keras_export(config), config.out
+
+    return export_outcome(run)

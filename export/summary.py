@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from runtime import strict_json
-from runtime.errors import RoiedgeError
+from runtime.errors import RoiedgeError, one_line
 
 
 def summary(manifest, out: Path) -> str:
@@ -31,3 +34,23 @@ def summary(manifest, out: Path) -> str:
     total = sum(a.bytes for a in manifest.artifacts)
     lines.append(f"wrote {len(manifest.artifacts)} artifacts ({total / 1e6:.1f} MB) to {out}")
     return "\n".join(lines)
+
+
+def export_outcome(run: Callable[[], tuple[Any, Path]]) -> int:
+    """Run one export CLI's ``run() -> (manifest, out)``; print its summary or its one-line error.
+
+    Exit codes of every ``python -m export`` path: 0 written, 1 a failed check or build
+    (``ExportCheckError``), 2 bad input (``RoiedgeError``).
+    """
+    from export.config import ExportCheckError
+
+    try:
+        manifest, out = run()
+    except RoiedgeError as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except ExportCheckError as error:
+        print(f"export check failed: {one_line(error)}", file=sys.stderr)
+        return 1
+    print(summary(manifest, Path(out)))
+    return 0
