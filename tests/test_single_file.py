@@ -40,6 +40,9 @@ from runtime.single import SingleDetector, match_detections
 
 #: Held-out images of the fast comparisons (at the model size: no resampling on either side).
 FAST_IMAGES = 8
+#: ...of the float32 one: its first 20 include image 16, where MediaPipe folds two classes at
+#: one integer box into one result (so reading only categories[0] would fail it).
+FLOAT32_IMAGES = 20
 
 
 def _images(count: int) -> list[np.ndarray]:
@@ -128,7 +131,8 @@ def test_mediapipe_detections_equal_runtime_single_float32(artifacts, class_name
     """Same classes, same boxes after MediaPipe's truncation, scores to 1e-5 (it folds equal
     boxes into one result with several categories: mediapipe_client reads them all)."""
     runtime = SingleDetector(artifacts, "float32", num_threads=1)
-    images = _images(FAST_IMAGES)
+    images = _images(FLOAT32_IMAGES)
+    folded = 0
     with open_detector(artifacts / "detector.float32.tflite") as detector:
         for n, image in enumerate(images):
             height, width = image.shape[:2]
@@ -136,7 +140,9 @@ def test_mediapipe_detections_equal_runtime_single_float32(artifacts, class_name
             want = runtime_detections(runtime.detect(image), height, width)
             assert [(c, b) for c, _, b in got] == [(c, b) for c, _, b in want], n
             np.testing.assert_allclose([s for _, s, _ in got], [s for _, s, _ in want], atol=1e-5)
-    assert sum(len(runtime.detect(i)) for i in images) > 3 * FAST_IMAGES  # not a vacuous match
+            folded += len(got) - len({b for _, _, b in got})  # categories sharing a box
+    assert folded >= 1  # the folding was exercised
+    assert sum(len(runtime.detect(i)) for i in images) > 3 * FLOAT32_IMAGES  # not vacuous
 
 
 def test_mediapipe_int8_finds_the_runtimes_confident_detections(artifacts, class_names):
@@ -167,6 +173,51 @@ def test_truncated_box_is_mediapipes_rule():
     # x 10.9 -> 10, width 20.95 - 10.9 = 10.05 -> 10 (not 20 - 10); clamped at 0 and the side.
     assert truncated_box((5.5, 10.9, 30.2, 20.95), 160, 160) == (10, 5, 10, 24)
     assert truncated_box((-1.0, 150.5, 171.0, 161.25), 160, 160) == (150, 0, 10, 160)
+
+
+def test_readme_mediapipe_snippet_prints_the_runtimes_float32_detections(
+    artifacts, class_names, tmp_path
+):
+    """scripts/mediapipe_detect.py (the README's snippet) on a PNG == runtime detect, truncated."""
+    from PIL import Image
+
+    image = _images(2)[1]
+    Image.fromarray(image).save(tmp_path / "scene.png")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "mediapipe_detect.py"),
+         str(artifacts / "detector.float32.tflite"), str(tmp_path / "scene.png")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = []
+    for line in proc.stdout.splitlines():
+        name, score, *box = line.split()
+        printed.append((class_names.index(name), float(score), tuple(map(int, box))))
+    runtime = SingleDetector(artifacts, "float32", num_threads=1)
+    want = runtime_detections(runtime.detect(tmp_path / "scene.png"), *image.shape[:2])
+    got = sorted(printed, key=lambda f: (-f[1], f[0], f[2]))
+    assert len(got) == len(want) >= 3
+    assert [(c, b) for c, _, b in got] == [(c, b) for c, _, b in want]
+    np.testing.assert_allclose([s for _, s, _ in got], [s for _, s, _ in want], atol=1e-5)
+
+
+def test_bench_single_times_both_pipelines_at_each_thread_count(artifacts, tmp_path):
+    from bench.single import main
+
+    out = tmp_path / "bench.json"
+    args = ["--artifacts", str(artifacts), "--precisions", "int8", "--threads", "1", "2",
+            "--images", "2", "--rounds", "2", "--runs", "2"]  # fmt: skip
+    assert main([*args, "--json", str(out), "--png", str(tmp_path / "bench.png")]) == 0
+    result = json.loads(out.read_text())
+    assert [(r["threads"], r["precision"]) for r in result["rows"]] == [(1, "int8"), (2, "int8")]
+    for row in result["rows"]:
+        for name in ("single", "two-stage"):
+            timing = row["pipelines"][name]
+            assert 0 < timing["p50_ms"] <= timing["p90_ms"] and len(timing["round_p50_ms"]) == 2
+        assert row["pipelines"]["single"]["describe"].startswith("single=detector/tflite/int8")
+    assert result["host"]["cpu_model"] and result["command"].startswith("python -m bench.single")
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["--artifacts", str(artifacts), "--runs", "0"]) == 2
 
 
 # ---------------------------------------------------------------- runtime check, corrupted file
@@ -331,8 +382,9 @@ def test_plain_interpreter_snippet_in_a_tflite_runtime_214_venv(make_export_file
     assert imported == {"sys", "zipfile", "numpy", "PIL", "tflite_runtime", "ai_edge_litert"}
 
 
-def test_readme_shows_the_plain_snippet_as_it_is():
+@pytest.mark.parametrize("script", ["plain_detect.py", "mediapipe_detect.py"])
+def test_readme_shows_the_snippet_as_it_is(script):
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    code = (REPO / "scripts" / "plain_detect.py").read_text(encoding="utf-8")
-    body = code.split('"""', 2)[2].strip()
+    code = (REPO / "scripts" / script).read_text(encoding="utf-8")
+    body = code.split('"""', 2)[2].strip()  # the code after the module docstring
     assert body in readme
