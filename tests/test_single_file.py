@@ -120,7 +120,7 @@ def test_metadata_reads_back_and_mediapipe_uses_what_it_says(artifacts, class_na
         box.coordinateType = fb.CoordinateType.PIXEL
 
     refused = _relabelled(path, tmp_path / "pixels.tflite", pixels)
-    with pytest.raises(Exception, match="RATIO"):
+    with pytest.raises(ValueError, match="only supports CoordinateType RATIO, found PIXEL"):
         open_detector(refused).close()
 
 
