@@ -24,6 +24,7 @@ from export.stages import ModelIO
 from runtime import strict_json
 from runtime.card import CARD_KEY, DetectorCard, card_to_json, read_card
 from runtime.errors import RoiedgeError
+from runtime.limits import bad_number
 from runtime.manifest import FORMATS, Manifest, seal
 
 SCHEMA_VERSION = 1
@@ -55,8 +56,13 @@ class CardExportConfig:
                 raise ExportInputError(
                     f"--{field} {','.join(values)}: expected some of {', '.join(allowed)}"
                 )
-        if self.golden_samples < 1:
-            raise ExportInputError(f"--golden-samples {self.golden_samples}: expected >= 1")
+        for flag, value in (
+            ("--golden-samples", self.golden_samples),
+            ("--calibration-images", self.calibration_images),
+        ):
+            bad = None if value is None else bad_number(flag, value, 1, limit_name="flag_images")
+            if bad:
+                raise ExportInputError(bad)
 
 
 def stage_io(card: DetectorCard) -> dict[str, ModelIO]:

@@ -27,6 +27,7 @@ from export.samples import Samples, load_samples
 from export.stages import ModelIO
 from runtime import strict_json
 from runtime.errors import one_line
+from runtime.limits import bad_number
 from runtime.manifest import FORMATS, Manifest, seal
 
 SCHEMA_VERSION = 1
@@ -54,10 +55,11 @@ class KerasExportConfig:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        if self.samples_per_bin < 1:
-            raise ExportInputError(
-                f"--samples-per-bin is {self.samples_per_bin}; expected a positive int"
-            )
+        bad = bad_number(
+            "--samples-per-bin", self.samples_per_bin, 1, limit_name="config_samples_per_bin"
+        )
+        if bad:
+            raise ExportInputError(bad)
         if not self.roi_layer:
             raise ExportInputError("--roi-layer is empty; expected a layer class name")
         for field, allowed in (("formats", FORMATS), ("precisions", _PRECISIONS)):
