@@ -23,7 +23,7 @@ from export.formats import model_artifacts
 from export.stages import ModelIO
 from runtime import strict_json
 from runtime.card import CARD_KEY, DetectorCard, card_to_json, read_card
-from runtime.errors import RoiedgeError
+from runtime.errors import RoiedgeError, say
 from runtime.limits import bad_number
 from runtime.manifest import FORMATS, Manifest, seal
 
@@ -89,7 +89,7 @@ def swap_head(models: Any, rows, reference) -> tuple[Any, dict[str, Any] | None]
     head = fixed_shapes(swapped, models.head_shapes, "head")
     names = models.card.head.outputs
     proof = prove_swap(head, rows, reference, names, "ran the original head here", swaps)
-    print(f"swap proof: {proof['summary']}", file=sys.stderr)
+    say(f"swap proof: {proof['summary']}", file=sys.stderr)
     return head, proof
 
 

@@ -26,7 +26,7 @@ from export.keras_loading import LoadedModel, coordinate_inputs, io_infos, load_
 from export.samples import Samples, load_samples
 from export.stages import ModelIO
 from runtime import strict_json
-from runtime.errors import one_line
+from runtime.errors import one_line, say
 from runtime.limits import bad_number
 from runtime.manifest import FORMATS, Manifest, seal
 
@@ -251,7 +251,7 @@ def _swap_and_prove(
     # Before the proof: RoIs beyond the exact range are the likeliest reason for it to fail.
     range_warning = _range_warning(swapped, samples, names_in)
     if range_warning:
-        print(f"warning: {range_warning}", file=sys.stderr)
+        say(f"warning: {range_warning}", file=sys.stderr)
     try:
         proof = prove_swap(
             swapped,
@@ -267,7 +267,7 @@ def _swap_and_prove(
         if range_warning:
             raise ExportCheckError(f"{error}; note: {range_warning}") from None
         raise
-    print(f"swap proof: {proof['summary']}", file=sys.stderr)
+    say(f"swap proof: {proof['summary']}", file=sys.stderr)
     proof["coordinate_range_warning"] = range_warning
     return swapped, golden_outputs, proof
 

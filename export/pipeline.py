@@ -44,7 +44,7 @@ from export.stages import STAGE_IO, ModelIO, model_io
 from export.streaming import clear_cache, named_samples, spill_directory, spill_stage_samples
 from export.streaming import progress as streaming_progress
 from runtime import strict_json
-from runtime.errors import RoiedgeError
+from runtime.errors import RoiedgeError, printable
 from runtime.manifest import (
     MANIFEST_NAME,
     ArtifactEntry,
@@ -342,7 +342,9 @@ def _export(config: ExportConfig, scratch: contextlib.ExitStack, specs, files) -
     count, images = _calibration_images(config, calibration_paths, size)
     # Calibration inputs live on disk, one sample in memory at a time (export.streaming).
     source = "procedural" if calibration_paths is None else config.calibration
-    with _bar(config, total=count, desc=f"calibration inputs ({source}, float backbone)") as bar:
+    with _bar(
+        config, total=count, desc=f"calibration inputs ({printable(source)}, float backbone)"
+    ) as bar:
         calibration = spill_stage_samples(
             StageInputs(detector), images, scratch.enter_context(spill_directory()), bar
         )

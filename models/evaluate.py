@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         title = Path(args.data).name
     summary["model"] = str(args.model)
     summary["seconds"] = round(time.time() - started, 1)
-    print(format_table(summary))
+    say(format_table(summary))
     try:
         if args.json:
             atomic_write_bytes(Path(args.json), strict_json.dump_bytes(summary))

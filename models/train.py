@@ -33,7 +33,7 @@ from models.train_config import TrainConfig
 from models.train_data import MAX_GT, ProceduralBatches, training_data
 from runtime import strict_json
 from runtime.config import DetectorConfig
-from runtime.errors import RoiedgeError, one_line
+from runtime.errors import RoiedgeError, one_line, say
 from runtime.manifest import atomic_write_bytes
 from runtime.processing import box_iou, encode_boxes, make_anchors
 
@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {bad}", file=sys.stderr)
         return 2
     if not cfg.out.endswith(".keras"):
-        print(f"error: --out {cfg.out!r} must end in .keras", file=sys.stderr)
+        say(f"error: --out {cfg.out!r} must end in .keras", file=sys.stderr)
         return 2
     if cfg.data is not None and cfg.out == TrainConfig.out:
         print(
@@ -460,11 +460,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
+        from runtime.safe_files import writable_output
+
+        # Found now, not after the training: a model that cannot be saved loses all of it.
+        writable_output(cfg.out, "--out")
+        writable_output(Path(cfg.out).with_name(Path(cfg.out).stem + ".training.json"), "--out")
         record = train(cfg)
     except RoiedgeError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
-    print(
+    say(
         f"saved {cfg.out} after {record['steps']} steps in {record['wall_time_s']:.0f}s; "
         f"final loss {record['final_losses'].get('loss', float('nan')):.4f}"
     )

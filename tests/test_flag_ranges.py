@@ -141,3 +141,26 @@ def test_samples_with_nan_or_inf_are_refused_in_one_line():
     given_outputs = np.full((8, 1, 2), np.nan, np.float32)
     with pytest.raises(ExportInputError, match="'output:y' holds NaN"):
         load_samples({"x": good, "output:y": given_outputs}, info, outputs)
+
+
+def test_train_refuses_an_unwritable_out_before_training(tmp_path):
+    parent_is_a_file = tmp_path / "file"
+    parent_is_a_file.write_text("")
+    line = _refused("models.train", "--out", str(parent_is_a_file / "m.keras"), "--epochs", "1")
+    assert "--out" in line and "is a file" in line, line
+
+
+def test_evaluate_prints_a_hostile_json_name_escaped(tmp_path):
+    hostile = tmp_path / "x\x1b[2J\x1b]0;owned\x07.json"  # clears the screen, sets the title
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(
+        [sys.executable, "-m", "models.evaluate", "--images", "1", "--json", str(hostile)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert hostile.is_file()
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert "x\\x1b[2J\\x1b]0;owned\\x07.json" in result.stdout, result.stdout
