@@ -33,6 +33,7 @@ from runtime.processing import (
     preprocess,
     proposals_from_rpn,
 )
+from runtime.safe_files import check_zip_members, read_json
 
 if TYPE_CHECKING:
     import keras
@@ -296,8 +297,6 @@ def _current_pair(path: Path) -> dict[str, Any] | None:
 
 
 def _read_sidecar(path: Path) -> dict[str, Any]:
-    from runtime.safe_files import read_json
-
     sidecar = config_path(path)
     if not sidecar.is_file():
         raise DetectorLoadError(f"{sidecar}: missing config sidecar of detector {path}")
@@ -343,6 +342,10 @@ def load_detector(path: Path | str = SHIPPED) -> LoadedDetector:
         raise DetectorLoadError(f"{path}: no such detector file (expected a .keras file)")
     if not zipfile.is_zipfile(path):
         raise DetectorLoadError(f"{path}: not a valid .keras file (not a zip archive; corrupt?)")
+    try:  # a zip bomb is refused from its central directory, before Keras inflates it
+        check_zip_members(path, "detector", "keras_bytes")
+    except RoiedgeError as error:
+        raise DetectorLoadError(str(error)) from None
     sidecar = config_path(path)
     pair = _matching_pair(path, _read_sidecar(path))
     try:

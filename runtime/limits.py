@@ -46,6 +46,7 @@ LIMITS: dict[str, Limit] = _table(
     ),
     Limit("archive_members", 10_000, "members", "files inside one .npz or .keras archive"),
     Limit("model_bytes", 2 * 1024**3, "bytes", "one .tflite or .onnx artifact file"),
+    Limit("annotations_per_image", 1000, "boxes", "COCO annotations of one image"),
     # The detector config (runtime/config.py): every size and count a manifest may claim.
     Limit("config_image_side", 4096, "pixels", "DetectorConfig.image_size, each side"),
     Limit("config_classes", 1000, "classes", "DetectorConfig.class_names"),
