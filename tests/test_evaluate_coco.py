@@ -11,26 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_category_ids import procedural_dataset
 
-from models.coco import DatasetError, load_coco, write_coco
+from models.coco import DatasetError, load_coco
 from models.evaluate import main as evaluate
 from runtime.errors import one_line
 
 
 def _dataset(folder: Path, count: int) -> Path:
     """``count`` held-out procedural scenes (the shipped detector's classes, ids 1..3)."""
-    from models.data import CLASS_NAMES, eval_split
-
-    batch = eval_split(count)
-    files = []
-    for n, image in enumerate(batch.images):
-        files.append(f"scene_{n:03d}.png")
-        Image.fromarray(image).save(folder / files[-1])
-    annotations = [
-        [(box, int(label), False) for box, label in zip(boxes, labels)]
-        for boxes, labels in zip(batch.boxes, batch.labels)
-    ]
-    return write_coco(folder / "data.json", files, [(160, 160)] * count, annotations, CLASS_NAMES)
+    return procedural_dataset(folder, count, remap=None)
 
 
 def _evaluate(*argv: str) -> tuple[int, str]:
