@@ -278,7 +278,7 @@ def swap_in(built: Path, out: Path) -> None:
     if not (out.exists() or out.is_symlink()):
         os.replace(built, out)
     elif exchange_paths(built, out):
-        remove_stale(built.parent, (built.name,))
+        shutil.rmtree(built, ignore_errors=True)  # now the old tree
     else:
         old = Path(tempfile.mkdtemp(dir=out.parent, prefix=_old_prefix(out)))
         os.replace(out, old / out.name)

@@ -103,7 +103,6 @@ def _publish_killed(tmp_path, monkeypatch, where: str, exchange: bool) -> Path:
         if where == "before swap":
             patch.setattr(pipeline, "exchange_paths", _killed)
         elif where == "after swap":  # swapped, the old tree not yet removed
-            patch.setattr(pipeline, "remove_stale", _killed)
             patch.setattr(pipeline.shutil, "rmtree", _killed)
         elif where == "between renames":
             real_replace, renames = os.replace, []
