@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import platform
 import queue
@@ -34,7 +33,7 @@ from models.train_config import TrainConfig
 from models.train_data import MAX_GT, ProceduralBatches, training_data
 from runtime import strict_json
 from runtime.config import DetectorConfig
-from runtime.errors import RoiedgeError, one_line
+from runtime.errors import RoiedgeError, one_line, say
 from runtime.manifest import atomic_write_bytes
 from runtime.processing import box_iou, encode_boxes, make_anchors
 
@@ -424,22 +423,20 @@ def _bad_numbers(cfg: TrainConfig) -> str | None:
     Checked before TensorFlow sees them: a negative thread count aborts its C++ runtime, a NaN
     learning rate trains to NaN weights, and a huge --image-size allocates gigabytes.
     """
-    from runtime import limits
+    from runtime.limits import bad_number
 
     if cfg.epochs < 1 or cfg.steps_per_epoch < 1 or cfg.batch_size < 1:
         return "--epochs, --steps-per-epoch and --batch-size must be >= 1"
-    if cfg.threads < 1:
-        return f"--threads is {cfg.threads}; expected an integer >= 1"
-    if not (math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0):
-        return f"--learning-rate is {cfg.learning_rate}; expected a finite number > 0"
-    if cfg.image_size is not None:
-        side_limit = limits.limit("config_image_side")
-        for side in cfg.image_size:
-            if not 8 <= side <= side_limit:
-                return (
-                    f"--image-size side is {side}; expected 8 to {side_limit} pixels "
-                    "(config_image_side, runtime/limits.py)"
-                )
+    checks = [
+        ("--threads", cfg.threads, 1, None, False, "flag_threads"),
+        ("--learning-rate", cfg.learning_rate, 0, None, True, None),
+    ]
+    for side in cfg.image_size or ():
+        checks.append(("--image-size side", side, 8, None, False, "config_image_side"))
+    for flag, value, low, high, low_open, limit_name in checks:
+        bad = bad_number(flag, value, low, high, low_open=low_open, limit_name=limit_name)
+        if bad:
+            return bad
     return None
 
 
@@ -454,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {bad}", file=sys.stderr)
         return 2
     if not cfg.out.endswith(".keras"):
-        print(f"error: --out {cfg.out!r} must end in .keras", file=sys.stderr)
+        say(f"error: --out {cfg.out!r} must end in .keras", file=sys.stderr)
         return 2
     if cfg.data is not None and cfg.out == TrainConfig.out:
         print(
@@ -463,11 +460,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
+        from runtime.safe_files import writable_output
+
+        # Found now, not after the training: a model that cannot be saved loses all of it.
+        writable_output(cfg.out, "--out")
+        writable_output(Path(cfg.out).with_name(Path(cfg.out).stem + ".training.json"), "--out")
         record = train(cfg)
     except RoiedgeError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
-    print(
+    say(
         f"saved {cfg.out} after {record['steps']} steps in {record['wall_time_s']:.0f}s; "
         f"final loss {record['final_losses'].get('loss', float('nan')):.4f}"
     )
