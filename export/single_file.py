@@ -34,6 +34,10 @@ from runtime.processing import make_anchors
 OUTPUTS = ("location", "category", "score", "number_of_detections")
 #: The largest log-scale a delta may apply (runtime.processing's clamp, Detectron's).
 MAX_LOG_SCALE = math.log(1000.0 / 16.0)
+#: The pieces chained into a single file, in execution order; every tensor a piece brings is
+#: named ``<piece>/<its name>`` (export.tflite_stitch), which is how the Edge TPU report tells
+#: which piece an op belongs to.
+PIECES = ("backbone_rpn", "proposals", "head", "detections")
 #: Precision of each stage a single file chains: the Edge TPU variant pairs the integer
 #: backbone with the int8 head (whose box inputs must stay float).
 STAGE_PRECISIONS = {
@@ -204,12 +208,7 @@ def single_file(backbone: bytes, head: bytes, config: DetectorConfig) -> bytes:
     image = GraphInput("image", (1, h, w, 3), "uint8", _input_quantization(backbone))
     return chain(
         [image],
-        [
-            ("backbone_rpn", backbone, {}),
-            ("proposals", proposals, {}),
-            ("head", head, {}),
-            ("detections", detections, {}),
-        ],
+        [(piece, data, {}) for piece, data in zip(PIECES, (backbone, proposals, head, detections))],
         OUTPUTS,
     )
 
