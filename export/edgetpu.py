@@ -134,9 +134,7 @@ def _op_pieces(graph: Any, pieces: Sequence[str]) -> list[str | None]:
     found: list[str | None] = []
     for op in graph.operators:
         names = [graph.tensors[t].name.decode() for t in op.outputs if t >= 0]
-        found.append(
-            next((p for n in names for p in pieces if n.startswith(f"{p}/")), None)
-        )
+        found.append(next((p for n in names for p in pieces if n.startswith(f"{p}/")), None))
     following = None
     for i in reversed(range(len(found))):
         found[i] = following = found[i] or following

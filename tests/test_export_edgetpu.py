@@ -225,10 +225,11 @@ def test_export_writes_the_single_files_edgetpu_report(exported_artifacts):
     assert report["first_cpu_op"]["piece"] == "proposals"
 
 
-
 def _with_single(directory, data: bytes):
     """Add ``data`` as detector/tflite/int8_io to the manifest of ``directory``."""
     import dataclasses
+
+    from runtime_fakes import CONFIG
 
     from runtime.manifest import (
         ArtifactEntry,
@@ -238,7 +239,6 @@ def _with_single(directory, data: bytes):
         sha256_file,
         write_manifest,
     )
-    from runtime_fakes import CONFIG
 
     path = directory / "detector.int8_io.tflite"
     atomic_write_bytes(path, data)

@@ -253,7 +253,9 @@ class _AccuracyRun:
         self.entries = stage_artifacts(measurer.manifest)
         self.pipelines = measurer.pipelines()
         self.detectors = {p.name: measurer.pipeline_detector(p) for p in self.pipelines}
-        self.singles = {e.name: measurer.single_detector(e) for e in single_files(measurer.manifest)}
+        self.singles = {
+            e.name: measurer.single_detector(e) for e in single_files(measurer.manifest)
+        }
         self.single_dets: dict[str, list] = {name: [] for name in self.singles}
         self.keras_dets: list = []
         self.artifact_dets: dict[str, list] = {e.name: [] for e in self.entries}

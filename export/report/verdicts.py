@@ -90,7 +90,9 @@ def single_parity_failures(row: dict, two_stage: dict | None, keras: dict) -> li
     labels = {"map50": "mAP@0.5", "map50_95": "mAP@.5:.95"}
     references = []
     if two_stage is not None:
-        references.append((f"two-stage {two_stage['name']}", two_stage, SINGLE_VS_TWO_STAGE_MAX_DELTA))
+        references.append(
+            (f"two-stage {two_stage['name']}", two_stage, SINGLE_VS_TWO_STAGE_MAX_DELTA)
+        )
     if row["precision"] == "float32":
         references.append(("float Keras", keras, SINGLE_FLOAT32_VS_KERAS_MAX_DELTA))
     failures = []
