@@ -26,9 +26,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     defaults = ExportConfig(out=Path("artifacts"))
-    parser.add_argument("--out", type=Path, required=True, help="artifacts directory to (re)place")
     parser.add_argument(
-        "--model", type=Path, default=defaults.model, help="detector .keras (default: shipped)"
+        "--out",
+        type=Path,
+        required=True,
+        help="artifacts directory to write; an existing one is replaced only when the export "
+        "succeeds",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=defaults.model,
+        help="detector .keras written by python -m models.train, with its .json sidecar next to "
+        "it (default: the shipped detector)",
     )
     parser.add_argument(
         "--calibration",
@@ -48,12 +58,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--golden-samples",
         type=int,
         default=defaults.golden_samples,
-        help="golden images per stage",
+        help="calibration images held back as golden inputs/outputs that runtime check "
+        f"compares every artifact against (default {defaults.golden_samples})",
     )
-    parser.add_argument("--models", type=comma_names, default=None, help=f"of {','.join(MODELS)}")
-    parser.add_argument("--formats", type=comma_names, default=None, help=f"of {','.join(FORMATS)}")
     parser.add_argument(
-        "--precisions", type=comma_names, default=None, help=f"of {','.join(PRECISIONS)}"
+        "--models",
+        type=comma_names,
+        default=None,
+        help=f"comma-separated stages to export, of {','.join(MODELS)} (default: both)",
+    )
+    parser.add_argument(
+        "--formats",
+        type=comma_names,
+        default=None,
+        help=f"comma-separated file formats, of {','.join(FORMATS)} (default: all)",
+    )
+    parser.add_argument(
+        "--precisions",
+        type=comma_names,
+        default=None,
+        help=f"comma-separated precisions, of {','.join(PRECISIONS)} (default: all; int8 is "
+        "full-integer with float input/output, int8_io int8 in and out for the Edge TPU)",
     )
     parser.add_argument(
         "--target-drop",
