@@ -55,6 +55,14 @@ def test_head_flags_set_only_the_fields_given_and_bad_values_are_refused():
         (["--learning-rate", "-1"], "--learning-rate"),
         (["--image-size", "40000", "40000"], "--image-size"),
         (["--image-size", "0", "160"], "--image-size"),
+        (["--anchor-sizes", "16", "-4"], "--anchor-sizes"),
+        (["--anchor-sizes", "0"], "--anchor-sizes"),
+        (["--anchor-sizes", "nan"], "--anchor-sizes"),
+        (["--anchor-sizes", "5000"], "--anchor-sizes"),
+        (["--anchor-sizes", "16", "16"], "--anchor-sizes"),
+        (["--anchor-ratios", "0"], "--anchor-ratios"),
+        (["--anchor-ratios", "1000"], "--anchor-ratios"),
+        (["--anchor-ratios", "inf"], "--anchor-ratios"),
     ],
 )
 def test_numeric_flags_out_of_range_are_one_line_exit_2_before_training(tmp_path, flags, named):
