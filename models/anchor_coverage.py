@@ -74,17 +74,41 @@ def _candidate_sizes(boxes: np.ndarray, config) -> np.ndarray:
     return np.unique(np.round(low * 2.0 ** (np.arange(steps + 1) / STEPS_PER_OCTAVE), 1))
 
 
+def nearest_cell_iou(boxes: np.ndarray, config) -> np.ndarray:
+    """Best IoU [N] float64 of each box [N,4] (y1, x1, y2, x2 px) with any anchor of ``config``.
+
+    Only the anchors of the feature cell whose centre is nearest the box's centre are compared:
+    the overlap of two boxes of fixed shapes only shrinks as their centres move apart along
+    either axis, so for every anchor shape the nearest centre is the best one. Equals
+    :func:`best_anchor_iou` over all anchors (tested) at O(N * A) instead of O(N * h * w * A).
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    fh, fw = config.feature_size
+    anchors = make_anchors(config).astype(np.float64).reshape(fh, fw, -1, 4)
+    row = np.clip(np.floor((boxes[:, 0] + boxes[:, 2]) / 2 / config.stride), 0, fh - 1)
+    col = np.clip(np.floor((boxes[:, 1] + boxes[:, 3]) / 2 / config.stride), 0, fw - 1)
+    near = anchors[row.astype(int), col.astype(int)]  # [N, A, 4]
+    inter_h = np.minimum(boxes[:, None, 2], near[..., 2]) - np.maximum(
+        boxes[:, None, 0], near[..., 0]
+    )
+    inter_w = np.minimum(boxes[:, None, 3], near[..., 3]) - np.maximum(
+        boxes[:, None, 1], near[..., 1]
+    )
+    inter = inter_h.clip(0) * inter_w.clip(0)
+    box_area = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
+    near_area = (near[..., 2] - near[..., 0]) * (near[..., 3] - near[..., 1])
+    union = box_area[:, None] + near_area - inter
+    iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+    return iou.max(axis=1) if len(boxes) else np.zeros(0)
+
+
 def _hits(boxes: np.ndarray, config, sizes: np.ndarray, min_iou: float) -> np.ndarray:
     """[sizes, boxes] bool: the box has an anchor of that one size (any ratio) at ``min_iou``."""
     import dataclasses
 
     return np.stack(
         [
-            best_anchor_iou(
-                boxes,
-                make_anchors(dataclasses.replace(config, anchor_sizes=(float(size),))),
-                chunk=1024,
-            )
+            nearest_cell_iou(boxes, dataclasses.replace(config, anchor_sizes=(float(size),)))
             >= min_iou
             for size in sizes
         ]

@@ -7,8 +7,9 @@ Two exportable stages, static shapes, batch 1 (the contract of ``export`` and ``
 * ``head``: ``features`` [1,h,w,C], ``proposals`` [P,4] normalized, ``box_indexes`` [P] int32 ->
   ``class_scores`` [P,K+1] (softmax, 0 = background), ``box_deltas`` [P,K,4].
 
-The backbone uses only CONV_2D, DEPTHWISE_CONV_2D, ADD, RELU and (folded) BatchNorm, so it quantizes
-to full int8 and maps onto the Edge TPU. Pixel normalisation is inside the model.
+The tiny backbone uses only CONV_2D, DEPTHWISE_CONV_2D, ADD, RELU and (folded) BatchNorm, so it
+quantizes to full int8 and maps onto the Edge TPU; ``DetectorConfig.backbone`` can name a
+keras.applications one instead (:mod:`models.backbones`). Pixel normalisation is inside the model.
 Saved as one ``.keras`` file (a container model holding both stages as nested models) plus a
 sidecar ``<stem>.json`` with the :class:`runtime.config.DetectorConfig`.
 """

@@ -130,3 +130,26 @@ def test_training_chooses_anchors_from_the_data_unless_given(tmp_path, capsys):
     det = training_data(given, None).det
     assert (det.anchor_sizes, det.anchor_ratios) == ((12.0, 40.0), (1.0,))
     assert DetectorConfig.from_dict(det.to_dict()) == det
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    raw=boxes_strategy,
+    stride=st.sampled_from([4, 8, 16]),
+    sizes=st.lists(st.floats(2, 120), min_size=1, max_size=3, unique=True),
+    ratios=st.lists(
+        st.sampled_from([0.25, 0.5, 1.0, 2.0, 3.0]), min_size=1, max_size=3, unique=True
+    ),
+)
+def test_nearest_cell_iou_equals_the_best_over_all_anchors(raw, stride, sizes, ratios):
+    from models.anchor_coverage import best_anchor_iou, nearest_cell_iou
+    from runtime.processing import make_anchors
+
+    config = DetectorConfig(
+        image_size=(64, 64), stride=stride, anchor_sizes=tuple(sizes), anchor_ratios=tuple(ratios)
+    )
+    boxes = np.array([(y, x, min(y + h, 64), min(x + w, 64)) for y, x, h, w in raw])
+    # rtol: two equidistant cells' float32 anchor corners round apart by ~1e-8.
+    np.testing.assert_allclose(
+        nearest_cell_iou(boxes, config), best_anchor_iou(boxes, make_anchors(config)), rtol=1e-6
+    )
