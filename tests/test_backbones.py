@@ -37,15 +37,13 @@ def test_feature_layer_is_found_in_the_architecture_at_stride_16():
     from models.backbones import feature_layer
     from models.detector import detector_config
 
-    layer = feature_layer("mobilenet_v2", SIZE)
+    found = feature_layer("mobilenet_v2", SIZE)
     # Independently: the deepest residual Add of MobileNetV2 before its last downsampling.
-    model = keras.applications.MobileNetV2(
-        input_shape=(*SIZE, 3), include_top=False, weights=None
-    )
-    adds = [l for l in model.layers if isinstance(l, keras.layers.Add)]
-    at_16 = [l for l in adds if l.output.shape[1] == SIZE[0] // 16]
-    assert layer.name == at_16[-1].name == "block_12_add"
-    assert (layer.stride, layer.channels) == (16, at_16[-1].output.shape[-1])
+    model = keras.applications.MobileNetV2(input_shape=(*SIZE, 3), include_top=False, weights=None)
+    adds = [layer for layer in model.layers if isinstance(layer, keras.layers.Add)]
+    at_16 = [add for add in adds if add.output.shape[1] == SIZE[0] // 16]
+    assert found.name == at_16[-1].name == "block_12_add"
+    assert (found.stride, found.channels) == (16, at_16[-1].output.shape[-1])
     config = detector_config(SIZE, ("a", "b"), "mobilenet_v2")
     assert (config.stride, config.feature_channels, config.backbone) == (16, 96, "mobilenet_v2")
     assert config.feature_size == (4, 6)
@@ -68,9 +66,7 @@ def test_weights_file_is_loaded_and_foreign_files_are_refused(tmp_path):
     from models.backbones import BackboneError, feature_extractor
 
     keras.utils.set_random_seed(3)
-    source = keras.applications.MobileNetV2(
-        input_shape=(*SIZE, 3), include_top=False, weights=None
-    )
+    source = keras.applications.MobileNetV2(input_shape=(*SIZE, 3), include_top=False, weights=None)
     for variable in source.weights:  # BN statistics too, so nothing equals a fresh init
         variable.assign(np.random.default_rng(0).normal(size=variable.shape).astype("float32"))
     keras3 = tmp_path / "mnv2.weights.h5"
@@ -136,7 +132,11 @@ def test_mobilenet_v2_detector_trains_exports_and_checks(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "anchor coverage:" in done.stderr
     config = load_detector(model).config
-    assert (config.backbone, config.stride, config.anchor_ratios) == ("mobilenet_v2", 16, (1.0, 2.0))
+    assert (config.backbone, config.stride, config.anchor_ratios) == (
+        "mobilenet_v2",
+        16,
+        (1.0, 2.0),
+    )
     artifacts = tmp_path / "artifacts"
     export = subprocess.run(
         [sys.executable, "-m", "export", "--model", str(model), "--out", str(artifacts),

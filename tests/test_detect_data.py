@@ -117,11 +117,8 @@ def test_annotated_output_is_a_bounded_jpeg_with_labels_scaled_to_it(fake_dir, t
 
 @pytest.mark.slow  # exports the shipped detector's float32 TFLite (~1 min)
 def test_detect_data_scores_with_pycocotools_like_models_evaluate(tmp_path):
-    from test_category_ids import cocoeval_stats, procedural_dataset
+    from test_category_ids import cocoeval_stats, float32_export_with_ids, procedural_dataset
 
-    from export.config import ExportConfig
-    from export.pipeline import run_export
-    from models.detector import SHIPPED, config_path
     from models.evaluate import main as evaluate
 
     dataset = procedural_dataset(tmp_path, 40)  # category ids 5/9/12
@@ -133,24 +130,11 @@ def test_detect_data_scores_with_pycocotools_like_models_evaluate(tmp_path):
         ann["image_id"] = new_id[ann["image_id"]]
     data["images"].reverse()
     dataset.write_text(json.dumps(data))
-    model = tmp_path / "own.keras"
-    shutil.copyfile(SHIPPED, model)
-    sidecar = json.loads(config_path(SHIPPED).read_text())
-    sidecar["config"]["category_ids"] = [5, 9, 12]
-    config_path(model).write_text(json.dumps(sidecar))
-    artifacts = tmp_path / "artifacts"
-    run_export(
-        ExportConfig(
-            out=artifacts,
-            model=model,
-            formats=("tflite",),
-            precisions=("float32",),
-            golden_samples=2,
-            progress=False,
-        )
-    )
+    model, artifacts = float32_export_with_ids(tmp_path)
     summary_path = tmp_path / "evaluate.json"
-    assert evaluate(["--model", str(model), "--data", str(dataset), "--json", str(summary_path)]) == 0
+    assert (
+        evaluate(["--model", str(model), "--data", str(dataset), "--json", str(summary_path)]) == 0
+    )
     summary = json.loads(summary_path.read_text())
     assert summary["map50"] > 0.5
 
