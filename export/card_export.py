@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +23,9 @@ from export.formats import model_artifacts
 from export.stages import ModelIO
 from runtime import strict_json
 from runtime.card import CARD_KEY, DetectorCard, card_to_json, read_card
-from runtime.errors import RoiedgeError
-from runtime.manifest import FORMATS, MANIFEST_NAME, Manifest, seal
+from runtime.errors import RoiedgeError, say
+from runtime.limits import bad_number
+from runtime.manifest import FORMATS, Manifest, seal
 
 SCHEMA_VERSION = 1
 #: Precisions of a card export (int8_io and mixed need the built-in detector's contract).
@@ -57,8 +56,13 @@ class CardExportConfig:
                 raise ExportInputError(
                     f"--{field} {','.join(values)}: expected some of {', '.join(allowed)}"
                 )
-        if self.golden_samples < 1:
-            raise ExportInputError(f"--golden-samples {self.golden_samples}: expected >= 1")
+        for flag, value in (
+            ("--golden-samples", self.golden_samples),
+            ("--calibration-images", self.calibration_images),
+        ):
+            bad = None if value is None else bad_number(flag, value, 1, limit_name="flag_images")
+            if bad:
+                raise ExportInputError(bad)
 
 
 def stage_io(card: DetectorCard) -> dict[str, ModelIO]:
@@ -85,7 +89,7 @@ def swap_head(models: Any, rows, reference) -> tuple[Any, dict[str, Any] | None]
     head = fixed_shapes(swapped, models.head_shapes, "head")
     names = models.card.head.outputs
     proof = prove_swap(head, rows, reference, names, "ran the original head here", swaps)
-    print(f"swap proof: {proof['summary']}", file=sys.stderr)
+    say(f"swap proof: {proof['summary']}", file=sys.stderr)
     return head, proof
 
 
@@ -113,13 +117,19 @@ def _images(config: CardExportConfig, card: DetectorCard):
 def run_card_export(config: CardExportConfig) -> Manifest:
     """Build, check and atomically install every selected artifact of a card detector."""
     from export import pipeline
-    from export.shared import REPORT_DIR, keras_outputs
-    from runtime.manifest import sha256_file
 
     card = read_card(config.detector)
     out = Path(config.out)
-    _check_out(out)
+    with pipeline.claimed_out(out):
+        return _card_export(config, card, out)
+
+
+def _card_export(config: CardExportConfig, card, out: Path) -> Manifest:
+    """:func:`run_card_export` while it holds ``out``."""
+    from export import pipeline
+    from export.shared import REPORT_DIR, keras_outputs
     from models.card_models import CardModels
+    from runtime.manifest import sha256_file
 
     models = CardModels(card, Path(config.detector).resolve().parent)
     io = stage_io(card)
@@ -150,9 +160,7 @@ def run_card_export(config: CardExportConfig) -> Manifest:
         and (config.formats is None or spec.format in config.formats)
         and (config.precisions is None or spec.precision in config.precisions)
     ]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
-    try:
+    with pipeline.building_dir(out) as work:
         golden = {}
         for model in keras_models:
             relative = f"{pipeline.GOLDEN_DIR}/{model}.npz"
@@ -210,25 +218,8 @@ def run_card_export(config: CardExportConfig) -> Manifest:
             ),
             work,
         )
-        pipeline.write_manifest(manifest, work)
-        for entry in pipeline.read_manifest(work).artifacts:
-            pipeline.verified_path(work, entry)
-        pipeline.publish_permissions(work)
-        pipeline.swap_in(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        pipeline.publish(manifest, work, out)
     return manifest
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ExportInputError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
-        raise ExportInputError(
-            f"--out {out}: a non-empty directory without {MANIFEST_NAME}; refusing to replace "
-            "something that is not an artifacts directory"
-        )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from export.formats import ARTIFACTS, PRECISIONS, ArtifactSpec
 from runtime.errors import RoiedgeError
+from runtime.limits import bad_number
 from runtime.manifest import FORMATS, MODELS
 
 SCHEMA_VERSION = 1
@@ -79,20 +80,17 @@ class ExportConfig:
                     f"--{field} has unknown value(s) {', '.join(unknown)}; "
                     f"expected some of {', '.join(allowed)}"
                 )
-        if self.calibration_images is not None and self.calibration_images < 1:
-            raise ExportInputError(
-                f"--calibration-images is {self.calibration_images}; expected a positive int"
+        for flag, value, low, high, low_open, limit_name in (
+            ("--calibration-images", self.calibration_images, 1, None, False, "flag_images"),
+            ("--golden-samples", self.golden_samples, 1, None, False, "flag_images"),
+            ("--val-images", self.val_images, 1, None, False, "flag_images"),
+            ("--target-drop", self.target_drop, 0, 100, True, None),  # mAP@.5:.95 points
+        ):
+            bad = value is not None and bad_number(
+                flag, value, low, high, low_open=low_open, limit_name=limit_name
             )
-        if not 0 < self.target_drop <= 100:
-            raise ExportInputError(
-                f"--target-drop is {self.target_drop}; expected mAP@.5:.95 points in (0, 100]"
-            )
-        if self.val_images < 1:
-            raise ExportInputError(f"--val-images is {self.val_images}; expected a positive int")
-        if self.golden_samples < 1:
-            raise ExportInputError(
-                f"--golden-samples is {self.golden_samples}; expected a positive int"
-            )
+            if bad:
+                raise ExportInputError(bad)
 
     def selected(self) -> tuple[ArtifactSpec, ...]:
         """The table rows this run builds; refuses a requested value that selects nothing."""

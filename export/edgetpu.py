@@ -279,7 +279,7 @@ def compile_edgetpu(directory: Path, compiler: str | None = None) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m export edgetpu DIR``: compile the int8_io backbone, or say how to get the compiler."""
-    from runtime.errors import RoiedgeError, one_line
+    from runtime.errors import RoiedgeError, one_line, say
 
     parser = argparse.ArgumentParser(
         prog="python -m export edgetpu",
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     entry = manifest.find("backbone_rpn", "tflite", COMPILED_PRECISION)
-    print(
+    say(
         f"wrote {args.artifacts / entry.path} ({entry.bytes} bytes); compiler log: {entry.op_report}"
     )
     return 0

@@ -24,6 +24,8 @@ import numpy as np
 
 from export.config import ExportInputError
 from export.samples import TensorInfo
+from runtime.errors import RoiedgeError
+from runtime.safe_files import check_zip_members
 
 #: Artifact files are named after the model, so its name must be a plain file-name word.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -119,6 +121,8 @@ def saved_config(path: Path) -> dict[str, Any]:
     """The model config stored in a ``.keras`` zip or a legacy ``.h5`` file."""
     try:
         if zipfile.is_zipfile(path):
+            # A zip bomb is refused from its central directory, before anything is inflated.
+            check_zip_members(path, "--keras-model", "keras_bytes")
             with zipfile.ZipFile(path) as archive:
                 return json.loads(archive.read("config.json"))
         import h5py
@@ -130,7 +134,9 @@ def saved_config(path: Path) -> dict[str, Any]:
                     f"--keras-model {path}: an HDF5 file without a model config (weights only?)"
                 )
             return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-    except (OSError, KeyError, ValueError) as error:
+    except RoiedgeError as error:
+        raise ExportInputError(str(error)) from None
+    except (OSError, KeyError, ValueError, RecursionError) as error:
         raise ExportInputError(
             f"--keras-model {path}: not a readable .keras or .h5 model ({_first_line(error)})"
         ) from None

@@ -26,8 +26,9 @@ from export.keras_loading import LoadedModel, coordinate_inputs, io_infos, load_
 from export.samples import Samples, load_samples
 from export.stages import ModelIO
 from runtime import strict_json
-from runtime.errors import one_line
-from runtime.manifest import FORMATS, MANIFEST_NAME, Manifest, seal
+from runtime.errors import one_line, say
+from runtime.limits import bad_number
+from runtime.manifest import FORMATS, Manifest, seal
 
 SCHEMA_VERSION = 1
 
@@ -54,10 +55,11 @@ class KerasExportConfig:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        if self.samples_per_bin < 1:
-            raise ExportInputError(
-                f"--samples-per-bin is {self.samples_per_bin}; expected a positive int"
-            )
+        bad = bad_number(
+            "--samples-per-bin", self.samples_per_bin, 1, limit_name="config_samples_per_bin"
+        )
+        if bad:
+            raise ExportInputError(bad)
         if not self.roi_layer:
             raise ExportInputError("--roi-layer is empty; expected a layer class name")
         for field, allowed in (("formats", FORMATS), ("precisions", _PRECISIONS)):
@@ -111,21 +113,13 @@ def export_keras_model(
 
 def run_keras_export(config: KerasExportConfig) -> Manifest:
     """The CLI's run: load ``config.keras_model`` (with its custom objects) and export it."""
-    _check_out(Path(config.out))
+    from export.pipeline import check_out
+
+    check_out(Path(config.out))
     loaded = load_keras_model(
         config.keras_model, config.custom_objects, config.roi_layer, config.samples_per_bin
     )
     return _export(config, loaded, config.samples)
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ExportInputError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
-        raise ExportInputError(
-            f"--out {out}: a non-empty directory without {MANIFEST_NAME}; refusing to replace "
-            "something that is not an artifacts directory"
-        )
 
 
 def _selected(config: KerasExportConfig, model_name: str):
@@ -154,11 +148,18 @@ def _bar(config: KerasExportConfig, **kwargs):
 
 def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> Manifest:
     """Validate, swap and prove, then build, check and install the artifacts in ``config.out``."""
+    from export import pipeline
+
+    out = Path(config.out)
+    with pipeline.claimed_out(out):
+        return _export_claimed(config, loaded, samples_source, out)
+
+
+def _export_claimed(config: KerasExportConfig, loaded: LoadedModel, samples_source, out: Path):
+    """:func:`_export` while it holds ``out``."""
     from export import output_report, pipeline
     from export.shared import REPORT_DIR
 
-    out = Path(config.out)
-    _check_out(out)
     base = loaded.original if loaded.original is not None else loaded.swapped_at_load
     inputs, outputs = io_infos(base)
     specs = _selected(config, base.name)
@@ -250,7 +251,7 @@ def _swap_and_prove(
     # Before the proof: RoIs beyond the exact range are the likeliest reason for it to fail.
     range_warning = _range_warning(swapped, samples, names_in)
     if range_warning:
-        print(f"warning: {range_warning}", file=sys.stderr)
+        say(f"warning: {range_warning}", file=sys.stderr)
     try:
         proof = prove_swap(
             swapped,
@@ -266,7 +267,7 @@ def _swap_and_prove(
         if range_warning:
             raise ExportCheckError(f"{error}; note: {range_warning}") from None
         raise
-    print(f"swap proof: {proof['summary']}", file=sys.stderr)
+    say(f"swap proof: {proof['summary']}", file=sys.stderr)
     proof["coordinate_range_warning"] = range_warning
     return swapped, golden_outputs, proof
 

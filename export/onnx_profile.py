@@ -114,12 +114,13 @@ def _feeds(directory: Path, entry: Any, manifest: Any) -> dict[str, np.ndarray]:
     """The first golden sample of ``entry``'s stage, by the manifest's input names."""
     from runtime.golden import golden_samples
     from runtime.manifest import verified_file
+    from runtime.safe_files import load_npz
 
     path = verified_file(
         directory, manifest.golden[entry.model], manifest.golden_sha256[entry.model], "golden"
     )
-    with np.load(path) as golden:
-        sample = golden_samples(dict(golden), entry, str(path))[0]
+    golden = load_npz(path, "golden")  # limits and dtypes checked before reading (no pickles)
+    sample = golden_samples(golden, entry, str(path))[0]
     return {spec.name: np.asarray(a) for spec, a in zip(entry.inputs, sample)}
 
 

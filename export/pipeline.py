@@ -44,6 +44,7 @@ from export.stages import STAGE_IO, ModelIO, model_io
 from export.streaming import clear_cache, named_samples, spill_directory, spill_stage_samples
 from export.streaming import progress as streaming_progress
 from runtime import strict_json
+from runtime.errors import RoiedgeError, printable
 from runtime.manifest import (
     MANIFEST_NAME,
     ArtifactEntry,
@@ -55,6 +56,8 @@ from runtime.manifest import (
     verified_path,
     write_manifest,
 )
+from runtime.replace import exchange_paths, output_lock, remove_stale
+from runtime.safe_files import writable_output
 
 GOLDEN_DIR = "golden"
 
@@ -73,14 +76,7 @@ def check_inputs(config: ExportConfig) -> tuple[list[Path], list[Path]] | None:
         raise ExportInputError(
             f"--model {model}: no such file (expected a .keras detector saved by models.detector)"
         )
-    out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise ExportInputError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
-        raise ExportInputError(
-            f"--out {out}: a non-empty directory without {MANIFEST_NAME}; refusing to replace "
-            "something that is not an artifacts directory"
-        )
+    check_out(Path(config.out))
     if config.calibration is None:
         return None
     files = calibration_files(Path(config.calibration))
@@ -225,15 +221,69 @@ def publish_permissions(tree: Path) -> None:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` that is not (or cannot become) an artifacts directory we may replace."""
+    if out.exists() and not out.is_dir():
+        raise ExportInputError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+        raise ExportInputError(
+            f"--out {out}: a non-empty directory without {MANIFEST_NAME}; refusing to replace "
+            "something that is not an artifacts directory"
+        )
+    try:  # the new tree is built beside ``out`` and swapped in: its folder must be writable
+        if out.is_dir():
+            writable_output(out.parent, f"--out {out}: its folder", kind="dir")
+        else:
+            writable_output(out, "--out", kind="dir")
+    except RoiedgeError as error:
+        raise ExportInputError(str(error)) from None
+
+
+def _building_prefix(out: Path) -> str:
+    return f".{out.name}.building-"
+
+
+def _old_prefix(out: Path) -> str:
+    return f".{out.name}.old-"
+
+
+@contextlib.contextmanager
+def claimed_out(out: Path):
+    """Hold ``out`` for one export: :func:`check_out`, its lock (a second export to the same
+    ``--out`` is refused in one line, exit 2), and the leftovers of a killed export removed.
+
+    While the lock is held no other export of ``out`` runs, so every ``.<name>.building-*``
+    and ``.<name>.old-*`` folder beside it is a killed export's; if one was killed between the
+    two renames of the fallback swap (``out`` missing), its old tree is put back first.
+    """
+    check_out(out)
+    with output_lock(out, "--out", "export"):
+        if not out.exists():
+            for old in sorted(out.parent.glob(_old_prefix(out) + "*")):
+                if (old / out.name / MANIFEST_NAME).is_file():
+                    os.replace(old / out.name, out)
+                    break
+        remove_stale(out.parent, (_building_prefix(out) + "*", _old_prefix(out) + "*"))
+        yield
+
+
 def swap_in(built: Path, out: Path) -> None:
-    """Replace ``out`` by ``built`` with two renames; the old tree is removed afterwards."""
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+    """Replace ``out`` by ``built`` in one atomic step; the old tree is removed afterwards.
+
+    ``renameat2(RENAME_EXCHANGE)`` swaps the two trees, so ``out`` is at every instant either
+    the old or the new tree; the old one is left at ``built``'s name (a killed export's
+    leftover there is removed by the next, :func:`claimed_out`). Where the file system cannot
+    exchange, two renames, and :func:`claimed_out` restores the old tree if killed between them.
+    """
+    if not (out.exists() or out.is_symlink()):
+        os.replace(built, out)
+    elif exchange_paths(built, out):
+        shutil.rmtree(built, ignore_errors=True)  # now the old tree
+    else:
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=_old_prefix(out)))
         os.replace(out, old / out.name)
         os.replace(built, out)
         shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(built, out)
 
 
 @contextlib.contextmanager
@@ -241,7 +291,7 @@ def building_dir(out: Path):
     """A fresh temporary directory next to ``out`` to build into; removed if anything fails
     (nothing partial is left behind), kept for :func:`publish` otherwise."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=_building_prefix(out)))
     try:
         yield work
     except BaseException:
@@ -270,15 +320,15 @@ def publish(manifest: Manifest, work: Path, out: Path) -> None:
 
 def run_export(config: ExportConfig) -> Manifest:
     """Build, check and atomically install every selected artifact; returns the manifest."""
-    with contextlib.ExitStack() as scratch:  # spilled calibration samples, cached calibrations
-        scratch.callback(clear_cache)
-        scratch.enter_context(streaming_progress(config.progress))
-        return _export(config, scratch)
-
-
-def _export(config: ExportConfig, scratch: contextlib.ExitStack) -> Manifest:
     specs = config.selected()
-    files = check_inputs(config)
+    files = check_inputs(config)  # bad input refused before --out is claimed
+    with claimed_out(Path(config.out)), contextlib.ExitStack() as scratch:
+        scratch.callback(clear_cache)  # spilled calibration samples, cached calibrations
+        scratch.enter_context(streaming_progress(config.progress))
+        return _export(config, scratch, specs, files)
+
+
+def _export(config: ExportConfig, scratch: contextlib.ExitStack, specs, files) -> Manifest:
     out = Path(config.out)
 
     from models.detector import load_detector
@@ -292,7 +342,9 @@ def _export(config: ExportConfig, scratch: contextlib.ExitStack) -> Manifest:
     count, images = _calibration_images(config, calibration_paths, size)
     # Calibration inputs live on disk, one sample in memory at a time (export.streaming).
     source = "procedural" if calibration_paths is None else config.calibration
-    with _bar(config, total=count, desc=f"calibration inputs ({source}, float backbone)") as bar:
+    with _bar(
+        config, total=count, desc=f"calibration inputs ({printable(source)}, float backbone)"
+    ) as bar:
         calibration = spill_stage_samples(
             StageInputs(detector), images, scratch.enter_context(spill_directory()), bar
         )

@@ -142,4 +142,11 @@ def _check(where: str, key: str, array, info: TensorInfo, exact_dtype: bool) -> 
         )
     if not exact_dtype and array.dtype.kind != "f":
         raise ExportInputError(f"{where}: key {key!r} has dtype {array.dtype}; expected a float")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        # The converters' calibrators crash on them (segfault) or quantize to garbage.
+        bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
+        raise ExportInputError(
+            f"{where}: key {key!r} holds NaN or infinite values (in {len(bad)} of {len(array)} "
+            f"samples, first sample {int(bad[0])}); expected finite numbers"
+        )
     return array

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import strict_json
-from runtime.errors import RoiedgeError, one_line
+from runtime.errors import RoiedgeError, one_line, say
 
 
 def summary(manifest, out: Path) -> str:
@@ -52,5 +52,5 @@ def export_outcome(run: Callable[[], tuple[Any, Path]]) -> int:
     except ExportCheckError as error:
         print(f"export check failed: {one_line(error)}", file=sys.stderr)
         return 1
-    print(summary(manifest, Path(out)))
+    say(summary(manifest, Path(out)))
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from runtime import card_processing as cp
 from runtime.card import CardError, DetectorCard
-from runtime.errors import one_line
+from runtime.errors import RoiedgeError, one_line
 from runtime.processing import Detections
 
 
@@ -45,6 +46,13 @@ def import_custom_objects(path: Path | None) -> dict[str, Any]:
 def _load(path: Path, objects: dict[str, Any], key: str) -> Any:
     import keras
 
+    from runtime.safe_files import check_zip_members
+
+    if zipfile.is_zipfile(path):  # a zip bomb refused before Keras inflates it
+        try:
+            check_zip_members(path, f"card {key}", "keras_bytes")
+        except RoiedgeError as error:
+            raise CardError(str(error)) from None
     try:
         return keras.models.load_model(path, custom_objects=objects, compile=False)
     except Exception as error:  # Keras wraps the cause in several messages: keep the first line

@@ -11,7 +11,6 @@ Images load through :func:`runtime.images.load_image` and are resized with
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,10 +19,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from models.data import Batch
-from runtime import strict_json
+from runtime import limits, strict_json
 from runtime.coco_images import entry_name, image_entries
 from runtime.errors import RoiedgeError
 from runtime.images import load_image, open_image, resize
+from runtime.safe_files import read_json
 
 #: A box may overhang its image by this many pixels (float rounding of annotation tools);
 #: it is clipped to the image. Anything further out is an error.
@@ -91,11 +91,10 @@ def load_coco(
     source = Path(path)
     if not source.is_file():
         raise DatasetError(f"{source}: no such dataset file (expected a COCO instances .json)")
-    try:
-        data = json.loads(source.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DatasetError(f"{source}: not a readable JSON file ({message})") from None
+    try:  # size, nesting depth, NaN tokens and duplicate keys checked before it is used
+        data = read_json(source, "COCO dataset")
+    except RoiedgeError as error:
+        raise DatasetError(str(error)) from None
     _require(isinstance(data, dict), str(source), f"a JSON {type(data).__name__}", "an object")
     for key in ("images", "annotations", "categories"):
         _require(
@@ -215,6 +214,14 @@ def load_coco(
         y2, x2 = min(y + h, float(height)), min(x + w, float(width))
         per_image[index_of[image_id]].append(
             ([y1, x1, y2, x2], class_of[cid], bool(crowd), float(area))
+        )
+        boxes_here = len(per_image[index_of[image_id]])
+        _require(
+            boxes_here <= limits.limit("annotations_per_image"),
+            where,
+            f"box {boxes_here:,} of image_id {image_id} ({file.name})",
+            f"at most {limits.limit('annotations_per_image'):,} boxes per image "
+            "(LIMITS annotations_per_image, runtime/limits.py)",
         )
     if require_annotations and not any(not c for anns in per_image for _, _, c, _ in anns):
         raise DatasetError(

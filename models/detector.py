@@ -16,7 +16,7 @@ sidecar ``<stem>.json`` with the :class:`runtime.config.DetectorConfig`.
 
 from __future__ import annotations
 
-import json
+import hashlib
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -26,7 +26,7 @@ import numpy as np
 from runtime import strict_json
 from runtime.config import DEFAULT_BACKBONE, ConfigError, DetectorConfig
 from runtime.errors import RoiedgeError
-from runtime.manifest import atomic_write_bytes
+from runtime.manifest import atomic_write_bytes, sha256_file
 from runtime.processing import (
     Detections,
     detections_from_head,
@@ -34,6 +34,7 @@ from runtime.processing import (
     preprocess,
     proposals_from_rpn,
 )
+from runtime.safe_files import check_zip_members, read_json
 
 if TYPE_CHECKING:
     import keras
@@ -279,39 +280,114 @@ def config_path(path: Path | str) -> Path:
     return Path(path).with_suffix(".json")
 
 
+def _stale_patterns(path: Path) -> tuple[str, ...]:
+    """Globs of the temp files and folders a killed :func:`save_detector` of ``path`` leaves."""
+    return (f".{path.name}.*.tmp", f".{config_path(path).name}.*.tmp", f".{path.name}.saving-*")
+
+
 def save_detector(backbone_rpn, head, config: DetectorConfig, path: Path | str) -> Path:
-    """Atomically write ``path`` (.keras) and its sidecar config JSON; returns ``path``."""
+    """Write ``path`` (.keras) and its sidecar config JSON so they are replaced together or not
+    at all; returns ``path``.
+
+    The sidecar records the model's sha256 (``model_sha256``), and while the ``.keras`` file is
+    being replaced it also holds the old pair (``previous``): a save killed at any point leaves
+    a sidecar that matches whichever ``.keras`` file is in place, so the old or the new detector
+    loads, never a mix. Saves into one folder are serialised (a lock on the folder); the temp
+    files of a killed save are removed by the next.
+    """
     import tempfile
+
+    from runtime.replace import output_lock, remove_stale
 
     path = Path(path)
     if path.suffix != ".keras":
         raise RoiedgeError(f"{path}: a detector is saved as a .keras file")
     path.parent.mkdir(parents=True, exist_ok=True)
     model = _container(backbone_rpn, head, config)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        tmp_file = Path(tmp) / path.name
-        model.save(tmp_file)
-        data = tmp_file.read_bytes()
-    sidecar = {"format": "roiedge-detector", "config": config.to_dict()}
-    atomic_write_bytes(config_path(path), strict_json.dump_bytes(sidecar))
-    atomic_write_bytes(path, data)
+    with output_lock(path, "detector", "save", wait=True, folder=True):
+        remove_stale(path.parent, _stale_patterns(path))
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.saving-") as tmp:
+            tmp_file = Path(tmp) / path.name
+            model.save(tmp_file)
+            data = tmp_file.read_bytes()
+        new = {"config": config.to_dict(), "model_sha256": hashlib.sha256(data).hexdigest()}
+        old = _current_pair(path)
+        sidecar = {"format": SIDECAR_FORMAT, **new}
+        if old is not None and old["model_sha256"] != new["model_sha256"]:
+            atomic_write_bytes(
+                config_path(path), strict_json.dump_bytes({**sidecar, "previous": old})
+            )
+        atomic_write_bytes(path, data)
+        atomic_write_bytes(config_path(path), strict_json.dump_bytes(sidecar))
     return path
 
 
+SIDECAR_FORMAT = "roiedge-detector"
+
+
+def _current_pair(path: Path) -> dict[str, Any] | None:
+    """{"config", "model_sha256"} of the detector now at ``path``, or None if none loads."""
+    try:
+        return _matching_pair(path, _read_sidecar(path))
+    except RoiedgeError:
+        return None
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    sidecar = config_path(path)
+    if not sidecar.is_file():
+        raise DetectorLoadError(f"{sidecar}: missing config sidecar of detector {path}")
+    try:
+        data = read_json(sidecar, "detector config")
+    except RoiedgeError as error:
+        reason = str(error).removeprefix(f"detector config {sidecar}: ")
+        raise DetectorLoadError(f"{sidecar}: unreadable detector config ({reason})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+        raise DetectorLoadError(
+            f'{sidecar}: unreadable detector config (expected an object with a "config" object)'
+        )
+    return data
+
+
+def _matching_pair(path: Path, sidecar: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar's {"config", "model_sha256"} entry whose hash is that of ``path``'s bytes.
+
+    A sidecar without ``model_sha256`` (written before it was recorded) is taken as it is.
+    """
+    if "model_sha256" not in sidecar:
+        return {"config": sidecar["config"], "model_sha256": sha256_file(path)}
+    digest = sha256_file(path)
+    previous = sidecar.get("previous")
+    for pair in (sidecar, previous if isinstance(previous, dict) else {}):
+        if pair.get("model_sha256") == digest and isinstance(pair.get("config"), dict):
+            return {"config": pair["config"], "model_sha256": digest}
+    raise DetectorLoadError(
+        f"{path}: its sha256 {digest[:16]}... is not the model_sha256 its config "
+        f"{config_path(path)} records ({str(sidecar['model_sha256'])[:16]}...); the model and its "
+        "config are not a pair (one was replaced or edited without the other)"
+    )
+
+
 def load_detector(path: Path | str = SHIPPED) -> LoadedDetector:
-    """Load a detector saved by :func:`save_detector`; one-line DetectorLoadError naming the file."""
+    """Load a detector saved by :func:`save_detector`; one-line DetectorLoadError naming the file.
+
+    The config used is the sidecar's entry whose ``model_sha256`` is that of the ``.keras``
+    file (see :func:`save_detector`); a model that matches no entry is refused.
+    """
     path = Path(path)
     if not path.is_file():
         raise DetectorLoadError(f"{path}: no such detector file (expected a .keras file)")
     if not zipfile.is_zipfile(path):
         raise DetectorLoadError(f"{path}: not a valid .keras file (not a zip archive; corrupt?)")
+    try:  # a zip bomb is refused from its central directory, before Keras inflates it
+        check_zip_members(path, "detector", "keras_bytes")
+    except RoiedgeError as error:
+        raise DetectorLoadError(str(error)) from None
     sidecar = config_path(path)
-    if not sidecar.is_file():
-        raise DetectorLoadError(f"{sidecar}: missing config sidecar of detector {path}")
+    pair = _matching_pair(path, _read_sidecar(path))
     try:
-        data = json.loads(sidecar.read_text(encoding="utf-8"))
-        config = DetectorConfig.from_dict(data["config"], source=str(sidecar))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        config = DetectorConfig.from_dict(pair["config"], source=str(sidecar))
+    except (KeyError, TypeError) as error:
         raise DetectorLoadError(f"{sidecar}: unreadable detector config ({error!r})") from None
     except ConfigError as error:
         raise DetectorLoadError(str(error)) from None

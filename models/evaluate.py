@@ -22,7 +22,7 @@ import numpy as np
 from models.data import EVAL_IMAGES, EVAL_SEED, EVAL_SPLIT, Batch, eval_split
 from models.metrics import COCO_IOU_THRESHOLDS, mean_average_precision
 from runtime import strict_json
-from runtime.errors import RoiedgeError, one_line
+from runtime.errors import RoiedgeError, one_line, printable, say
 from runtime.manifest import atomic_write_bytes
 from runtime.processing import Detections
 
@@ -194,18 +194,37 @@ def check_category_ids(dataset: Any, config: Any, args: argparse.Namespace) -> N
         )
 
 
+def _bad_flags(args: argparse.Namespace) -> str | None:
+    """One line naming the first bad flag, or None; checked before TensorFlow loads and before
+    the scoring, so an output that cannot be written is found before the work, not after."""
+    from runtime.limits import bad_number
+    from runtime.safe_files import writable_output
+
+    for flag, value, low, high, limit_name in (
+        ("--images", args.images, 1, None, "flag_images"),
+        ("--show", args.show, 0, None, "flag_images"),
+        ("--min-map50", args.min_map50, 0, 1, None),
+    ):
+        bad = value is not None and bad_number(flag, value, low, high, limit_name=limit_name)
+        if bad:
+            return bad
+    if args.show and not args.out:
+        return "--show N needs --out PNG"
+    try:
+        for flag, value in (("--json", args.json), ("--out", args.out)):
+            if value is not None:
+                writable_output(value, flag)
+    except RoiedgeError as error:
+        return str(error)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.images < 1:
-        print(f"error: --images {args.images} must be >= 1", file=sys.stderr)
+    bad = _bad_flags(args)
+    if bad:
+        print(f"error: {printable(bad)}", file=sys.stderr)
         return 2
-    if args.show and not args.out:
-        print("error: --show N needs --out PNG", file=sys.stderr)
-        return 2
-    for flag, value in (("--json", args.json), ("--out", args.out)):
-        if value is not None and Path(value).is_dir():
-            print(f"error: {flag} {value} is a directory; expected a file path", file=sys.stderr)
-            return 2
     if args.detector is not None:
         return _card_main(args)
     from models.detector import load_detector
@@ -243,16 +262,16 @@ def main(argv: list[str] | None = None) -> int:
         title = Path(args.data).name
     summary["model"] = str(args.model)
     summary["seconds"] = round(time.time() - started, 1)
-    print(format_table(summary))
+    say(format_table(summary))
     try:
         if args.json:
             atomic_write_bytes(Path(args.json), strict_json.dump_bytes(summary))
-            print(f"wrote {args.json}")
+            say(f"wrote {args.json}")
         if args.show:
             show(batch, predictions, names, args.show, Path(args.out), title=title)
-            print(f"wrote {args.out}")
+            say(f"wrote {args.out}")
     except OSError as error:
-        print(f"error: cannot write output ({error})", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     if args.min_map50 is not None and not summary["map50"] >= args.min_map50:
         print(f"check failed: mAP@0.5 {summary['map50']:.3f} < {args.min_map50}", file=sys.stderr)
@@ -282,7 +301,7 @@ def _card_main(args: argparse.Namespace) -> int:
     print(format_table(summary))
     if args.json:
         atomic_write_bytes(Path(args.json), strict_json.dump_bytes(summary))
-        print(f"wrote {args.json}")
+        say(f"wrote {args.json}")
     if args.min_map50 is not None and not summary["map50"] >= args.min_map50:
         print(f"check failed: mAP@0.5 {summary['map50']:.3f} < {args.min_map50}", file=sys.stderr)
         return 1

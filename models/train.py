@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import platform
 import queue
@@ -34,7 +33,7 @@ from models.train_config import TrainConfig
 from models.train_data import MAX_GT, ProceduralBatches, training_data
 from runtime import strict_json
 from runtime.config import DetectorConfig
-from runtime.errors import RoiedgeError, one_line
+from runtime.errors import RoiedgeError, one_line, say
 from runtime.manifest import atomic_write_bytes
 from runtime.processing import box_iou, encode_boxes, make_anchors
 
@@ -469,30 +468,30 @@ def _bad_numbers(cfg: TrainConfig) -> str | None:
     learning rate trains to NaN weights, and a huge --image-size allocates gigabytes.
     """
     from runtime import limits
+    from runtime.limits import bad_number
 
     if cfg.epochs < 1 or cfg.steps_per_epoch < 1 or cfg.batch_size < 1:
         return "--epochs, --steps-per-epoch and --batch-size must be >= 1"
-    if cfg.threads < 1:
-        return f"--threads is {cfg.threads}; expected an integer >= 1"
-    if not (math.isfinite(cfg.learning_rate) and cfg.learning_rate > 0):
-        return f"--learning-rate is {cfg.learning_rate}; expected a finite number > 0"
-    if cfg.image_size is not None:
-        side_limit = limits.limit("config_image_side")
-        for side in cfg.image_size:
-            if not 8 <= side <= side_limit:
-                return (
-                    f"--image-size side is {side}; expected 8 to {side_limit} pixels "
-                    "(config_image_side, runtime/limits.py)"
-                )
-    top = limits.limit("config_anchor_ratio")
-    for flag, values, low, high in (
-        ("--anchor-sizes", cfg.anchor_sizes, 0.0, 4.0 * max(cfg.image_size or (160, 160))),
-        ("--anchor-ratios", cfg.anchor_ratios, 1.0 / top, float(top)),
+    checks = [
+        ("--threads", cfg.threads, 1, None, False, "flag_threads"),
+        ("--learning-rate", cfg.learning_rate, 0, None, True, None),
+    ]
+    for side in cfg.image_size or ():
+        checks.append(("--image-size side", side, 8, None, False, "config_image_side"))
+    longest = 4.0 * max(cfg.image_size or (160, 160))  # DetectorConfig's bound on anchor sizes
+    top = float(limits.limit("config_anchor_ratio"))
+    checks += [("--anchor-sizes", v, 0, longest, True, None) for v in cfg.anchor_sizes or ()]
+    checks += [("--anchor-ratios", v, 1 / top, top, False, None) for v in cfg.anchor_ratios or ()]
+    for flag, value, low, high, low_open, limit_name in checks:
+        bad = bad_number(flag, value, low, high, low_open=low_open, limit_name=limit_name)
+        if bad:
+            return bad
+    for flag, values in (
+        ("--anchor-sizes", cfg.anchor_sizes),
+        ("--anchor-ratios", cfg.anchor_ratios),
     ):
-        bad = [v for v in values or () if not (math.isfinite(v) and low < v <= high)]
-        if bad or (values is not None and len(set(values)) != len(values)):
-            shown = bad[0] if bad else "a repeated value"
-            return f"{flag} has {shown}; expected distinct finite numbers in ({low:g}, {high:g}]"
+        if values is not None and len(set(values)) != len(values):
+            return f"{flag} repeats a value ({list(values)}); expected distinct numbers"
     return None
 
 
@@ -507,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {bad}", file=sys.stderr)
         return 2
     if not cfg.out.endswith(".keras"):
-        print(f"error: --out {cfg.out!r} must end in .keras", file=sys.stderr)
+        say(f"error: --out {cfg.out!r} must end in .keras", file=sys.stderr)
         return 2
     from models.backbones import check_backbone
 
@@ -523,11 +522,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
+        from runtime.safe_files import writable_output
+
+        # Found now, not after the training: a model that cannot be saved loses all of it.
+        writable_output(cfg.out, "--out")
+        writable_output(Path(cfg.out).with_name(Path(cfg.out).stem + ".training.json"), "--out")
         record = train(cfg)
     except RoiedgeError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
-    print(
+    say(
         f"saved {cfg.out} after {record['steps']} steps in {record['wall_time_s']:.0f}s; "
         f"final loss {record['final_losses'].get('loss', float('nan')):.4f}"
     )

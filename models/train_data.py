@@ -16,7 +16,7 @@ import numpy as np
 from models.data import CLASS_NAMES, TRAIN_SPLIT, Batch, DataConfig, data_config_for, make_batch
 from models.train_config import TrainConfig
 from runtime.config import DetectorConfig
-from runtime.errors import RoiedgeError
+from runtime.errors import RoiedgeError, printable
 
 MAX_GT = 6  # DataConfig.max_objects; procedural ground truth is padded to this many boxes per image
 #: Scale jitter of --data training: each image is zoomed by a log-uniform factor in this range and
@@ -204,7 +204,10 @@ def training_data(cfg: TrainConfig, det: DetectorConfig | None) -> TrainingData:
     from tqdm import tqdm
 
     with tqdm(
-        total=len(dataset.images), disable=cfg.quiet, desc=f"loading {cfg.data}", file=sys.stderr
+        total=len(dataset.images),
+        disable=cfg.quiet,
+        desc=f"loading {printable(cfg.data)}",
+        file=sys.stderr,
     ) as bar:
         resized = resized_batch(dataset, det.image_size, progress=bar)
     val = None

@@ -2,12 +2,15 @@
 
 Each limit is a policy choice (not a property of the code), so each lives once, in ``LIMITS``, with
 what it bounds; the README's "Limits" table lists the same rows. ``check`` raises a one-line
-``LimitError`` naming the thing, what was seen and the limit. Numpy-free and TensorFlow-free.
+``LimitError`` naming the thing, what was seen and the limit; ``bad_number`` is the one check of a
+numeric CLI flag (NaN, inf, out of range). Numpy-free and TensorFlow-free.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 
 from runtime.errors import RoiedgeError
 
@@ -43,6 +46,7 @@ LIMITS: dict[str, Limit] = _table(
     ),
     Limit("archive_members", 10_000, "members", "files inside one .npz or .keras archive"),
     Limit("model_bytes", 2 * 1024**3, "bytes", "one .tflite or .onnx artifact file"),
+    Limit("annotations_per_image", 1000, "boxes", "COCO annotations of one image"),
     # The detector config (runtime/config.py): every size and count a manifest may claim.
     Limit("config_image_side", 4096, "pixels", "DetectorConfig.image_size, each side"),
     Limit("config_classes", 1000, "classes", "DetectorConfig.class_names"),
@@ -60,6 +64,10 @@ LIMITS: dict[str, Limit] = _table(
     Limit("config_pool_side", 64, "bins", "DetectorConfig.pool_size, each side"),
     Limit("config_samples_per_bin", 16, "samples", "DetectorConfig.samples_per_bin"),
     Limit("config_detections", 1000, "detections", "DetectorConfig.max_detections"),
+    # Numeric CLI flags (checked by bad_number before any work starts).
+    Limit("flag_images", 100_000, "images", "images a CLI flag asks to read, make or score"),
+    Limit("flag_threads", 1024, "threads", "a --threads flag"),
+    Limit("flag_runs", 100_000, "runs", "timed or warm-up runs a benchmark flag asks for"),
 )
 
 
@@ -76,3 +84,40 @@ def check(name: str, seen: int, what: str) -> None:
             f"{what}: {seen:,} {bound.unit} is over the limit of {bound.value:,} {bound.unit} "
             f"({bound.what}; runtime/limits.py)"
         )
+
+
+def bad_number(
+    flag: str,
+    value: object,
+    low: float,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    limit_name: str | None = None,
+) -> str | None:
+    """Why numeric flag ``value`` is refused, in one line, or None if it is fine.
+
+    Refused: a non-number or bool, NaN or infinity, a value below ``low`` (or equal to it when
+    ``low_open``), above ``high``, or above LIMITS ``limit_name`` (named in the message). Run
+    before the work the flag feeds: a NaN or a huge count otherwise reaches TensorFlow (a crash
+    or gigabytes) or a comparison that is never true.
+    """
+    if limit_name is not None:
+        high = limit(limit_name)
+    integer = isinstance(value, numbers.Integral)
+    kind = "an integer" if integer else "a finite number"
+    if low_open:
+        wanted = f"> {low}" if high is None else f"in ({low}, {high:,}]"
+    else:
+        wanted = f">= {low}" if high is None else f"{low} to {high:,}"
+    if limit_name is not None:
+        wanted += f" ({LIMITS[limit_name].what}; LIMITS {limit_name}, runtime/limits.py)"
+    bad = (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value < low
+        or (low_open and value == low)
+        or (high is not None and value > high)
+    )
+    return f"{flag} is {value!r}; expected {kind} {wanted}" if bad else None

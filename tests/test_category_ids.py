@@ -58,8 +58,9 @@ def test_bad_category_ids_are_one_line(ids, match):
     assert "\n" not in str(caught.value) and "manifest.json detector" in str(caught.value)
 
 
-def procedural_dataset(folder: Path, count: int) -> Path:
-    """``count`` held-out procedural images as PNGs + a COCO JSON with category ids 5/9/12."""
+def procedural_dataset(folder: Path, count: int, remap: dict[int, int] | None = REMAP) -> Path:
+    """``count`` held-out procedural images as PNGs + a COCO JSON with category ids 5/9/12
+    (``remap`` of the classes' 1..3; None keeps 1..3)."""
     from models.coco import write_coco
     from models.data import CLASS_NAMES, eval_split
 
@@ -75,10 +76,12 @@ def procedural_dataset(folder: Path, count: int) -> Path:
     path = write_coco(
         folder / "dataset.json", files, [(160, 160)] * count, annotations, CLASS_NAMES
     )
+    if remap is None:
+        return path
     data = json.loads(path.read_text())
     for row in data["categories"] + data["annotations"]:
         key = "id" if "name" in row else "category_id"
-        row[key] = REMAP[row[key]]
+        row[key] = remap[row[key]]
     path.write_text(json.dumps(data))
     return path
 

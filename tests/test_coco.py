@@ -128,7 +128,7 @@ def test_unreadable_json_and_missing_file(tmp_path):
     with pytest.raises(DatasetError, match=r"nope\.json: no such dataset file"):
         load_coco(tmp_path / "nope.json")
     (tmp_path / "broken.json").write_text("{not json")
-    with pytest.raises(DatasetError, match=r"broken\.json: not a readable JSON file"):
+    with pytest.raises(DatasetError, match=r"broken\.json: not valid JSON"):
         load_coco(tmp_path / "broken.json")
     (tmp_path / "list.json").write_text("[]")
     with pytest.raises(DatasetError, match=r"list\.json: a JSON list; expected an object"):

@@ -63,7 +63,7 @@ def test_output_statistics_by_hand():
 
 
 def test_report_config_refuses_bad_values():
-    with pytest.raises(RoiedgeError, match="--images is 0; expected a positive int"):
+    with pytest.raises(RoiedgeError, match="--images is 0; expected an integer 1 to "):
         ReportConfig(artifacts="x", images=0)
 
 

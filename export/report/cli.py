@@ -12,8 +12,9 @@ from export.report.markdown import format_markdown, speed_table
 from export.report.plot import plot_report
 from export.report.verdicts import build_report
 from runtime import strict_json
-from runtime.errors import RoiedgeError, one_line
+from runtime.errors import RoiedgeError, one_line, say
 from runtime.manifest import atomic_write_bytes
+from runtime.safe_files import writable_output
 
 
 def write_report(report: dict[str, Any], directory: Path) -> list[Path]:
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = ReportConfig(**vars(args))
+        if not config.speed_only:  # found before the measuring, not after it
+            for name in (REPORT_JSON, REPORT_MD, REPORT_PNG):
+                writable_output(config.artifacts / name, "--artifacts")
         report = build_report(config)
     except RoiedgeError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
@@ -78,6 +82,6 @@ def main(argv: list[str] | None = None) -> int:
         print(speed_table(report))
         return 0
     paths = write_report(report, config.artifacts)
-    print(format_markdown(report))
-    print("wrote " + ", ".join(str(p) for p in paths))
+    say(format_markdown(report))
+    say("wrote " + ", ".join(str(p) for p in paths))
     return 0 if report["passed"] else 1

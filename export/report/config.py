@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import RoiedgeError
+from runtime.limits import bad_number
 
 SCHEMA_VERSION = 1
 REPORT_JSON = "report.json"
@@ -70,10 +71,15 @@ class ReportConfig:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        for field in ("images", "stage_images", "runs", "threads"):
+        for field, low, limit_name in (
+            ("images", 1, "flag_images"),
+            ("stage_images", 1, "flag_images"),
+            ("runs", 1, "flag_runs"),
+            ("warmup", 0, "flag_runs"),
+            ("threads", 1, "flag_threads"),
+        ):
             value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
-                flag = field.replace("_", "-")
-                raise RoiedgeError(f"--{flag} is {value!r}; expected a positive int")
-        if self.warmup < 0:
-            raise RoiedgeError(f"--warmup is {self.warmup}; expected an int >= 0")
+            flag = "--" + field.replace("_", "-")
+            bad = bad_number(flag, value, low, limit_name=limit_name)
+            if bad or not isinstance(value, int):
+                raise RoiedgeError(bad or f"{flag} is {value!r}; expected an integer")
