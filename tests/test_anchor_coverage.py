@@ -149,7 +149,7 @@ def test_nearest_cell_iou_equals_the_best_over_all_anchors(raw, stride, sizes, r
         image_size=(64, 64), stride=stride, anchor_sizes=tuple(sizes), anchor_ratios=tuple(ratios)
     )
     boxes = np.array([(y, x, min(y + h, 64), min(x + w, 64)) for y, x, h, w in raw])
-    # rtol: two equidistant cells' float32 anchor corners round apart by ~1e-8.
+    # rtol: two equidistant cells' float32 anchor corners round apart (~1e-6 on 1 px anchors).
     np.testing.assert_allclose(
-        nearest_cell_iou(boxes, config), best_anchor_iou(boxes, make_anchors(config)), rtol=1e-6
+        nearest_cell_iou(boxes, config), best_anchor_iou(boxes, make_anchors(config)), rtol=1e-5
     )
