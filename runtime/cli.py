@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from runtime import strict_json
+from runtime.detector_flags import add_detector_arguments
 from runtime.errors import RoiedgeError, one_line, say
 from runtime.images import ANNOTATED_MAX_SIDE, IMAGE_SUFFIXES
 from runtime.safe_files import writable_output
@@ -52,36 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="folder the --data file_name entries are relative to (default: the JSON's folder)",
     )
-    detect.add_argument(
-        "--artifacts",
-        type=Path,
-        default=Path("artifacts"),
-        help="directory written by python -m export (manifest.json and the model files) "
-        "(default artifacts)",
-    )
-    detect.add_argument(
-        "--precision",
-        default="int8",
-        help="precision of the backbone artifact: float32, float16, dynamic_int8, int8, int8_io "
-        "or mixed, as exported (default int8; on x86-64 prefer ai-edge-litert for int8)",
-    )
-    detect.add_argument(
-        "--head-precision",
-        default=None,
-        help="precision of the head artifact (default: --precision)",
-    )
-    detect.add_argument(
-        "--format",
-        default="tflite",
-        choices=("tflite", "onnx"),
-        help="which exported files to run: .tflite (TFLite interpreter) or .onnx (onnxruntime)",
-    )
-    detect.add_argument(
-        "--backend",
-        default=None,
-        help="TFLite interpreter: ai_edge_litert, tflite_runtime or tensorflow (default: the "
-        "first of them installed)",
-    )
+    add_detector_arguments(detect)
     detect.add_argument(
         "--threads", type=_threads, default=None, help="interpreter threads (default: its own)"
     )
@@ -91,12 +63,6 @@ def _parser() -> argparse.ArgumentParser:
         choices=("off", "try", "require"),
         help="run the int8_io backbone on a Coral Edge TPU: off, try (fall back to CPU), require "
         "(fail without one) (default off)",
-    )
-    detect.add_argument(
-        "--score-threshold",
-        type=float,
-        default=None,
-        help="lowest class score reported (default: the detector config's score_threshold)",
     )
     detect.add_argument(
         "--pipeline",
