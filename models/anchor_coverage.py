@@ -160,7 +160,6 @@ def coverage_report(boxes: np.ndarray, config, min_iou: float = COVERAGE_IOU) ->
     low = covered < WARN_BELOW
     if low:
         line += (
-            f"; below {100 * WARN_BELOW:.0f}%: boxes without an anchor are hard for the RPN to "
-            "find (set --anchor-sizes/--anchor-ratios, or drop them to choose from the data)"
+            f"; below {100 * WARN_BELOW:.0f}%: boxes without an anchor are hard for the RPN to find"
         )
     return line, low

@@ -16,7 +16,7 @@ import numpy as np
 from models.data import CLASS_NAMES, TRAIN_SPLIT, Batch, DataConfig, data_config_for, make_batch
 from models.train_config import TrainConfig
 from runtime.config import DetectorConfig
-from runtime.errors import RoiedgeError, printable
+from runtime.errors import RoiedgeError, printable, say
 
 MAX_GT = 6  # DataConfig.max_objects; procedural ground truth is padded to this many boxes per image
 #: Scale jitter of --data training: each image is zoomed by a log-uniform factor in this range and
@@ -128,6 +128,16 @@ def with_detector_flags(det: DetectorConfig, cfg: TrainConfig) -> DetectorConfig
     return dataclasses.replace(det, **given) if given else det
 
 
+#: What to try when the coverage is low, by where the anchor sizes came from.
+_ANCHOR_HINTS = {
+    "chosen from the training boxes": "the rest are out of reach at this stride and these "
+    "ratios: try other --anchor-ratios or a backbone with a smaller stride",
+    "--anchor-sizes": "check --anchor-sizes/--anchor-ratios, or leave --anchor-sizes out to "
+    "choose them from the --data boxes",
+    "default": "set --anchor-sizes/--anchor-ratios to change them",
+}
+
+
 def _anchors(
     det: DetectorConfig, cfg: TrainConfig, boxes: np.ndarray, choose: bool
 ) -> tuple[DetectorConfig, dict[str, Any]]:
@@ -141,9 +151,9 @@ def _anchors(
         origin = "chosen from the training boxes"
     line, low = coverage_report(boxes, det)
     if low:
-        print(f"warning: {line}", file=sys.stderr)
+        say(f"warning: {line} ({_ANCHOR_HINTS[origin]})", file=sys.stderr)
     elif not cfg.quiet:
-        print(line, file=sys.stderr)
+        say(line, file=sys.stderr)
     return det, {"line": line, "sizes_from": origin, "below_warning": low}
 
 
