@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from export.config import ExportConfig, comma_names
+from export.config import ExportConfig, add_output_arguments, comma_names
 from export.formats import ARTIFACTS, PRECISIONS
 from export.summary import export_outcome
 from runtime.manifest import FORMATS, MODELS
@@ -26,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     defaults = ExportConfig(out=Path("artifacts"))
-    parser.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help="artifacts directory to write; an existing one is replaced only when the export "
-        "succeeds",
-    )
+    add_output_arguments(parser, PRECISIONS, FORMATS)
     parser.add_argument(
         "--model",
         type=Path,
@@ -68,19 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated stages to export, of {','.join(MODELS)} (default: both)",
     )
     parser.add_argument(
-        "--formats",
-        type=comma_names,
-        default=None,
-        help=f"comma-separated file formats, of {','.join(FORMATS)} (default: all)",
-    )
-    parser.add_argument(
-        "--precisions",
-        type=comma_names,
-        default=None,
-        help=f"comma-separated precisions, of {','.join(PRECISIONS)} (default: all; int8 is "
-        "full-integer with float input/output, int8_io int8 in and out for the Edge TPU)",
-    )
-    parser.add_argument(
         "--target-drop",
         type=float,
         default=defaults.target_drop,
@@ -91,9 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=defaults.val_images,
         help="mixed precision: procedural validation images its search scores (default 200)",
-    )
-    parser.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="no progress bars"
     )
     return parser
 
