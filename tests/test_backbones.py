@@ -102,6 +102,7 @@ def test_weights_file_is_loaded_and_foreign_files_are_refused(tmp_path):
         (["--backbone", "mobilenet_v2", "--backbone-weights", "w.txt"], ".h5/.hdf5/.keras"),
         (["--backbone-weights", "w.h5"], "tiny backbone"),
         (["--backbone", "mobilenet_v2", "--image-size", "16", "64"], "sides >= 32"),
+        (["--backbone", "mobilenet_v2", "--image-size", "120", "160"], "multiples of its stride"),
     ],
 )
 def test_backbone_flags_are_refused_in_one_line_before_training(tmp_path, flags, named):
