@@ -57,7 +57,7 @@ report: $(STAMP) $(ARTIFACTS)/manifest.json
 
 ## bench: RoIPooling micro-benchmark (+ per-op profile, lowering variants), realistic head in every
 ## format, RoIPooling cost curves, artifact speed table, ONNX int8 profile, runtime cold start and memory,
-## video stream fps (pipelined vs sequential, 1 and 2 cores).
+## video stream fps (pipelined vs sequential, 1 and 2 cores), single file vs two-stage detect() latency.
 bench: $(STAMP) $(ARTIFACTS)/manifest.json
 	$(PY) -m bench.roi --json $(ARTIFACTS)/bench_roi.json --png $(ARTIFACTS)/bench_roi.png
 	$(PY) -m bench.head --json $(ARTIFACTS)/bench_head.json
@@ -67,6 +67,7 @@ bench: $(STAMP) $(ARTIFACTS)/manifest.json
 	$(PY) -m runtime bench $(ARTIFACTS)
 	$(PY) bench/cold_start.py --artifacts $(ARTIFACTS)
 	$(PY) -m bench.stream --artifacts $(ARTIFACTS) --json $(ARTIFACTS)/bench_stream.json --png $(ARTIFACTS)/bench_stream.png
+	$(PY) -m bench.single --artifacts $(ARTIFACTS) --json $(ARTIFACTS)/bench_single.json --png $(ARTIFACTS)/bench_single.png
 
 ## edgetpu: compile the int8_io backbone for the Coral Edge TPU (needs edgetpu_compiler installed).
 edgetpu: $(STAMP) $(ARTIFACTS)/manifest.json
