@@ -85,7 +85,8 @@ def proposals_function(config: DetectorConfig):
         ]
     )
     def proposals(rpn_scores, rpn_deltas):
-        scores, top = tf.math.top_k(rpn_scores[0], k=config.rpn_pre_nms_top_n, sorted=True)
+        top_n = min(config.rpn_pre_nms_top_n, n)  # as runtime.nms.top_k_indices: min(k, N)
+        scores, top = tf.math.top_k(rpn_scores[0], k=top_n, sorted=True)
         boxes = _decode(
             tf.gather(rpn_deltas[0], top), tf.gather(geometry, top), config.box_coder_scales
         )
