@@ -23,8 +23,9 @@ from runtime.stream import STEPS
 
 
 def category_id(config: Any, class_id: int) -> int:
-    """The dataset's category id of class index ``class_id`` (COCO's 1..K today)."""
-    return int(class_id) + 1
+    """The dataset's category id of class index ``class_id`` (``config.coco_ids``: the training
+    dataset's own ids, as ``detect --json`` writes them)."""
+    return int(config.coco_ids[class_id])
 
 
 def frame_record(frame: Any, detections: list, config: Any) -> dict[str, Any]:
