@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from export.config import ExportConfig, comma_names
+from export.config import ExportConfig, add_output_arguments, comma_names
 from export.formats import ARTIFACTS, PRECISIONS
 from export.summary import export_outcome
 from runtime.manifest import FORMATS, MODELS
@@ -26,9 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     defaults = ExportConfig(out=Path("artifacts"))
-    parser.add_argument("--out", type=Path, required=True, help="artifacts directory to (re)place")
+    add_output_arguments(parser, PRECISIONS, FORMATS)
     parser.add_argument(
-        "--model", type=Path, default=defaults.model, help="detector .keras (default: shipped)"
+        "--model",
+        type=Path,
+        default=defaults.model,
+        help="detector .keras written by python -m models.train, with its .json sidecar next to "
+        "it (default: the shipped detector)",
     )
     parser.add_argument(
         "--calibration",
@@ -48,12 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--golden-samples",
         type=int,
         default=defaults.golden_samples,
-        help="golden images per stage",
+        help="calibration images held back as golden inputs/outputs that runtime check "
+        f"compares every artifact against (default {defaults.golden_samples})",
     )
-    parser.add_argument("--models", type=comma_names, default=None, help=f"of {','.join(MODELS)}")
-    parser.add_argument("--formats", type=comma_names, default=None, help=f"of {','.join(FORMATS)}")
     parser.add_argument(
-        "--precisions", type=comma_names, default=None, help=f"of {','.join(PRECISIONS)}"
+        "--models",
+        type=comma_names,
+        default=None,
+        help=f"comma-separated stages to export, of {','.join(MODELS)} (default: both)",
     )
     parser.add_argument(
         "--target-drop",
@@ -66,9 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=defaults.val_images,
         help="mixed precision: procedural validation images its search scores (default 200)",
-    )
-    parser.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="no progress bars"
     )
     return parser
 

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from export.config import ExportCheckError, ExportInputError, comma_names
+from export.config import ExportCheckError, ExportInputError, add_output_arguments
 from export.formats import model_artifacts
 from export.stages import ModelIO
 from runtime import strict_json
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         "by a detector card (docs/detector_card.md) to TFLite and ONNX artifacts.",
     )
     parser.add_argument("--detector", type=Path, required=True, help="the detector card .json")
-    parser.add_argument("--out", type=Path, required=True, help="artifacts directory to (re)place")
+    add_output_arguments(parser, CARD_PRECISIONS, FORMATS)
     parser.add_argument(
         "--calibration",
         type=Path,
@@ -249,13 +249,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--golden-samples", type=int, default=4, help="golden images (default 4)")
     parser.add_argument(
         "--calibration-images", type=int, default=None, help="at most this many calibration images"
-    )
-    parser.add_argument("--formats", type=comma_names, default=None, help=f"of {','.join(FORMATS)}")
-    parser.add_argument(
-        "--precisions", type=comma_names, default=None, help=f"of {','.join(CARD_PRECISIONS)}"
-    )
-    parser.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="no progress bars"
     )
     return parser
 

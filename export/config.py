@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from export.formats import ARTIFACTS, PRECISIONS, ArtifactSpec
 from runtime.errors import RoiedgeError
@@ -23,6 +25,35 @@ GOLDEN_SPLIT = 3
 def comma_names(text: str) -> tuple[str, ...]:
     """A CLI list flag's value: ``"a, b,,c"`` -> ``("a", "b", "c")``."""
     return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def add_output_arguments(parser: Any, precisions: Sequence[str], formats: Sequence[str]) -> None:
+    """The flags every ``python -m export`` path shares: --out, --formats, --precisions and
+    --no-progress (``parser`` an argparse parser; ``precisions``/``formats`` the path's choices)."""
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="artifacts directory to write; an existing one is replaced only when the export "
+        "succeeds",
+    )
+    parser.add_argument(
+        "--formats",
+        type=comma_names,
+        default=None,
+        help=f"comma-separated file formats, of {','.join(formats)} (default: all)",
+    )
+    parser.add_argument(
+        "--precisions",
+        type=comma_names,
+        default=None,
+        help=f"comma-separated precisions, of {','.join(precisions)} (default: all; int8 is "
+        "full-integer with float input/output"
+        + (", int8_io int8 in and out for the Edge TPU)" if "int8_io" in precisions else ")"),
+    )
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bars"
+    )
 
 
 class ExportInputError(RoiedgeError):

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from export.config import ExportCheckError, ExportInputError, comma_names
+from export.config import ExportCheckError, ExportInputError, add_output_arguments
 from export.formats import PRECISIONS, model_artifacts
 from export.keras_loading import LoadedModel, coordinate_inputs, io_infos, load_keras_model
 from export.samples import Samples, load_samples
@@ -360,7 +360,7 @@ def build_parser():
         help="SAMPLES.npz: one array per input keyed by Keras input name, leading axis = sample "
         "(>= 8); optional output:NAME arrays of the original model for the proof",
     )
-    parser.add_argument("--out", type=Path, required=True, help="artifacts directory to (re)place")
+    add_output_arguments(parser, _PRECISIONS, FORMATS)
     parser.add_argument(
         "--custom-objects",
         type=Path,
@@ -377,13 +377,6 @@ def build_parser():
         type=int,
         default=defaults.samples_per_bin,
         help="bilinear samples per bin and axis of the swapped layers, max-pooled (default 1)",
-    )
-    parser.add_argument("--formats", type=comma_names, default=None, help=f"of {','.join(FORMATS)}")
-    parser.add_argument(
-        "--precisions", type=comma_names, default=None, help=f"of {','.join(_PRECISIONS)}"
-    )
-    parser.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="no progress bars"
     )
     return parser
 

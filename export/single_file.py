@@ -96,7 +96,8 @@ def proposals_function(config: DetectorConfig):
         ]
     )
     def proposals(rpn_scores, rpn_deltas):
-        _, top = tf.math.top_k(rpn_scores[0], k=config.rpn_pre_nms_top_n, sorted=True)
+        top_n = min(config.rpn_pre_nms_top_n, n)  # as runtime.nms.top_k_indices: min(k, N)
+        _, top = tf.math.top_k(rpn_scores[0], k=top_n, sorted=True)
         boxes = _decode(
             tf.gather(rpn_deltas[0], top), tf.gather(geometry, top), config.box_coder_scales
         )
@@ -107,7 +108,7 @@ def proposals_function(config: DetectorConfig):
         # runtime's stable sort does, NMS's own sort breaks them arbitrarily, and int8 (or
         # saturated float) objectness ties a lot. Too small boxes get -1, under the NMS
         # threshold: dropped, as the runtime does.
-        ranks = tf.where(big, _ranks(config.rpn_pre_nms_top_n), -1.0)
+        ranks = tf.where(big, _ranks(top_n), -1.0)
         keep, count = tf.raw_ops.NonMaxSuppressionV4(
             boxes=boxes,
             scores=ranks,

@@ -20,6 +20,7 @@ import numpy as np
 
 from models.data import Batch
 from runtime import limits, strict_json
+from runtime.coco_images import entry_name, image_entries
 from runtime.errors import RoiedgeError
 from runtime.images import load_image, open_image, resize
 from runtime.safe_files import read_json
@@ -61,11 +62,6 @@ class CocoDataset(NamedTuple):
     @property
     def num_annotations(self) -> int:
         return int(sum(len(image.boxes) for image in self.images))
-
-
-def _entry(source: Path, kind: str, index: int, item: Any) -> str:
-    ident = item.get("id") if isinstance(item, dict) else None
-    return f"{source}: {kind}[{index}]" + ("" if ident is None else f" (id {ident})")
 
 
 def _number(value: Any) -> bool:
@@ -111,7 +107,7 @@ def load_coco(
 
     categories: dict[int, str] = {}
     for i, cat in enumerate(data["categories"]):
-        where = _entry(source, "categories", i, cat)
+        where = entry_name(source, "categories", i, cat)
         _require(isinstance(cat, dict), where, type(cat).__name__, "an object")
         _require(
             isinstance(cat.get("id"), int) and not isinstance(cat.get("id"), bool),
@@ -132,43 +128,36 @@ def load_coco(
     category_ids = tuple(sorted(categories))
     class_of = {cid: k for k, cid in enumerate(category_ids)}
 
-    if not data["images"]:
-        raise DatasetError(f"{source}: empty dataset (no images); expected entries in images[]")
+    try:
+        entries = image_entries(data["images"], source, root)
+    except RoiedgeError as error:
+        raise DatasetError(str(error)) from None
     headers: list[tuple[int, Path, int, int]] = []
     index_of: dict[int, int] = {}
-    for i, item in enumerate(data["images"]):
-        where = _entry(source, "images", i, item)
-        _require(isinstance(item, dict), where, type(item).__name__, "an object")
-        ident = item.get("id")
-        _require(
-            isinstance(ident, int) and not isinstance(ident, bool),
-            where,
-            f"id {ident!r}",
-            "an integer id",
-        )
-        _require(ident not in index_of, where, f"id {ident} repeats", "unique image ids")
-        name = item.get("file_name")
-        _require(isinstance(name, str) and name != "", where, f"file_name {name!r}", "a file name")
-        file = root / name
+    for i, entry in enumerate(entries):
+        where = entry_name(source, "images", i, data["images"][i])
+        file = entry.path
         try:
             height, width = _image_size(file)
         except DatasetError as error:
             raise DatasetError(f"{where}: {error}") from None
-        for key, actual in (("height", height), ("width", width)):
-            declared = item.get(key)
+        for key, declared, actual in (
+            ("height", entry.height, height),
+            ("width", entry.width, width),
+        ):
             _require(
                 declared is None or declared == actual,
                 where,
                 f"{key} {declared!r} but {file} is {width}x{height} (WxH)",
                 "the declared size to match the file",
             )
-        index_of[ident] = len(headers)
-        headers.append((ident, file, height, width))
+        index_of[entry.image_id] = len(headers)
+        headers.append((entry.image_id, file, height, width))
 
     per_image: list[list[tuple[list[float], int, bool, float]]] = [[] for _ in headers]
     seen_ann_ids: set[Any] = set()
     for i, ann in enumerate(data["annotations"]):
-        where = _entry(source, "annotations", i, ann)
+        where = entry_name(source, "annotations", i, ann)
         _require(isinstance(ann, dict), where, type(ann).__name__, "an object")
         ann_id = ann.get("id")
         _require(

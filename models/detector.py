@@ -7,8 +7,9 @@ Two exportable stages, static shapes, batch 1 (the contract of ``export`` and ``
 * ``head``: ``features`` [1,h,w,C], ``proposals`` [P,4] normalized, ``box_indexes`` [P] int32 ->
   ``class_scores`` [P,K+1] (softmax, 0 = background), ``box_deltas`` [P,K,4].
 
-The backbone uses only CONV_2D, DEPTHWISE_CONV_2D, ADD, RELU and (folded) BatchNorm, so it quantizes
-to full int8 and maps onto the Edge TPU. Pixel normalisation is inside the model.
+The tiny backbone uses only CONV_2D, DEPTHWISE_CONV_2D, ADD, RELU and (folded) BatchNorm, so it
+quantizes to full int8 and maps onto the Edge TPU; ``DetectorConfig.backbone`` can name a
+keras.applications one instead (:mod:`models.backbones`). Pixel normalisation is inside the model.
 Saved as one ``.keras`` file (a container model holding both stages as nested models) plus a
 sidecar ``<stem>.json`` with the :class:`runtime.config.DetectorConfig`.
 """
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from runtime import strict_json
-from runtime.config import ConfigError, DetectorConfig
+from runtime.config import DEFAULT_BACKBONE, ConfigError, DetectorConfig
 from runtime.errors import RoiedgeError
 from runtime.manifest import atomic_write_bytes, sha256_file
 from runtime.processing import (
@@ -50,19 +51,36 @@ REFERENCE_SIDE = 160
 def detector_config(
     image_size: tuple[int, int] = (160, 160),
     class_names: tuple[str, ...] | None = None,
+    backbone: str = DEFAULT_BACKBONE,
 ) -> DetectorConfig:
-    """The default detector config for ``image_size`` = (H, W) and ``class_names``.
+    """The default detector config for ``image_size`` = (H, W), ``class_names`` and ``backbone``.
 
     Anchor sizes scale with the image's shorter side (objects are sized relative to the frame),
     so at 160x160 with the default names this is exactly ``DetectorConfig()``, the shipped
-    config. H and W must be multiples of the stride (a one-line ConfigError otherwise).
+    config. Stride and feature channels come from the backbone's feature layer
+    (:func:`models.backbones.feature_layer`; building a keras.applications one needs Keras).
+    H and W must be multiples of the stride (a one-line ConfigError otherwise).
     """
+    from models.backbones import feature_layer
+
     base = DetectorConfig()
     height, width = (int(v) for v in image_size)
     factor = min(height, width) / REFERENCE_SIDE
     anchors = tuple(round(size * factor, 1) for size in base.anchor_sizes)
     names = tuple(class_names) if class_names is not None else base.class_names
-    return DetectorConfig(image_size=(height, width), class_names=names, anchor_sizes=anchors)
+    layer = (
+        feature_layer(backbone, (height, width))
+        if backbone != DEFAULT_BACKBONE
+        else None  # the defaults; no Keras needed
+    )
+    return DetectorConfig(
+        image_size=(height, width),
+        class_names=names,
+        anchor_sizes=anchors,
+        backbone=backbone,
+        stride=layer.stride if layer else base.stride,
+        feature_channels=layer.channels if layer else base.feature_channels,
+    )
 
 
 class DetectorLoadError(RoiedgeError):
@@ -78,12 +96,28 @@ class LoadedDetector(NamedTuple):
 
 
 class DetectorLayers:
-    """Every layer of the detector, built once and shared by the export and training graphs."""
+    """Every layer of the detector, built once and shared by the export and training graphs.
 
-    def __init__(self, config: DetectorConfig) -> None:
+    ``config.backbone`` picks the feature extractor (:mod:`models.backbones`);
+    ``backbone_weights`` is a local weights file for a keras.applications one.
+    """
+
+    def __init__(self, config: DetectorConfig, backbone_weights: str | None = None) -> None:
         import keras
 
+        from models.backbones import feature_extractor
+
         self.config = config
+        self.extractor = None
+        if config.backbone != DEFAULT_BACKBONE:
+            self.extractor = feature_extractor(config.backbone, config.image_size, backbone_weights)
+            got = self.extractor.output.shape
+            fh, fw = config.feature_size
+            if tuple(got[1:]) != (fh, fw, config.feature_channels):
+                raise ConfigError(
+                    f"DetectorConfig (stride {config.stride}, {config.feature_channels} "
+                    f"channels) does not match backbone {config.backbone}'s features {got[1:]}"
+                )
         c = config.feature_channels
         a = config.anchors_per_location
         k = config.num_classes
@@ -158,13 +192,16 @@ class DetectorLayers:
     def backbone(self, image, training=None):
         """image tensor -> (features, rpn_logits [B,N], rpn_deltas [B,N,4])."""
         x = self.normalize(image)
-        for conv, bn, relu in self.stem:
-            x = relu(bn(conv(x), training=training))
-        for dw, dw_bn, dw_relu, pw, pw_bn, add, relu in self.blocks:
-            y = dw_relu(dw_bn(dw(x), training=training))
-            y = pw_bn(pw(y), training=training)
-            x = relu(add([x, y]))
-        features = x
+        if self.extractor is not None:
+            features = self.extractor(x, training=training)
+        else:
+            for conv, bn, relu in self.stem:
+                x = relu(bn(conv(x), training=training))
+            for dw, dw_bn, dw_relu, pw, pw_bn, add, relu in self.blocks:
+                y = dw_relu(dw_bn(dw(x), training=training))
+                y = pw_bn(pw(y), training=training)
+                x = relu(add([x, y]))
+            features = x
         r = self.rpn_conv(features)
         logits = self.rpn_logits_flat(self.rpn_logits(r))
         deltas = self.rpn_deltas(self.rpn_box(r))

@@ -1,4 +1,4 @@
-"""Train the tiny two-stage detector from scratch: ``python -m models.train``.
+"""Train the two-stage detector: ``python -m models.train``.
 
 Without ``--data`` it trains on the procedural shapes (the shipped detector); with
 ``--data TRAIN.json`` (a COCO instances dataset, see :mod:`models.coco`) on the user's images at
@@ -224,7 +224,9 @@ def make_train_step(layers, cfg: TrainConfig, det: DetectorConfig, optimizer, ma
             rpn_reg = tf.reduce_sum(reg * positive) / tf.maximum(tf.reduce_sum(positive), 1.0)
             # --- proposals from the RPN itself (no gradient through the boxes)
             scores = tf.stop_gradient(tf.sigmoid(logits))
-            top_scores, top_idx = tf.math.top_k(scores, k=det.rpn_pre_nms_top_n)
+            # min(k, N), as the runtime takes the top k (runtime.nms.top_k_indices)
+            top_n = min(det.rpn_pre_nms_top_n, det.num_anchors)
+            top_scores, top_idx = tf.math.top_k(scores, k=top_n)
             top_boxes = _decode_tf(
                 tf,
                 tf.gather(tf.stop_gradient(deltas), top_idx, batch_dims=1),
@@ -311,7 +313,7 @@ def train(cfg: TrainConfig, det: DetectorConfig | None = None) -> dict[str, Any]
     set_tensorflow_threads(cfg.threads)
     keras.utils.set_random_seed(cfg.seed)
     started = time.time()
-    layers = DetectorLayers(det)
+    layers = DetectorLayers(det, cfg.backbone_weights)
     # A short run (a few dozen steps on one's own data) would otherwise end still warming up,
     # at a fraction of the learning rate; the shipped run (3600 steps) keeps its 150.
     warmup = min(cfg.warmup_steps, cfg.steps // 5)
@@ -390,27 +392,69 @@ def train(cfg: TrainConfig, det: DetectorConfig | None = None) -> dict[str, Any]
     return record
 
 
+#: What each flag does (``--help``); the default is appended from TrainConfig.
+FLAG_HELP = {
+    "seed": "seed of every random choice (data stream, sampling, jitter, weights)",
+    "epochs": "training epochs; a loss line (and a val mAP line with --val) after each",
+    "steps_per_epoch": "optimizer steps per epoch",
+    "batch_size": "images per step",
+    "learning_rate": "peak AdamW learning rate (after warmup; cosine decay to 2%% of it)",
+    "warmup_steps": "linear learning-rate warmup steps (at most a fifth of all steps)",
+    "weight_decay": "AdamW weight decay",
+    "clip_norm": "gradients are clipped to this global norm",
+    "rpn_batch": "anchors sampled per image for the RPN loss",
+    "rpn_positive_fraction": "largest share of positive anchors in the RPN sample",
+    "rpn_positive_iou": "an anchor at this IoU or more with a box is an RPN positive",
+    "rpn_negative_iou": "an anchor below this IoU with every box is an RPN negative",
+    "train_proposals": "RPN proposals per image the head trains on (plus the true boxes)",
+    "jitter_per_gt": "jittered copies of each true box added to the head's RoIs",
+    "head_positive_iou": "a RoI at this IoU or more with a box is a head positive",
+    "threads": "TensorFlow threads (intra- and inter-op)",
+    "out": "the trained detector (.keras); its config sidecar .json and <stem>.training.json "
+    "are written next to it",
+    "quiet": "no progress bar or epoch lines",
+    "data": "COCO instances JSON to train on (default: procedural shapes)",
+    "val": "COCO instances JSON scored after every epoch (mAP line)",
+    "images": "folder the datasets' file_name entries are relative to (default: the JSON's)",
+    "image_size": "model input H W; multiples of the backbone's stride (8 tiny, 16 "
+    "mobilenet_v2) (default 160 160)",
+    "num_proposals": "RoIs the head classifies per image (default 64; the head's cost grows "
+    "with it: see docs/real_sizes.md)",
+    "pool_size": "RoIPooling output H W per RoI (default 7 7)",
+    "max_detections": "most detections kept per image after NMS (default 20)",
+    "score_threshold": "lowest class score kept as a detection (default 0.05)",
+    "backbone": "feature extractor: tiny (built-in, stride 8) or mobilenet_v2 "
+    "(keras.applications, stride 16, random weights unless --backbone-weights)",
+    "backbone_weights": "local .h5/.keras weights file for --backbone mobilenet_v2 (e.g. "
+    "ImageNet's ..._no_top.h5); nothing is downloaded",
+    "anchor_sizes": "anchor sizes in pixels at the model size (default: chosen from the --data "
+    "boxes so each is matched at IoU >= 0.5; procedural: 16 32 56 96 scaled)",
+    "anchor_ratios": "anchor aspect ratios h/w (default 0.5 1 2)",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__)
-    helps = {
-        "data": "COCO instances JSON to train on (default: procedural shapes)",
-        "val": "COCO instances JSON scored after every epoch (mAP line)",
-        "images": "folder the datasets' file_name entries are relative to (default: the JSON's)",
-        "image_size": "model input H W, multiples of 8 (default 160 160)",
-        "num_proposals": "RoIs the head classifies per image (default 64; the head's cost grows "
-        "with it: see docs/real_sizes.md)",
-        "pool_size": "RoIPooling output H W per RoI (default 7 7)",
-        "max_detections": "most detections kept per image after NMS (default 20)",
-        "score_threshold": "lowest class score kept as a detection (default 0.05)",
-    }
+    from models.backbones import BACKBONES
+
+    parser = argparse.ArgumentParser(
+        prog="python -m models.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
-        text = helps.get(field.name, f"(default {field.default})")
+        text = FLAG_HELP[field.name]
         kind = str(field.type)
+        if "(default" not in text and field.default is not None and kind != "bool":
+            text += f" (default {field.default})"
         if kind == "bool":
             parser.add_argument(flag, action="store_true", help=text)
         elif kind.startswith("tuple[int, int]"):
             parser.add_argument(flag, type=int, nargs=2, metavar=("H", "W"), help=text)
+        elif kind.startswith("tuple[float, ...]"):
+            parser.add_argument(flag, type=float, nargs="+", metavar="X", help=text)
+        elif field.name == "backbone":
+            parser.add_argument(flag, choices=BACKBONES, default=field.default, help=text)
         else:
             convert = {"int": int, "float": float, "str": str}[kind.split(" | ")[0]]
             parser.add_argument(flag, type=convert, default=field.default, help=text)
@@ -423,6 +467,7 @@ def _bad_numbers(cfg: TrainConfig) -> str | None:
     Checked before TensorFlow sees them: a negative thread count aborts its C++ runtime, a NaN
     learning rate trains to NaN weights, and a huge --image-size allocates gigabytes.
     """
+    from runtime import limits
     from runtime.limits import bad_number
 
     if cfg.epochs < 1 or cfg.steps_per_epoch < 1 or cfg.batch_size < 1:
@@ -433,16 +478,26 @@ def _bad_numbers(cfg: TrainConfig) -> str | None:
     ]
     for side in cfg.image_size or ():
         checks.append(("--image-size side", side, 8, None, False, "config_image_side"))
+    longest = 4.0 * max(cfg.image_size or (160, 160))  # DetectorConfig's bound on anchor sizes
+    top = float(limits.limit("config_anchor_ratio"))
+    checks += [("--anchor-sizes", v, 0, longest, True, None) for v in cfg.anchor_sizes or ()]
+    checks += [("--anchor-ratios", v, 1 / top, top, False, None) for v in cfg.anchor_ratios or ()]
     for flag, value, low, high, low_open, limit_name in checks:
         bad = bad_number(flag, value, low, high, low_open=low_open, limit_name=limit_name)
         if bad:
             return bad
+    for flag, values in (
+        ("--anchor-sizes", cfg.anchor_sizes),
+        ("--anchor-ratios", cfg.anchor_ratios),
+    ):
+        if values is not None and len(set(values)) != len(values):
+            return f"{flag} repeats a value ({list(values)}); expected distinct numbers"
     return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    for name in ("image_size", "pool_size"):
+    for name in ("image_size", "pool_size", "anchor_sizes", "anchor_ratios"):
         if getattr(args, name) is not None:
             setattr(args, name, tuple(getattr(args, name)))
     cfg = TrainConfig(**vars(args))
@@ -452,6 +507,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not cfg.out.endswith(".keras"):
         say(f"error: --out {cfg.out!r} must end in .keras", file=sys.stderr)
+        return 2
+    from models.backbones import check_backbone
+
+    try:
+        check_backbone(cfg.backbone, cfg.backbone_weights, cfg.image_size or (160, 160))
+    except RoiedgeError as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
     if cfg.data is not None and cfg.out == TrainConfig.out:
         print(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from runtime.config import DEFAULT_BACKBONE
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -37,6 +39,13 @@ class TrainConfig:
     pool_size: tuple[int, int] | None = None
     max_detections: int | None = None
     score_threshold: float | None = None
+    #: The feature extractor (models.backbones.BACKBONES) and a local weights file for it.
+    backbone: str = DEFAULT_BACKBONE
+    backbone_weights: str | None = None
+    #: Anchor sizes (px at the model size) and aspect ratios (h/w); sizes None = chosen from the
+    #: --data training boxes (models.anchor_coverage), ratios None = DetectorConfig's.
+    anchor_sizes: tuple[float, ...] | None = None
+    anchor_ratios: tuple[float, ...] | None = None
 
     @property
     def steps(self) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 from models.data import CLASS_NAMES, TRAIN_SPLIT, Batch, DataConfig, data_config_for, make_batch
 from models.train_config import TrainConfig
 from runtime.config import DetectorConfig
-from runtime.errors import RoiedgeError, printable
+from runtime.errors import RoiedgeError, printable, say
 
 MAX_GT = 6  # DataConfig.max_objects; procedural ground truth is padded to this many boxes per image
 #: Scale jitter of --data training: each image is zoomed by a log-uniform factor in this range and
@@ -108,14 +108,60 @@ class TrainingData(NamedTuple):
 
 
 #: TrainConfig fields that set the DetectorConfig field of the same name when given.
-HEAD_FLAGS = ("num_proposals", "pool_size", "max_detections", "score_threshold")
+DETECTOR_FLAGS = (
+    "num_proposals",
+    "pool_size",
+    "max_detections",
+    "score_threshold",
+    "anchor_sizes",
+    "anchor_ratios",
+)
+#: Procedural images whose boxes measure the anchor coverage of a procedural run.
+PROCEDURAL_COVERAGE_IMAGES = 64
 
 
-def with_head_flags(det: DetectorConfig, cfg: TrainConfig) -> DetectorConfig:
+def with_detector_flags(det: DetectorConfig, cfg: TrainConfig) -> DetectorConfig:
     """``det`` with the ``--num-proposals``/``--pool-size``/``--max-detections``/
-    ``--score-threshold`` values ``cfg`` gives (DetectorConfig validates them)."""
-    given = {name: getattr(cfg, name) for name in HEAD_FLAGS if getattr(cfg, name) is not None}
+    ``--score-threshold``/``--anchor-sizes``/``--anchor-ratios`` values ``cfg`` gives
+    (DetectorConfig validates them)."""
+    given = {name: getattr(cfg, name) for name in DETECTOR_FLAGS if getattr(cfg, name) is not None}
     return dataclasses.replace(det, **given) if given else det
+
+
+#: What to try when the coverage is low, by where the anchor sizes came from.
+_ANCHOR_HINTS = {
+    "chosen from the training boxes": "the rest are out of reach at this stride and these "
+    "ratios: try other --anchor-ratios or a backbone with a smaller stride",
+    "--anchor-sizes": "check --anchor-sizes/--anchor-ratios, or leave --anchor-sizes out to "
+    "choose them from the --data boxes",
+    "default": "set --anchor-sizes/--anchor-ratios to change them",
+}
+
+
+def _anchors(
+    det: DetectorConfig, cfg: TrainConfig, boxes: np.ndarray, choose: bool
+) -> tuple[DetectorConfig, dict[str, Any]]:
+    """``det`` with anchor sizes chosen from ``boxes`` [N,4] when ``choose`` and no
+    --anchor-sizes; prints the coverage line (a warning below 95% even with --quiet)."""
+    from models.anchor_coverage import choose_anchor_sizes, coverage_report
+
+    origin = "--anchor-sizes" if cfg.anchor_sizes is not None else "default"
+    if choose and cfg.anchor_sizes is None:
+        det = dataclasses.replace(det, anchor_sizes=choose_anchor_sizes(boxes, det))
+        origin = "chosen from the training boxes"
+    line, low = coverage_report(boxes, det)
+    if low:
+        say(f"warning: {line} ({_ANCHOR_HINTS[origin]})", file=sys.stderr)
+    elif not cfg.quiet:
+        say(line, file=sys.stderr)
+    return det, {"line": line, "sizes_from": origin, "below_warning": low}
+
+
+def _check_backbone(det: DetectorConfig, cfg: TrainConfig) -> None:
+    if det.backbone != cfg.backbone:
+        raise RoiedgeError(
+            f"detector config has backbone {det.backbone!r}; --backbone is {cfg.backbone!r}"
+        )
 
 
 def training_data(cfg: TrainConfig, det: DetectorConfig | None) -> TrainingData:
@@ -124,7 +170,7 @@ def training_data(cfg: TrainConfig, det: DetectorConfig | None) -> TrainingData:
     With ``cfg.data`` the class names come from the dataset and the config from
     :func:`models.detector.detector_config` at ``cfg.image_size``; a given ``det`` must agree.
     """
-    from models.coco import load_coco, resized_batch
+    from models.coco import load_coco, resized_batch, scale_to
     from models.detector import detector_config
 
     if cfg.data is None:
@@ -133,20 +179,26 @@ def training_data(cfg: TrainConfig, det: DetectorConfig | None) -> TrainingData:
                 f"--val {cfg.val} needs --data (the procedural data has its own held-out split)"
             )
         if det is None:
-            det = with_head_flags(detector_config(cfg.image_size or (160, 160)), cfg)
+            det = with_detector_flags(
+                detector_config(cfg.image_size or (160, 160), backbone=cfg.backbone), cfg
+            )
         if tuple(det.class_names) != CLASS_NAMES:
             raise RoiedgeError(
                 f"class names {list(det.class_names)} do not match the procedural data's "
                 f"{list(CLASS_NAMES)}; train on your own labels with --data TRAIN.json"
             )
+        _check_backbone(det, cfg)
         data = data_config_for(det.image_size)
-        return TrainingData(
-            det, ProceduralBatches(cfg, data), {"procedural": dataclasses.asdict(data)}, None
-        )
+        images = make_batch(cfg.seed, TRAIN_SPLIT, 0, PROCEDURAL_COVERAGE_IMAGES, data)
+        _, coverage = _anchors(det, cfg, np.concatenate(images.boxes), choose=False)
+        description = {"procedural": dataclasses.asdict(data), "anchors": coverage}
+        return TrainingData(det, ProceduralBatches(cfg, data), description, None)
     dataset = load_coco(cfg.data, cfg.images)
     size = tuple(cfg.image_size) if cfg.image_size else (det.image_size if det else (160, 160))
+    chosen = det is None
     if det is None:
-        det = with_head_flags(detector_config(size, dataset.class_names), cfg)
+        det = with_detector_flags(detector_config(size, dataset.class_names, cfg.backbone), cfg)
+    _check_backbone(det, cfg)
     # The dataset's own category ids travel with the detector to `detect --json` (issue 20).
     if tuple(det.class_names) == dataset.class_names:
         det = dataclasses.replace(det, category_ids=dataset.category_ids)
@@ -155,6 +207,10 @@ def training_data(cfg: TrainConfig, det: DetectorConfig | None) -> TrainingData:
             f"detector config (classes {list(det.class_names)}, image size {det.image_size}) does "
             f"not match --data {cfg.data} (classes {list(dataset.class_names)}) at image size {size}"
         )
+    boxes = [
+        item.boxes[~item.crowd] * scale_to(size, item.height, item.width) for item in dataset.images
+    ]
+    det, coverage = _anchors(det, cfg, np.concatenate(boxes).reshape(-1, 4), choose=chosen)
     from tqdm import tqdm
 
     with tqdm(
@@ -184,5 +240,6 @@ def training_data(cfg: TrainConfig, det: DetectorConfig | None) -> TrainingData:
         "class_names": list(dataset.class_names),
         "category_ids": list(dataset.category_ids),
         "augmentation": {"hflip": 0.5, "scale_jitter": list(SCALE_JITTER)},
+        "anchors": coverage,
     }
     return TrainingData(det, DatasetBatches(resized, cfg), description, val)

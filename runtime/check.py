@@ -210,8 +210,10 @@ def format_results(results: list[ArtifactResult]) -> str:
                 f"{result.entry.name:<34} {result.backend:<15} {result.detail:<56}  {verdict}"
             )
         elif not result.outputs:
+            # A single-file detector with no golden detection to match has nothing to compare.
+            what, verdict = ("(nothing to compare)", "ok") if result.ok else ("(not run)", "FAIL")
             lines.append(
-                f"{result.entry.name:<34} {result.backend:<15} (not run){'':<{width + 43}}  FAIL"
+                f"{result.entry.name:<34} {result.backend:<15} {what:<{width + 52}}  {verdict}"
             )
         for i, output in enumerate(result.outputs):
             m = output.metrics

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 from runtime import strict_json
+from runtime.detector_flags import add_detector_arguments
 from runtime.errors import RoiedgeError, one_line, say
-from runtime.images import IMAGE_SUFFIXES
+from runtime.images import ANNOTATED_MAX_SIDE, IMAGE_SUFFIXES
 from runtime.safe_files import writable_output
 
 
@@ -31,19 +32,38 @@ def _parser() -> argparse.ArgumentParser:
     detect = verbs.add_parser("detect", help="detect objects in images, draw boxes")
     detect.add_argument(
         "images",
-        nargs="+",
+        nargs="*",
         type=Path,
         metavar="IMAGE",
-        help="image files or directories (recursive)",
+        help="image files or directories (searched recursively for "
+        f"{', '.join(IMAGE_SUFFIXES)}); numbered 1, 2, ... in --json. Or give --data",
     )
-    detect.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="artifacts dir")
-    detect.add_argument("--precision", default="int8", help="backbone precision (default int8)")
-    detect.add_argument("--head-precision", default=None, help="head precision (default: same)")
-    detect.add_argument("--format", default="tflite", choices=("tflite", "onnx"))
-    detect.add_argument("--backend", default=None, help="interpreter (default: automatic)")
-    detect.add_argument("--threads", type=_threads, default=None)
-    detect.add_argument("--edgetpu", default="off", choices=("off", "try", "require"))
-    detect.add_argument("--score-threshold", type=float, default=None)
+    detect.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="COCO.json",
+        help="run on the images[] of this COCO file instead of IMAGE arguments, writing each "
+        "image's own id to --json (score it with pycocotools against the same file)",
+    )
+    detect.add_argument(
+        "--data-images",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder the --data file_name entries are relative to (default: the JSON's folder)",
+    )
+    add_detector_arguments(detect)
+    detect.add_argument(
+        "--threads", type=_threads, default=None, help="interpreter threads (default: its own)"
+    )
+    detect.add_argument(
+        "--edgetpu",
+        default="off",
+        choices=("off", "try", "require"),
+        help="run the int8_io backbone on a Coral Edge TPU: off, try (fall back to CPU), require "
+        "(fail without one) (default off)",
+    )
     detect.add_argument(
         "--pipeline",
         default="two-stage",
@@ -51,9 +71,19 @@ def _parser() -> argparse.ArgumentParser:
         help="two-stage: the stage files + numpy post-processing; single: "
         "detector.<precision>.tflite, one interpreter (its own post-processing and thresholds)",
     )
-    detect.add_argument("--out", type=Path, default=None, help="write annotated images here")
     detect.add_argument(
-        "--json", type=Path, default=None, help="write detections in COCO results format"
+        "--out",
+        type=Path,
+        default=None,
+        help="directory for annotated copies, <name>_detections.jpg, longest side at most "
+        f"{ANNOTATED_MAX_SIDE} px",
+    )
+    detect.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="write the detections as COCO results (image_id, category_id, bbox [x, y, w, h] "
+        "in the photo's pixels, score)",
     )
     detect.add_argument(
         "--keep-going",
@@ -62,13 +92,26 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     check = verbs.add_parser("check", help="every artifact vs the float Keras golden outputs")
-    check.add_argument("artifacts", type=Path, metavar="DIR")
-    check.add_argument("--only", nargs="+", default=None, help="artifact names to check")
+    check.add_argument("artifacts", type=Path, metavar="DIR", help="artifacts directory")
+    check.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        help="artifact names to check, as in manifest.json, e.g. backbone_rpn/tflite/int8 "
+        "(default: all, plus a detection on the golden image)",
+    )
     check.add_argument(
         "--formats", nargs="+", default=None, choices=("tflite", "onnx"), help="formats to check"
     )
-    check.add_argument("--tflite-backend", default=None)
-    check.add_argument("--threads", type=_threads, default=None)
+    check.add_argument(
+        "--tflite-backend",
+        default=None,
+        help="TFLite interpreter: ai_edge_litert, tflite_runtime or tensorflow "
+        "(default: the first installed)",
+    )
+    check.add_argument(
+        "--threads", type=_threads, default=None, help="interpreter threads (default: its own)"
+    )
     check.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     check.add_argument(
         "--require-all",
@@ -77,10 +120,14 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     bench = verbs.add_parser("bench", help="load/latency/RSS per artifact and per pipeline")
-    bench.add_argument("artifacts", type=Path, metavar="DIR")
-    bench.add_argument("--runs", type=int, default=20)
-    bench.add_argument("--warmup", type=int, default=3)
-    bench.add_argument("--threads", type=_threads, default=None)
+    bench.add_argument("artifacts", type=Path, metavar="DIR", help="artifacts directory")
+    bench.add_argument(
+        "--runs", type=int, default=20, help="timed runs per measurement (default 20)"
+    )
+    bench.add_argument("--warmup", type=int, default=3, help="untimed runs before them (default 3)")
+    bench.add_argument(
+        "--threads", type=_threads, default=None, help="interpreter threads (default: its own)"
+    )
     bench.add_argument("--backend", default=None, help="TFLite interpreter (default: automatic)")
     bench.add_argument(
         "--pipelines",
@@ -140,8 +187,8 @@ def image_files(paths: list[Path]) -> list[Path]:
     return found
 
 
-def unique_name(stem: str, taken: set[str], suffix: str = ".png") -> str:
-    """``stem_detections.png``, or ``stem_detections-2.png``... if this run already wrote it."""
+def unique_name(stem: str, taken: set[str], suffix: str = ".jpg") -> str:
+    """``stem_detections.jpg``, or ``stem_detections-2.jpg``... if this run already wrote it."""
     name, n = f"{stem}_detections{suffix}", 1
     while name in taken:
         n += 1
@@ -176,6 +223,25 @@ def coco_results(
     return rows
 
 
+def _numbered_images(args: argparse.Namespace) -> list[tuple[int, Path]]:
+    """(image_id, path) of every image to run: the --data file's own ids, else 1, 2, ..."""
+    if args.data is not None:
+        if args.images:
+            raise RoiedgeError(
+                f"detect: got IMAGE arguments and --data {args.data}; expected one of them"
+            )
+        from runtime.coco_images import read_coco_images
+
+        return [(e.image_id, e.path) for e in read_coco_images(args.data, args.data_images)]
+    if args.data_images is not None:
+        raise RoiedgeError(f"detect: --data-images {args.data_images} needs --data COCO.json")
+    if not args.images:
+        raise RoiedgeError(
+            "detect: no images; expected IMAGE files/directories or --data COCO.json"
+        )
+    return list(enumerate(image_files(args.images), 1))
+
+
 def _detect(args: argparse.Namespace) -> int:
     from runtime.detector import Detector, DetectorOptions
     from runtime.images import draw_detections, load_image, save_image
@@ -186,7 +252,7 @@ def _detect(args: argparse.Namespace) -> int:
         writable_output(args.out, "--out", kind="dir")
     if args.json is not None:
         writable_output(args.json, "--json")
-    paths = image_files(args.images)
+    numbered = _numbered_images(args)
     options = DetectorOptions(
         precision=args.precision,
         head_precision=args.head_precision,
@@ -205,7 +271,7 @@ def _detect(args: argparse.Namespace) -> int:
     say(f"# {detector.describe()}")
     taken: set[str] = set()
     results, failed = [], []
-    for image_id, path in enumerate(paths, 1):
+    for image_id, path in numbered:
         try:
             found = detector.detect(path)
         except RoiedgeError as error:
@@ -223,15 +289,15 @@ def _detect(args: argparse.Namespace) -> int:
             )
         results.extend(coco_results(path, image_id, found, detector.config.coco_ids))
         if args.out is not None:
-            # Drawn at full resolution (the detector itself decoded a reduced JPEG).
-            drawn = draw_detections(load_image(path), found)
+            # Drawn from the full photo (the detector itself decoded a reduced JPEG), shrunk.
+            drawn = draw_detections(load_image(path), found, max_side=ANNOTATED_MAX_SIDE)
             target = save_image(drawn, args.out / unique_name(path.stem, taken))
             say(f"  wrote {target}")
     if args.json is not None:
         atomic_write_bytes(args.json, strict_json.dump_bytes(results, indent=1))
         say(f"wrote {len(results)} detections to {args.json}")
     if failed:
-        say(f"{len(failed)} of {len(paths)} images could not be read", file=sys.stderr)
+        say(f"{len(failed)} of {len(numbered)} images could not be read", file=sys.stderr)
         return 1
     return 0
 

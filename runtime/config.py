@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 from runtime import limits
 from runtime.errors import RoiedgeError
 
 SCHEMA_VERSION = 1
+#: DetectorConfig.backbone of the built-in backbone (left out of to_dict, as older configs have it).
+DEFAULT_BACKBONE = "tiny"
 
 
 class ConfigError(RoiedgeError):
@@ -51,6 +54,9 @@ class DetectorConfig:
     max_detections: int = 20
     #: The dataset's ids of the classes; None means 1..K (COCO's convention), see ``coco_ids``.
     category_ids: tuple[int, ...] | None = None
+    #: The feature extractor the detector was trained with (``models.backbones``; "tiny" = the
+    #: built-in one). Descriptive only: the runtime runs whatever graph the artifacts hold.
+    backbone: str = DEFAULT_BACKBONE
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -64,6 +70,12 @@ class DetectorConfig:
             "image_size",
             self.image_size,
             "two positive ints (H, W)",
+        )
+        _check(
+            isinstance(self.backbone, str) and re.fullmatch(r"[a-z0-9_]{1,40}", self.backbone),
+            "backbone",
+            self.backbone,
+            "a name of 1-40 characters a-z, 0-9, _",
         )
         _check(len(self.class_names) >= 1, "class_names", self.class_names, "at least one name")
         _check(self.stride > 0, "stride", self.stride, "a positive int")
@@ -132,13 +144,15 @@ class DetectorConfig:
         ``category_ids`` is left out when it is the default 1..K: such a config reads the same
         in runtimes from before the field existed (schema_version stays 1: the key is optional
         and its absence means 1..K); any other ids make an older runtime refuse the unknown key
-        instead of writing wrong ids.
+        instead of writing wrong ids. ``backbone`` likewise is left out when it is "tiny".
         """
         data = {
             field.name: _jsonable(getattr(self, field.name)) for field in dataclasses.fields(self)
         }
         if data["category_ids"] is None:
             del data["category_ids"]
+        if data["backbone"] == DEFAULT_BACKBONE:
+            del data["backbone"]
         return data
 
     @classmethod
@@ -183,6 +197,7 @@ _TYPES = {
     "nms_iou": "float",
     "max_detections": "int",
     "category_ids": ("int",),
+    "backbone": "str",
     "schema_version": "int",
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -160,27 +161,56 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(resized, dtype=np.uint8)
 
 
-def draw_detections(image: np.ndarray, detections: Sequence[Any]) -> Any:
+#: ``detect --out`` writes annotated JPEGs at most this many pixels on their longest side.
+ANNOTATED_MAX_SIDE = 1280
+#: JPEG quality of the annotated images.
+ANNOTATED_QUALITY = 90
+
+
+@functools.lru_cache(maxsize=16)
+def _font(pixels: int) -> Any:
+    """A label font ``pixels`` high: Pillow's scalable default, or its fixed bitmap font where
+    Pillow is older than 10.1 or built without FreeType."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=pixels)
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()
+
+
+def draw_detections(
+    image: np.ndarray, detections: Sequence[Any], max_side: int | None = None
+) -> Any:
     """A PIL image of ``image`` (HxWx3 uint8) with each detection's box and "name score" label.
 
-    ``detections`` are :class:`runtime.processing.Detection` (box y1, x1, y2, x2 in pixels).
+    ``detections`` are :class:`runtime.processing.Detection` (box y1, x1, y2, x2 in pixels of
+    ``image``). With ``max_side`` the picture is first shrunk (never enlarged) so its longest
+    side is at most that, boxes with it. Line width and label height follow the drawn picture's
+    size (a 4000x3000 photo gets labels as readable as a 640x480 one).
     """
     from PIL import Image, ImageDraw
 
     canvas = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
+    factor = 1.0
+    if max_side is not None and max(canvas.size) > max_side:
+        factor = max_side / max(canvas.size)
+        size = (max(1, round(canvas.width * factor)), max(1, round(canvas.height * factor)))
+        canvas = canvas.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     draw = ImageDraw.Draw(canvas)
     width = max(1, round(min(canvas.size) / 160))
+    font = _font(max(10, round(max(canvas.size) / 50)))
     for detection in detections:
-        y1, x1, y2, x2 = detection.box
+        y1, x1, y2, x2 = (float(v) * factor for v in detection.box)
         colour = _COLOURS[detection.class_id % len(_COLOURS)]
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=width)
         label = f"{detection.class_name} {detection.score:.2f}"
-        left, top, right, bottom = draw.textbbox((x1, y1), label)
+        left, top, right, bottom = draw.textbbox((x1, y1), label, font=font)
         top_y = y1 - (bottom - top) - 2 if y1 - (bottom - top) - 2 >= 0 else y1
         draw.rectangle(
             (x1, top_y, x1 + (right - left) + 2, top_y + (bottom - top) + 2), fill=colour
         )
-        draw.text((x1 + 1, top_y), label, fill=(255, 255, 255))
+        draw.text((x1 + 1, top_y + 1 - (top - y1)), label, fill=(255, 255, 255), font=font)
     return canvas
 
 
@@ -192,6 +222,8 @@ def save_image(image: Any, path: os.PathLike) -> Path:
 
     path = Path(path)
     buffer = io.BytesIO()
-    image.save(buffer, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
+    kind = (path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG")
+    options = {"quality": ANNOTATED_QUALITY} if kind == "JPEG" else {}
+    image.save(buffer, format=kind, **options)
     atomic_write_bytes(path, buffer.getvalue())
     return path

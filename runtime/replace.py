@@ -30,7 +30,7 @@ _RENAME_EXCHANGE = 2
 
 
 def lock_path(path: os.PathLike | str) -> Path:
-    """The lock file of output ``path``: ``.<name>.lock`` beside it (kept; never a result)."""
+    """The lock file of output ``path``: ``.<name>.lock`` beside it (removed when released)."""
     path = Path(path)
     return path.parent / f".{path.name}.lock"
 
@@ -40,7 +40,7 @@ def output_lock(
     path: os.PathLike | str, what: str, holder: str, wait: bool = False, folder: bool = False
 ) -> Iterator[Path]:
     """Hold an exclusive ``flock`` for writing ``path`` during the ``with`` block; yields what
-    is locked: :func:`lock_path` of ``path`` (kept beside it), or with ``folder=True`` its
+    is locked: :func:`lock_path` of ``path`` (removed on release), or with ``folder=True`` its
     parent folder itself (nothing is created; serialises every writer in that folder).
 
     ``wait=False`` refuses at once, in one line naming ``what`` (e.g. "--out") and the path,
@@ -49,28 +49,56 @@ def output_lock(
     """
     path = Path(path)
     lock = path.parent if folder else lock_path(path)
+    while True:
+        fd = _open_lock(lock, path, what, folder)
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                except BlockingIOError:
+                    raise RoiedgeError(
+                        f"{what} {path}: another {holder} is writing it (it holds the lock "
+                        f"{lock}); wait for it to finish or choose another {what}"
+                    ) from None
+            if folder or _same_file(fd, lock):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        # The previous holder removed the file we waited on: lock the one now at that path.
+        os.close(fd)
+    try:
+        yield lock
+    finally:
+        if not folder:
+            # Removed while still held, so nothing is left beside the output; a writer that
+            # opened it meanwhile sees it is gone (_same_file) and locks the new one instead.
+            with contextlib.suppress(OSError):
+                lock.unlink()
+        os.close(fd)  # releases the lock
+
+
+def _open_lock(lock: Path, path: Path, what: str, folder: bool) -> int:
+    """A descriptor of ``lock`` (created if it is a lock file), or one line naming ``what``."""
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
         if folder:
-            fd = os.open(lock, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        else:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            return os.open(lock, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        return os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
     except OSError as error:
         raise RoiedgeError(
             f"{what} {path}: cannot open its lock {lock} ({error.strerror or type(error).__name__})"
         ) from None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether open descriptor ``fd`` is still the file at ``path`` (not unlinked or replaced)."""
     try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                raise RoiedgeError(
-                    f"{what} {path}: another {holder} is writing it (it holds the lock {lock}); "
-                    f"wait for it to finish or choose another {what}"
-                ) from None
-        yield lock
-    finally:
-        os.close(fd)  # releases the lock
+        here = os.stat(path)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
 
 
 def exchange_paths(first: os.PathLike | str, second: os.PathLike | str) -> bool:

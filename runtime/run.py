@@ -26,14 +26,20 @@ from runtime.safe_files import load_npz, open_regular, writable_output
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``run`` verb's flags."""
-    parser.add_argument("artifacts", type=Path, metavar="DIR")
+    parser.add_argument("artifacts", type=Path, metavar="DIR", help="artifacts directory")
     parser.add_argument("--inputs", type=Path, required=True, help=".npz keyed by input name")
     parser.add_argument("--out", type=Path, required=True, help=".npz to write, by output name")
-    parser.add_argument("--format", default="tflite", choices=FORMATS)
-    parser.add_argument("--precision", default="float32")
+    parser.add_argument(
+        "--format", default="tflite", choices=FORMATS, help="file format to run (default tflite)"
+    )
+    parser.add_argument(
+        "--precision", default="float32", help="precision of the artifact to run (default float32)"
+    )
     parser.add_argument("--model", default=None, help="model name (default: the only one)")
     parser.add_argument("--backend", default=None, help="interpreter (default: automatic)")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="interpreter threads (default: its own)"
+    )
 
 
 def _model(manifest, model: str | None, format: str, precision: str) -> str:

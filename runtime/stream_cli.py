@@ -16,14 +16,16 @@ from typing import Any, TextIO
 import numpy as np
 
 from runtime import strict_json
+from runtime.detector_flags import add_detector_arguments
 from runtime.errors import RoiedgeError, one_line
 from runtime.interrupts import EXIT_SIGINT, EXIT_SIGTERM, Terminated
 from runtime.stream import STEPS
 
 
 def category_id(config: Any, class_id: int) -> int:
-    """The dataset's category id of class index ``class_id`` (COCO's 1..K today)."""
-    return int(class_id) + 1
+    """The dataset's category id of class index ``class_id`` (``config.coco_ids``: the training
+    dataset's own ids, as ``detect --json`` writes them)."""
+    return int(config.coco_ids[class_id])
 
 
 def frame_record(frame: Any, detections: list, config: Any) -> dict[str, Any]:
@@ -45,22 +47,17 @@ def frame_record(frame: Any, detections: list, config: Any) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``stream`` verb's flags."""
+    add_detector_arguments(parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--video", type=Path, help="a video file: every frame, in order")
     source.add_argument("--camera", type=int, help="OpenCV camera index: newest frame wins")
     source.add_argument("--picamera", action="store_true", help="Raspberry Pi camera (picamera2)")
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="artifacts dir")
-    parser.add_argument("--precision", default="int8", help="backbone precision (default int8)")
-    parser.add_argument("--head-precision", default=None, help="head precision (default: same)")
-    parser.add_argument("--format", default="tflite", choices=("tflite", "onnx"))
-    parser.add_argument("--backend", default=None, help="interpreter (default: automatic)")
     parser.add_argument(
         "--threads",
         type=int,
         default=None,
         help="threads per interpreter (default: 1 pipelined, every core with --sequential)",
     )
-    parser.add_argument("--score-threshold", type=float, default=None)
     parser.add_argument("--out", type=Path, default=None, help="annotated video (.mp4 or .avi)")
     parser.add_argument("--json", type=Path, default=None, help="JSON lines, one per frame")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")

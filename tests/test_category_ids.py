@@ -113,20 +113,19 @@ def cocoeval_stats(dataset: Path, results: list[dict]) -> tuple[float, float]:
     return float(run.stats[0]), float(run.stats[1])
 
 
-def test_detect_json_scores_like_models_evaluate_on_ids_5_9_12(tmp_path):
+def float32_export_with_ids(folder: Path) -> tuple[Path, Path]:
+    """(model, artifacts): the shipped detector as if trained on a dataset with ids 5/9/12 (its
+    sidecar carries them) and its float32 TFLite export, under ``folder``."""
     from export.config import ExportConfig
     from export.pipeline import run_export
     from models.detector import SHIPPED, config_path
-    from models.evaluate import main as evaluate
 
-    dataset = procedural_dataset(tmp_path, 40)
-    # The shipped detector as if trained on this dataset: its sidecar carries the ids.
-    model = tmp_path / "own.keras"
+    model = folder / "own.keras"
     shutil.copyfile(SHIPPED, model)
     sidecar = json.loads(config_path(SHIPPED).read_text())
     sidecar["config"]["category_ids"] = [5, 9, 12]
     config_path(model).write_text(json.dumps(sidecar))
-    artifacts = tmp_path / "artifacts"
+    artifacts = folder / "artifacts"
     run_export(
         ExportConfig(
             out=artifacts,
@@ -137,6 +136,14 @@ def test_detect_json_scores_like_models_evaluate_on_ids_5_9_12(tmp_path):
             progress=False,
         )
     )
+    return model, artifacts
+
+
+def test_detect_json_scores_like_models_evaluate_on_ids_5_9_12(tmp_path):
+    from models.evaluate import main as evaluate
+
+    dataset = procedural_dataset(tmp_path, 40)
+    model, artifacts = float32_export_with_ids(tmp_path)
     assert read_manifest(artifacts).detector["category_ids"] == [5, 9, 12]
 
     summary_path = tmp_path / "evaluate.json"

@@ -130,11 +130,7 @@ def test_a_killed_publish_never_leaves_out_missing_and_the_next_export_cleans_up
     (tmp_path / ".other.building-x").mkdir()  # another --out's: not ours to remove
     with pipeline.claimed_out(out):
         pass
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        ".artifacts.lock",
-        ".other.building-x",
-        "artifacts",
-    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.building-x", "artifacts"]
     assert _label(out) == ("old" if where == "before swap" else "new")
 
 
@@ -143,7 +139,7 @@ def test_without_an_exchange_a_publish_killed_between_renames_is_restored(tmp_pa
     assert not out.exists()  # the window the two-rename fallback has
     with pipeline.claimed_out(out):
         assert _label(out) == "old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".artifacts.lock", "artifacts"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifacts"]
 
 
 def test_swap_in_exchanges_and_removes_the_old_tree(tmp_path):
@@ -154,3 +150,46 @@ def test_swap_in_exchanges_and_removes_the_old_tree(tmp_path):
     fresh = tmp_path / "fresh"
     pipeline.swap_in(_tree(tmp_path / ".fresh.building-1", "new"), fresh)
     assert _label(fresh) == "new"
+
+
+def test_the_lock_file_goes_with_its_holder_and_a_leftover_one_does_not_block(tmp_path):
+    out = tmp_path / "artifacts"
+    lock_path(out).write_text("")  # left by a kill -9: the kernel dropped its lock with the holder
+    with pipeline.claimed_out(out):
+        assert lock_path(out).is_file()
+    assert not lock_path(out).exists()
+
+
+def test_a_waiting_writer_locks_the_file_now_at_the_path_not_the_removed_one(tmp_path):
+    import threading
+
+    from runtime.replace import output_lock
+
+    out = tmp_path / "artifacts"
+    order: list[str] = []
+    first_holds = threading.Event()
+    release_first = threading.Event()
+
+    def first() -> None:
+        with output_lock(out, "--out", "export"):
+            first_holds.set()
+            release_first.wait(10)
+            order.append("first done")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    first_holds.wait(10)
+    release_first.set()
+    # Waits for the first holder, whose file is then unlinked: the second must not trust the
+    # inode it opened before that (two holders at once otherwise), and lock the file at the path.
+    with output_lock(out, "--out", "export", wait=True):
+        order.append("second holds")
+        # What the second holds is the file at the path: a third writer is refused.
+        with (
+            pytest.raises(RoiedgeError, match="another export is writing it"),
+            output_lock(out, "--out", "export"),
+        ):
+            pass
+    thread.join(10)
+    assert order == ["first done", "second holds"]
+    assert not lock_path(out).exists()

@@ -188,7 +188,7 @@ def test_detect_cli_prints_and_draws(fake_dir, tmp_path):
     proc = run_cli("detect", "--artifacts", fake_dir, image_path, "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     assert f"{image_path}: " in proc.stdout and " detections in " in proc.stdout
-    drawn = tmp_path / "out" / "scene_detections.png"
+    drawn = tmp_path / "out" / "scene_detections.jpg"
     assert drawn.is_file()
     with Image.open(drawn) as result:
         pixels = np.asarray(result.convert("RGB"))

@@ -38,9 +38,9 @@ def test_detect_directories_recursively_with_coco_json_and_unique_names(fake_dir
     assert proc.returncode == 0, proc.stderr
     files = [photos / "a/deeper/other.jpg", photos / "a/scene.png", photos / "b/scene.png"]
     assert sorted(p.name for p in out.iterdir()) == [
-        "other_detections.png",
-        "scene_detections-2.png",
-        "scene_detections.png",
+        "other_detections.jpg",
+        "scene_detections-2.jpg",
+        "scene_detections.jpg",
     ]
     rows = json.loads(coco.read_text())
     detector = Detector(fake_dir, precision="int8")

@@ -33,16 +33,16 @@ def test_head_flags_are_recorded_in_the_saved_detector(tmp_path):
 
 def test_head_flags_set_only_the_fields_given_and_bad_values_are_refused():
     from models.train import TrainConfig
-    from models.train_data import with_head_flags
+    from models.train_data import with_detector_flags
     from runtime.config import DetectorConfig
     from runtime.errors import RoiedgeError
 
     base = DetectorConfig()
-    det = with_head_flags(base, TrainConfig(pool_size=(5, 5), max_detections=7))
+    det = with_detector_flags(base, TrainConfig(pool_size=(5, 5), max_detections=7))
     assert (det.pool_size, det.max_detections) == ((5, 5), 7)
     assert det.num_proposals == base.num_proposals and det.anchor_sizes == base.anchor_sizes
     with pytest.raises(RoiedgeError, match="num_proposals"):
-        with_head_flags(base, TrainConfig(num_proposals=0))
+        with_detector_flags(base, TrainConfig(num_proposals=0))
 
 
 @pytest.mark.parametrize(
@@ -55,6 +55,14 @@ def test_head_flags_set_only_the_fields_given_and_bad_values_are_refused():
         (["--learning-rate", "-1"], "--learning-rate"),
         (["--image-size", "40000", "40000"], "--image-size"),
         (["--image-size", "0", "160"], "--image-size"),
+        (["--anchor-sizes", "16", "-4"], "--anchor-sizes"),
+        (["--anchor-sizes", "0"], "--anchor-sizes"),
+        (["--anchor-sizes", "nan"], "--anchor-sizes"),
+        (["--anchor-sizes", "5000"], "--anchor-sizes"),
+        (["--anchor-sizes", "16", "16"], "--anchor-sizes"),
+        (["--anchor-ratios", "0"], "--anchor-ratios"),
+        (["--anchor-ratios", "1000"], "--anchor-ratios"),
+        (["--anchor-ratios", "inf"], "--anchor-ratios"),
     ],
 )
 def test_numeric_flags_out_of_range_are_one_line_exit_2_before_training(tmp_path, flags, named):
