@@ -13,9 +13,9 @@ The file chains (:mod:`export.tflite_stitch`) four pieces by their signature nam
    different classes never overlap, so it is per-class NMS cut to ``max_detections`` overall).
 
 Both NMS calls get ranks, not scores: TOPK_V2 orders tied scores by index as the runtime's stable
-sort does, while NMS's own sort orders them arbitrarily, and int8 scores tie a lot (the int8
-RPN's objectness has ~60 distinct values among its 300 best anchors), so the kept boxes would
-differ from the runtime's.
+sort does, while NMS's priority queue (score alone) pops them in heap order, and int8 scores tie
+a lot (the int8 RPN's objectness has ~60 distinct values among its 300 best anchors), so the
+kept boxes would differ from the runtime's.
 
 Outputs, in this order, the TFLite detection post-process layout MediaPipe's ObjectDetector reads:
 ``location`` [1,D,4] normalized (ymin, xmin, ymax, xmax), ``category`` [1,D] (0-based class id =
@@ -105,7 +105,7 @@ def proposals_function(config: DetectorConfig):
         extent = boxes[:, 2:] - boxes[:, :2]
         big = tf.reduce_min(extent, axis=1) >= config.rpn_min_size
         # NMS ranks by top-k rank, not by score: TOPK_V2 breaks score ties by anchor index as the
-        # runtime's stable sort does, NMS's own sort breaks them arbitrarily, and int8 (or
+        # runtime's stable sort does, NMS pops them in heap order, and int8 (or
         # saturated float) objectness ties a lot. Too small boxes get -1, under the NMS
         # threshold: dropped, as the runtime does.
         ranks = tf.where(big, _ranks(top_n), -1.0)
@@ -162,8 +162,8 @@ def detections_function(config: DetectorConfig):
         ranked = tf.gather(boxes, (order % p) * k + classes)  # [K*P,4] in rank order
         class_ids = tf.cast(classes, tf.float32)
         kept = tf.logical_and(order % p < num_valid[0], scores >= config.score_threshold)
-        # NMS gets the rank as score (strictly decreasing: its own sort breaks ties
-        # arbitrarily); the rows it must not keep get -1, under its threshold.
+        # NMS gets the rank as score (strictly decreasing: its priority queue pops ties
+        # in heap order); the rows it must not keep get -1, under its threshold.
         keep, count = tf.raw_ops.NonMaxSuppressionV4(
             boxes=ranked + (class_ids * offset)[:, None],
             scores=tf.where(kept, _ranks(k * p), -1.0),
