@@ -69,7 +69,7 @@ bench: $(STAMP) $(ARTIFACTS)/manifest.json
 	$(PY) -m bench.stream --artifacts $(ARTIFACTS) --json $(ARTIFACTS)/bench_stream.json --png $(ARTIFACTS)/bench_stream.png
 	$(PY) -m bench.single --artifacts $(ARTIFACTS) --json $(ARTIFACTS)/bench_single.json --png $(ARTIFACTS)/bench_single.png
 
-## edgetpu: compile the int8_io backbone for the Coral Edge TPU (needs edgetpu_compiler installed).
+## edgetpu: compile the int8_io backbone and detector.int8_io.tflite for the Coral Edge TPU (needs edgetpu_compiler installed).
 edgetpu: $(STAMP) $(ARTIFACTS)/manifest.json
 	$(PY) -m export edgetpu $(ARTIFACTS)
 

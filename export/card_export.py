@@ -7,7 +7,9 @@ conversion), then built into the same artifact table with the same builders, aud
 checks and atomic install as the shipped detector (:func:`export.pipeline.build_one` through
 :func:`build_stage_artifacts`). Stage inputs come from the user's images run through the float
 Keras models and :mod:`runtime.card_processing`, exactly as the device will feed them. The
-manifest's ``detector`` records the card, so ``python -m runtime`` runs it unchanged.
+manifest's ``detector`` records the card, so ``python -m runtime`` runs it unchanged. No
+single-file detector is built for a card (:data:`SINGLE_FILE_NOT_BUILT`, printed with the
+summary).
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ from runtime.manifest import FORMATS, Manifest, seal
 SCHEMA_VERSION = 1
 #: Precisions of a card export (int8_io and mixed need the built-in detector's contract).
 CARD_PRECISIONS = ("float32", "float16", "dynamic_int8", "int8")
+#: Why a card export writes no ``detector.<precision>.tflite`` (its summary's last line says so).
+SINGLE_FILE_NOT_BUILT = (
+    "single file: not built for a detector card (detector.<precision>.tflite needs the card's "
+    "conventions in-graph: its preprocessing, RPN score and delta conventions and the head run "
+    "once per chunk of num_rois RoIs, which only runtime.card_processing implements); run the "
+    "two-stage artifacts with python -m runtime"
+)
 #: At most this many head calls (chunks of num_rois) per calibration image.
 HEAD_CALLS_PER_IMAGE = 2
 
@@ -254,4 +263,4 @@ def main(argv: list[str]) -> int:
         config = CardExportConfig(**vars(args))
         return run_card_export(config), config.out
 
-    return export_outcome(run)
+    return export_outcome(run, notes=(SINGLE_FILE_NOT_BUILT,))

@@ -7,10 +7,17 @@ Edge TPU and what it leaves on the CPU, from Coral's documented requirements
 innermost may exceed 1; pooling and concatenation carry no fused activation; and the first op
 that cannot be mapped sends every op after it to the CPU (the compiler cuts the graph once).
 
+For the single-file detector (``detector.int8_io.tflite``) the report also says which chained
+piece (backbone_rpn, proposals, head, detections) each op belongs to and where the CPU part starts:
+the integer backbone maps, and the float post-processing from its first DEQUANTIZE on (TOPK_V2,
+NON_MAX_SUPPRESSION_V4, the box arithmetic, and the head after it) stays on the CPU.
+
 ``python -m export edgetpu DIR`` (``make edgetpu``) runs ``edgetpu_compiler`` on the ``int8_io``
-backbone when it is installed and adds ``backbone_rpn.int8_io_edgetpu.tflite`` to the manifest;
-without the compiler it says in one line how to install it (the compiler is in no registry
-reachable here, so it is detected, never faked).
+backbone and, when the export has it, on ``detector.int8_io.tflite``, when the compiler is
+installed, and adds ``<model>.int8_io_edgetpu.tflite`` to the manifest (the detector's MediaPipe
+metadata and labels attached again: the compiler drops model metadata); without the compiler it
+says in one line how to install it (the compiler is in no registry reachable here, so it is
+detected, never faked).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,12 +125,32 @@ def _tensor_rule_breaks(tensor: Any, constant: bool, name: str) -> list[str]:
     return broken
 
 
-def op_placement(model_bytes: bytes) -> list[dict[str, Any]]:
+def _op_pieces(graph: Any, pieces: Sequence[str]) -> list[str | None]:
+    """The chained piece of each op: the ``<piece>/`` prefix of its output tensors' names.
+
+    An op whose outputs carry no prefix (a conversion op between pieces, a renamed final output)
+    belongs to the next op's piece that has one, or else the previous one's.
+    """
+    found: list[str | None] = []
+    for op in graph.operators:
+        names = [graph.tensors[t].name.decode() for t in op.outputs if t >= 0]
+        found.append(next((p for n in names for p in pieces if n.startswith(f"{p}/")), None))
+    following = None
+    for i in reversed(range(len(found))):
+        found[i] = following = found[i] or following
+    previous = None
+    for i, piece in enumerate(found):
+        found[i] = previous = piece or previous
+    return found
+
+
+def op_placement(model_bytes: bytes, pieces: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Per op of the main subgraph, in execution order: op name, ``where`` it would run, why.
 
     ``where`` is "edgetpu" until the first op that breaks a rule, "cpu" from that op on (the
     compiler cuts the graph once). ``reason`` lists the rules an op breaks itself, or says it
-    follows an unmapped op.
+    follows an unmapped op. With ``pieces`` (a chained model's piece names, see
+    :data:`export.single_file.PIECES`) each row also has the ``piece`` the op belongs to.
     """
     from export.audit import tflite_model, tflite_op_name
 
@@ -130,6 +158,7 @@ def op_placement(model_bytes: bytes) -> list[dict[str, Any]]:
     graph = model.subgraphs[0]
     produced = {o for op in graph.operators for o in op.outputs}
     graph_inputs = set(graph.inputs)
+    op_pieces = _op_pieces(graph, pieces) if pieces else None
     rows, cut = [], None
     for index, op in enumerate(graph.operators):
         name = tflite_op_name(model, op.opcodeIndex)
@@ -151,19 +180,50 @@ def op_placement(model_bytes: bytes) -> list[dict[str, Any]]:
             cut = index
         if cut is not None and not broken:
             broken = [f"after the first unmapped op (#{cut})"]
-        rows.append(
-            {
-                "index": index,
-                "op": name,
-                "where": "edgetpu" if cut is None else "cpu",
-                "reason": "; ".join(broken) or None,
-            }
-        )
+        row = {
+            "index": index,
+            "op": name,
+            "where": "edgetpu" if cut is None else "cpu",
+            "reason": "; ".join(broken) or None,
+        }
+        if op_pieces is not None:
+            row["piece"] = op_pieces[index]
+        rows.append(row)
     return rows
 
 
-def edgetpu_report(model_bytes: bytes) -> dict[str, Any]:
-    """Edge TPU table of one TFLite model: op coverage, tensor facts, and per-op placement."""
+def _piece_summary(placement: list[dict[str, Any]], pieces: Sequence[str]) -> list[dict[str, Any]]:
+    """Per chained piece, in order: how many of its ops would run on the Edge TPU and the CPU."""
+    return [
+        {
+            "piece": piece,
+            "edgetpu_ops": sum(r["where"] == "edgetpu" for r in placement if r["piece"] == piece),
+            "cpu_ops": sum(r["where"] == "cpu" for r in placement if r["piece"] == piece),
+        }
+        for piece in pieces
+    ]
+
+
+def cpu_part(report: dict[str, Any]) -> str:
+    """One line: where the CPU part of a model starts (or that the whole model maps)."""
+    first = report["first_cpu_op"]
+    if first is None:
+        return f"all {report['edgetpu_ops']} ops map to the Edge TPU"
+    piece = f" of {first['piece']}" if first.get("piece") else ""
+    later = sorted({r["op"] for r in report["placement"] if r["where"] == "cpu"} - {first["op"]})
+    return (
+        f"{report['edgetpu_ops']} ops map to the Edge TPU; the CPU part starts at op "
+        f"#{first['index']} {first['op']}{piece} ({first['reason']}) and runs the remaining "
+        f"{report['cpu_ops']} ops ({', '.join(later)})"
+    )
+
+
+def edgetpu_report(model_bytes: bytes, pieces: Sequence[str] = ()) -> dict[str, Any]:
+    """Edge TPU table of one TFLite model: op coverage, tensor facts, and per-op placement.
+
+    ``pieces``: a chained model's piece names (the single file's): rows say their piece, and
+    ``pieces`` counts each piece's Edge TPU and CPU ops.
+    """
     from export.audit import tflite_ops, tflite_tensor_report
 
     ops = tflite_ops(model_bytes)
@@ -179,9 +239,9 @@ def edgetpu_report(model_bytes: bytes) -> dict[str, Any]:
         for t in tensors
         if t["activation"] and any(d < 0 for d in t["shape"])
     ]
-    placement = op_placement(model_bytes)
+    placement = op_placement(model_bytes, pieces)
     first_cpu = next((row for row in placement if row["where"] == "cpu"), None)
-    return {
+    report = {
         "source": EDGETPU_SOURCE,
         "compiler_run": False,
         "ops": [
@@ -197,6 +257,10 @@ def edgetpu_report(model_bytes: bytes) -> dict[str, Any]:
         "first_cpu_op": first_cpu,
         "likely_fully_mapped": first_cpu is None and not non_int8 and not dynamic,
     }
+    if pieces:
+        report["pieces"] = _piece_summary(placement, pieces)
+    report["cpu_part"] = cpu_part(report)
+    return report
 
 
 def format_placement(report: dict[str, Any]) -> str:
@@ -213,14 +277,46 @@ def format_placement(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def compile_edgetpu(directory: Path, compiler: str | None = None) -> Any:
-    """Run edgetpu_compiler on the manifest's int8_io backbone; add the result to the manifest.
+#: The models ``python -m export edgetpu`` compiles, in order: the backbone is required, the
+#: single-file detector is compiled when the export has it.
+COMPILED_MODELS = ("backbone_rpn", "detector")
 
-    Returns the new manifest. Raises RoiedgeError (one line) when the compiler is missing, fails,
-    or produces a model without ``edgetpu-custom-op``.
-    """
+
+def _compiled(compiler: str, source_path: Path, work: Path) -> tuple[bytes, str]:
+    """(compiled model bytes, compiler stdout) of one model, or a one-line RoiedgeError."""
     from runtime.errors import RoiedgeError
     from runtime.flatbuffer import validate_tflite_file
+
+    proc = subprocess.run(
+        [compiler, "--show_operations", "--out_dir", str(work), str(source_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    built = work / f"{source_path.stem}_edgetpu.tflite"
+    if proc.returncode != 0 or not built.is_file():
+        last = (proc.stderr or proc.stdout).strip().splitlines()
+        raise RoiedgeError(
+            f"{COMPILER} failed on {source_path} (exit {proc.returncode}): "
+            f"{last[-1] if last else 'no output'}"
+        )
+    if not validate_tflite_file(built).edgetpu_compiled:
+        raise RoiedgeError(
+            f"{COMPILER} output {built.name} maps no op to the Edge TPU (no edgetpu-custom-op)"
+        )
+    return built.read_bytes(), proc.stdout
+
+
+def compile_edgetpu(directory: Path, compiler: str | None = None) -> Any:
+    """Run edgetpu_compiler on the manifest's int8_io backbone and single-file detector (when the
+    export has one); add the results to the manifest.
+
+    Returns the new manifest. Raises RoiedgeError (one line) when the compiler is missing, fails,
+    or produces a model without ``edgetpu-custom-op``; then nothing is written. The compiled
+    detector gets its MediaPipe metadata and labels again (the compiler keeps none).
+    """
+    from runtime.config import DetectorConfig
+    from runtime.errors import RoiedgeError
     from runtime.manifest import (
         ArtifactEntry,
         atomic_write_bytes,
@@ -233,57 +329,60 @@ def compile_edgetpu(directory: Path, compiler: str | None = None) -> Any:
     compiler = compiler or shutil.which(COMPILER)
     if compiler is None:
         raise RoiedgeError(INSTALL_HINT)
+    directory = Path(directory)
     manifest = read_manifest(directory)
-    source = manifest.find("backbone_rpn", "tflite", "int8_io")
-    source_path = verified_path(directory, source)
+    sources = [manifest.find("backbone_rpn", "tflite", "int8_io")]
+    sources += [
+        e
+        for e in manifest.artifacts
+        if e.model in COMPILED_MODELS[1:] and e.format == "tflite" and e.precision == "int8_io"
+    ]
+    outputs: list[tuple[Any, bytes, str]] = []
     with tempfile.TemporaryDirectory(prefix="edgetpu-") as work:
-        proc = subprocess.run(
-            [compiler, "--show_operations", "--out_dir", work, str(source_path)],
-            capture_output=True,
-            text=True,
-            check=False,
+        for source in sources:
+            data, log = _compiled(compiler, verified_path(directory, source), Path(work))
+            if source.model == "detector":
+                from export.detection_metadata import attach
+
+                config = DetectorConfig.from_dict(manifest.detector, source="manifest detector")
+                data = attach(data, config.class_names, config.image_size)
+            outputs.append((source, data, log))
+    entries = []
+    for source, data, log in outputs:  # every compile succeeded: now write them all
+        relative = f"{source.model}.{COMPILED_PRECISION}.tflite"
+        log_path = f"reports/{source.model}.{COMPILED_PRECISION}.compiler.log"
+        atomic_write_bytes(directory / relative, data)
+        atomic_write_bytes(directory / log_path, log.encode())
+        target = directory / relative
+        entries.append(
+            ArtifactEntry(
+                name=f"{source.model}/tflite/{COMPILED_PRECISION}",
+                model=source.model,
+                format="tflite",
+                precision=COMPILED_PRECISION,
+                path=relative,
+                sha256=sha256_file(target),
+                bytes=target.stat().st_size,
+                inputs=source.inputs,
+                outputs=source.outputs,
+                op_report=log_path,
+            )
         )
-        built = Path(work) / f"{source_path.stem}_edgetpu.tflite"
-        if proc.returncode != 0 or not built.is_file():
-            last = (proc.stderr or proc.stdout).strip().splitlines()
-            raise RoiedgeError(
-                f"{COMPILER} failed on {source_path} (exit {proc.returncode}): "
-                f"{last[-1] if last else 'no output'}"
-            )
-        if not validate_tflite_file(built).edgetpu_compiled:
-            raise RoiedgeError(
-                f"{COMPILER} output {built.name} maps no op to the Edge TPU (no edgetpu-custom-op)"
-            )
-        relative = f"backbone_rpn.{COMPILED_PRECISION}.tflite"
-        atomic_write_bytes(Path(directory) / relative, built.read_bytes())
-        log = f"reports/backbone_rpn.{COMPILED_PRECISION}.compiler.log"
-        atomic_write_bytes(Path(directory) / log, proc.stdout.encode())
-    target = Path(directory) / relative
-    entry = ArtifactEntry(
-        name=f"backbone_rpn/tflite/{COMPILED_PRECISION}",
-        model="backbone_rpn",
-        format="tflite",
-        precision=COMPILED_PRECISION,
-        path=relative,
-        sha256=sha256_file(target),
-        bytes=target.stat().st_size,
-        inputs=source.inputs,
-        outputs=source.outputs,
-        op_report=log,
-    )
     kept = tuple(e for e in manifest.artifacts if e.precision != COMPILED_PRECISION)
-    updated = dataclasses.replace(manifest, artifacts=(*kept, entry))
+    updated = dataclasses.replace(manifest, artifacts=(*kept, *entries))
     write_manifest(updated, directory)
     return updated
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m export edgetpu DIR``: compile the int8_io backbone, or say how to get the compiler."""
+    """``python -m export edgetpu DIR``: compile the int8_io backbone and single file, or say how
+    to get the compiler."""
     from runtime.errors import RoiedgeError, one_line, say
 
     parser = argparse.ArgumentParser(
         prog="python -m export edgetpu",
-        description="Compile the int8_io backbone for the Coral Edge TPU (needs edgetpu_compiler).",
+        description="Compile the int8_io backbone and detector.int8_io.tflite for the Coral Edge "
+        "TPU (needs edgetpu_compiler).",
     )
     parser.add_argument("artifacts", type=Path, metavar="DIR")
     args = parser.parse_args(argv)
@@ -294,8 +393,10 @@ def main(argv: list[str] | None = None) -> int:
     except RoiedgeError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
-    entry = manifest.find("backbone_rpn", "tflite", COMPILED_PRECISION)
-    say(
-        f"wrote {args.artifacts / entry.path} ({entry.bytes} bytes); compiler log: {entry.op_report}"
-    )
+    for entry in manifest.artifacts:
+        if entry.precision == COMPILED_PRECISION:
+            say(
+                f"wrote {args.artifacts / entry.path} ({entry.bytes} bytes); "
+                f"compiler log: {entry.op_report}"
+            )
     return 0

@@ -166,8 +166,12 @@ def audit_artifact(spec: ArtifactSpec, data: bytes) -> dict[str, Any]:
         report["min_runtime_version"] = audit.check_tflite_runtime_version(data, spec.name)
         if spec.precision == "int8_io":
             from export.edgetpu import edgetpu_report
+            from export.single_file import PIECES
+            from runtime.single import SINGLE_MODEL
 
-            report["edgetpu"] = edgetpu_report(data)
+            # The single file's report also says which chained piece each op belongs to.
+            pieces = PIECES if spec.model == SINGLE_MODEL else ()
+            report["edgetpu"] = edgetpu_report(data, pieces)
     else:
         import onnx
 

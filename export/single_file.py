@@ -12,6 +12,11 @@ The file chains (:mod:`export.tflite_stitch`) four pieces by their signature nam
    decoding per class, clip, score threshold and one class-offset NON_MAX_SUPPRESSION_V4 (boxes of
    different classes never overlap, so it is per-class NMS cut to ``max_detections`` overall).
 
+Both NMS calls get ranks, not scores: TOPK_V2 orders tied scores by index as the runtime's stable
+sort does, while NMS's priority queue (score alone) pops them in heap order, and int8 scores tie
+a lot (the int8 RPN's objectness has ~60 distinct values among its 300 best anchors), so the
+kept boxes would differ from the runtime's.
+
 Outputs, in this order, the TFLite detection post-process layout MediaPipe's ObjectDetector reads:
 ``location`` [1,D,4] normalized (ymin, xmin, ymax, xmax), ``category`` [1,D] (0-based class id =
 line of the labels file), ``score`` [1,D], ``number of detections`` [1]; all float32, D =
@@ -34,6 +39,10 @@ from runtime.processing import make_anchors
 OUTPUTS = ("location", "category", "score", "number_of_detections")
 #: The largest log-scale a delta may apply (runtime.processing's clamp, Detectron's).
 MAX_LOG_SCALE = math.log(1000.0 / 16.0)
+#: The pieces chained into a single file, in execution order; every tensor a piece brings is
+#: named ``<piece>/<its name>`` (export.tflite_stitch), which is how the Edge TPU report tells
+#: which piece an op belongs to.
+PIECES = ("backbone_rpn", "proposals", "head", "detections")
 #: Precision of each stage a single file chains: the Edge TPU variant pairs the integer
 #: backbone with the int8 head (whose box inputs must stay float).
 STAGE_PRECISIONS = {
@@ -63,9 +72,11 @@ def _geometry(corners: np.ndarray) -> np.ndarray:
     return np.concatenate([corners[:, :2] + 0.5 * size, size], axis=1).astype(np.float32)
 
 
-def _below(value: float) -> float:
-    """The float32 just below ``value``: NMS keeps scores > its threshold, the runtime >=."""
-    return float(np.nextafter(np.float32(value), np.float32(-np.inf)))
+def _ranks(n: int):
+    """[n] float32 n, n-1, ..., 1: strictly decreasing NMS scores that keep a ranked order."""
+    import tensorflow as tf
+
+    return tf.constant(np.arange(n, 0, -1, dtype=np.float32))
 
 
 def proposals_function(config: DetectorConfig):
@@ -86,18 +97,21 @@ def proposals_function(config: DetectorConfig):
     )
     def proposals(rpn_scores, rpn_deltas):
         top_n = min(config.rpn_pre_nms_top_n, n)  # as runtime.nms.top_k_indices: min(k, N)
-        scores, top = tf.math.top_k(rpn_scores[0], k=top_n, sorted=True)
+        _, top = tf.math.top_k(rpn_scores[0], k=top_n, sorted=True)
         boxes = _decode(
             tf.gather(rpn_deltas[0], top), tf.gather(geometry, top), config.box_coder_scales
         )
         boxes = tf.minimum(tf.maximum(boxes, 0.0), limits)
         extent = boxes[:, 2:] - boxes[:, :2]
         big = tf.reduce_min(extent, axis=1) >= config.rpn_min_size
-        # Too small boxes get score -1, under the NMS threshold: dropped, as the runtime does.
-        scores = tf.where(big, scores, -1.0)
+        # NMS ranks by top-k rank, not by score: TOPK_V2 breaks score ties by anchor index as the
+        # runtime's stable sort does, NMS pops them in heap order, and int8 (or
+        # saturated float) objectness ties a lot. Too small boxes get -1, under the NMS
+        # threshold: dropped, as the runtime does.
+        ranks = tf.where(big, _ranks(top_n), -1.0)
         keep, count = tf.raw_ops.NonMaxSuppressionV4(
             boxes=boxes,
-            scores=scores,
+            scores=ranks,
             max_output_size=p,
             iou_threshold=config.rpn_nms_iou,
             score_threshold=-0.5,
@@ -140,21 +154,26 @@ def detections_function(config: DetectorConfig):
         geometry = tf.reshape(tf.tile(corners_geometry[:, None, :], (1, k, 1)), (p * k, 4))
         boxes = _decode(tf.reshape(box_deltas, (p * k, 4)), geometry, config.box_coder_scales)
         boxes = tf.minimum(tf.maximum(boxes, 0.0), limits)  # [P*K,4], row-major (row, class)
-        valid_rows = tf.range(p) < num_valid[0]
-        scores = tf.where(valid_rows[:, None], class_scores[:, 1:], -1.0)
-        scores = tf.reshape(scores, (p * k,))
-        class_ids = tf.constant(np.tile(np.arange(k, dtype=np.float32), p))
-        shifted = boxes + (class_ids * offset)[:, None]
+        # Rank the (class, row) pairs class-major as the runtime does: TOPK_V2 breaks score ties
+        # by index, so the order is (score desc, class, row) -- the runtime's stable sort.
+        object_scores = tf.reshape(tf.transpose(class_scores[:, 1:]), (k * p,))
+        scores, order = tf.math.top_k(object_scores, k=k * p, sorted=True)
+        classes = order // p
+        ranked = tf.gather(boxes, (order % p) * k + classes)  # [K*P,4] in rank order
+        class_ids = tf.cast(classes, tf.float32)
+        kept = tf.logical_and(order % p < num_valid[0], scores >= config.score_threshold)
+        # NMS gets the rank as score (strictly decreasing: its priority queue pops ties
+        # in heap order); the rows it must not keep get -1, under its threshold.
         keep, count = tf.raw_ops.NonMaxSuppressionV4(
-            boxes=shifted,
-            scores=scores,
+            boxes=ranked + (class_ids * offset)[:, None],
+            scores=tf.where(kept, _ranks(k * p), -1.0),
             max_output_size=d,
             iou_threshold=config.nms_iou,
-            score_threshold=_below(config.score_threshold),
+            score_threshold=-0.5,
             pad_to_max_output_size=True,
         )
         valid = tf.range(d) < count
-        location = tf.where(valid[:, None], tf.gather(boxes, keep) / limits, 0.0)
+        location = tf.where(valid[:, None], tf.gather(ranked, keep) / limits, 0.0)
         category = tf.where(valid, tf.gather(class_ids, keep), 0.0)
         score = tf.where(valid, tf.gather(scores, keep), 0.0)
         return {
@@ -205,12 +224,7 @@ def single_file(backbone: bytes, head: bytes, config: DetectorConfig) -> bytes:
     image = GraphInput("image", (1, h, w, 3), "uint8", _input_quantization(backbone))
     return chain(
         [image],
-        [
-            ("backbone_rpn", backbone, {}),
-            ("proposals", proposals, {}),
-            ("head", head, {}),
-            ("detections", detections, {}),
-        ],
+        [(piece, data, {}) for piece, data in zip(PIECES, (backbone, proposals, head, detections))],
         OUTPUTS,
     )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,9 @@ def summary(manifest, out: Path) -> str:
     return "\n".join(lines)
 
 
-def export_outcome(run: Callable[[], tuple[Any, Path]]) -> int:
-    """Run one export CLI's ``run() -> (manifest, out)``; print its summary or its one-line error.
+def export_outcome(run: Callable[[], tuple[Any, Path]], notes: Sequence[str] = ()) -> int:
+    """Run one export CLI's ``run() -> (manifest, out)``; print its summary (then each of
+    ``notes``, one line each: what the export did not build and why) or its one-line error.
 
     Exit codes of every ``python -m export`` path: 0 written, 1 a failed check or build
     (``ExportCheckError``), 2 bad input (``RoiedgeError``).
@@ -52,5 +53,5 @@ def export_outcome(run: Callable[[], tuple[Any, Path]]) -> int:
     except ExportCheckError as error:
         print(f"export check failed: {one_line(error)}", file=sys.stderr)
         return 1
-    say(summary(manifest, Path(out)))
+    say("\n".join([summary(manifest, Path(out)), *notes]))
     return 0

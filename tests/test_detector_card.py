@@ -246,6 +246,13 @@ def test_keras_frcnn_card_end_to_end_float32(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["detector"]["card"]["category_ids"] == list(kf.CATEGORY_IDS)
+    # No single-file detector for a card, and the summary says so in its last line.
+    from export.card_export import SINGLE_FILE_NOT_BUILT
+
+    assert done.stdout.strip().splitlines()[-1] == SINGLE_FILE_NOT_BUILT
+    assert not list(out.glob("detector.*")) and "detector" not in {
+        a["model"] for a in manifest["artifacts"]
+    }
     assert (out / "reports" / "swap_proof.json").is_file()  # RoiPoolingConv swapped and proven
     checked = _run("-m", "runtime", "check", str(out))
     assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]

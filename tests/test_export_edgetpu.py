@@ -88,7 +88,10 @@ def test_export_edgetpu_without_the_compiler_says_how_to_install_it(tmp_path, ca
 
 #: A stand-in for edgetpu_compiler (``--show_operations --out_dir DIR MODEL``): MODE "custom"
 #: writes MODEL_edgetpu.tflite with its first op code turned into edgetpu-custom-op (what the
-#: real compiler's output has), "plain" copies the model unchanged, "fail" exits 1.
+#: real compiler's output has) and its model metadata dropped (as the real compiler's output
+#: lacks it: ultralytics/yolov5#9903, google-coral/edgetpu#652), "plain" copies the model
+#: unchanged, "fail" exits 1. It tests the plumbing only; the compiler itself is never faked
+#: into a result.
 FAKE_COMPILER = """#!{python}
 import sys
 from pathlib import Path
@@ -107,6 +110,7 @@ if mode == "custom":
     graph.operatorCodes[0].builtinCode = 32
     graph.operatorCodes[0].deprecatedBuiltinCode = 32
     graph.operatorCodes[0].customCode = b"edgetpu-custom-op"
+    graph.metadata = None  # the real compiler keeps no model metadata either
     data = bytes(flatbuffer_utils.convert_object_to_bytearray(graph))
 (out_dir / (model.stem + "_edgetpu.tflite")).write_bytes(data)
 """
@@ -156,3 +160,151 @@ def test_compile_edgetpu_refuses_a_failed_or_unmapped_compile(fake_copy, tmp_pat
         compile_edgetpu(fake_copy, _fake_compiler(tmp_path, mode))
     assert read_manifest(fake_copy) == before  # nothing half-added
     assert not (fake_copy / "backbone_rpn.int8_io_edgetpu.tflite").exists()
+
+
+@pytest.fixture(scope="module")
+def fake_single(fake_dir):
+    """(detector.int8_io.tflite of the fake detector with its metadata, its standalone pieces)."""
+    from runtime_fakes import CONFIG
+
+    from export.detection_metadata import attach
+    from export.single_file import PIECES, post_processing_pieces, single_file, stage_precisions
+
+    stages = {
+        m: (fake_dir / f"{m}.{p}.tflite").read_bytes()
+        for m, p in stage_precisions("int8_io").items()
+    }
+    data = single_file(stages["backbone_rpn"], stages["head"], CONFIG)
+    proposals, detections = post_processing_pieces(CONFIG)
+    pieces = dict(zip(PIECES, (stages["backbone_rpn"], proposals, stages["head"], detections)))
+    return attach(data, CONFIG.class_names, CONFIG.image_size), pieces
+
+
+def test_single_file_report_says_where_the_cpu_part_starts(fake_single):
+    from export.audit import tflite_ops
+    from export.single_file import PIECES
+
+    data, pieces = fake_single
+    report = edgetpu_report(data, PIECES)
+    rows = report["placement"]
+    # Each piece's rows are its own model's ops (independently counted in the standalone
+    # file), plus the conversion ops the chain puts in front of it.
+    conversions = {"QUANTIZE", "DEQUANTIZE", "CAST"}
+    for piece, piece_data in pieces.items():
+        own = [r["op"] for r in rows if r["piece"] == piece]
+        standalone = tflite_ops(piece_data)
+        assert {op for op in own if op not in conversions} == set(standalone) - conversions
+        assert len(own) >= sum(standalone.values())
+    assert [r["piece"] for r in rows] == sorted((r["piece"] for r in rows), key=PIECES.index)
+    # The integer backbone maps whole; the float proposal piece starts the CPU part.
+    backbone = [r for r in rows if r["piece"] == "backbone_rpn"]
+    assert all(r["where"] == "edgetpu" for r in backbone)
+    first = report["first_cpu_op"]
+    assert first["piece"] == "proposals" and first["op"] == "DEQUANTIZE"
+    assert first["index"] == len(backbone)
+    assert all(r["where"] == "cpu" for r in rows[first["index"] :])
+    nms = [r for r in rows if r["op"] == "NON_MAX_SUPPRESSION_V4"]
+    assert [r["piece"] for r in nms] == ["proposals", "detections"]
+    assert all("not in Coral's supported ops" in r["reason"] for r in nms)
+    summary = {p["piece"]: p for p in report["pieces"]}
+    assert summary["backbone_rpn"]["cpu_ops"] == 0 and summary["head"]["edgetpu_ops"] == 0
+    assert sum(p["edgetpu_ops"] + p["cpu_ops"] for p in report["pieces"]) == len(rows)
+    assert f"CPU part starts at op #{first['index']} DEQUANTIZE of proposals" in report["cpu_part"]
+    assert "NON_MAX_SUPPRESSION_V4" in report["cpu_part"]
+
+
+def test_export_writes_the_single_files_edgetpu_report(exported_artifacts):
+    """`python -m export`'s op report of detector.int8_io.tflite, beside the backbone's."""
+    from export.single_file import PIECES
+    from runtime import strict_json
+
+    out, manifest = exported_artifacts
+    entry = manifest.find("detector", "tflite", "int8_io")
+    report = strict_json.loads((out / entry.op_report).read_bytes())["edgetpu"]
+    assert report == edgetpu_report((out / entry.path).read_bytes(), PIECES)
+    assert report["first_cpu_op"]["piece"] == "proposals"
+
+
+def _with_single(directory, data: bytes):
+    """Add ``data`` as detector/tflite/int8_io to the manifest of ``directory``."""
+    import dataclasses
+
+    from runtime_fakes import CONFIG
+
+    from runtime.manifest import (
+        ArtifactEntry,
+        TensorSpec,
+        atomic_write_bytes,
+        read_manifest,
+        sha256_file,
+        write_manifest,
+    )
+
+    path = directory / "detector.int8_io.tflite"
+    atomic_write_bytes(path, data)
+    d = CONFIG.max_detections
+    entry = ArtifactEntry(
+        name="detector/tflite/int8_io",
+        model="detector",
+        format="tflite",
+        precision="int8_io",
+        path=path.name,
+        sha256=sha256_file(path),
+        bytes=path.stat().st_size,
+        inputs=(TensorSpec("image", (1, *CONFIG.image_size, 3), "uint8"),),
+        outputs=tuple(
+            TensorSpec(n, s, "float32")
+            for n, s in zip(
+                ("location", "category", "score", "number_of_detections"),
+                ((1, d, 4), (1, d), (1, d), (1,)),
+            )
+        ),
+    )
+    manifest = read_manifest(directory)
+    write_manifest(dataclasses.replace(manifest, artifacts=(*manifest.artifacts, entry)), directory)
+
+
+def test_compile_edgetpu_compiles_the_single_file_and_keeps_its_metadata(
+    fake_copy, fake_single, tmp_path
+):
+    from runtime_fakes import CONFIG
+
+    from export.detection_metadata import LABELS_FILE, read_metadata
+    from export.edgetpu import compile_edgetpu
+    from runtime.flatbuffer import validate_tflite_file
+    from runtime.manifest import verified_path
+
+    _with_single(fake_copy, fake_single[0])
+    manifest = compile_edgetpu(fake_copy, _fake_compiler(tmp_path, "custom"))
+    compiled = {e.model: e for e in manifest.artifacts if e.precision == "int8_io_edgetpu"}
+    assert set(compiled) == {"backbone_rpn", "detector"}
+    entry = compiled["detector"]
+    assert entry.path == "detector.int8_io_edgetpu.tflite"
+    path = verified_path(fake_copy, entry)
+    assert validate_tflite_file(path).edgetpu_compiled
+    metadata, files = read_metadata(path.read_bytes())  # attached again after the compiler
+    outputs = [t.name for t in metadata.subgraphMetadata[0].outputTensorMetadata]
+    assert outputs == [b"location", b"category", b"score", b"number of detections"]
+    assert files[LABELS_FILE].decode().split() == list(CONFIG.class_names)
+    assert "fake" in (fake_copy / entry.op_report).read_text()
+
+
+def test_a_failed_single_file_compile_writes_nothing(fake_copy, fake_single, tmp_path):
+    """The backbone compiles, the detector does not: neither is written nor added."""
+    import sys
+
+    from export.edgetpu import compile_edgetpu
+    from runtime.errors import RoiedgeError
+    from runtime.manifest import read_manifest
+
+    _with_single(fake_copy, fake_single[0])
+    script = tmp_path / "edgetpu_compiler_half"
+    text = FAKE_COMPILER.format(python=sys.executable, mode="custom")
+    text = text.replace('if mode == "fail":', 'if model.name.startswith("detector"):')
+    script.write_text(text, encoding="utf-8")
+    script.chmod(0o755)
+    before = read_manifest(fake_copy)
+    with pytest.raises(RoiedgeError, match=r"failed on .*detector.int8_io.tflite \(exit 1\)"):
+        compile_edgetpu(fake_copy, str(script))
+    assert read_manifest(fake_copy) == before
+    assert not list(fake_copy.glob("*int8_io_edgetpu*"))

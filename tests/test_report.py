@@ -18,7 +18,7 @@ from export.report import (
     write_report,
 )
 from export.report.config import PIPELINES
-from export.report.verdicts import map_drop_failures
+from export.report.verdicts import map_drop_failures, single_parity_failures
 from runtime import strict_json
 from runtime.errors import RoiedgeError
 from runtime.processing import Detections
@@ -83,10 +83,28 @@ def test_quick_slice_every_artifact_within_tolerance(exported_artifacts, tmp_pat
     )
     report = build_report(config)
     names = {row["name"] for row in report["artifacts"]}
-    # Every stage artifact gets a row; the single-file detectors are judged by runtime check.
+    # Every stage artifact gets a row; the single-file detectors are pipeline rows of their own.
     stage_names = {e.name for e in manifest.artifacts if e.model in ("backbone_rpn", "head")}
     assert names == stage_names and stage_names
-    assert {row["name"] for row in report["pipelines"]} >= {"tflite/int8", "onnx/int8"}
+    pipeline_rows = {row["name"]: row for row in report["pipelines"]}
+    assert set(pipeline_rows) >= {"tflite/int8", "onnx/int8"}
+    singles = {e.name: e for e in manifest.artifacts if e.model == "detector"}
+    assert singles and {n for n, r in pipeline_rows.items() if r.get("single_file")} == set(singles)
+    for name, entry in singles.items():
+        row = pipeline_rows[name]
+        assert row["bytes"] == entry.bytes and row["latency_ms"] > 0
+        two_stage = pipeline_rows[row["two_stage"]]  # the pipeline of the stage files it chains
+        chained = strict_json.loads((out / entry.op_report).read_text())["build_notes"]
+        heads = chained["chained_stages"]
+        assert (two_stage["precision"], two_stage["head_precision"]) == (
+            heads["backbone_rpn"],
+            heads["head"],
+        )
+        for key in ("map50", "map50_95"):
+            assert row["vs_two_stage"][key] == pytest.approx(row[key] - two_stage[key])
+        # The parity verdict is not vacuous: 0.2 pt under the two-stage pipeline fails.
+        shifted = {**row, "map50": two_stage["map50"] - 0.002}
+        assert single_parity_failures(shifted, two_stage, report["keras"]), name
     keras_map50 = report["keras"]["map50"]
     assert keras_map50 > 0.8  # a detector that detects, so the drops below mean something
     for row in report["artifacts"] + report["pipelines"]:
@@ -106,9 +124,9 @@ def test_quick_slice_every_artifact_within_tolerance(exported_artifacts, tmp_pat
             assert map_drop_failures(row["precision"], report["keras"], shifted), row["name"]
     # An independent fact instead of the report's own judge: float32 TFLite computes the Keras
     # model's numbers to ~1e-5, so its pipeline finds the same boxes and scores the same mAP.
-    float32 = next(row for row in report["pipelines"] if row["name"] == "tflite/float32")
-    for key in ("map50", "map50_95"):
-        assert abs(float32[key] - report["keras"][key]) <= 1e-3, key
+    for name in ("tflite/float32", "detector/tflite/float32"):
+        for key in ("map50", "map50_95"):
+            assert abs(pipeline_rows[name][key] - report["keras"][key]) <= 1e-3, (name, key)
 
     onnx_rows = {
         row["target"].split("/")[0]: row
@@ -128,7 +146,10 @@ def test_quick_slice_every_artifact_within_tolerance(exported_artifacts, tmp_pat
         for key in ("name", "precision", "format", "map50", "map50_95", "bytes", "latency_ms"):
             assert key in row
     assert (tmp_path / REPORT_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "head/tflite/int8" in (tmp_path / REPORT_MD).read_text()
+    markdown = (tmp_path / REPORT_MD).read_text()
+    assert "head/tflite/int8" in markdown
+    assert "### Single files against their two-stage pipeline" in markdown
+    assert "| detector/tflite/int8 | tflite/int8 |" in markdown
 
 
 def test_report_on_a_head_int8_only_export(tmp_path):

@@ -10,6 +10,7 @@ tflite-runtime 2.14 venv. All on the session export (tests/conftest.py) unless s
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 import shutil
@@ -338,6 +339,76 @@ def test_mediapipe_held_out_map_is_the_runtimes(make_export_files, precision, tm
     gap = abs(maps["mediapipe"]["map50"] - maps["runtime"]["map50"])
     assert gap <= MAP50_BAR, maps
     assert maps["runtime"]["map50"] > 0.5, maps  # a detector that detects
+
+
+#: Issue 24 item 3: a single file's held-out mAP (both) within 0.1 pt of its two-stage
+#: pipeline's; the float32 file's within 0.05 pt of float Keras's.
+TWO_STAGE_BAR = 0.001
+KERAS_FLOAT32_BAR = 0.0005
+
+
+def _coco_rows(found, image_id: int) -> list[dict]:
+    """COCO result rows of one image's Detections (model pixels = image pixels here)."""
+    return [
+        {"image_id": image_id, "category_id": int(c) + 1, "score": float(s),
+         "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]}
+        for (y1, x1, y2, x2), s, c in zip(found.boxes, found.scores, found.class_ids)
+    ]  # fmt: skip
+
+
+def _two_stage_detect(detector, image: np.ndarray):
+    from runtime import processing
+
+    return detector.detect_tensor(processing.preprocess(image, detector.config))
+
+
+def two_stage_parity(artifacts: Path, folder: Path, count: int) -> dict:
+    """(mAP@.5:.95, mAP@0.5) by pycocotools on ``count`` held-out images: float Keras
+    (``keras``) and, per single file's precision, (single file, two-stage runtime on the stage
+    files it chains)."""
+    from test_category_ids import cocoeval_stats, procedural_dataset
+
+    from export.single_file import stage_precisions
+    from models.data import eval_split
+    from models.detector import FloatDetector, load_detector
+    from runtime.detector import Detector
+
+    folder.mkdir(parents=True, exist_ok=True)
+    dataset = procedural_dataset(folder, count, remap=None)
+    image_ids = [image["id"] for image in json.loads(dataset.read_text())["images"]]
+    images = eval_split(count).images
+    manifest = read_manifest(artifacts)
+
+    def maps(detect) -> np.ndarray:
+        rows = [r for i, image in zip(image_ids, images) for r in _coco_rows(detect(image), i)]
+        return np.asarray(cocoeval_stats(dataset, rows))
+
+    source = manifest.source_models["backbone_rpn"].split("#")[0]
+    table = {"keras": maps(FloatDetector(load_detector(REPO / source)))}
+    for entry in manifest.artifacts:
+        if entry.model != "detector":
+            continue
+        stages = stage_precisions(entry.precision)
+        two = Detector(artifacts, precision=stages["backbone_rpn"], head_precision=stages["head"])
+        two_stage = maps(functools.partial(_two_stage_detect, two))
+        single = maps(SingleDetector(artifacts, entry.precision).detect_pixels)
+        table[entry.precision] = (single, two_stage)
+    return table
+
+
+@pytest.mark.slow
+def test_every_single_file_scores_its_two_stage_pipelines_held_out_map(artifacts, tmp_path):
+    """On the 500 held-out images, by pycocotools: each detector.<precision>.tflite of the session
+    export against the two-stage runtime on the stage files it chains, float32 also against
+    float Keras."""
+    table = two_stage_parity(artifacts, tmp_path / "held_out", HELD_OUT_IMAGES)
+    print(table)
+    keras = table.pop("keras")
+    assert set(table) >= {"float32", "int8", "int8_io"}
+    for precision, (single, two_stage) in table.items():
+        assert np.all(np.abs(single - two_stage) <= TWO_STAGE_BAR), (precision, single, two_stage)
+    assert np.all(np.abs(table["float32"][0] - keras) <= KERAS_FLOAT32_BAR), (table, keras)
+    assert keras[1] > 0.5  # a detector that detects, so equal mAPs mean something
 
 
 @pytest.mark.slow

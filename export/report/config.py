@@ -15,6 +15,13 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 REPORT_PNG = "report.png"
 
+#: A single file's mAP@0.5 and mAP@.5:.95 (fractions) may differ from its two-stage pipeline's by
+#: at most this (issue 24: 0.1 pt): it chains the same stage files, only the post-processing
+#: moves into the graph (float32 there, float64 in the runtime's box decoding).
+SINGLE_VS_TWO_STAGE_MAX_DELTA = 0.001
+#: The float32 single file's mAP may differ from float Keras's by at most this (0.05 pt).
+SINGLE_FLOAT32_VS_KERAS_MAX_DELTA = 0.0005
+
 #: Final detections at or above this score are matched against the float model's.
 AGREEMENT_MIN_SCORE = 0.5
 #: Log-spaced bins of the abs-error histograms (errors below the first bin are counted in it).

@@ -49,6 +49,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         )
     if not report["pipelines"]:
         lines.append("| none: no pipeline has both stages exported (see Not measured) | |||||||||")
+    lines += _single_file_lines(report["pipelines"])
     lines += [
         "",
         "## Artifacts (the other stage in float Keras)",
@@ -121,6 +122,28 @@ def format_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Verdict", ""]
     lines += failures or ["Every artifact and pipeline is within its precision's tolerance."]
     return "\n".join(lines) + "\n"
+
+
+def _single_file_lines(pipelines: list[dict]) -> list[str]:
+    """The single files (``detector/*`` rows) against the two-stage pipeline each one chains."""
+    singles = [row for row in pipelines if row.get("single_file")]
+    if not singles:
+        return []
+    lines = [
+        "",
+        "### Single files against their two-stage pipeline",
+        "",
+        "| single file | two-stage | Δ mAP@0.5 pts | Δ mAP@.5:.95 pts | p50 single / two-stage |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for row in singles:
+        delta = row.get("vs_two_stage", {})
+        shown = [f"{100 * delta[k]:+.2f}" if k in delta else "-" for k in ("map50", "map50_95")]
+        lines.append(
+            f"| {row['name']} | {row['two_stage'] or '-'} | {shown[0]} | {shown[1]} | "
+            f"{_num(row.get('latency_vs_two_stage'), '.2f')} |"
+        )
+    return lines
 
 
 def _delta(base: float | None, row: dict, key: str = "map50") -> str:

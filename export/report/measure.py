@@ -37,10 +37,38 @@ def _p50_ms(call: Any, runs: int, warmup: int) -> float:
 def stage_artifacts(manifest: Manifest) -> list[ArtifactEntry]:
     """The manifest's stage artifacts (backbone_rpn, head), measured per output here.
 
-    The single-file detectors (``detector/*``) have no per-stage outputs to compare; runtime
-    check judges them by matched detections.
+    The single-file detectors (``detector/*``) have no per-stage outputs to compare: they are
+    measured as pipelines of their own (:func:`single_files`).
     """
     return [entry for entry in manifest.artifacts if entry.model in STAGE_IO]
+
+
+def single_files(manifest: Manifest) -> list[ArtifactEntry]:
+    """The manifest's single-file detectors (``detector/tflite/*``) the CPU can run: an Edge TPU
+    compilation (``*_edgetpu``) needs the Coral device and is left out."""
+    from runtime.single import SINGLE_MODEL
+
+    return [
+        e
+        for e in manifest.artifacts
+        if e.model == SINGLE_MODEL and e.format == "tflite" and not e.precision.endswith("_edgetpu")
+    ]
+
+
+def two_stage_pipeline(precision: str) -> Pipeline | None:
+    """The two-stage pipeline a single file of ``precision`` chains (its stage files)."""
+    from export.single_file import stage_precisions
+
+    stages = stage_precisions(precision)
+    return next(
+        (
+            p
+            for p in PIPELINES
+            if (p.format, p.precision, p.head_precision)
+            == ("tflite", stages["backbone_rpn"], stages["head"])
+        ),
+        None,
+    )
 
 
 class Measurer:
@@ -113,6 +141,12 @@ class Measurer:
         )
         return Detector(self.directory, options)
 
+    def single_detector(self, entry: ArtifactEntry) -> Any:
+        """A runtime SingleDetector running the single file ``entry``."""
+        from runtime.single import SingleDetector
+
+        return SingleDetector(self.directory, entry.precision, num_threads=self.config.threads)
+
     # -- speed
 
     def latencies(self) -> dict[str, Any]:
@@ -122,7 +156,7 @@ class Measurer:
         from runtime.golden import golden_samples
 
         cfg = self.config
-        result: dict[str, Any] = {"artifacts": {}, "pipelines": {}, "keras": {}}
+        result: dict[str, Any] = {"artifacts": {}, "pipelines": {}, "singles": {}, "keras": {}}
         goldens = {m: load_golden(self.directory, self.manifest, m) for m in self.manifest.golden}
         for entry in progress(stage_artifacts(self.manifest), cfg.progress, "latency"):
             feeds = golden_samples(goldens[entry.model], entry, entry.path)[0]
@@ -142,6 +176,11 @@ class Measurer:
         for pipeline in self.pipelines():
             detector = self.pipeline_detector(pipeline)
             result["pipelines"][pipeline.name] = _p50_ms(
+                functools.partial(detector.detect, image), cfg.runs, cfg.warmup
+            )
+        for entry in single_files(self.manifest):
+            detector = self.single_detector(entry)
+            result["singles"][entry.name] = _p50_ms(
                 functools.partial(detector.detect, image), cfg.runs, cfg.warmup
             )
         return result
@@ -214,6 +253,10 @@ class _AccuracyRun:
         self.entries = stage_artifacts(measurer.manifest)
         self.pipelines = measurer.pipelines()
         self.detectors = {p.name: measurer.pipeline_detector(p) for p in self.pipelines}
+        self.singles = {
+            e.name: measurer.single_detector(e) for e in single_files(measurer.manifest)
+        }
+        self.single_dets: dict[str, list] = {name: [] for name in self.singles}
         self.keras_dets: list = []
         self.artifact_dets: dict[str, list] = {e.name: [] for e in self.entries}
         self.pipeline_dets: dict[str, list] = {p.name: [] for p in self.pipelines}
@@ -249,6 +292,8 @@ class _AccuracyRun:
         for pipeline in self.pipelines:
             detections = self.detectors[pipeline.name].detect_tensor(ref["image"])
             self.pipeline_dets[pipeline.name].append(detections)
+        for name, single in self.singles.items():
+            self.single_dets[name].append(single.detect_tensor(ref["image"]))
 
     def _backbone(self, entry: ArtifactEntry, ref: dict) -> tuple[list, tuple]:
         """Isolated cost of a backbone artifact: its outputs through the float Keras head."""
@@ -277,7 +322,8 @@ class _AccuracyRun:
         return outputs, (scores, deltas, proposals, num_valid)
 
     def summary(self, batch: Any) -> dict[str, Any]:
-        """Scores of everything added: ``keras``, ``artifacts`` and ``pipelines`` rows by name."""
+        """Scores of everything added: ``keras``, ``artifacts``, ``pipelines`` and ``singles``
+        (the single files) rows by name."""
         keras = self.scorer(self.keras_dets)
         result: dict[str, Any] = {
             "keras": {
@@ -288,6 +334,7 @@ class _AccuracyRun:
             },
             "artifacts": {},
             "pipelines": {},
+            "singles": {},
         }
         self._keras_matches = self._matches(self.keras_dets)
         for entry in self.entries:
@@ -303,6 +350,8 @@ class _AccuracyRun:
             result["pipelines"][pipeline.name] = self._scored(
                 self.pipeline_dets[pipeline.name], batch
             )
+        for name, detections in self.single_dets.items():
+            result["singles"][name] = self._scored(detections, batch)
         return result
 
     def _matches(self, detections: list) -> Any:

@@ -7,8 +7,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from export.report.config import ERROR_BINS, SCHEMA_VERSION, ReportConfig, Targets
-from export.report.measure import Measurer, stage_artifacts
+from export.report.config import (
+    ERROR_BINS,
+    SCHEMA_VERSION,
+    SINGLE_FLOAT32_VS_KERAS_MAX_DELTA,
+    SINGLE_VS_TWO_STAGE_MAX_DELTA,
+    ReportConfig,
+    Targets,
+)
+from export.report.measure import Measurer, single_files, stage_artifacts, two_stage_pipeline
 from export.report.statistics import machine_info
 from runtime.manifest import ArtifactEntry, Manifest
 
@@ -74,6 +81,31 @@ def judge_artifact(entry: ArtifactEntry, row: dict, keras: dict) -> list[str]:
     }
     failures = list(judge_metrics(entry.precision, metrics, row.get("top1_agreement")).failures)
     return failures + map_drop_failures(entry.precision, keras, row)
+
+
+def single_parity_failures(row: dict, two_stage: dict | None, keras: dict) -> list[str]:
+    """The single-file bars ``row`` breaks: mAP within SINGLE_VS_TWO_STAGE_MAX_DELTA of its
+    two-stage pipeline's row ``two_stage`` (None: not measured, nothing to judge), and for
+    float32 within SINGLE_FLOAT32_VS_KERAS_MAX_DELTA of float Keras's."""
+    labels = {"map50": "mAP@0.5", "map50_95": "mAP@.5:.95"}
+    references = []
+    if two_stage is not None:
+        references.append(
+            (f"two-stage {two_stage['name']}", two_stage, SINGLE_VS_TWO_STAGE_MAX_DELTA)
+        )
+    if row["precision"] == "float32":
+        references.append(("float Keras", keras, SINGLE_FLOAT32_VS_KERAS_MAX_DELTA))
+    failures = []
+    for what, reference, bound in references:
+        for key, label in labels.items():
+            if key not in row or key not in reference:
+                continue
+            delta = row[key] - reference[key]
+            if abs(delta) > bound:
+                failures.append(
+                    f"{label} {100 * delta:+.2f} pts vs {what} (bound {100 * bound:.2f} pts)"
+                )
+    return failures
 
 
 def target_rows(manifest: Manifest, latency: dict, targets: Targets) -> list[dict[str, Any]]:
@@ -220,6 +252,29 @@ def build_report(config: ReportConfig) -> dict[str, Any]:
         if accuracy:
             row.update(accuracy["pipelines"][pipeline.name])
             row["failures"] = map_drop_failures(pipeline.precision, keras, row)
+            row["passed"] = not row["failures"]
+        pipelines.append(row)
+    measured = {row["name"]: row for row in pipelines}
+    for entry in single_files(manifest):
+        two_stage = two_stage_pipeline(entry.precision)
+        row = {
+            "name": entry.name,
+            "format": entry.format,
+            "precision": entry.precision,
+            "single_file": True,
+            "two_stage": two_stage.name if two_stage else None,
+            "bytes": entry.bytes,
+            "latency_ms": latency["singles"][entry.name],
+        }
+        reference = measured.get(row["two_stage"])
+        if reference is not None:
+            row["latency_vs_two_stage"] = row["latency_ms"] / reference["latency_ms"]
+        if accuracy:
+            row.update(accuracy["singles"][entry.name])
+            if reference is not None:
+                row["vs_two_stage"] = {k: row[k] - reference[k] for k in ("map50", "map50_95")}
+            row["failures"] = map_drop_failures(entry.precision, keras, row)
+            row["failures"] += single_parity_failures(row, reference, keras)
             row["passed"] = not row["failures"]
         pipelines.append(row)
     return {
