@@ -4,19 +4,18 @@ The card (:mod:`runtime.card`) names the user's backbone_rpn and head Keras mode
 conventions. Both models are loaded (with the card's custom objects), given the card's static
 shapes, checked against the card (output shapes, anchors x cells; refused before any
 conversion), then built into the same artifact table with the same builders, audits, golden
-checks and atomic install as the shipped detector (:func:`export.pipeline.build_one` through
-:func:`build_stage_artifacts`). Stage inputs come from the user's images run through the float
-Keras models and :mod:`runtime.card_processing`, exactly as the device will feed them. The
-manifest's ``detector`` records the card, so ``python -m runtime`` runs it unchanged.
+checks and atomic install as the shipped detector (:mod:`export.pipeline`'s one skeleton:
+``check_out``, ``building_dir``, ``write_golden``, ``build_all``, ``sealed_manifest``,
+``publish``). Stage inputs come from the user's images run through the float Keras models and
+:mod:`runtime.card_processing`, exactly as the device will feed them. The manifest's
+``detector`` records the card, so ``python -m runtime`` runs it unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from export.stages import ModelIO
 from runtime import strict_json
 from runtime.card import CARD_KEY, DetectorCard, card_to_json, read_card
 from runtime.errors import RoiedgeError
-from runtime.manifest import FORMATS, MANIFEST_NAME, Manifest, seal
+from runtime.manifest import FORMATS, Manifest
 
 SCHEMA_VERSION = 1
 #: Precisions of a card export (int8_io and mixed need the built-in detector's contract).
@@ -114,12 +113,12 @@ def run_card_export(config: CardExportConfig) -> Manifest:
     """Build, check and atomically install every selected artifact of a card detector."""
     from export import pipeline
     from export.shared import REPORT_DIR, keras_outputs
+    from models.card_models import CardModels
     from runtime.manifest import sha256_file
 
     card = read_card(config.detector)
     out = Path(config.out)
-    _check_out(out)
-    from models.card_models import CardModels
+    pipeline.check_out(out)
 
     models = CardModels(card, Path(config.detector).resolve().parent)
     io = stage_io(card)
@@ -150,85 +149,54 @@ def run_card_export(config: CardExportConfig) -> Manifest:
         and (config.formats is None or spec.format in config.formats)
         and (config.precisions is None or spec.precision in config.precisions)
     ]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.building-"))
-    try:
-        golden = {}
-        for model in keras_models:
-            relative = f"{pipeline.GOLDEN_DIR}/{model}.npz"
-            arrays = pipeline.golden_arrays(golden_inputs[model], golden_outputs[model])
-            pipeline.atomic_write_bytes(work / relative, pipeline.npz_bytes(arrays))
-            golden[model] = relative
+    paths = card.resolve(Path(config.detector).resolve().parent)
+    with pipeline.building_dir(out) as work:
+        golden = {
+            model: pipeline.write_golden(work, model, golden_inputs[model], golden_outputs[model])
+            for model in keras_models
+        }
         if proof is not None:
             pipeline.atomic_write_bytes(
                 work / REPORT_DIR / "swap_proof.json", strict_json.dump_bytes(proof)
             )
-        entries, failures = [], []
-        from tqdm import tqdm
-
-        with tqdm(
-            total=len(specs), desc="artifacts", unit="artifact", disable=not config.progress
-        ) as bar:
-            for spec in specs:
-                bar.set_postfix_str(spec.name)
-                try:
-                    entry, broken = pipeline.build_one(
-                        spec,
-                        keras_models,
-                        calibration,
-                        golden_inputs,
-                        golden_outputs,
-                        work,
-                        io[spec.model],
-                    )
-                except (RoiedgeError, ExportCheckError):
-                    raise
-                except Exception as error:  # the converters raise their own types
-                    first = " ".join(str(error).split())[:300]
-                    raise ExportCheckError(
-                        f"{spec.name}: conversion failed ({type(error).__name__}: {first})"
-                    ) from None
-                entries.append(entry)
-                failures.extend(broken)
-                bar.update(1)
-        pipeline.raise_golden_failures(failures)
-        paths = card.resolve(Path(config.detector).resolve().parent)
-        manifest = seal(
-            Manifest(
-                artifacts=tuple(entries),
-                golden=golden,
-                source_models={
-                    "card": str(config.detector),
-                    "card_sha256": sha256_file(config.detector),
-                    "backbone_rpn": str(paths["backbone_rpn"]),
-                    "head": str(paths["head"]),
-                    "backbone_rpn_sha256": sha256_file(paths["backbone_rpn"]),
-                    "head_sha256": sha256_file(paths["head"]),
-                },
-                detector={CARD_KEY: card_to_json(card)},
-                versions=pipeline.package_versions(),
-            ),
+        entries, failures = pipeline.build_all(
+            specs,
+            keras_models,
+            calibration,
+            golden_inputs,
+            golden_outputs,
             work,
+            config.progress,
+            ios=io,
+            on_error=_build_failure,
         )
-        pipeline.write_manifest(manifest, work)
-        for entry in pipeline.read_manifest(work).artifacts:
-            pipeline.verified_path(work, entry)
-        pipeline.publish_permissions(work)
-        pipeline.swap_in(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        manifest = pipeline.sealed_manifest(
+            work,
+            entries,
+            failures,
+            golden,
+            source_models={
+                "card": str(config.detector),
+                "card_sha256": sha256_file(config.detector),
+                "backbone_rpn": str(paths["backbone_rpn"]),
+                "head": str(paths["head"]),
+                "backbone_rpn_sha256": sha256_file(paths["backbone_rpn"]),
+                "head_sha256": sha256_file(paths["head"]),
+            },
+            detector={CARD_KEY: card_to_json(card)},
+        )
+        pipeline.publish(manifest, work, out)
     return manifest
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ExportInputError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
-        raise ExportInputError(
-            f"--out {out}: a non-empty directory without {MANIFEST_NAME}; refusing to replace "
-            "something that is not an artifacts directory"
-        )
+def _build_failure(spec, error: Exception) -> Exception:
+    """roiedge's own errors as they are; a converter or calibrator crash as a failed build in
+    one line with its cause."""
+    from export.keras_loading import crash_line
+
+    if isinstance(error, (RoiedgeError, ExportCheckError)):
+        return error
+    return ExportCheckError(crash_line(spec.name, error))
 
 
 def build_parser() -> argparse.ArgumentParser:

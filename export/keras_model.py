@@ -27,7 +27,7 @@ from export.samples import Samples, load_samples
 from export.stages import ModelIO
 from runtime import strict_json
 from runtime.errors import one_line
-from runtime.manifest import FORMATS, MANIFEST_NAME, Manifest, seal
+from runtime.manifest import FORMATS, Manifest
 
 SCHEMA_VERSION = 1
 
@@ -111,21 +111,13 @@ def export_keras_model(
 
 def run_keras_export(config: KerasExportConfig) -> Manifest:
     """The CLI's run: load ``config.keras_model`` (with its custom objects) and export it."""
-    _check_out(Path(config.out))
+    from export.pipeline import check_out
+
+    check_out(Path(config.out))
     loaded = load_keras_model(
         config.keras_model, config.custom_objects, config.roi_layer, config.samples_per_bin
     )
     return _export(config, loaded, config.samples)
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ExportInputError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
-        raise ExportInputError(
-            f"--out {out}: a non-empty directory without {MANIFEST_NAME}; refusing to replace "
-            "something that is not an artifacts directory"
-        )
 
 
 def _selected(config: KerasExportConfig, model_name: str):
@@ -146,19 +138,13 @@ def _selected(config: KerasExportConfig, model_name: str):
     return chosen
 
 
-def _bar(config: KerasExportConfig, **kwargs):
-    from tqdm import tqdm
-
-    return tqdm(disable=not config.progress, dynamic_ncols=True, **kwargs)
-
-
 def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> Manifest:
     """Validate, swap and prove, then build, check and install the artifacts in ``config.out``."""
     from export import output_report, pipeline
     from export.shared import REPORT_DIR
 
     out = Path(config.out)
-    _check_out(out)
+    pipeline.check_out(out)
     base = loaded.original if loaded.original is not None else loaded.swapped_at_load
     inputs, outputs = io_infos(base)
     specs = _selected(config, base.name)
@@ -185,29 +171,19 @@ def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> M
             work / REPORT_DIR / "swap_proof.json",
             strict_json.dump_bytes(proof),
         )
-        entries, failures = [], []
-        with _bar(config, total=len(specs), desc="artifacts", unit="artifact") as bar:
-            for spec in specs:
-                bar.set_postfix_str(spec.name)
-                try:
-                    entry, broken = pipeline.build_one(
-                        spec, {name: swapped}, calibration, golden_in, golden_out, work, io
-                    )
-                except Exception as error:  # the converters raise their own types
-                    raise _build_failure(spec.name, error, config, swapped) from None
-                entries.append(entry)
-                failures.extend(broken)
-                bar.update(1)
-        pipeline.raise_golden_failures(failures)
-        manifest = seal(  # golden file's and (empty) detector config's sha256
-            Manifest(
-                artifacts=tuple(entries),
-                golden={name: relative},
-                source_models=_source(config, name),
-                detector={},
-                versions=pipeline.package_versions(),
-            ),
+        entries, failures = pipeline.build_all(
+            specs,
+            {name: swapped},
+            calibration,
+            golden_in,
+            golden_out,
             work,
+            config.progress,
+            ios={name: io},
+            on_error=lambda spec, error: _build_failure(spec.name, error, config, swapped),
+        )
+        manifest = pipeline.sealed_manifest(
+            work, entries, failures, {name: relative}, _source(config, name), detector={}
         )
         output_report.write(manifest, work, proof["summary"])
         pipeline.publish(manifest, work, out)
