@@ -73,6 +73,8 @@ INT8_RECIPES = {
 def int8_recipe(build: BuildInput, precision: str = "int8") -> Int8Recipe:
     """The stage's :class:`Int8Recipe` for ``precision`` (int8, int8_io; mixed uses int8's)."""
     default = Int8Recipe(equalize=False, per_channel=build.per_channel)
+    if not build.shipped_stage:  # measured on the shipped detector's stages only
+        return default
     return INT8_RECIPES.get((build.stage, precision), default)
 
 
