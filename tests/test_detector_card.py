@@ -5,6 +5,7 @@ COCO results scored by pycocotools with the dataset's own category ids."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,11 +73,11 @@ def test_bad_card_is_one_line_naming_key_seen_expected(change, value, words):
 # ------------------------------------------------------ the conventions vs keras-frcnn's own code
 
 
-def _frcnn_config():
+def _frcnn_config(size):
     root = np.sqrt(2.0)
     return {
         "std_scaling": kf.RPN_STD,
-        "anchor_box_scales": list(kf.ANCHOR_SIZES),
+        "anchor_box_scales": list(kf.anchor_sizes(size)),
         # keras-frcnn's ratio pairs (x, y) for w/h ratios 1, 0.5, 2
         "anchor_box_ratios": [[1, 1], [1 / root, 2 / root], [2 / root, 1 / root]],
         "rpn_stride": kf.STRIDE,
@@ -97,7 +98,7 @@ def _compare_to_port(card, run_rpn, run_head, tensor, threshold, ours=None):
         lambda x: run_rpn(x),
         lambda f, r: run_head(f, r.astype(np.float32)),
         tensor,
-        _frcnn_config(),
+        _frcnn_config(card.image_size),
         dict(enumerate(kf.CLASS_NAMES)),
         threshold,
     )
@@ -109,7 +110,7 @@ def _compare_to_port(card, run_rpn, run_head, tensor, threshold, ours=None):
     assert len(mine) == len(rows)
     for a, b in zip(mine, rows):
         assert a[0] == b[0]
-        assert np.allclose(a[1:5], b[1:5], atol=1e-3 * max(SIZE))
+        assert np.allclose(a[1:5], b[1:5], atol=1e-3 * max(card.image_size))
         assert abs(a[5] - b[5]) <= 1e-4
     return len(rows)
 
@@ -258,13 +259,15 @@ def _float_reference_vs_port(card_path: Path, data: Path, images: int = 6):
 
 def test_keras_frcnn_card_end_to_end_float32(tmp_path):
     """Fast: a keras-frcnn-style detector trained 15 steps (score threshold 0: every
-    non-background argmax is a detection) exports float32 by its card, passes `runtime check` TF-free, and
-    `detect --json` rows carry the dataset's category ids and score under pycocotools."""
+    non-background argmax is a detection) exports float32 and int8 by its card, passes `runtime
+    check` TF-free, `detect --json` rows carry the dataset's category ids and score under
+    pycocotools, and export.report scores its pipelines on the data."""
     data, card = _detector(tmp_path, steps=15, images=8, score_threshold=0.0)
     out = tmp_path / "art"
     done = _run(
         "-m", "export", "--detector", str(card), "--calibration", str(data), "--out", str(out),
-        "--precisions", "float32", "--formats", "tflite", "--golden-samples", "2", "--no-progress",
+        "--precisions", "float32,int8", "--formats", "tflite", "--golden-samples", "2",
+        "--no-progress",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
@@ -283,6 +286,37 @@ def test_keras_frcnn_card_end_to_end_float32(tmp_path):
     assert rows and {r["category_id"] for r in rows} <= set(kf.CATEGORY_IDS)
     assert 0.0 <= _coco_map50(data, results) <= 1.0
     assert _float_reference_vs_port(card, data) > 0
+    _check_card_report(out, data)
+
+
+def _check_card_report(out: Path, data: Path) -> None:
+    """`python -m export.report --artifacts DIR --data VAL.json` on card artifacts: a row per
+    exported pipeline and artifact, scored on the data against the card's Keras models."""
+    reported = _run(
+        "-m", "export.report", "--artifacts", str(out), "--data", str(data), "--runs", "1",
+        "--warmup", "0", "--threads", "1", "--no-progress",
+    )  # fmt: skip
+    assert reported.returncode in (0, 1), reported.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["keras"]["scored_on"] == str(data) and report["keras"]["images"] == 8
+    pipelines = {row["name"]: row for row in report["pipelines"]}
+    assert set(pipelines) == {"tflite/float32", "tflite/int8"}
+    # float32 runs the Keras models' maths: the same detections, so no drop and full agreement
+    float_row = pipelines["tflite/float32"]
+    assert float_row["map50"] == report["keras"]["map50"]
+    assert float_row["agreement"]["references"] == 0 or float_row["agreement"]["matched"] == 1.0
+    artifacts = {row["name"]: row for row in report["artifacts"]}
+    assert set(artifacts["backbone_rpn/tflite/int8"]["outputs"]) == {"scores", "deltas", "features"}
+    assert set(artifacts["head/tflite/int8"]["outputs"]) == {"class_scores", "box_deltas"}
+    assert 0.0 <= artifacts["head/tflite/int8"]["top1_agreement"] <= 1.0
+    assert artifacts["head/tflite/float32"]["outputs"]["class_scores"]["max_abs"] < 1e-4
+    # a card has no held-out split: the report asks for --data in one line
+    missing = _run("-m", "export.report", "--artifacts", str(out), "--no-progress")
+    assert missing.returncode == 2
+    assert (
+        missing.stderr.strip().splitlines()[-1].startswith("error: ")
+        and "--data" in (missing.stderr.strip().splitlines()[-1])
+    )
 
 
 def test_card_export_refuses_a_card_its_models_disagree_with(tmp_path):
@@ -367,3 +401,65 @@ def test_keras_frcnn_card_trained_float_vs_int8(tmp_path):
     assert float_map > 0.05  # it learned something
     for key in (("tflite", "float32", "int8"), ("onnx", "float32", "int8")):
         assert abs(scores[key] - float_map) <= 0.01 + 1e-9, scores
+
+
+@pytest.mark.slow  # builds the device venvs with pip (scripts/edge_envs.py) when missing
+def test_keras_frcnn_card_artifacts_in_device_envs(tmp_path):
+    """Every card artifact passes `runtime check` TF-free under tflite-runtime 2.14 (numpy<2)
+    and under ai-edge-litert + onnxruntime, and `detect --json` there (float32) gives the
+    detections this machine's runtime gives (same classes, boxes to 1e-3 of the image size)."""
+    import shutil
+
+    from scripts.edge_envs import BACKENDS, FORMATS, edge_env
+
+    data, card = _detector(tmp_path, steps=60, images=8, score_threshold=0.5)
+    out = tmp_path / "art"
+    done = _run(
+        "-m", "export", "--detector", str(card), "--calibration", str(data), "--out", str(out),
+        "--golden-samples", "2", "--no-progress",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    here = tmp_path / "here.json"
+    detected = _run(
+        "-m", "runtime", "detect", "--artifacts", str(out), "--precision", "float32",
+        "--json", str(here), str(data.parent / "images"),
+    )  # fmt: skip
+    assert detected.returncode == 0, detected.stderr[-2000:]
+    device = tmp_path / "device"
+    root = Path(__file__).resolve().parent.parent
+    shutil.copytree(root / "runtime", device / "runtime", ignore=shutil.ignore_patterns("__py*"))
+    shutil.copytree(out, device / "artifacts")
+    shutil.copytree(data.parent / "images", device / "images")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name, formats in FORMATS.items():
+        python = str(edge_env(name))
+
+        def device_run(*args, python=python):
+            return subprocess.run(
+                [python, "-m", "runtime", *args], cwd=device, env=env, capture_output=True,
+                text=True, timeout=600,
+            )  # fmt: skip
+
+        checked = device_run(
+            "check", "artifacts", "--formats", *formats, "--tflite-backend", BACKENDS[name]
+        )
+        assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-2000:]
+        count = sum(e["format"] in formats for e in manifest["artifacts"])
+        assert f"{count}/{count} artifacts within their precision's tolerance" in checked.stdout
+        results = device / f"{name}.json"
+        found = device_run(
+            "detect", "--artifacts", "artifacts", "--precision", "float32", "--backend",
+            BACKENDS[name], "--json", results.name, "images",
+        )  # fmt: skip
+        assert found.returncode == 0, found.stderr[-2000:]
+        mine, theirs = json.loads(results.read_text()), json.loads(here.read_text())
+        assert len(mine) == len(theirs) > 0, name
+
+        def key(row):
+            return (row["image_id"], row["category_id"], round(row["score"], 3))
+
+        for a, b in zip(sorted(mine, key=key), sorted(theirs, key=key)):
+            assert (a["image_id"], a["category_id"]) == (b["image_id"], b["category_id"]), name
+            assert np.allclose(a["bbox"], b["bbox"], atol=1e-3 * max(SIZE)), name
+            assert abs(a["score"] - b["score"]) <= 1e-4, name
