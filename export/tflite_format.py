@@ -261,6 +261,46 @@ def coordinate_denylist(calibrated: bytes, io: ModelIO) -> tuple[list[str], list
     return nodes, sorted(coordinate_types - feature_types)
 
 
+def _score_path(model) -> tuple[list[int], list[int]]:
+    """(FLOAT_SCORE_OPS output tensors, tensors of the ops they flow through) in ``model``."""
+    fb = flatbuffer_utils()
+    subgraph = model.subgraphs[0]
+    scores, downstream = [], []
+    carried: set[int] = set()
+    for op in subgraph.operators:  # in execution order: producers before consumers
+        if fb.opcode_to_name(model, op.opcodeIndex) in FLOAT_SCORE_OPS:
+            scores.extend(op.outputs)
+            carried.update(op.outputs)
+        elif any(i in carried for i in op.inputs if i >= 0):
+            downstream.extend(op.outputs)
+            carried.update(op.outputs)
+    return scores, downstream
+
+
+def score_path(calibrated: bytes) -> list[str]:
+    """Output tensor names of the ops a FLOAT_SCORE_OPS op's output flows through to the model
+    outputs (a TimeDistributed softmax's pack and reshape): kept float with it, or the float
+    probabilities are requantized to 1/256 steps on their way out and the confident ones tie at
+    255/256 (a keras-frcnn head lost 30 pt mAP@0.5 that way)."""
+    model = tflite_model_graph(calibrated)
+    tensors = model.subgraphs[0].tensors
+    return [tensors[i].name.decode() for i in _score_path(model)[1]]
+
+
+def without_score_ranges(calibrated: bytes) -> bytes:
+    """``calibrated`` with the recorded ranges of the score path's tensors (the FLOAT_SCORE_OPS
+    outputs and what carries them out) removed: denylisting the ops alone still leaves a
+    QUANTIZE/DEQUANTIZE pair on a ranged tensor between two float ops."""
+    fb = flatbuffer_utils()
+    model = tflite_model_graph(calibrated)
+    scores, downstream = _score_path(model)
+    if not downstream:  # the scores are the outputs: nothing requantizes them
+        return calibrated
+    for i in (*scores, *downstream):
+        model.subgraphs[0].tensors[i].quantization = None
+    return bytes(fb.convert_object_to_bytearray(model))
+
+
 def quantize_calibrated(
     calibrated: bytes, build: BuildInput, keep_float: Sequence[str] = (), debug: bool = False
 ) -> bytes:
@@ -270,10 +310,10 @@ def quantize_calibrated(
     from models.tflite_convert import share_tile_ranges
 
     nodes, op_types = coordinate_denylist(calibrated, build.model_io)
-    nodes = sorted(set(nodes) | set(keep_float))
+    nodes = sorted(set(nodes) | set(keep_float) | set(score_path(calibrated)))
     op_types = sorted(set(op_types) | set(FLOAT_SCORE_OPS))
     quantized = mlir_quantize(
-        calibrated,
+        without_score_ranges(calibrated),
         disable_per_channel=not int8_recipe(build).per_channel,
         fully_quantize=False,
         enable_numeric_verify=debug,
@@ -303,6 +343,7 @@ def full_int8(build: BuildInput, keep_float: Sequence[str] = (), calibrated: byt
         {
             "kept_float_coordinate_tensors": len(nodes),
             "kept_float_op_types": sorted(set(op_types) | set(FLOAT_SCORE_OPS)),
+            "kept_float_score_path_tensors": len(score_path(calibrated)),
             "kept_float_layers": sorted(keep_float),
             "calibration_samples": len(build.calibration),
             "calibration_sha256": calibration_sha256(build.calibration),
