@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from export.config import ExportCheckError, ExportInputError, comma_names
 from export.formats import model_artifacts
 from export.stages import ModelIO
@@ -67,6 +69,32 @@ def stage_io(card: DetectorCard) -> dict[str, ModelIO]:
         "backbone_rpn": ModelIO(("image",), card.rpn.outputs),
         "head": ModelIO(card.head.inputs, card.head.outputs, coordinates),
     }
+
+
+#: At most this many cyclic shifts of each calibration head call's RoIs (see roi_rolls).
+MAX_ROI_ROLLS = 8
+
+
+def roi_rolls(heads: list[list], inputs) -> list[list]:
+    """Each head call's inputs with its RoI rows cyclically shifted by up to MAX_ROI_ROLLS
+    evenly spaced offsets (the call itself first), for calibration.
+
+    A keras-frcnn head runs its layers once per RoI slot (RoiPoolingConv's loop and the
+    TimeDistributed layers unroll into num_rois copies), and int8 gives each copy its own
+    ranges; calibrated on the RPN's ranking alone, a slot sees only the RoIs that rank lands
+    there, and a held-out RoI of another kind is clipped (one ONNX slot's hidden layer came out
+    at 11.5 dB, the others at ~38). Shifting the rows lets every slot see the same RoIs.
+    """
+    index = list(inputs).index("rois")
+    rolled = []
+    for call in heads:
+        rows = call[index].shape[-2]
+        step = max(1, -(-rows // MAX_ROI_ROLLS))
+        for shift in range(0, rows, step):
+            moved = list(call)
+            moved[index] = np.roll(call[index], shift, axis=-2)
+            rolled.append(moved)
+    return rolled
 
 
 def swap_head(models: Any, rows, reference) -> tuple[Any, dict[str, Any] | None]:
@@ -132,7 +160,9 @@ def run_card_export(config: CardExportConfig) -> Manifest:
         for tensor in images:
             backbone, heads = models.stage_inputs(tensor, calls)
             target["backbone_rpn"].append(backbone)
-            target["head"].extend(heads)
+            target["head"].extend(
+                heads if target is golden_inputs else roi_rolls(heads, card.head.inputs)
+            )
     if not golden_inputs["head"] or not calibration["head"]:
         raise ExportInputError(
             f"--calibration {config.calibration}: the RPN proposed no RoI on its images; "

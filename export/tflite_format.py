@@ -86,6 +86,14 @@ def int8_recipe(build: BuildInput, precision: str = "int8") -> Int8Recipe:
 #: mAP@.5:.95 0.7377 -> 0.7392, float 0.7442). The head keeps min/max: its int8 already matches
 #: float Keras mAP once its softmax is float (see FLOAT_SCORE_OPS).
 ACTIVATION_RANGES = {"backbone_rpn": "mse", "head": "minmax"}
+
+
+def activation_ranges(build: BuildInput) -> str:
+    """How full int8 sets ``build``'s activation ranges: :data:`ACTIVATION_RANGES` for the
+    shipped detector's stages (measured there), the converter's min/max for any other model."""
+    return ACTIVATION_RANGES.get(build.stage, "minmax") if build.shipped_stage else "minmax"
+
+
 #: Calibration samples whose activations choose the MSE ranges (the shrink factors tried:
 #: export.mse_ranges.RANGE_FACTORS).
 RANGE_SAMPLES = 100
@@ -174,7 +182,7 @@ def calibrate(build: BuildInput, precision: str = "int8") -> bytes:
     from export.streaming import cached
 
     build, _ = prepared(build, precision)
-    ranges = ACTIVATION_RANGES.get(build.stage, "minmax")
+    ranges = activation_ranges(build)
     # int8, int8_io and mixed of one stage calibrate the same model on the same samples: once.
     return cached(
         "tflite-calibrated",
@@ -348,7 +356,7 @@ def full_int8(build: BuildInput, keep_float: Sequence[str] = (), calibrated: byt
             "calibration_samples": len(build.calibration),
             "calibration_sha256": calibration_sha256(build.calibration),
             "per_channel_weights": int8_recipe(build).per_channel,
-            "activation_ranges": ACTIVATION_RANGES.get(build.stage, "minmax"),
+            "activation_ranges": activation_ranges(build),
             "equalization": prepared(build)[1] or None,
             "layer_errors": layers,
         },
@@ -454,7 +462,7 @@ def tflite_int8_io(build: BuildInput) -> Built:
             "calibration_samples": len(build.calibration),
             "calibration_sha256": calibration_sha256(build.calibration),
             "per_channel_weights": recipe.per_channel,
-            "activation_ranges": ACTIVATION_RANGES.get(build.stage, "minmax"),
+            "activation_ranges": activation_ranges(build),
             "equalization": prepared(build, "int8_io")[1] or None,
         },
     )

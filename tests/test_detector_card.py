@@ -193,12 +193,12 @@ def _coco_map50(data_json: Path, results_json: Path) -> float:
     return float(evaluation.stats[1])
 
 
-def _detector(tmp_path, steps, images, score_threshold):
-    data = kf.write_coco_set(tmp_path / "data", images, SIZE, seed=11)
+def _detector(tmp_path, steps, images, score_threshold, size=SIZE):
+    data = kf.write_coco_set(tmp_path / "data", images, size, seed=11)
     card = kf.write_detector(
         tmp_path / "det",
         data,
-        SIZE,
+        size,
         steps=steps,
         num_rois=NUM_ROIS,
         score_threshold=score_threshold,
@@ -365,11 +365,15 @@ def _runtime_vs_port(artifacts: Path, card_path: Path, data: Path) -> int:
 
 @pytest.mark.slow
 def test_keras_frcnn_card_trained_float_vs_int8(tmp_path):
-    """Slow: trained 150 steps; every artifact passes `runtime check`; the float reference and
-    the float32 TFLite runtime == keras-frcnn's post-processing port on the Keras models on all
-    24 images (ties broken alike); an int8
-    head keeps mAP@0.5 within 1 point of float32 (pycocotools, the dataset's ids)."""
-    data, card = _detector(tmp_path, steps=150, images=24, score_threshold=0.5)
+    """Slow: a keras-frcnn-style detector at 128x128 (objects 5-8 feature pixels), trained 2000
+    steps on 48 images, exported by its card with those images as calibration; on 100 held-out
+    images: every artifact passes `runtime check`, the float reference and the float32 TFLite
+    runtime == keras-frcnn's post-processing port on the Keras models (ties broken alike), and
+    every int8 pipeline (int8 head, and int8 backbone + head, TFLite and ONNX) keeps mAP@0.5
+    (pycocotools, the dataset's ids) within 1 point of float32."""
+    size = (128, 128)
+    data, card = _detector(tmp_path, steps=2000, images=48, score_threshold=0.5, size=size)
+    val = kf.write_coco_set(tmp_path / "val", 100, size, seed=12)
     assert _float_reference_vs_port(card, data, images=24) > 0
     out = tmp_path / "art"
     done = _run(
@@ -379,7 +383,7 @@ def test_keras_frcnn_card_trained_float_vs_int8(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     checked = _run("-m", "runtime", "check", str(out))
     assert checked.returncode == 0, checked.stdout[-3000:]
-    assert _runtime_vs_port(out, card, data) > 0
+    assert _runtime_vs_port(out, card, val) > 0
     scores = {}
     for fmt, precision, head in (
         ("tflite", "float32", "float32"),
@@ -392,15 +396,15 @@ def test_keras_frcnn_card_trained_float_vs_int8(tmp_path):
         detected = _run(
             "-m", "runtime", "detect", "--artifacts", str(out), "--format", fmt,
             "--precision", precision, "--head-precision", head, "--json", str(results),
-            str(data.parent / "images"),
+            str(val.parent / "images"),
         )  # fmt: skip
         assert detected.returncode == 0, detected.stderr[-2000:]
-        scores[fmt, precision, head] = _coco_map50(data, results)
-    print("mAP@0.5 (format, backbone, head):", scores)
+        scores[fmt, precision, head] = _coco_map50(val, results)
+    print("mAP@0.5 on 100 held-out images (format, backbone, head):", scores)
     float_map = scores["tflite", "float32", "float32"]
-    assert float_map > 0.05  # it learned something
-    for key in (("tflite", "float32", "int8"), ("onnx", "float32", "int8")):
-        assert abs(scores[key] - float_map) <= 0.01 + 1e-9, scores
+    assert float_map > 0.4  # a detector, not noise
+    for key, value in scores.items():
+        assert float_map - value <= 0.01 + 1e-9, (key, scores)
 
 
 @pytest.mark.slow  # builds the device venvs with pip (scripts/edge_envs.py) when missing
