@@ -4,10 +4,11 @@ The card (:mod:`runtime.card`) names the user's backbone_rpn and head Keras mode
 conventions. Both models are loaded (with the card's custom objects), given the card's static
 shapes, checked against the card (output shapes, anchors x cells; refused before any
 conversion), then built into the same artifact table with the same builders, audits, golden
-checks and atomic install as the shipped detector (:func:`export.pipeline.build_one` through
-:func:`build_stage_artifacts`). Stage inputs come from the user's images run through the float
-Keras models and :mod:`runtime.card_processing`, exactly as the device will feed them. The
-manifest's ``detector`` records the card, so ``python -m runtime`` runs it unchanged. No
+checks and atomic install as the shipped detector (:mod:`export.pipeline`'s one skeleton:
+``claimed_out``, ``building_dir``, ``write_golden``, ``build_all``, ``sealed_manifest``,
+``publish``). Stage inputs come from the user's images run through the float Keras models and
+:mod:`runtime.card_processing`, exactly as the device will feed them. The manifest's
+``detector`` records the card, so ``python -m runtime`` runs it unchanged. No
 single-file detector is built for a card (:data:`SINGLE_FILE_NOT_BUILT`, printed with the
 summary).
 """
@@ -20,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from export.config import ExportCheckError, ExportInputError, add_output_arguments
 from export.formats import model_artifacts
 from export.stages import ModelIO
@@ -27,7 +30,7 @@ from runtime import strict_json
 from runtime.card import CARD_KEY, DetectorCard, card_to_json, read_card
 from runtime.errors import RoiedgeError, say
 from runtime.limits import bad_number
-from runtime.manifest import FORMATS, Manifest, seal
+from runtime.manifest import FORMATS, Manifest
 
 SCHEMA_VERSION = 1
 #: Precisions of a card export (int8_io and mixed need the built-in detector's contract).
@@ -81,6 +84,32 @@ def stage_io(card: DetectorCard) -> dict[str, ModelIO]:
         "backbone_rpn": ModelIO(("image",), card.rpn.outputs),
         "head": ModelIO(card.head.inputs, card.head.outputs, coordinates),
     }
+
+
+#: At most this many cyclic shifts of each calibration head call's RoIs (see roi_rolls).
+MAX_ROI_ROLLS = 8
+
+
+def roi_rolls(heads: list[list], inputs) -> list[list]:
+    """Each head call's inputs with its RoI rows cyclically shifted by up to MAX_ROI_ROLLS
+    evenly spaced offsets (the call itself first), for calibration.
+
+    A keras-frcnn head runs its layers once per RoI slot (RoiPoolingConv's loop and the
+    TimeDistributed layers unroll into num_rois copies), and int8 gives each copy its own
+    ranges; calibrated on the RPN's ranking alone, a slot sees only the RoIs that rank lands
+    there, and a held-out RoI of another kind is clipped (one ONNX slot's hidden layer came out
+    at 11.5 dB, the others at ~38). Shifting the rows lets every slot see the same RoIs.
+    """
+    index = list(inputs).index("rois")
+    rolled = []
+    for call in heads:
+        rows = call[index].shape[-2]
+        step = max(1, -(-rows // MAX_ROI_ROLLS))
+        for shift in range(0, rows, step):
+            moved = list(call)
+            moved[index] = np.roll(call[index], shift, axis=-2)
+            rolled.append(moved)
+    return rolled
 
 
 def swap_head(models: Any, rows, reference) -> tuple[Any, dict[str, Any] | None]:
@@ -152,7 +181,9 @@ def _card_export(config: CardExportConfig, card, out: Path) -> Manifest:
         for tensor in images:
             backbone, heads = models.stage_inputs(tensor, calls)
             target["backbone_rpn"].append(backbone)
-            target["head"].extend(heads)
+            target["head"].extend(
+                heads if target is golden_inputs else roi_rolls(heads, card.head.inputs)
+            )
     if not golden_inputs["head"] or not calibration["head"]:
         raise ExportInputError(
             f"--calibration {config.calibration}: the RPN proposed no RoI on its images; "
@@ -169,66 +200,54 @@ def _card_export(config: CardExportConfig, card, out: Path) -> Manifest:
         and (config.formats is None or spec.format in config.formats)
         and (config.precisions is None or spec.precision in config.precisions)
     ]
+    paths = card.resolve(Path(config.detector).resolve().parent)
     with pipeline.building_dir(out) as work:
-        golden = {}
-        for model in keras_models:
-            relative = f"{pipeline.GOLDEN_DIR}/{model}.npz"
-            arrays = pipeline.golden_arrays(golden_inputs[model], golden_outputs[model])
-            pipeline.atomic_write_bytes(work / relative, pipeline.npz_bytes(arrays))
-            golden[model] = relative
+        golden = {
+            model: pipeline.write_golden(work, model, golden_inputs[model], golden_outputs[model])
+            for model in keras_models
+        }
         if proof is not None:
             pipeline.atomic_write_bytes(
                 work / REPORT_DIR / "swap_proof.json", strict_json.dump_bytes(proof)
             )
-        entries, failures = [], []
-        from tqdm import tqdm
-
-        with tqdm(
-            total=len(specs), desc="artifacts", unit="artifact", disable=not config.progress
-        ) as bar:
-            for spec in specs:
-                bar.set_postfix_str(spec.name)
-                try:
-                    entry, broken = pipeline.build_one(
-                        spec,
-                        keras_models,
-                        calibration,
-                        golden_inputs,
-                        golden_outputs,
-                        work,
-                        io[spec.model],
-                    )
-                except (RoiedgeError, ExportCheckError):
-                    raise
-                except Exception as error:  # the converters raise their own types
-                    first = " ".join(str(error).split())[:300]
-                    raise ExportCheckError(
-                        f"{spec.name}: conversion failed ({type(error).__name__}: {first})"
-                    ) from None
-                entries.append(entry)
-                failures.extend(broken)
-                bar.update(1)
-        pipeline.raise_golden_failures(failures)
-        paths = card.resolve(Path(config.detector).resolve().parent)
-        manifest = seal(
-            Manifest(
-                artifacts=tuple(entries),
-                golden=golden,
-                source_models={
-                    "card": str(config.detector),
-                    "card_sha256": sha256_file(config.detector),
-                    "backbone_rpn": str(paths["backbone_rpn"]),
-                    "head": str(paths["head"]),
-                    "backbone_rpn_sha256": sha256_file(paths["backbone_rpn"]),
-                    "head_sha256": sha256_file(paths["head"]),
-                },
-                detector={CARD_KEY: card_to_json(card)},
-                versions=pipeline.package_versions(),
-            ),
+        entries, failures = pipeline.build_all(
+            specs,
+            keras_models,
+            calibration,
+            golden_inputs,
+            golden_outputs,
             work,
+            config.progress,
+            ios=io,
+            on_error=_build_failure,
+        )
+        manifest = pipeline.sealed_manifest(
+            work,
+            entries,
+            failures,
+            golden,
+            source_models={
+                "card": str(config.detector),
+                "card_sha256": sha256_file(config.detector),
+                "backbone_rpn": str(paths["backbone_rpn"]),
+                "head": str(paths["head"]),
+                "backbone_rpn_sha256": sha256_file(paths["backbone_rpn"]),
+                "head_sha256": sha256_file(paths["head"]),
+            },
+            detector={CARD_KEY: card_to_json(card)},
         )
         pipeline.publish(manifest, work, out)
     return manifest
+
+
+def _build_failure(spec, error: Exception) -> Exception:
+    """roiedge's own errors as they are; a converter or calibrator crash as a failed build in
+    one line with its cause."""
+    from export.keras_loading import crash_line
+
+    if isinstance(error, (RoiedgeError, ExportCheckError)):
+        return error
+    return ExportCheckError(crash_line(spec.name, error))
 
 
 def build_parser() -> argparse.ArgumentParser:

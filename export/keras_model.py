@@ -28,7 +28,7 @@ from export.stages import ModelIO
 from runtime import strict_json
 from runtime.errors import one_line, say
 from runtime.limits import bad_number
-from runtime.manifest import FORMATS, Manifest, seal
+from runtime.manifest import FORMATS, Manifest
 
 SCHEMA_VERSION = 1
 
@@ -140,12 +140,6 @@ def _selected(config: KerasExportConfig, model_name: str):
     return chosen
 
 
-def _bar(config: KerasExportConfig, **kwargs):
-    from tqdm import tqdm
-
-    return tqdm(disable=not config.progress, dynamic_ncols=True, **kwargs)
-
-
 def _export(config: KerasExportConfig, loaded: LoadedModel, samples_source) -> Manifest:
     """Validate, swap and prove, then build, check and install the artifacts in ``config.out``."""
     from export import pipeline
@@ -186,29 +180,19 @@ def _export_claimed(config: KerasExportConfig, loaded: LoadedModel, samples_sour
             work / REPORT_DIR / "swap_proof.json",
             strict_json.dump_bytes(proof),
         )
-        entries, failures = [], []
-        with _bar(config, total=len(specs), desc="artifacts", unit="artifact") as bar:
-            for spec in specs:
-                bar.set_postfix_str(spec.name)
-                try:
-                    entry, broken = pipeline.build_one(
-                        spec, {name: swapped}, calibration, golden_in, golden_out, work, io
-                    )
-                except Exception as error:  # the converters raise their own types
-                    raise _build_failure(spec.name, error, config, swapped) from None
-                entries.append(entry)
-                failures.extend(broken)
-                bar.update(1)
-        pipeline.raise_golden_failures(failures)
-        manifest = seal(  # golden file's and (empty) detector config's sha256
-            Manifest(
-                artifacts=tuple(entries),
-                golden={name: relative},
-                source_models=_source(config, name),
-                detector={},
-                versions=pipeline.package_versions(),
-            ),
+        entries, failures = pipeline.build_all(
+            specs,
+            {name: swapped},
+            calibration,
+            golden_in,
+            golden_out,
             work,
+            config.progress,
+            ios={name: io},
+            on_error=lambda spec, error: _build_failure(spec.name, error, config, swapped),
+        )
+        manifest = pipeline.sealed_manifest(
+            work, entries, failures, {name: relative}, _source(config, name), detector={}
         )
         output_report.write(manifest, work, proof["summary"])
         pipeline.publish(manifest, work, out)

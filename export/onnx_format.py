@@ -231,10 +231,27 @@ def score_nodes(graph) -> list[str]:
     ]
 
 
+def score_path_nodes(graph, scores: list[str]) -> list[str]:
+    """Names of the :data:`SCORE_CARRIERS` nodes between the score nodes ``scores`` and the
+    outputs (a TimeDistributed softmax's Reshapes, a per-RoI loop's Concat): excluded from
+    quantization with them, or the float probabilities are requantized to 1/255 steps on their
+    way out (a keras-frcnn head's confident scores all tied at 254/255)."""
+    carried = {o for n in graph.node if n.name in set(scores) for o in n.output}
+    names = []
+    for node in graph.node:  # topologically sorted (ONNX requires it)
+        if node.op_type in SCORE_CARRIERS and any(i in carried for i in node.input):
+            carried.update(node.output)
+            names.append(node.name)
+    return names
+
+
 def quantized_scores(proto) -> list[str]:
-    """Outputs of score nodes (:func:`score_nodes`) fed through QuantizeLinear (should be none)."""
-    names = set(score_nodes(proto.graph))
-    scores = {o for n in proto.graph.node if n.name in names for o in n.output}
+    """Score tensors (:func:`score_nodes`' outputs and the carriers' on to the graph outputs)
+    fed through QuantizeLinear (should be none)."""
+    graph = proto.graph
+    names = set(score_nodes(graph))
+    names |= set(score_path_nodes(graph, sorted(names)))
+    scores = {o for n in graph.node if n.name in names for o in n.output}
     return sorted(
         n.input[0]
         for n in proto.graph.node
@@ -389,6 +406,7 @@ def onnx_int8(build: BuildInput, keep_float: Sequence[str] = ()) -> Built:
         coordinate = coordinate_nodes(graph, build.stage, build.io)
         pooling = roi_pooling_nodes(graph, build.stage, build.io)
         scores = score_nodes(graph)
+        score_path = score_path_nodes(graph, scores)
         quantize_static(
             os.fspath(pre),
             os.fspath(dst),
@@ -409,7 +427,7 @@ def onnx_int8(build: BuildInput, keep_float: Sequence[str] = ()) -> Built:
             reduce_range=True,
             calibrate_method=method,
             extra_options=extra,
-            nodes_to_exclude=[*pooling, *scores, *keep_float],
+            nodes_to_exclude=[*pooling, *scores, *score_path, *keep_float],
             calibration_cache_path=os.fspath(ranges),
         )
         reader.close()
@@ -438,6 +456,7 @@ def onnx_int8(build: BuildInput, keep_float: Sequence[str] = ()) -> Built:
             "kept_float_roi_pooling_nodes": len(pooling),
             "kept_float_op_types": list(FLOAT_SCORE_OP_TYPES),
             "kept_float_score_nodes": len(scores),
+            "kept_float_score_path_nodes": len(score_path),
             "calibration_samples": len(build.calibration),
             "calibration_method": CALIBRATION_METHODS.get(build.stage, "minmax"),
             "per_channel_weights": build.per_channel,

@@ -365,48 +365,39 @@ def _export(config: ExportConfig, scratch: contextlib.ExitStack, specs, files) -
             for model in stages
         }
 
-        entries, failures = [], []
-        with _bar(config, total=len(specs), desc="artifacts", unit="artifact") as bar:
-            for spec in specs:
-                bar.set_postfix_str(spec.name)
-                entry, broken = build_one(
-                    spec,
-                    keras_models,
-                    calibration,
-                    golden_inputs,
-                    golden_outputs,
-                    work,
-                    mixed={
-                        "detector": detector,
-                        "validation": "procedural" if files is None else "folder",
-                        "target_drop": config.target_drop,
-                        "val_images": config.val_images,
-                    },
-                )
-                entries.append(entry)
-                failures.extend(broken)
-                bar.update(1)
+        entries, failures = build_all(
+            specs,
+            keras_models,
+            calibration,
+            golden_inputs,
+            golden_outputs,
+            work,
+            config.progress,
+            mixed={
+                "detector": detector,
+                "validation": "procedural" if files is None else "folder",
+                "target_drop": config.target_drop,
+                "val_images": config.val_images,
+            },
+        )
         # The single-file detectors (export/single_export.py), from the stage files just built.
         single, broken, single_golden = _single_files(entries, work, detector, golden_images)
         entries, failures = entries + single, failures + broken
         if single_golden:
             golden["detector"] = single_golden
-        raise_golden_failures(failures)
-        manifest = seal(  # golden files' and detector config's sha256
-            Manifest(
-                artifacts=tuple(entries),
-                golden=golden,
-                source_models={
-                    **_source_models(Path(config.model)),
-                    # What the int8 artifacts were calibrated on (stage-1 input tensors, in order).
-                    "calibration_sha256": tflite_format.calibration_sha256(
-                        {"image": sample[0]} for sample in calibration["backbone_rpn"]
-                    ),
-                },
-                detector=detector.config.to_dict(),
-                versions=package_versions(),
-            ),
+        manifest = sealed_manifest(
             work,
+            entries,
+            failures,
+            golden,
+            source_models={
+                **_source_models(Path(config.model)),
+                # What the int8 artifacts were calibrated on (stage-1 input tensors, in order).
+                "calibration_sha256": tflite_format.calibration_sha256(
+                    {"image": sample[0]} for sample in calibration["backbone_rpn"]
+                ),
+            },
+            detector=detector.config.to_dict(),
         )
         publish(manifest, work, out)
     return manifest
@@ -443,6 +434,80 @@ def _quiet():
         raise
     finally:
         root.setLevel(level)
+
+
+def build_all(
+    specs,
+    keras_models,
+    calibration,
+    golden_inputs,
+    golden_outputs,
+    work: Path,
+    progress: bool,
+    ios: dict[str, ModelIO] | None = None,
+    mixed=None,
+    on_error=None,
+) -> tuple[list[ArtifactEntry], list[str]]:
+    """Every spec through :func:`build_one` into ``work`` under one progress bar; (entries,
+    golden-check failures). ``ios``: each model's I/O when it is not a detector stage.
+    ``on_error(spec, error)``: the exception to raise instead of any error building ``spec``
+    (None = re-raise it).
+    """
+    from tqdm import tqdm
+
+    entries, failures = [], []
+    with tqdm(
+        total=len(specs),
+        desc="artifacts",
+        unit="artifact",
+        disable=not progress,
+        dynamic_ncols=True,
+    ) as bar:
+        for spec in specs:
+            bar.set_postfix_str(spec.name)
+            io = (ios or {}).get(spec.model)
+            try:
+                entry, broken = build_one(
+                    spec,
+                    keras_models,
+                    calibration,
+                    golden_inputs,
+                    golden_outputs,
+                    work,
+                    io,
+                    mixed,
+                )
+            except Exception as error:  # the converters raise their own types
+                if on_error is None:
+                    raise
+                raise on_error(spec, error) from None
+            entries.append(entry)
+            failures.extend(broken)
+            bar.update(1)
+    return entries, failures
+
+
+def sealed_manifest(
+    work: Path,
+    entries: list[ArtifactEntry],
+    failures: list[str],
+    golden: dict[str, str],
+    source_models: dict[str, str],
+    detector: dict[str, Any],
+) -> Manifest:
+    """The manifest of the built ``entries`` with golden files' and detector's sha256 sealed in;
+    raises the golden-check failures first (nothing is sealed for a failed build)."""
+    raise_golden_failures(failures)
+    return seal(
+        Manifest(
+            artifacts=tuple(entries),
+            golden=golden,
+            source_models=source_models,
+            detector=detector,
+            versions=package_versions(),
+        ),
+        work,
+    )
 
 
 def raise_golden_failures(failures: list[str]) -> None:

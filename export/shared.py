@@ -58,9 +58,16 @@ class BuildInput:
         return model_io(self.stage, self.io)
 
     @property
+    def shipped_stage(self) -> bool:
+        """True for a stage of roiedge's own detector (its STAGE_IO contract): the per-stage
+        int8 choices here and in export.tflite_format were measured on it, and only it."""
+        return self.io is None
+
+    @property
     def per_channel(self) -> bool:
-        """Per-channel weight scales (:data:`PER_CHANNEL_WEIGHTS`; other models: yes)."""
-        return PER_CHANNEL_WEIGHTS.get(self.stage, True)
+        """Per-channel weight scales (:data:`PER_CHANNEL_WEIGHTS` for the shipped detector's
+        stages; a card's or any other model's: yes)."""
+        return PER_CHANNEL_WEIGHTS.get(self.stage, True) if self.shipped_stage else True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -73,6 +73,8 @@ INT8_RECIPES = {
 def int8_recipe(build: BuildInput, precision: str = "int8") -> Int8Recipe:
     """The stage's :class:`Int8Recipe` for ``precision`` (int8, int8_io; mixed uses int8's)."""
     default = Int8Recipe(equalize=False, per_channel=build.per_channel)
+    if not build.shipped_stage:  # measured on the shipped detector's stages only
+        return default
     return INT8_RECIPES.get((build.stage, precision), default)
 
 
@@ -84,6 +86,14 @@ def int8_recipe(build: BuildInput, precision: str = "int8") -> Int8Recipe:
 #: mAP@.5:.95 0.7377 -> 0.7392, float 0.7442). The head keeps min/max: its int8 already matches
 #: float Keras mAP once its softmax is float (see FLOAT_SCORE_OPS).
 ACTIVATION_RANGES = {"backbone_rpn": "mse", "head": "minmax"}
+
+
+def activation_ranges(build: BuildInput) -> str:
+    """How full int8 sets ``build``'s activation ranges: :data:`ACTIVATION_RANGES` for the
+    shipped detector's stages (measured there), the converter's min/max for any other model."""
+    return ACTIVATION_RANGES.get(build.stage, "minmax") if build.shipped_stage else "minmax"
+
+
 #: Calibration samples whose activations choose the MSE ranges (the shrink factors tried:
 #: export.mse_ranges.RANGE_FACTORS).
 RANGE_SAMPLES = 100
@@ -172,7 +182,7 @@ def calibrate(build: BuildInput, precision: str = "int8") -> bytes:
     from export.streaming import cached
 
     build, _ = prepared(build, precision)
-    ranges = ACTIVATION_RANGES.get(build.stage, "minmax")
+    ranges = activation_ranges(build)
     # int8, int8_io and mixed of one stage calibrate the same model on the same samples: once.
     return cached(
         "tflite-calibrated",
@@ -259,6 +269,46 @@ def coordinate_denylist(calibrated: bytes, io: ModelIO) -> tuple[list[str], list
     return nodes, sorted(coordinate_types - feature_types)
 
 
+def _score_path(model) -> tuple[list[int], list[int]]:
+    """(FLOAT_SCORE_OPS output tensors, tensors of the ops they flow through) in ``model``."""
+    fb = flatbuffer_utils()
+    subgraph = model.subgraphs[0]
+    scores, downstream = [], []
+    carried: set[int] = set()
+    for op in subgraph.operators:  # in execution order: producers before consumers
+        if fb.opcode_to_name(model, op.opcodeIndex) in FLOAT_SCORE_OPS:
+            scores.extend(op.outputs)
+            carried.update(op.outputs)
+        elif any(i in carried for i in op.inputs if i >= 0):
+            downstream.extend(op.outputs)
+            carried.update(op.outputs)
+    return scores, downstream
+
+
+def score_path(calibrated: bytes) -> list[str]:
+    """Output tensor names of the ops a FLOAT_SCORE_OPS op's output flows through to the model
+    outputs (a TimeDistributed softmax's pack and reshape): kept float with it, or the float
+    probabilities are requantized to 1/256 steps on their way out and the confident ones tie at
+    255/256 (a keras-frcnn head lost 30 pt mAP@0.5 that way)."""
+    model = tflite_model_graph(calibrated)
+    tensors = model.subgraphs[0].tensors
+    return [tensors[i].name.decode() for i in _score_path(model)[1]]
+
+
+def without_score_ranges(calibrated: bytes) -> bytes:
+    """``calibrated`` with the recorded ranges of the score path's tensors (the FLOAT_SCORE_OPS
+    outputs and what carries them out) removed: denylisting the ops alone still leaves a
+    QUANTIZE/DEQUANTIZE pair on a ranged tensor between two float ops."""
+    fb = flatbuffer_utils()
+    model = tflite_model_graph(calibrated)
+    scores, downstream = _score_path(model)
+    if not downstream:  # the scores are the outputs: nothing requantizes them
+        return calibrated
+    for i in (*scores, *downstream):
+        model.subgraphs[0].tensors[i].quantization = None
+    return bytes(fb.convert_object_to_bytearray(model))
+
+
 def quantize_calibrated(
     calibrated: bytes, build: BuildInput, keep_float: Sequence[str] = (), debug: bool = False
 ) -> bytes:
@@ -268,10 +318,10 @@ def quantize_calibrated(
     from models.tflite_convert import share_tile_ranges
 
     nodes, op_types = coordinate_denylist(calibrated, build.model_io)
-    nodes = sorted(set(nodes) | set(keep_float))
+    nodes = sorted(set(nodes) | set(keep_float) | set(score_path(calibrated)))
     op_types = sorted(set(op_types) | set(FLOAT_SCORE_OPS))
     quantized = mlir_quantize(
-        calibrated,
+        without_score_ranges(calibrated),
         disable_per_channel=not int8_recipe(build).per_channel,
         fully_quantize=False,
         enable_numeric_verify=debug,
@@ -301,11 +351,12 @@ def full_int8(build: BuildInput, keep_float: Sequence[str] = (), calibrated: byt
         {
             "kept_float_coordinate_tensors": len(nodes),
             "kept_float_op_types": sorted(set(op_types) | set(FLOAT_SCORE_OPS)),
+            "kept_float_score_path_tensors": len(score_path(calibrated)),
             "kept_float_layers": sorted(keep_float),
             "calibration_samples": len(build.calibration),
             "calibration_sha256": calibration_sha256(build.calibration),
             "per_channel_weights": int8_recipe(build).per_channel,
-            "activation_ranges": ACTIVATION_RANGES.get(build.stage, "minmax"),
+            "activation_ranges": activation_ranges(build),
             "equalization": prepared(build)[1] or None,
             "layer_errors": layers,
         },
@@ -411,7 +462,7 @@ def tflite_int8_io(build: BuildInput) -> Built:
             "calibration_samples": len(build.calibration),
             "calibration_sha256": calibration_sha256(build.calibration),
             "per_channel_weights": recipe.per_channel,
-            "activation_ranges": ACTIVATION_RANGES.get(build.stage, "minmax"),
+            "activation_ranges": activation_ranges(build),
             "equalization": prepared(build, "int8_io")[1] or None,
         },
     )

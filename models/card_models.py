@@ -153,22 +153,30 @@ class CardModels:
         return [tensor], heads
 
 
+def matching_dataset(data: Path, card: DetectorCard, what: str, images_dir: Path | None = None):
+    """The COCO set ``data`` (models.coco.load_coco), refused in one line unless its classes
+    and category ids are the card's (``what`` names the card in the message)."""
+    from models.coco import load_coco
+
+    dataset = load_coco(data, images_dir)
+    if dataset.class_names != card.class_names or dataset.category_ids != card.category_ids:
+        raise CardError(
+            f"--data {data} has classes {list(dataset.class_names)} with ids "
+            f"{list(dataset.category_ids)}; {what} has {list(card.class_names)} "
+            f"with category_ids {list(card.category_ids)}"
+        )
+    return dataset
+
+
 def card_predictions(card_path: Path, data: Path, images_dir: Path | None = None):
     """(dataset, Detections per image in photo pixels) of the card's original Keras models on
     the COCO set ``data`` (``models.evaluate --detector`` scores them)."""
-    from models.coco import load_coco
     from runtime.card import read_card
     from runtime.images import load_image
 
     card = read_card(Path(card_path))
     models = CardModels(card, Path(card_path).resolve().parent)
-    dataset = load_coco(data, images_dir)
-    if dataset.class_names != card.class_names or dataset.category_ids != card.category_ids:
-        raise CardError(
-            f"--data {data} has classes {list(dataset.class_names)} with ids "
-            f"{list(dataset.category_ids)}; the card {card_path} has {list(card.class_names)} "
-            f"with category_ids {list(card.category_ids)}"
-        )
+    dataset = matching_dataset(data, card, f"the card {card_path}", images_dir)
     predictions = []
     for item in dataset.images:
         tensor, (sy, sx) = cp.preprocess(load_image(item.path), card)

@@ -88,11 +88,30 @@ def class_score_output(names: Sequence[str], references: Sequence[np.ndarray]) -
     return None
 
 
-def top1_agreement(class_scores: np.ndarray, reference: np.ndarray) -> float:
-    """Fraction of rows whose argmax over the last axis matches the reference's ([..., K+1])."""
-    a = np.asarray(class_scores).reshape(-1, np.shape(class_scores)[-1]).argmax(-1)
-    b = np.asarray(reference).reshape(-1, np.shape(reference)[-1]).argmax(-1)
+def top1_agreement(
+    class_scores: np.ndarray, reference: np.ndarray, tie_margin: float = 0.0
+) -> float:
+    """Fraction of rows whose argmax over the last axis matches the reference's ([..., K+1]).
+
+    Rows whose reference top-2 gap is at most ``tie_margin`` are not counted: an error within
+    the precision's elementwise bound may flip such a near-tie, and that bound judges them.
+    """
+    scores = np.asarray(class_scores).reshape(-1, np.shape(class_scores)[-1])
+    ref = np.asarray(reference, np.float64).reshape(-1, np.shape(reference)[-1])
+    if ref.shape[-1] > 1:
+        top2 = np.sort(ref, axis=-1)[:, -2:]
+        decided = top2[:, 1] - top2[:, 0] > tie_margin
+        scores, ref = scores[decided], ref[decided]
+    a, b = scores.argmax(-1), ref.argmax(-1)
     return float(np.mean(a == b)) if a.size else 1.0
+
+
+def top1_tie_margin(precision: str, reference: np.ndarray) -> float:
+    """Reference top-2 gaps up to this are near-ties for ``precision``: twice its max-abs bound
+    at the class scores' peak (each of the two scores may move by the bound), 0 without one."""
+    peak = float(np.max(np.abs(reference))) if np.size(reference) else 0.0
+    bound = tolerance_for(precision).max_abs_bound(peak)
+    return 2.0 * bound if bound is not None else 0.0
 
 
 def judge(precision: str, name: str, metrics: ErrorMetrics) -> tuple[str, ...]:
@@ -188,7 +207,8 @@ def compare_outputs(
     metrics = {n: error_metrics(a, r) for n, a, r in zip(names, actual, reference)}
     top1 = None
     if class_scores is not None:
-        top1 = top1_agreement(actual[class_scores], reference[class_scores])
+        margin = top1_tie_margin(precision, reference[class_scores])
+        top1 = top1_agreement(actual[class_scores], reference[class_scores], margin)
     return judge_metrics(precision, metrics, top1)
 
 

@@ -3,10 +3,10 @@
 #
 #   scripts/test_edge.sh [ARTIFACTS_DIR]        (default: artifacts)
 #
-# Builds two venvs under .edge-envs/ (reused while their requirements are unchanged; FRESH=1 rebuilds):
+# Builds two venvs under .edge-envs/ with scripts/edge_envs.py (reused while their requirements
+# are unchanged; FRESH=1 rebuilds):
 #   tflite-runtime: numpy<2 + tflite-runtime==2.14.0 + Pillow   (a Raspberry Pi OS-like image)
 #   litert-onnx:    numpy + ai-edge-litert==2.3.0 + onnxruntime==1.31.1 + Pillow
-# (each with opencv-python-headless for the stream check: 4.11.0.86 takes numpy<2, 5.1.0.95 numpy 2)
 # then copies runtime/, the artifacts and scripts/device_cases.py to a temp dir outside the repo
 # and, in each env, checks that TensorFlow is absent, runs the README's `python -m runtime check
 # artifacts` as is (it must exit 0 with only tflite-runtime installed: ONNX rows are skipped),
@@ -17,7 +17,6 @@ set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ARTIFACTS="${1:-artifacts}"
 PYTHON_BOOT="${PYTHON_BOOT:-python3}"
-ENVS="$REPO/.edge-envs"
 START=$SECONDS
 
 if [[ ! -f "$ARTIFACTS/manifest.json" ]]; then
@@ -26,10 +25,7 @@ if [[ ! -f "$ARTIFACTS/manifest.json" ]]; then
 fi
 ARTIFACTS="$(cd "$ARTIFACTS" && pwd)"
 
-declare -A REQUIREMENTS=(
-    [tflite-runtime]="numpy<2 tflite-runtime==2.14.0 pillow==11.3.0 opencv-python-headless==4.11.0.86"
-    [litert-onnx]="numpy==2.4.6 ai-edge-litert==2.3.0 onnxruntime==1.31.1 pillow==13.0.0 opencv-python-headless==5.1.0.95"
-)
+# The envs' requirements and how they are built: scripts/edge_envs.py (one place).
 # The formats each env can run (check them all; detect with every backbone precision of them).
 declare -A FORMATS=([tflite-runtime]="tflite" [litert-onnx]="tflite onnx")
 declare -A BACKEND=([tflite-runtime]="tflite_runtime" [litert-onnx]="ai_edge_litert")
@@ -54,27 +50,12 @@ step() {  # step NAME CMD... : run a command, record failure
     fi
 }
 
-build_env() {  # build_env NAME : create .edge-envs/NAME unless its stamp matches
-    local name="$1" env="$ENVS/$1" stamp="$ENVS/$1/.requirements"
-    if [[ "${FRESH:-0}" != 1 && -f "$stamp" && "$(cat "$stamp")" == "${REQUIREMENTS[$name]}" ]]; then
-        echo "== env $name: reusing $env"
-        return 0
-    fi
-    echo "== env $name: building ($(echo ${REQUIREMENTS[$name]}))"
-    rm -rf "$env"
-    "$PYTHON_BOOT" -m venv "$env" || return 1
-    # shellcheck disable=SC2086  # word splitting of the requirement list is intended
-    "$env/bin/python" -m pip install --quiet --disable-pip-version-check ${REQUIREMENTS[$name]} || return 1
-    echo "${REQUIREMENTS[$name]}" >"$stamp"
-}
-
 for name in tflite-runtime litert-onnx; do
     env_start=$SECONDS
-    if ! build_env "$name"; then
+    if ! py="$("$PYTHON_BOOT" "$REPO/scripts/edge_envs.py" "$name")"; then
         FAILED+=("build env $name")
         continue
     fi
-    py="$ENVS/$name/bin/python"
     cd "$WORK" || exit 1
     unset PYTHONPATH
     out="$WORK/out-$name"

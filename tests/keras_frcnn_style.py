@@ -23,7 +23,16 @@ import numpy as np
 CLASS_NAMES = ("disc", "block")
 CATEGORY_IDS = (7, 12)  # the dataset's own ids, not 1..K
 STRIDE = 8
-ANCHOR_SIZES = (16, 32)
+ANCHOR_SIZES = (16, 32)  # at 64x64; anchor_sizes() scales them with the image
+
+
+def anchor_sizes(image_size) -> tuple[int, ...]:
+    """The anchors' sizes (pixels) for ``image_size``: write_coco_set's objects are 0.3-0.5 of
+    the image side, so the anchors scale with it (16, 32 at 64 px; 32, 64 at 128 px)."""
+    scale = min(image_size) / 64
+    return tuple(round(size * scale) for size in ANCHOR_SIZES)
+
+
 ANCHOR_RATIOS = (1.0, 0.5, 2.0)  # w/h; keras-frcnn's [[1,1],[1/sqrt2,2/sqrt2],[2/sqrt2,1/sqrt2]]
 RPN_STD = 4.0
 CLASSIFIER_STD = (8.0, 8.0, 4.0, 4.0)
@@ -133,7 +142,7 @@ def card_dict(image_size, num_rois=8, score_threshold=0.5):
         "category_ids": list(CATEGORY_IDS),
         "anchors": {
             "stride": STRIDE,
-            "sizes": list(ANCHOR_SIZES),
+            "sizes": list(anchor_sizes(image_size)),
             "ratios": list(ANCHOR_RATIOS),
             "ratio_side": "w/h",
             "order": "size_major",
@@ -256,9 +265,10 @@ def _iou(a, b):
 def _anchors_xyxy(rows, cols):
     """[rows, cols, A, 4] anchors in image pixels, keras-frcnn's layout (centre at the cell index
     times the stride)."""
-    out = np.zeros((rows, cols, len(ANCHOR_SIZES) * len(ANCHOR_RATIOS), 4))
+    sizes = anchor_sizes((rows * STRIDE, cols * STRIDE))
+    out = np.zeros((rows, cols, len(sizes) * len(ANCHOR_RATIOS), 4))
     a = 0
-    for size in ANCHOR_SIZES:
+    for size in sizes:
         for ratio in ANCHOR_RATIOS:
             w, h = size * math.sqrt(ratio), size / math.sqrt(ratio)
             cy, cx = np.meshgrid(np.arange(rows) * STRIDE, np.arange(cols) * STRIDE, indexing="ij")
@@ -276,13 +286,12 @@ def _coding(boxes, targets):
     return np.stack([(tcx - cx) / w, (tcy - cy) / h, np.log(tw_ / w), np.log(th_ / h)], -1)
 
 
-def train(model_rpn, model_classifier, items, image_size, steps=40, seed=0):
-    """A few Adam steps of both models on keras-frcnn-style targets (RPN: IoU >= 0.5 positive,
-    < 0.3 negative; classifier: jittered ground truth and background RoIs, bg last)."""
+def train(model_rpn, model_classifier, items, image_size, steps=40, seed=0, lr=1e-3):
+    """Adam steps of both models on keras-frcnn-style targets, one image a step (RPN: IoU >= 0.5
+    positive, < 0.3 negative; classifier: jittered ground truth and background RoIs, bg last).
+    The gradient steps are traced once (tf.function): eager steps cost ~10x more."""
     import keras
     import tensorflow as tf
-
-    from runtime.images import resize
 
     rng = np.random.default_rng(seed)
     height, width = image_size
@@ -290,7 +299,39 @@ def train(model_rpn, model_classifier, items, image_size, steps=40, seed=0):
     anchors = _anchors_xyxy(rows, cols).reshape(-1, 4)
     num_rois = model_classifier.inputs[1].shape[1]
     k = len(CLASS_NAMES)
-    rpn_opt, cls_opt = keras.optimizers.Adam(3e-3), keras.optimizers.Adam(3e-3)
+    rpn_opt, cls_opt = keras.optimizers.Adam(lr), keras.optimizers.Adam(lr)
+
+    @tf.function
+    def rpn_step(tensor, positive, valid, regr):
+        with tf.GradientTape() as tape:
+            scores, deltas, _ = model_rpn(tensor, training=True)
+            scores = tf.reshape(scores, [-1, 1])
+            deltas = tf.reshape(deltas, [-1, 4])
+            bce = keras.losses.binary_crossentropy(positive[:, None], scores)
+            cls_loss = tf.reduce_sum(bce * valid) / tf.maximum(1.0, tf.reduce_sum(valid))
+            diff = tf.abs(deltas - regr)
+            smooth = tf.where(diff < 1, 0.5 * diff**2, diff - 0.5)
+            reg_loss = tf.reduce_sum(tf.reduce_sum(smooth, 1) * positive) / tf.maximum(
+                1.0, tf.reduce_sum(positive)
+            )
+            loss = cls_loss + reg_loss
+        grads = tape.gradient(loss, model_rpn.trainable_variables)
+        rpn_opt.apply_gradients(zip(grads, model_rpn.trainable_variables))
+        return model_rpn(tensor, training=False)[2]
+
+    @tf.function
+    def classifier_step(features, roi_tensor, onehot, regr_t, mask):
+        with tf.GradientTape() as tape:
+            probs, box = model_classifier([features, roi_tensor], training=True)
+            ce = tf.reduce_mean(keras.losses.categorical_crossentropy(onehot, probs))
+            diff = tf.abs(box - regr_t) * mask
+            smooth = tf.where(diff < 1, 0.5 * diff**2, diff - 0.5)
+            loss = ce + tf.reduce_sum(smooth) / tf.maximum(1.0, tf.reduce_sum(mask))
+        grads = tape.gradient(loss, model_classifier.trainable_variables)
+        cls_opt.apply_gradients(zip(grads, model_classifier.trainable_variables))
+
+    from runtime.images import resize
+
     for step in range(steps):
         image, boxes, labels = items[step % len(items)]
         sy, sx = height / image.shape[0], width / image.shape[1]
@@ -301,22 +342,13 @@ def train(model_rpn, model_classifier, items, image_size, steps=40, seed=0):
         positive = (best >= 0.5) | np.isin(np.arange(len(anchors)), overlaps.argmax(0))
         valid = positive | (best < 0.3)
         regr = _coding(anchors, gt[overlaps.argmax(1)]) * RPN_STD
-        with tf.GradientTape() as tape:
-            scores, deltas, _ = model_rpn(tensor, training=True)
-            scores = tf.reshape(scores, [-1])
-            deltas = tf.reshape(deltas, [-1, 4])
-            bce = keras.losses.binary_crossentropy(
-                positive.astype(np.float32)[:, None], scores[:, None]
-            )
-            cls_loss = tf.reduce_sum(bce * valid) / max(1, valid.sum())
-            diff = tf.abs(deltas - regr.astype(np.float32))
-            smooth = tf.where(diff < 1, 0.5 * diff**2, diff - 0.5)
-            reg_loss = tf.reduce_sum(tf.reduce_sum(smooth, 1) * positive) / max(1, positive.sum())
-            loss = cls_loss + reg_loss
-        grads = tape.gradient(loss, model_rpn.trainable_variables)
-        rpn_opt.apply_gradients(zip(grads, model_rpn.trainable_variables))
+        features = rpn_step(
+            tf.constant(tensor),
+            tf.constant(positive.astype(np.float32)),
+            tf.constant(valid.astype(np.float32)),
+            tf.constant(regr.astype(np.float32)),
+        )
 
-        features = np.asarray(model_rpn(tensor)[2])
         rois, targets, label_rows = [], [], []
         for _ in range(num_rois):
             if rng.random() < 0.6 and len(gt):
@@ -339,23 +371,18 @@ def train(model_rpn, model_classifier, items, image_size, steps=40, seed=0):
                 )
             targets.append((t, label))
             label_rows.append(label)
-        roi_tensor = np.asarray(rois, np.float32)[None]
-        onehot = np.eye(k + 1, dtype=np.float32)[label_rows][None]
         regr_t = np.stack([t for t, _ in targets]).astype(np.float32)[None]
         mask = np.zeros_like(regr_t)
         for i, (_, label) in enumerate(targets):
             if label < k:
                 mask[0, i, 4 * label : 4 * label + 4] = 1
-        with tf.GradientTape() as tape:
-            probs, box = model_classifier(
-                [tf.constant(features), tf.constant(roi_tensor)], training=True
-            )
-            ce = tf.reduce_mean(keras.losses.categorical_crossentropy(onehot, probs))
-            diff = tf.abs(box - regr_t) * mask
-            smooth = tf.where(diff < 1, 0.5 * diff**2, diff - 0.5)
-            loss = ce + tf.reduce_sum(smooth) / max(1.0, mask.sum())
-        grads = tape.gradient(loss, model_classifier.trainable_variables)
-        cls_opt.apply_gradients(zip(grads, model_classifier.trainable_variables))
+        classifier_step(
+            features,
+            tf.constant(np.asarray(rois, np.float32)[None]),
+            tf.constant(np.eye(k + 1, dtype=np.float32)[label_rows][None]),
+            tf.constant(regr_t),
+            tf.constant(mask),
+        )
 
 
 def write_detector(

@@ -6,7 +6,6 @@ without TensorFlow; ai-edge-litert + onnxruntime), built by pip like scripts/tes
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 
@@ -14,6 +13,9 @@ import numpy as np
 import pytest
 
 from runtime.manifest import read_manifest
+from scripts.edge_envs import BACKENDS as EDGE_BACKENDS
+from scripts.edge_envs import FORMATS as EDGE_FORMATS
+from scripts.edge_envs import edge_env
 from tests.keras_models import HELD_OUT_LAYER, import_layer_file, sample_arrays, snr_db
 from tests.test_keras_model import (  # noqa: F401  (fixtures)
     CHANNELS,
@@ -76,24 +78,8 @@ def test_runtime_run_in_tflite_runtime_214_env(tutorial, tutorial_export, tmp_pa
 
 
 def _edge_env(name: str) -> str:
-    """The python of scripts/test_edge.sh's env ``name`` (built the same way if missing)."""
-    script = (REPO / "scripts" / "test_edge.sh").read_text(encoding="utf-8")
-    requirements = re.search(rf'\[{re.escape(name)}\]="([^"]+)"', script).group(1)
-    env = REPO / ".edge-envs" / name
-    stamp = env / ".requirements"
-    if not (stamp.is_file() and stamp.read_text().strip() == requirements):
-        shutil.rmtree(env, ignore_errors=True)
-        boot = os.environ.get("PYTHON_BOOT", "python3")
-        subprocess.run([boot, "-m", "venv", str(env)], check=True)
-        subprocess.run(
-            [
-                *(str(env / "bin" / "python"), "-m", "pip", "install", "--quiet"),
-                *("--disable-pip-version-check", *requirements.split()),
-            ],
-            check=True,
-        )
-        stamp.write_text(requirements + "\n")
-    return str(env / "bin" / "python")
+    """The python of scripts/edge_envs.py's env ``name`` (built there if missing)."""
+    return str(edge_env(name))
 
 
 def test_held_out_bar_case_in_both_device_envs(tmp_path):
@@ -146,8 +132,7 @@ def test_held_out_bar_case_in_both_device_envs(tmp_path):
     np.savez(device / "fresh.npz", **fresh)
     want = _keras_run(model, fresh, 10)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    runs = {"tflite-runtime": ("tflite",), "litert-onnx": ("tflite", "onnx")}
-    backends = {"tflite-runtime": "tflite_runtime", "litert-onnx": "ai_edge_litert"}
+    runs, backends = EDGE_FORMATS, EDGE_BACKENDS
     floors = {"float32": 80.0, "float16": 35.0, "dynamic_int8": 20.0, "int8": 20.0}
     for name, formats in runs.items():
         python = _edge_env(name)

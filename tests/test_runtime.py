@@ -68,6 +68,25 @@ def test_error_metrics_reference_values():
     assert error_metrics(reference, reference).snr_db == float("inf")
 
 
+def test_top1_agreement_leaves_out_near_ties_within_the_precisions_bound():
+    """A float16 head flipping a reference near-tie (gap 5e-4, inside float16's elementwise
+    bound) keeps its top-1; a flip of a decided row (gap 0.4) still counts, for every precision."""
+    from runtime.golden import compare_outputs
+
+    reference = np.array([[[0.4997, 0.5002, 0.0001], [0.7, 0.3, 0.0]] + [[0.9, 0.05, 0.05]] * 30])
+    tie_flip = reference.copy()
+    tie_flip[0, 0] = [0.5003, 0.4996, 0.0001]  # |error| 6e-4, argmax flips
+    verdict = compare_outputs("float16", [tie_flip], [reference], ["class_scores"], 0)
+    assert verdict.top1_agreement == 1.0 and verdict.ok
+    decided_flip = reference.copy()
+    decided_flip[0, 1] = [0.3, 0.7, 0.0]
+    # float16 leaves the near-tie out (31 rows, 1 flipped); float32's bound (3.8e-4) and int8
+    # (no elementwise bound) count it (32 rows, 1 flipped)
+    for precision, expected in (("float16", 30 / 31), ("float32", 31 / 32), ("int8", 31 / 32)):
+        verdict = compare_outputs(precision, [decided_flip], [reference], ["class_scores"], 0)
+        assert verdict.top1_agreement == pytest.approx(expected)
+
+
 def test_check_passes_every_fake_artifact_and_writes_json(fake_dir, tmp_path, capsys):
     out = tmp_path / "check.json"
     assert main(["check", str(fake_dir), "--json", str(out)]) == 0

@@ -28,7 +28,7 @@ def progress(iterable: Any, enabled: bool, description: str, total: int | None =
     return tqdm(iterable, desc=description, total=total, disable=not enabled, file=sys.stderr)
 
 
-def _p50_ms(call: Any, runs: int, warmup: int) -> float:
+def p50_ms(call: Any, runs: int, warmup: int) -> float:
     from runtime.bench import latencies
 
     return latencies(call, runs, warmup)["p50_ms"]
@@ -75,7 +75,6 @@ class Measurer:
     """Holds the float Keras detector and the loaded artifacts of one artifacts directory."""
 
     def __init__(self, config: ReportConfig) -> None:
-        from models.detector import FloatDetector, load_detector
         from models.tf_threads import set_tensorflow_threads
         from runtime.backends import load_stage
 
@@ -83,12 +82,22 @@ class Measurer:
         self.directory = Path(config.artifacts)
         self.manifest: Manifest = read_manifest(self.directory)
         self.keras_threads = set_tensorflow_threads(config.threads)
-        self.keras = FloatDetector(load_detector(self._source_model()))
-        self.detector_config = self.keras.config
+        self.keras, self.detector_config = self._reference()
         self.stages = {
             entry.name: load_stage(self.directory, entry, None, num_threads=config.threads)
             for entry in stage_artifacts(self.manifest)
         }
+
+    def _reference(self) -> tuple[Any, Any]:
+        """(the float Keras reference, the detector config) of the artifacts' source model."""
+        from models.detector import FloatDetector, load_detector
+
+        keras = FloatDetector(load_detector(self._source_model()))
+        return keras, keras.config
+
+    def output_names(self, model: str) -> tuple[str, ...]:
+        """The output names of stage ``model``'s artifacts, in their order."""
+        return STAGE_IO[model][1]
 
     def _source_model(self) -> Path:
         """The .keras file the artifacts came from (manifest ``source_models``: ``PATH#stage``)."""
@@ -151,7 +160,6 @@ class Measurer:
 
     def latencies(self) -> dict[str, Any]:
         """p50 ms of every artifact (on its golden inputs), every pipeline and the Keras stages."""
-        from models.data import data_config_for, eval_split
         from runtime.check import load_golden
         from runtime.golden import golden_samples
 
@@ -160,43 +168,54 @@ class Measurer:
         goldens = {m: load_golden(self.directory, self.manifest, m) for m in self.manifest.golden}
         for entry in progress(stage_artifacts(self.manifest), cfg.progress, "latency"):
             feeds = golden_samples(goldens[entry.model], entry, entry.path)[0]
-            result["artifacts"][entry.name] = _p50_ms(
+            result["artifacts"][entry.name] = p50_ms(
                 functools.partial(self.stages[entry.name].run, *feeds), cfg.runs, cfg.warmup
             )
-        # The Keras reference needs no artifact: its inputs come from the held-out split.
-        image = eval_split(1, data_config_for(self.detector_config.image_size)).images[0]
-        ref = self.keras.stages(image)
-        head_feeds = (ref["features"], ref["proposals"], ref["box_indexes"])
-        keras = result["keras"]
-        keras["backbone_rpn"] = _p50_ms(
-            lambda: self.keras.backbone_outputs(ref["image"]), cfg.runs, cfg.warmup
-        )
-        keras["head"] = _p50_ms(lambda: self.keras.head_outputs(*head_feeds), cfg.runs, cfg.warmup)
-        keras["pipeline"] = _p50_ms(lambda: self.keras(image), cfg.runs, cfg.warmup)
+        image = self._keras_latencies(result["keras"])
         for pipeline in self.pipelines():
             detector = self.pipeline_detector(pipeline)
-            result["pipelines"][pipeline.name] = _p50_ms(
+            result["pipelines"][pipeline.name] = p50_ms(
                 functools.partial(detector.detect, image), cfg.runs, cfg.warmup
             )
         for entry in single_files(self.manifest):
             detector = self.single_detector(entry)
-            result["singles"][entry.name] = _p50_ms(
+            result["singles"][entry.name] = p50_ms(
                 functools.partial(detector.detect, image), cfg.runs, cfg.warmup
             )
         return result
+
+    def _keras_latencies(self, keras: dict[str, float]) -> Any:
+        """Fill ``keras`` with the p50 ms of the Keras stages and pipeline; returns the image
+        they ran on (the pipelines are timed on it too)."""
+        from models.data import data_config_for, eval_split
+
+        cfg = self.config
+        # The Keras reference needs no artifact: its inputs come from the held-out split.
+        image = eval_split(1, data_config_for(self.detector_config.image_size)).images[0]
+        ref = self.keras.stages(image)
+        head_feeds = (ref["features"], ref["proposals"], ref["box_indexes"])
+        keras["backbone_rpn"] = p50_ms(
+            lambda: self.keras.backbone_outputs(ref["image"]), cfg.runs, cfg.warmup
+        )
+        keras["head"] = p50_ms(lambda: self.keras.head_outputs(*head_feeds), cfg.runs, cfg.warmup)
+        keras["pipeline"] = p50_ms(lambda: self.keras(image), cfg.runs, cfg.warmup)
+        return image
 
     # -- accuracy
 
     def accuracy(self) -> dict[str, Any]:
         """mAP, per-output error statistics and detection agreement of everything measured."""
         batch, scorer = self._scored_images()
-        run = _AccuracyRun(self, scorer)
+        run = self._accuracy_run(scorer)
         run.scored_as = self._scored_as(batch)
         label = "held-out images" if self.config.data is None else str(self.config.data)
         images = progress(batch.images, self.config.progress, label)
         for index, image in enumerate(images):
             run.add(image, with_errors=index < self.config.stage_images)
         return run.summary(batch)
+
+    def _accuracy_run(self, scorer: Any) -> AccuracyRun:
+        return AccuracyRun(self, scorer)
 
     def _scored_as(self, batch: Any) -> Any:
         """``detections -> (predictions, truths)`` exactly as the scorer scores them (the photos'
@@ -243,7 +262,7 @@ class Measurer:
         return batch, functools.partial(score_on_dataset, dataset=dataset, size=size)
 
 
-class _AccuracyRun:
+class AccuracyRun:
     """Per-image detections and output errors of Keras, each artifact and each pipeline."""
 
     def __init__(self, measurer: Measurer, scorer: Any) -> None:
@@ -261,7 +280,7 @@ class _AccuracyRun:
         self.artifact_dets: dict[str, list] = {e.name: [] for e in self.entries}
         self.pipeline_dets: dict[str, list] = {p.name: [] for p in self.pipelines}
         self.errors = {
-            e.name: {name: OutputAccumulator() for name in STAGE_IO[e.model][1]}
+            e.name: {name: OutputAccumulator() for name in measurer.output_names(e.model)}
             for e in self.entries
         }
         self.top1_hits = {e.name: [0, 0] for e in self.entries if e.model == "head"}
@@ -287,7 +306,7 @@ class _AccuracyRun:
                 detections_from_head(scores, deltas, proposals, num_valid, self.det_cfg)
             )
             if with_errors:
-                for name, actual in zip(STAGE_IO[entry.model][1], outputs):
+                for name, actual in zip(self.measurer.output_names(entry.model), outputs):
                     self.errors[entry.name][name].add(actual, ref[name])
         for pipeline in self.pipelines:
             detections = self.detectors[pipeline.name].detect_tensor(ref["image"])

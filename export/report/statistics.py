@@ -38,7 +38,7 @@ def detection_agreement(candidates: list, references: list, min_score: float) ->
 
     Each item is a ``runtime.processing.Detections`` (boxes [n,4] y1x1y2x2 pixels, scores, class_ids).
     Every reference detection with score >= ``min_score`` is matched to the same-class candidate
-    (any score) of highest IoU. Returns ``mean_iou`` (0 for an unmatched reference) and
+    (any score) of highest IoU (1 for an identical box, even one without area). Returns ``mean_iou`` (0 for an unmatched reference) and
     ``matched`` (fraction with IoU >= 0.5).
     """
     from runtime.processing import box_iou
@@ -49,7 +49,13 @@ def detection_agreement(candidates: list, references: list, min_score: float) ->
             if score < min_score:
                 continue
             same = candidate.boxes[candidate.class_ids == cls]
-            ious.append(float(box_iou(box[None], same)[0].max()) if len(same) else 0.0)
+            if not len(same):
+                ious.append(0.0)
+                continue
+            # an identical box agrees even when it has no area (keras-frcnn-style boxes rounded
+            # to whole feature pixels can be 0 wide), where IoU is 0/0
+            overlap = np.where(np.all(same == box, axis=1), 1.0, box_iou(box[None], same)[0])
+            ious.append(float(overlap.max()))
     if not ious:
         return {"mean_iou": float("nan"), "matched": float("nan"), "references": 0}
     values = np.asarray(ious)

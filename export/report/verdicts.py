@@ -17,7 +17,7 @@ from export.report.config import (
 )
 from export.report.measure import Measurer, single_files, stage_artifacts, two_stage_pipeline
 from export.report.statistics import machine_info
-from runtime.manifest import ArtifactEntry, Manifest
+from runtime.manifest import ArtifactEntry, Manifest, read_manifest
 
 
 def map_drop_failures(precision: str, keras: dict, row: dict) -> list[str]:
@@ -211,7 +211,11 @@ def mixed_rows(directory: Path, manifest: Manifest, latency: dict) -> list[dict[
 
 def build_report(config: ReportConfig) -> dict[str, Any]:
     """Measure everything and return the report dict (``report.json``'s content)."""
-    measurer = Measurer(config)
+    from export.report.card_measure import CardMeasurer
+    from runtime.card import is_card
+
+    card = is_card(read_manifest(Path(config.artifacts)).detector)
+    measurer = (CardMeasurer if card else Measurer)(config)
     manifest = measurer.manifest
     latency = measurer.latencies()
     accuracy = None if config.speed_only else measurer.accuracy()
