@@ -85,7 +85,7 @@ def proposals_function(config: DetectorConfig):
         ]
     )
     def proposals(rpn_scores, rpn_deltas):
-        scores, top = tf.math.top_k(rpn_scores[0], k=config.rpn_pre_nms_top_n, sorted=True)
+        scores, top = tf.math.top_k(rpn_scores[0], k=config.rpn_pre_nms_count, sorted=True)
         boxes = _decode(
             tf.gather(rpn_deltas[0], top), tf.gather(geometry, top), config.box_coder_scales
         )

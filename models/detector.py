@@ -33,7 +33,7 @@ from runtime.processing import (
     preprocess,
     proposals_from_rpn,
 )
-from runtime.safe_files import check_zip_members, read_json
+from runtime.safe_files import check_zip_members, read_json, regular_file
 
 if TYPE_CHECKING:
     import keras
@@ -338,8 +338,12 @@ def load_detector(path: Path | str = SHIPPED) -> LoadedDetector:
     file (see :func:`save_detector`); a model that matches no entry is refused.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DetectorLoadError(f"{path}: no such detector file (expected a .keras file)")
+    try:  # a FIFO, device or folder is named as what it is, never opened
+        regular_file(path, "detector")
+    except RoiedgeError as error:
+        raise DetectorLoadError(str(error)) from None
     if not zipfile.is_zipfile(path):
         raise DetectorLoadError(f"{path}: not a valid .keras file (not a zip archive; corrupt?)")
     try:  # a zip bomb is refused from its central directory, before Keras inflates it

@@ -224,7 +224,7 @@ def make_train_step(layers, cfg: TrainConfig, det: DetectorConfig, optimizer, ma
             rpn_reg = tf.reduce_sum(reg * positive) / tf.maximum(tf.reduce_sum(positive), 1.0)
             # --- proposals from the RPN itself (no gradient through the boxes)
             scores = tf.stop_gradient(tf.sigmoid(logits))
-            top_scores, top_idx = tf.math.top_k(scores, k=det.rpn_pre_nms_top_n)
+            top_scores, top_idx = tf.math.top_k(scores, k=det.rpn_pre_nms_count)
             top_boxes = _decode_tf(
                 tf,
                 tf.gather(tf.stop_gradient(deltas), top_idx, batch_dims=1),

@@ -12,14 +12,10 @@ from pathlib import Path
 from runtime import strict_json
 from runtime.errors import RoiedgeError, one_line, say
 from runtime.images import IMAGE_SUFFIXES
+from runtime.limits import flag_type
 from runtime.safe_files import writable_output
 
-
-def _threads(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive thread count")
-    return number
+_threads = flag_type(1, "flag_threads")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,8 +74,8 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = verbs.add_parser("bench", help="load/latency/RSS per artifact and per pipeline")
     bench.add_argument("artifacts", type=Path, metavar="DIR")
-    bench.add_argument("--runs", type=int, default=20)
-    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--runs", type=flag_type(1, "flag_runs"), default=20)
+    bench.add_argument("--warmup", type=flag_type(0, "flag_runs"), default=3)
     bench.add_argument("--threads", type=_threads, default=None)
     bench.add_argument("--backend", default=None, help="TFLite interpreter (default: automatic)")
     bench.add_argument(
@@ -96,7 +92,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="instead: stream fps on this video, pipelined vs sequential, 1 and 2 cores",
     )
-    bench.add_argument("--rounds", type=int, default=3, help="--video: runs per mode and setting")
+    bench.add_argument(
+        "--rounds",
+        type=flag_type(1, "flag_runs"),
+        default=3,
+        help="--video: runs per mode and setting",
+    )
     bench.add_argument(
         "--require-all",
         action="store_true",

@@ -17,7 +17,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from runtime import limits
 from runtime.errors import RoiedgeError
+from runtime.safe_files import regular_file
 
 #: opencv-python-headless wheels by numpy major version: 5.x needs numpy >= 2, 4.11 takes numpy 1.
 OPENCV_PINS = {1: "opencv-python-headless==4.11.0.86", 2: "opencv-python-headless==5.1.0.95"}
@@ -66,9 +68,10 @@ class VideoFile:
 
     def __init__(self, path: os.PathLike) -> None:
         cv2 = opencv()
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise VideoError(f"--video {self.path}: file not found; expected a video file")
+        try:  # a FIFO or device would block OpenCV's open, a missing file is named as such
+            self.path = regular_file(path, "--video")
+        except RoiedgeError as error:
+            raise VideoError(str(error)) from None
         self._capture = cv2.VideoCapture(str(self.path))
         if not self._capture.isOpened():
             raise VideoError(
@@ -84,6 +87,11 @@ class VideoFile:
             int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
         )
         self.dropped = 0  # a file drops nothing: every frame is processed
+        try:  # from the container's header, before a frame is decoded
+            limits.check("image_pixels", self.size[0] * self.size[1], f"--video {self.path} frames")
+        except limits.LimitError as error:
+            self.close()
+            raise VideoError(str(error)) from None
 
     def __iter__(self) -> Iterator[Frame]:
         cv2 = opencv()
