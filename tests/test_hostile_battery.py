@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -268,3 +269,154 @@ def test_run_refuses_float64_inputs_beyond_float32_in_one_line(fake_dir, tmp_pat
         )  # fmt: skip
         one_line_exit_2(proc, "a cast would make it infinite")
         assert not (tmp_path / "o.npz").exists()
+
+
+# ------------------------------------------ item 5: exits in a custom-objects file, both loaders
+
+
+@pytest.mark.parametrize(
+    "code, call",
+    [
+        ("import os\nos._exit(0)\n", "os._exit(0)"),  # was: the export exited 0, nothing written
+        ("import sys\nsys.exit(0)\n", "sys.exit(0)"),
+    ],
+)
+def test_exits_in_custom_objects_are_one_line_in_both_keras_loaders(tmp_path, code, call):
+    from keras_frcnn_style import card_dict
+
+    from export.keras_loading import load_keras_model
+    from models.card_models import CardModels
+    from runtime.card import CardError, read_card
+    from runtime.errors import RoiedgeError
+
+    custom = tmp_path / "frcnn_layers.py"
+    custom.write_text(code)
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"not read: the custom objects are imported first")
+    with pytest.raises(RoiedgeError, match=rf"--custom-objects .*called {re.escape(call)}") as caught:
+        load_keras_model(model, [custom], "RoiPoolingConv", 2)
+    assert "\n" not in str(caught.value)
+    # The detector card's loader (export --detector, models.evaluate --detector) shares the
+    # importer; before, its sys.exit(0) ended `export --detector` with 0 and nothing written.
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps(card_dict((64, 64))))
+    for name in ("model_rpn.keras", "model_classifier.keras"):
+        (tmp_path / name).write_bytes(b"not read either")
+    with pytest.raises(CardError, match=rf"card custom_objects .*called {re.escape(call)}"):
+        CardModels(read_card(card), tmp_path)
+
+
+def test_custom_objects_that_are_a_fifo_or_a_folder_are_named_as_such(tmp_path):
+    from models.custom_objects import import_custom_objects
+    from runtime.errors import RoiedgeError
+
+    os.mkfifo(tmp_path / "pipe.py")
+    with pytest.raises(RoiedgeError, match=r"pipe\.py: is a FIFO"):
+        import_custom_objects(tmp_path / "pipe.py", "--custom-objects", "m")
+    with pytest.raises(RoiedgeError, match="is a directory"):
+        import_custom_objects(tmp_path, "--custom-objects", "m")
+
+
+# ------------------------------------- item 4: box indexes in --samples outside the batch
+
+
+def test_samples_with_box_indexes_outside_the_batch_are_one_line_before_tensorflow_fails(
+    tmp_path,
+):
+    import keras
+    from keras_models import head_model, import_layer_file, sample_arrays, write_layer_file
+
+    from export.config import ExportInputError
+    from export.keras_model import KerasExportConfig, run_keras_export
+
+    layer_file = write_layer_file(tmp_path)
+    module = import_layer_file(layer_file)
+    keras.utils.set_random_seed(0)
+    model = head_model(module.RoIPooling(size=(3, 3), name="roi_pool"), 6, 8, 2, 4, hidden=8)
+    model.save(tmp_path / "m.keras")
+    arrays = sample_arrays(8, 6, 8, 2, 4, seed=0)
+    arrays["box_indexes"][5, 2] = 7  # the feature maps hold one image: only index 0 exists
+    np.savez(tmp_path / "s.npz", **arrays)
+    config = KerasExportConfig(
+        keras_model=tmp_path / "m.keras",
+        samples=tmp_path / "s.npz",
+        out=tmp_path / "out",
+        custom_objects=(layer_file,),
+        formats=("tflite",),
+        precisions=("float32",),
+        progress=False,
+    )
+    # Before: an InvalidArgumentError traceback from crop_and_resize, exit 1.
+    with pytest.raises(ExportInputError, match=r"sample 5: layer 'roi_pool' gets box_indexes 0..7"):
+        run_keras_export(config)
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------- item 2: two categories of one name
+
+
+def test_a_dataset_with_two_categories_of_one_name_is_refused(tmp_path):
+    from PIL import Image
+
+    from models.coco import DatasetError, load_coco
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 32, "width": 32}],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 7, "name": "cat"}],
+    }
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    # Before: accepted; training then labelled two classes "cat" and every per-class table
+    # (keyed by name) kept one of the two rows.
+    with pytest.raises(DatasetError, match=r"categories\[1\] \(id 7\): name 'cat' repeats"):
+        load_coco(tmp_path / "d.json", require_annotations=False)
+
+
+def test_a_fifo_given_as_dataset_or_detector_is_named_as_a_fifo(tmp_path):
+    from models.coco import DatasetError, load_coco
+    from models.detector import DetectorLoadError, load_detector
+
+    os.mkfifo(tmp_path / "d.json")
+    os.mkfifo(tmp_path / "m.keras")
+    with pytest.raises(DatasetError, match="is a FIFO"):  # was: "no such dataset file"
+        load_coco(tmp_path / "d.json")
+    with pytest.raises(DetectorLoadError, match="is a FIFO"):  # was: "no such detector file"
+        load_detector(tmp_path / "m.keras")
+
+
+# --------------------------------- item 11: a model size with fewer anchors than pre-NMS top-n
+
+
+def test_pre_nms_count_is_every_anchor_on_a_small_feature_map():
+    from runtime.config import DetectorConfig
+    from runtime.nms import top_k_indices
+
+    small = DetectorConfig(image_size=(32, 32))  # 4 x 4 cells x 12 anchors = 192 < 300
+    assert small.num_anchors == 192 and small.rpn_pre_nms_count == 192
+    assert DetectorConfig().rpn_pre_nms_count == 300  # 4800 anchors: the top 300
+    # The runtime's own top-k takes the same count (every anchor when there are fewer).
+    scores = np.random.default_rng(0).random(small.num_anchors).astype(np.float32)
+    assert len(top_k_indices(scores, small.rpn_pre_nms_top_n)) == small.rpn_pre_nms_count
+
+
+@pytest.mark.slow  # trains one step in TensorFlow (~1 min on 2 cores)
+def test_training_at_32x32_runs_where_top_k_failed(tmp_path):
+    from PIL import Image
+
+    from models.coco import write_coco
+    from models.train import main as train
+
+    boxes = [[(4.0, 4.0, 20.0, 20.0), 0, False]]
+    files = []
+    for index in range(4):
+        Image.fromarray(np.full((32, 32, 3), 40 * index, np.uint8)).save(tmp_path / f"{index}.png")
+        files.append(f"{index}.png")
+    dataset = write_coco(tmp_path / "d.json", files, [(32, 32)] * 4, [boxes] * 4, ("thing",))
+    # Before: "input must have last dimension >= k = 300 but is 192" (TopKV2), a traceback.
+    code = train(
+        ["--data", str(dataset), "--image-size", "32", "32", "--epochs", "1",
+         "--steps-per-epoch", "1", "--batch-size", "2", "--warmup-steps", "1", "--quiet",
+         "--out", str(tmp_path / "m.keras")]
+    )  # fmt: skip
+    assert code == 0 and (tmp_path / "m.keras").is_file()
