@@ -460,12 +460,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
+        from runtime.replace import output_lock
         from runtime.safe_files import writable_output
 
         # Found now, not after the training: a model that cannot be saved loses all of it.
         writable_output(cfg.out, "--out")
         writable_output(Path(cfg.out).with_name(Path(cfg.out).stem + ".training.json"), "--out")
-        record = train(cfg)
+        # A second training to the same --out is refused at once: otherwise both run and the
+        # one that saves last silently replaces the other's model.
+        with output_lock(cfg.out, "--out", "models.train"):
+            record = train(cfg)
     except RoiedgeError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2

@@ -293,7 +293,9 @@ def test_exits_in_custom_objects_are_one_line_in_both_keras_loaders(tmp_path, co
     custom.write_text(code)
     model = tmp_path / "m.keras"
     model.write_bytes(b"not read: the custom objects are imported first")
-    with pytest.raises(RoiedgeError, match=rf"--custom-objects .*called {re.escape(call)}") as caught:
+    with pytest.raises(
+        RoiedgeError, match=rf"--custom-objects .*called {re.escape(call)}"
+    ) as caught:
         load_keras_model(model, [custom], "RoiPoolingConv", 2)
     assert "\n" not in str(caught.value)
     # The detector card's loader (export --detector, models.evaluate --detector) shares the
@@ -420,3 +422,20 @@ def test_training_at_32x32_runs_where_top_k_failed(tmp_path):
          "--out", str(tmp_path / "m.keras")]
     )  # fmt: skip
     assert code == 0 and (tmp_path / "m.keras").is_file()
+
+
+# --------------------------------------------- item 3: a second training to the same --out
+
+
+def test_a_second_training_to_the_same_out_is_refused_at_once(tmp_path, capsys):
+    from models.train import main as train
+    from runtime.replace import output_lock
+
+    out = tmp_path / "own.keras"
+    # Before: both trainings ran to the end and the later save silently replaced the other.
+    with output_lock(out, "--out", "models.train"):  # the first training, still running
+        code = train(["--out", str(out), "--quiet", "--epochs", "1", "--steps-per-epoch", "1"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another models.train is writing it" in err[0], err
+    assert not out.exists()
