@@ -213,7 +213,10 @@ def main(args: argparse.Namespace) -> int:
     finally:
         results.close()
         if writer is not None:
-            writer.close()
+            try:
+                writer.close()
+            except RoiedgeError as error:
+                failure, code = failure or f"error: {one_line(error)}", 2
         if lines is not None:
             try:
                 with _writing(args.json):
@@ -221,7 +224,7 @@ def main(args: argparse.Namespace) -> int:
             except RoiedgeError as error:
                 failure, code = failure or f"error: {one_line(error)}", 2
     status.show(source.dropped, final=True)
-    written = [str(p) for p in (args.out, args.json) if p is not None]
+    written = [str(p) for p in (args.out, args.json) if p is not None and failure is None]
     if code in (EXIT_SIGINT, EXIT_SIGTERM):
         signal_name = "Ctrl-C" if code == EXIT_SIGINT else "SIGTERM"
         say(f"interrupted ({signal_name}) after {status.frames} frames", file=sys.stderr)

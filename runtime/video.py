@@ -292,11 +292,23 @@ class VideoWriter:
         self.frames += 1
 
     def close(self) -> None:
-        """Finalise the video and move it to ``path`` (idempotent)."""
+        """Finalise the video and move it to ``path`` (idempotent).
+
+        OpenCV's writer reports no write error: the finished file is read back, and one that
+        does not hold every frame written (a full disk leaves 0 bytes) is removed and raised as
+        a VideoError instead of being put at ``path`` as if complete.
+        """
         if self._writer is None:
             return
         self._writer.release()
         self._writer = None
+        stored = _stored_frames(self._temporary)
+        if stored < self.frames:
+            self._temporary.unlink(missing_ok=True)
+            raise VideoError(
+                f"--out {self.path}: the video could not be written ({stored} of {self.frames} "
+                "frames stored; is the disk full?); nothing was put at --out"
+            )
         os.replace(self._temporary, self.path)
 
     def discard(self) -> None:
@@ -305,6 +317,18 @@ class VideoWriter:
             self._writer.release()
             self._writer = None
         self._temporary.unlink(missing_ok=True)
+
+
+def _stored_frames(path: Path) -> int:
+    """Frames the finished video file ``path`` holds by its container (0 if it cannot open)."""
+    cv2 = opencv()
+    if not path.is_file() or path.stat().st_size == 0:
+        return 0
+    capture = cv2.VideoCapture(str(path))
+    try:
+        return int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if capture.isOpened() else 0
+    finally:
+        capture.release()
 
 
 def annotate(pixels: np.ndarray, detections: list, fps: float | None) -> np.ndarray:

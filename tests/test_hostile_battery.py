@@ -439,3 +439,47 @@ def test_a_second_training_to_the_same_out_is_refused_at_once(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "another models.train is writing it" in err[0], err
     assert not out.exists()
+
+
+# ------------------------------------ item 14: a video OpenCV could not write is not "written"
+
+
+def test_a_video_whose_frames_were_not_stored_is_an_error_not_a_written_file(tmp_path, monkeypatch):
+    from runtime import video
+
+    class DroppingWriter:
+        """cv2.VideoWriter on a full disk: opens, takes every frame, stores none, says nothing."""
+
+        def __init__(self, *args):
+            self.inner = cv2.VideoWriter(*args)
+
+        def isOpened(self):  # OpenCV's name
+            return self.inner.isOpened()
+
+        def write(self, frame):
+            pass
+
+        def release(self):
+            self.inner.release()
+
+    class FullDiskCv2:
+        VideoWriter = DroppingWriter
+
+        def __getattr__(self, name):
+            return getattr(cv2, name)
+
+    monkeypatch.setattr(video, "opencv", FullDiskCv2)
+    target = tmp_path / "annotated.avi"
+    writer = video.VideoWriter(target, 10.0, (48, 64))
+    for _ in range(3):
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    # Before: `stream --out` on a full disk printed "wrote 5 frames" and left a 0-byte video.
+    with pytest.raises(video.VideoError, match=r"0 of 3 frames stored"):
+        writer.close()
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+    monkeypatch.undo()
+    writer = video.VideoWriter(target, 10.0, (48, 64))
+    for _ in range(3):
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.close()
+    assert video._stored_frames(target) == 3
