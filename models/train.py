@@ -427,16 +427,44 @@ def _bad_numbers(cfg: TrainConfig) -> str | None:
 
     if cfg.epochs < 1 or cfg.steps_per_epoch < 1 or cfg.batch_size < 1:
         return "--epochs, --steps-per-epoch and --batch-size must be >= 1"
+    # (flag, value, low, high, low_open, LIMITS row): every numeric field of TrainConfig. An
+    # IoU of 2 or a NaN weight decay would otherwise train a broken model without a word.
     checks = [
+        ("--seed", cfg.seed, 0, 2**31 - 1, False, None),  # TensorFlow's stateless seeds: int32
+        ("--batch-size", cfg.batch_size, 1, None, False, "flag_batch"),
         ("--threads", cfg.threads, 1, None, False, "flag_threads"),
         ("--learning-rate", cfg.learning_rate, 0, None, True, None),
+        ("--warmup-steps", cfg.warmup_steps, 0, None, False, None),
+        ("--weight-decay", cfg.weight_decay, 0, None, False, None),
+        ("--clip-norm", cfg.clip_norm, 0, None, True, None),
+        ("--rpn-batch", cfg.rpn_batch, 1, None, False, None),
+        ("--rpn-positive-fraction", cfg.rpn_positive_fraction, 0, 1, True, None),
+        ("--rpn-positive-iou", cfg.rpn_positive_iou, 0, 1, True, None),
+        ("--rpn-negative-iou", cfg.rpn_negative_iou, 0, 1, False, None),
+        ("--train-proposals", cfg.train_proposals, 1, None, False, "config_proposals"),
+        ("--jitter-per-gt", cfg.jitter_per_gt, 0, None, False, "train_jitter"),
+        ("--head-positive-iou", cfg.head_positive_iou, 0, 1, True, None),
     ]
     for side in cfg.image_size or ():
         checks.append(("--image-size side", side, 8, None, False, "config_image_side"))
+    for side in cfg.pool_size or ():
+        checks.append(("--pool-size side", side, 1, None, False, "config_pool_side"))
+    optional = [
+        ("--num-proposals", cfg.num_proposals, 1, None, False, "config_proposals"),
+        ("--max-detections", cfg.max_detections, 1, None, False, "config_detections"),
+        ("--score-threshold", cfg.score_threshold, 0, 1, False, None),
+    ]
+    checks += [check for check in optional if check[1] is not None]
     for flag, value, low, high, low_open, limit_name in checks:
         bad = bad_number(flag, value, low, high, low_open=low_open, limit_name=limit_name)
         if bad:
             return bad
+    if cfg.rpn_negative_iou > cfg.rpn_positive_iou:
+        return (
+            f"--rpn-negative-iou {cfg.rpn_negative_iou} is above --rpn-positive-iou "
+            f"{cfg.rpn_positive_iou}; expected negative <= positive (anchors below the one are "
+            "background, above the other objects)"
+        )
     return None
 
 

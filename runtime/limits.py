@@ -72,6 +72,8 @@ LIMITS: dict[str, Limit] = _table(
     Limit(
         "flag_copies", 64, "interpreters", "copies of one artifact a --head-copies flag asks for"
     ),
+    Limit("flag_batch", 1024, "images", "images in one training batch (--batch-size)"),
+    Limit("train_jitter", 64, "copies", "jittered copies of each true box (--jitter-per-gt)"),
 )
 
 

@@ -483,3 +483,40 @@ def test_a_video_whose_frames_were_not_stored_is_an_error_not_a_written_file(tmp
         writer.write(np.zeros((48, 64, 3), np.uint8))
     writer.close()
     assert video._stored_frames(target) == 3
+
+
+# ---------------------------------------------- item 11: every numeric flag of models.train
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--rpn-positive-iou", "2"], "--rpn-positive-iou is 2.0"),  # trained, no positives
+        (["--rpn-positive-iou", "0.2", "--rpn-negative-iou", "0.5"], "--rpn-negative-iou 0.5"),
+        (["--rpn-negative-iou", "-0.5"], "--rpn-negative-iou is -0.5"),
+        (["--head-positive-iou", "1.5"], "--head-positive-iou is 1.5"),
+        (["--rpn-positive-fraction", "2"], "--rpn-positive-fraction is 2.0"),
+        (["--weight-decay", "nan"], "--weight-decay is nan"),  # NaN weights
+        (["--clip-norm", "-1"], "--clip-norm is -1.0"),
+        (["--warmup-steps", "-5"], "--warmup-steps is -5"),
+        (["--rpn-batch", "0"], "--rpn-batch is 0"),
+        (["--train-proposals", "100000"], "--train-proposals is 100000"),
+        (["--jitter-per-gt", "100000"], "--jitter-per-gt is 100000"),
+        (["--batch-size", "1000000"], "--batch-size is 1000000"),
+        (["--seed", str(2**70)], "--seed is"),  # TensorFlow's int32 stateless seed
+        (["--pool-size", "1000", "1000"], "--pool-size side is 1000"),
+        (["--num-proposals", "0"], "--num-proposals is 0"),
+        (["--max-detections", "0"], "--max-detections is 0"),
+        (["--score-threshold", "nan"], "--score-threshold is nan"),
+    ],
+)
+def test_train_flags_out_of_range_never_reach_training(flags, named, monkeypatch, capsys, tmp_path):
+    import models.train as training
+
+    def reached(cfg):
+        raise AssertionError(f"training started with {flags}")
+
+    monkeypatch.setattr(training, "train", reached)
+    code = training.main(["--out", str(tmp_path / "m.keras"), "--quiet", *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {named}"), err
