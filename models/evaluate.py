@@ -198,6 +198,7 @@ def check_category_ids(dataset: Any, config: Any, data: Any, detector: Any) -> N
 def _bad_flags(args: argparse.Namespace) -> str | None:
     """One line naming the first bad flag, or None; checked before TensorFlow loads and before
     the scoring, so an output that cannot be written is found before the work, not after."""
+    from models.detector import config_path
     from runtime.limits import bad_number
     from runtime.safe_files import writable_output
 
@@ -211,10 +212,12 @@ def _bad_flags(args: argparse.Namespace) -> str | None:
             return bad
     if args.show and not args.out:
         return "--show N needs --out PNG"
+    model = args.model or None
+    inputs = (model, model and config_path(model), args.data, args.detector)
     try:
         for flag, value in (("--json", args.json), ("--out", args.out)):
             if value is not None:
-                writable_output(value, flag)
+                writable_output(value, flag, inputs=inputs)
     except RoiedgeError as error:
         return str(error)
     return None

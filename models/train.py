@@ -488,12 +488,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
+        # Found now, not after the training: a model that cannot be saved loses all of it.
+        from models.detector import config_path
         from runtime.replace import output_lock
         from runtime.safe_files import writable_output
 
-        # Found now, not after the training: a model that cannot be saved loses all of it.
-        writable_output(cfg.out, "--out")
-        writable_output(Path(cfg.out).with_name(Path(cfg.out).stem + ".training.json"), "--out")
+        # ``--data own.json --out own.keras``: the sidecar own.json would replace the dataset.
+        datasets = (cfg.data, cfg.val)
+        writable_output(cfg.out, "--out", inputs=datasets)
+        writable_output(config_path(cfg.out), "--out (its config sidecar)", inputs=datasets)
+        record_path = Path(cfg.out).with_name(Path(cfg.out).stem + ".training.json")
+        writable_output(record_path, "--out (its training record)", inputs=datasets)
         # A second training to the same --out is refused at once: otherwise both run and the
         # one that saves last silently replaces the other's model.
         with output_lock(cfg.out, "--out", "models.train"):

@@ -13,6 +13,7 @@ from runtime import strict_json
 from runtime.errors import RoiedgeError, one_line, say
 from runtime.images import IMAGE_SUFFIXES
 from runtime.limits import flag_type
+from runtime.manifest import MANIFEST_NAME
 from runtime.safe_files import writable_output
 
 _threads = flag_type(1, "flag_threads")
@@ -183,11 +184,11 @@ def _detect(args: argparse.Namespace) -> int:
     from runtime.manifest import atomic_write_bytes
 
     # Outputs are checked before any work: a run never ends in "cannot write" after the work.
+    paths = image_files(args.images)
     if args.out is not None:
         writable_output(args.out, "--out", kind="dir")
-    if args.json is not None:
-        writable_output(args.json, "--json")
-    paths = image_files(args.images)
+    if args.json is not None:  # never one of the images or the manifest it reads
+        writable_output(args.json, "--json", inputs=[*paths, args.artifacts / MANIFEST_NAME])
     options = DetectorOptions(
         precision=args.precision,
         head_precision=args.head_precision,
@@ -243,7 +244,7 @@ def _check(args: argparse.Namespace) -> int:
     from runtime.progress import progress
 
     if args.json is not None:
-        writable_output(args.json, "--json")
+        writable_output(args.json, "--json", inputs=[args.artifacts / MANIFEST_NAME])
     backends = {"tflite": args.tflite_backend} if args.tflite_backend else None
     only = args.only
     if args.formats:
@@ -310,7 +311,7 @@ def _bench(args: argparse.Namespace) -> int:
     from runtime.progress import progress
 
     if args.json is not None:
-        writable_output(args.json, "--json")
+        writable_output(args.json, "--json", inputs=[args.artifacts / MANIFEST_NAME])
     manifest = read_manifest(args.artifacts)
     entries = [e for e in manifest.artifacts if args.only is None or e.name in args.only]
     common = ["--runs", str(args.runs), "--warmup", str(args.warmup)]

@@ -21,7 +21,7 @@ from runtime.backends import canonical_name, load_stage
 from runtime.errors import RoiedgeError, say
 from runtime.input_checks import check_range, refuse_kind
 from runtime.limits import flag_type
-from runtime.manifest import FORMATS, atomic_write_bytes, read_manifest
+from runtime.manifest import FORMATS, MANIFEST_NAME, atomic_write_bytes, read_manifest
 from runtime.safe_files import load_npz, open_regular, writable_output
 
 
@@ -144,7 +144,7 @@ def read_npz(path: Path, flag: str, expected: str) -> dict[str, np.ndarray]:
 
 def main(args: argparse.Namespace) -> int:
     """The ``run`` verb: exit 0, or a RoiedgeError for the CLI to report (exit 2)."""
-    writable_output(args.out, "--out")
+    writable_output(args.out, "--out", inputs=[args.inputs, Path(args.artifacts) / MANIFEST_NAME])
     outputs = run_artifact(
         args.artifacts,
         read_npz(args.inputs, "--inputs", "an .npz keyed by input name"),

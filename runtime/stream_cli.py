@@ -21,6 +21,7 @@ from runtime import strict_json
 from runtime.errors import RoiedgeError, one_line, say
 from runtime.interrupts import EXIT_SIGINT, EXIT_SIGTERM, Terminated
 from runtime.limits import flag_type
+from runtime.manifest import MANIFEST_NAME
 from runtime.safe_files import writable_output
 from runtime.stream import STEPS
 
@@ -167,7 +168,7 @@ def main(args: argparse.Namespace) -> int:
     # Outputs are checked before any work (a stream never ends in "cannot write" at frame 1).
     for flag, path in (("--out", args.out), ("--json", args.json)):
         if path is not None:
-            writable_output(path, flag)
+            writable_output(path, flag, inputs=[args.video, args.artifacts / MANIFEST_NAME])
     threads = args.threads or (None if args.sequential else 1)
     options = DetectorOptions(
         precision=args.precision,

@@ -520,3 +520,55 @@ def test_train_flags_out_of_range_never_reach_training(flags, named, monkeypatch
     code = training.main(["--out", str(tmp_path / "m.keras"), "--quiet", *flags])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {named}"), err
+
+
+# ------------------------------------------- data lost: an output that is one of the inputs
+
+
+def test_an_output_naming_one_of_the_runs_inputs_is_refused_before_the_work(
+    fake_copy, tmp_path, monkeypatch, capsys
+):
+    from runtime_fakes import fake_image
+
+    import models.train as training
+    from models.evaluate import main as evaluate
+    from runtime.safe_files import writable_output
+
+    photo = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.fromarray(fake_image(0)).save(photo)
+    manifest = fake_copy / "manifest.json"
+    before = manifest.read_bytes()
+    inputs = tmp_path / "x.npz"
+    np.savez(inputs, image=np.zeros((1, 32, 32, 3), np.float32))
+    for args in [
+        ("detect", "--artifacts", fake_copy, photo, "--json", manifest),
+        ("detect", "--artifacts", fake_copy, photo, "--json", photo),
+        ("check", fake_copy, "--json", manifest),
+        ("run", fake_copy, "--model", "backbone_rpn", "--inputs", inputs, "--out", inputs),
+    ]:
+        one_line_exit_2(run_cli(*args), "is also an input of this run")
+    assert manifest.read_bytes() == before
+
+    # `models.train --data own.json --out own.keras` wrote the model's sidecar own.json over
+    # the dataset at the end of the training; `evaluate --model own.keras --json own.json`
+    # wrote the summary over the sidecar, after which the model no longer loaded.
+    dataset = tmp_path / "own.json"
+    dataset.write_text("{}")
+    monkeypatch.setattr(training, "train", lambda cfg: pytest.fail("training started"))
+    code = training.main(["--data", str(dataset), "--out", str(tmp_path / "own.keras"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--out (its config sidecar)" in err and "also an input" in err, err
+    assert dataset.read_text() == "{}"
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"a model")
+    (tmp_path / "m.json").write_text("{}")
+    assert evaluate(["--model", str(model), "--json", str(tmp_path / "m.json")]) == 2
+    assert "is also an input of this run" in capsys.readouterr().err
+    assert (tmp_path / "m.json").read_text() == "{}"
+    # Hard links are the same file too; a new name or another file is fine.
+    os.link(dataset, tmp_path / "link.json")
+    with pytest.raises(Exception, match="also an input"):
+        writable_output(tmp_path / "link.json", "--json", inputs=[dataset])
+    writable_output(tmp_path / "new.json", "--json", inputs=[dataset, None])
