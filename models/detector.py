@@ -269,10 +269,18 @@ def save_detector(backbone_rpn, head, config: DetectorConfig, path: Path | str) 
     model = _container(backbone_rpn, head, config)
     with output_lock(path, "detector", "save", wait=True, folder=True):
         remove_stale(path.parent, _stale_patterns(path))
-        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.saving-") as tmp:
-            tmp_file = Path(tmp) / path.name
-            model.save(tmp_file)
-            data = tmp_file.read_bytes()
+        try:  # a full disk fails inside Keras' writer: one line, the old pair left in place
+            with tempfile.TemporaryDirectory(
+                dir=path.parent, prefix=f".{path.name}.saving-"
+            ) as tmp:
+                tmp_file = Path(tmp) / path.name
+                model.save(tmp_file)
+                data = tmp_file.read_bytes()
+        except OSError as error:
+            raise RoiedgeError(
+                f"{path}: cannot write it ({error.strerror or type(error).__name__}); the "
+                "detector there before (if any) is unchanged"
+            ) from None
         new = {"config": config.to_dict(), "model_sha256": hashlib.sha256(data).hexdigest()}
         old = _current_pair(path)
         sidecar = {"format": SIDECAR_FORMAT, **new}

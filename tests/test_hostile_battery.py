@@ -572,3 +572,34 @@ def test_an_output_naming_one_of_the_runs_inputs_is_refused_before_the_work(
     with pytest.raises(Exception, match="also an input"):
         writable_output(tmp_path / "link.json", "--json", inputs=[dataset])
     writable_output(tmp_path / "new.json", "--json", inputs=[dataset, None])
+
+
+# ----------------------------------------- item 14: a full disk when the trained model is saved
+
+
+def test_a_full_disk_while_saving_the_model_is_one_line_and_keeps_the_old_pair(
+    tmp_path, monkeypatch
+):
+    import errno
+
+    import keras
+
+    from models.detector import SHIPPED, config_path, load_detector, save_detector
+    from runtime.errors import RoiedgeError
+
+    loaded = load_detector(SHIPPED)
+    target = tmp_path / "own.keras"
+    save_detector(loaded.backbone_rpn, loaded.head, loaded.config, target)
+    before = (target.read_bytes(), config_path(target).read_bytes())
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(keras.Model, "save", full)
+    # Before: `models.train` ended a whole training with an OSError traceback here.
+    with pytest.raises(
+        RoiedgeError, match=r"own\.keras: cannot write it \(No space left on device\)"
+    ):
+        save_detector(loaded.backbone_rpn, loaded.head, loaded.config, target)
+    assert (target.read_bytes(), config_path(target).read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["own.json", "own.keras"]
