@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
-import inspect
 import json
 import re
 import shutil
-import sys
 import tempfile
 import zipfile
 from collections.abc import Sequence
@@ -24,8 +21,9 @@ import numpy as np
 
 from export.config import ExportInputError
 from export.samples import TensorInfo
+from models.custom_objects import import_custom_objects
 from runtime.errors import RoiedgeError
-from runtime.safe_files import check_zip_members
+from runtime.safe_files import check_zip_members, regular_file
 
 #: Artifact files are named after the model, so its name must be a plain file-name word.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -44,41 +42,23 @@ class LoadedModel:
 # ----------------------------------------------------------------------------- model and loading
 
 
+def _regular(path: Path, flag: str) -> None:
+    """A FIFO, device or folder given as ``flag`` named as what it is, never opened."""
+    try:
+        regular_file(path, flag)
+    except RoiedgeError as error:
+        raise ExportInputError(str(error)) from None
+
+
 def _import_custom_objects(files: Sequence[Path]) -> dict[str, Any]:
-    """Import each file as a module; its classes by name (registration happens on import)."""
+    """Import each file as a module (models.custom_objects); their classes and functions by name."""
     objects: dict[str, Any] = {}
     for index, path in enumerate(files):
-        path = Path(path)
-        if not path.is_file():
-            raise ExportInputError(f"--custom-objects {path}: no such file (expected a .py file)")
-        name = f"roiedge_custom_objects_{index}_{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None:
-            raise ExportInputError(f"--custom-objects {path}: not an importable Python file")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
+        module = f"roiedge_custom_objects_{index}_{Path(path).stem}"
         try:
-            spec.loader.exec_module(module)
-        except Exception as error:  # the user's code: any exception is their file's problem
-            raise ExportInputError(
-                f"--custom-objects {path}: importing it failed ({type(error).__name__}: "
-                f"{_first_line(error)})"
-            ) from None
-        except SystemExit as error:  # sys.exit() in the user's file must not end the export as 0
-            raise ExportInputError(
-                f"--custom-objects {path}: importing it called sys.exit({error.code!r}); "
-                "a custom-objects file must only define classes and functions"
-            ) from None
-        # Classes, and the plain functions the file defines (custom activations, losses, Lambda
-        # helpers saved by name): Keras looks both up by name.
-        objects.update(
-            {
-                k: v
-                for k, v in vars(module).items()
-                if isinstance(v, type)
-                or (inspect.isfunction(v) and v.__module__ == name and not k.startswith("_"))
-            }
-        )
+            objects.update(import_custom_objects(Path(path), "--custom-objects", module))
+        except RoiedgeError as error:
+            raise ExportInputError(str(error)) from None
     return objects
 
 
@@ -168,8 +148,9 @@ def load_keras_model(
     from export.swap import substitute_class
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ExportInputError(f"--keras-model {path}: no such file (expected a .keras or .h5)")
+    _regular(path, "--keras-model")
     objects = _import_custom_objects(custom_files)
     config = saved_config(path)
     for entry in _layer_entries(config):

@@ -207,14 +207,21 @@ def _swap_and_prove(
     The original runs here when it can; otherwise its outputs come from ``output:NAME`` arrays.
     """
     from export.shared import keras_outputs
-    from export.swap import prove_swap, swap_roi_layers
+    from export.swap import box_index_problem, prove_swap, swap_roi_layers
+
+    def refuse_bad_box_indexes(model: Any) -> None:  # before any model runs on the samples
+        problem = box_index_problem(model, samples.rows(names_in, range(samples.count)))
+        if problem is not None:
+            raise ExportInputError(f"--samples {config.samples}: {problem}")
 
     if loaded.original is not None:
         swapped, swaps = swap_roi_layers(loaded.original, config.roi_layer, config.samples_per_bin)
+        refuse_bad_box_indexes(swapped)
         golden_outputs = keras_outputs(loaded.original, golden_rows)
         source = "ran the original model here on the golden samples"
     else:
         swapped, swaps = loaded.swapped_at_load, None
+        refuse_bad_box_indexes(swapped)
         if not samples.outputs:
             raise ExportInputError(
                 f"{config.keras_model}: its {config.roi_layer} layer cannot run here "

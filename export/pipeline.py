@@ -57,7 +57,7 @@ from runtime.manifest import (
     write_manifest,
 )
 from runtime.replace import exchange_paths, output_lock, remove_stale
-from runtime.safe_files import writable_output
+from runtime.safe_files import regular_file, writable_output
 
 GOLDEN_DIR = "golden"
 
@@ -72,10 +72,14 @@ def check_inputs(config: ExportConfig) -> tuple[list[Path], list[Path]] | None:
     """Validate paths before any heavy work; returns the (calibration, golden) image files of
     ``--calibration`` (None = procedural scenes)."""
     model = Path(config.model)
-    if not model.is_file():
+    if not model.exists():
         raise ExportInputError(
             f"--model {model}: no such file (expected a .keras detector saved by models.detector)"
         )
+    try:  # a FIFO, device or folder is named as what it is, never opened
+        regular_file(model, "--model")
+    except RoiedgeError as error:
+        raise ExportInputError(str(error)) from None
     check_out(Path(config.out))
     if config.calibration is None:
         return None

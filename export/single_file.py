@@ -96,7 +96,7 @@ def proposals_function(config: DetectorConfig):
         ]
     )
     def proposals(rpn_scores, rpn_deltas):
-        top_n = min(config.rpn_pre_nms_top_n, n)  # as runtime.nms.top_k_indices: min(k, N)
+        top_n = config.rpn_pre_nms_count  # as runtime.nms.top_k_indices: min(k, N)
         _, top = tf.math.top_k(rpn_scores[0], k=top_n, sorted=True)
         boxes = _decode(
             tf.gather(rpn_deltas[0], top), tf.gather(geometry, top), config.box_coder_scales

@@ -9,38 +9,17 @@ so the artifacts' mAP differs from this float reference by their numerics alone.
 
 from __future__ import annotations
 
-import importlib.util
-import re
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from models.custom_objects import import_custom_objects
 from runtime import card_processing as cp
 from runtime.card import CardError, DetectorCard
-from runtime.errors import RoiedgeError, one_line
+from runtime.errors import RoiedgeError
 from runtime.processing import Detections
-
-
-def import_custom_objects(path: Path | None) -> dict[str, Any]:
-    """The classes and functions a custom-objects ``.py`` file defines (its public names)."""
-    if path is None:
-        return {}
-    name = "roiedge_card_objects_" + re.sub(r"[^A-Za-z0-9_]", "_", Path(path).stem)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as error:  # the user's file: any error is theirs, said in one line
-        raise CardError(
-            f"card custom_objects {path}: cannot import it ({one_line(error)})"
-        ) from None
-    return {
-        key: value
-        for key, value in vars(module).items()
-        if not key.startswith("_") and callable(value) and getattr(value, "__module__", "") == name
-    }
 
 
 def _load(path: Path, objects: dict[str, Any], key: str) -> Any:
@@ -96,7 +75,15 @@ class CardModels:
                     f"card {key} {paths[key]}: no such file (paths are relative to the card)"
                 )
         self.card = card
-        objects = import_custom_objects(paths["custom_objects"])
+        objects = {}
+        if paths["custom_objects"] is not None:
+            try:
+                custom = Path(paths["custom_objects"])
+                objects = import_custom_objects(
+                    custom, "card custom_objects", f"roiedge_card_objects_{custom.stem}"
+                )
+            except RoiedgeError as error:
+                raise CardError(str(error)) from None
         backbone = _load(paths["backbone_rpn"], objects, "backbone_rpn")
         height, width = card.image_size
         self.backbone_rpn = fixed_shapes(backbone, [(1, height, width, 3)], "backbone_rpn")

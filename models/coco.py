@@ -23,7 +23,7 @@ from runtime import limits, strict_json
 from runtime.coco_images import entry_name, image_entries
 from runtime.errors import RoiedgeError
 from runtime.images import load_image, open_image, resize
-from runtime.safe_files import read_json
+from runtime.safe_files import read_json, regular_file
 
 #: A box may overhang its image by this many pixels (float rounding of annotation tools);
 #: it is clipped to the image. Anything further out is an error.
@@ -89,8 +89,12 @@ def load_coco(
     ``require_annotations=False`` accepts a dataset without boxes (calibration images only).
     """
     source = Path(path)
-    if not source.is_file():
+    if not source.exists():
         raise DatasetError(f"{source}: no such dataset file (expected a COCO instances .json)")
+    try:  # a FIFO, device or folder is named as what it is, never opened
+        regular_file(source, "COCO dataset")
+    except RoiedgeError as error:
+        raise DatasetError(str(error)) from None
     try:  # size, nesting depth, NaN tokens and duplicate keys checked before it is used
         data = read_json(source, "COCO dataset")
     except RoiedgeError as error:
@@ -122,6 +126,13 @@ def load_coco(
             "a non-empty name",
         )
         _require(cat["id"] not in categories, where, f"id {cat['id']} repeats", "unique ids")
+        # Two classes of one name would be one row of every per-class table and one label.
+        _require(
+            cat["name"] not in categories.values(),
+            where,
+            f"name {cat['name']!r} repeats",
+            "unique category names",
+        )
         categories[cat["id"]] = cat["name"]
     if not categories:
         raise DatasetError(f"{source}: no categories; expected at least one in categories[]")

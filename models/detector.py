@@ -34,7 +34,7 @@ from runtime.processing import (
     preprocess,
     proposals_from_rpn,
 )
-from runtime.safe_files import check_zip_members, read_json
+from runtime.safe_files import check_zip_members, read_json, regular_file
 
 if TYPE_CHECKING:
     import keras
@@ -306,10 +306,18 @@ def save_detector(backbone_rpn, head, config: DetectorConfig, path: Path | str) 
     model = _container(backbone_rpn, head, config)
     with output_lock(path, "detector", "save", wait=True, folder=True):
         remove_stale(path.parent, _stale_patterns(path))
-        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.saving-") as tmp:
-            tmp_file = Path(tmp) / path.name
-            model.save(tmp_file)
-            data = tmp_file.read_bytes()
+        try:  # a full disk fails inside Keras' writer: one line, the old pair left in place
+            with tempfile.TemporaryDirectory(
+                dir=path.parent, prefix=f".{path.name}.saving-"
+            ) as tmp:
+                tmp_file = Path(tmp) / path.name
+                model.save(tmp_file)
+                data = tmp_file.read_bytes()
+        except OSError as error:
+            raise RoiedgeError(
+                f"{path}: cannot write it ({error.strerror or type(error).__name__}); the "
+                "detector there before (if any) is unchanged"
+            ) from None
         new = {"config": config.to_dict(), "model_sha256": hashlib.sha256(data).hexdigest()}
         old = _current_pair(path)
         sidecar = {"format": SIDECAR_FORMAT, **new}
@@ -375,8 +383,12 @@ def load_detector(path: Path | str = SHIPPED) -> LoadedDetector:
     file (see :func:`save_detector`); a model that matches no entry is refused.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DetectorLoadError(f"{path}: no such detector file (expected a .keras file)")
+    try:  # a FIFO, device or folder is named as what it is, never opened
+        regular_file(path, "detector")
+    except RoiedgeError as error:
+        raise DetectorLoadError(str(error)) from None
     if not zipfile.is_zipfile(path):
         raise DetectorLoadError(f"{path}: not a valid .keras file (not a zip archive; corrupt?)")
     try:  # a zip bomb is refused from its central directory, before Keras inflates it

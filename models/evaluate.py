@@ -183,13 +183,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_category_ids(dataset: Any, config: Any, args: argparse.Namespace) -> None:
-    """Refuse a dataset whose category ids differ from the detector's: `detect --json` writes the
-    detector's ids, so its rows would score against other classes than this mAP counts."""
+def check_category_ids(dataset: Any, config: Any, data: Any, detector: Any) -> None:
+    """Refuse ``--data`` ``data`` when its category ids differ from ``detector``'s (named in the
+    message; ``config`` its DetectorConfig): `detect --json` writes the detector's ids, so its
+    rows would score against other classes than this mAP counts."""
     if tuple(dataset.category_ids) != config.coco_ids:
         raise RoiedgeError(
-            f"--data {args.data} has category ids {list(dataset.category_ids)}; the detector "
-            f"{args.model} writes {list(config.coco_ids)} (trained on another numbering; "
+            f"--data {data} has category ids {list(dataset.category_ids)}; the detector "
+            f"{detector} writes {list(config.coco_ids)} (trained on another numbering; "
             "renumber the dataset's categories or retrain on it)"
         )
 
@@ -197,6 +198,7 @@ def check_category_ids(dataset: Any, config: Any, args: argparse.Namespace) -> N
 def _bad_flags(args: argparse.Namespace) -> str | None:
     """One line naming the first bad flag, or None; checked before TensorFlow loads and before
     the scoring, so an output that cannot be written is found before the work, not after."""
+    from models.detector import config_path
     from runtime.limits import bad_number
     from runtime.safe_files import writable_output
 
@@ -210,10 +212,12 @@ def _bad_flags(args: argparse.Namespace) -> str | None:
             return bad
     if args.show and not args.out:
         return "--show N needs --out PNG"
+    model = args.model or None
+    inputs = (model, model and config_path(model), args.data, args.detector)
     try:
         for flag, value in (("--json", args.json), ("--out", args.out)):
             if value is not None:
-                writable_output(value, flag)
+                writable_output(value, flag, inputs=inputs)
     except RoiedgeError as error:
         return str(error)
     return None
@@ -252,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"--data {args.data} has classes {list(dataset.class_names)}; the detector "
                     f"{args.model} has {list(names)}"
                 )
-            check_category_ids(dataset, detector.config, args)
+            check_category_ids(dataset, detector.config, args.data, args.model)
             batch = resized_batch(dataset, detector.config.image_size)
         except RoiedgeError as error:
             print(f"error: {one_line(error)}", file=sys.stderr)

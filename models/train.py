@@ -224,9 +224,7 @@ def make_train_step(layers, cfg: TrainConfig, det: DetectorConfig, optimizer, ma
             rpn_reg = tf.reduce_sum(reg * positive) / tf.maximum(tf.reduce_sum(positive), 1.0)
             # --- proposals from the RPN itself (no gradient through the boxes)
             scores = tf.stop_gradient(tf.sigmoid(logits))
-            # min(k, N), as the runtime takes the top k (runtime.nms.top_k_indices)
-            top_n = min(det.rpn_pre_nms_top_n, det.num_anchors)
-            top_scores, top_idx = tf.math.top_k(scores, k=top_n)
+            top_scores, top_idx = tf.math.top_k(scores, k=det.rpn_pre_nms_count)
             top_boxes = _decode_tf(
                 tf,
                 tf.gather(tf.stop_gradient(deltas), top_idx, batch_dims=1),
@@ -472,9 +470,23 @@ def _bad_numbers(cfg: TrainConfig) -> str | None:
 
     if cfg.epochs < 1 or cfg.steps_per_epoch < 1 or cfg.batch_size < 1:
         return "--epochs, --steps-per-epoch and --batch-size must be >= 1"
+    # (flag, value, low, high, low_open, LIMITS row): every numeric field of TrainConfig. An
+    # IoU of 2 or a NaN weight decay would otherwise train a broken model without a word.
     checks = [
+        ("--seed", cfg.seed, 0, 2**31 - 1, False, None),  # TensorFlow's stateless seeds: int32
+        ("--batch-size", cfg.batch_size, 1, None, False, "flag_batch"),
         ("--threads", cfg.threads, 1, None, False, "flag_threads"),
         ("--learning-rate", cfg.learning_rate, 0, None, True, None),
+        ("--warmup-steps", cfg.warmup_steps, 0, None, False, None),
+        ("--weight-decay", cfg.weight_decay, 0, None, False, None),
+        ("--clip-norm", cfg.clip_norm, 0, None, True, None),
+        ("--rpn-batch", cfg.rpn_batch, 1, None, False, None),
+        ("--rpn-positive-fraction", cfg.rpn_positive_fraction, 0, 1, True, None),
+        ("--rpn-positive-iou", cfg.rpn_positive_iou, 0, 1, True, None),
+        ("--rpn-negative-iou", cfg.rpn_negative_iou, 0, 1, False, None),
+        ("--train-proposals", cfg.train_proposals, 1, None, False, "config_proposals"),
+        ("--jitter-per-gt", cfg.jitter_per_gt, 0, None, False, "train_jitter"),
+        ("--head-positive-iou", cfg.head_positive_iou, 0, 1, True, None),
     ]
     for side in cfg.image_size or ():
         checks.append(("--image-size side", side, 8, None, False, "config_image_side"))
@@ -482,6 +494,14 @@ def _bad_numbers(cfg: TrainConfig) -> str | None:
     top = float(limits.limit("config_anchor_ratio"))
     checks += [("--anchor-sizes", v, 0, longest, True, None) for v in cfg.anchor_sizes or ()]
     checks += [("--anchor-ratios", v, 1 / top, top, False, None) for v in cfg.anchor_ratios or ()]
+    for side in cfg.pool_size or ():
+        checks.append(("--pool-size side", side, 1, None, False, "config_pool_side"))
+    optional = [
+        ("--num-proposals", cfg.num_proposals, 1, None, False, "config_proposals"),
+        ("--max-detections", cfg.max_detections, 1, None, False, "config_detections"),
+        ("--score-threshold", cfg.score_threshold, 0, 1, False, None),
+    ]
+    checks += [check for check in optional if check[1] is not None]
     for flag, value, low, high, low_open, limit_name in checks:
         bad = bad_number(flag, value, low, high, low_open=low_open, limit_name=limit_name)
         if bad:
@@ -492,6 +512,12 @@ def _bad_numbers(cfg: TrainConfig) -> str | None:
     ):
         if values is not None and len(set(values)) != len(values):
             return f"{flag} repeats a value ({list(values)}); expected distinct numbers"
+    if cfg.rpn_negative_iou > cfg.rpn_positive_iou:
+        return (
+            f"--rpn-negative-iou {cfg.rpn_negative_iou} is above --rpn-positive-iou "
+            f"{cfg.rpn_positive_iou}; expected negative <= positive (anchors below the one are "
+            "background, above the other objects)"
+        )
     return None
 
 
@@ -522,12 +548,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
+        # Found now, not after the training: a model that cannot be saved loses all of it.
+        from models.detector import config_path
+        from runtime.replace import output_lock
         from runtime.safe_files import writable_output
 
-        # Found now, not after the training: a model that cannot be saved loses all of it.
-        writable_output(cfg.out, "--out")
-        writable_output(Path(cfg.out).with_name(Path(cfg.out).stem + ".training.json"), "--out")
-        record = train(cfg)
+        # ``--data own.json --out own.keras``: the sidecar own.json would replace the dataset.
+        datasets = (cfg.data, cfg.val)
+        writable_output(cfg.out, "--out", inputs=datasets)
+        writable_output(config_path(cfg.out), "--out (its config sidecar)", inputs=datasets)
+        record_path = Path(cfg.out).with_name(Path(cfg.out).stem + ".training.json")
+        writable_output(record_path, "--out (its training record)", inputs=datasets)
+        # A second training to the same --out is refused at once: otherwise both run and the
+        # one that saves last silently replaces the other's model.
+        with output_lock(cfg.out, "--out", "models.train"):
+            record = train(cfg)
     except RoiedgeError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2

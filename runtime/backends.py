@@ -26,7 +26,7 @@ from runtime.edgetpu import (  # noqa: F401  (public here too, as before)
     load_edgetpu_delegate,
 )
 from runtime.errors import ArtifactError
-from runtime.input_checks import check_int_range, refuse_kind
+from runtime.input_checks import check_range, refuse_kind
 from runtime.interpreter_private import full_signature_list
 from runtime.safe_files import read_bytes
 
@@ -138,8 +138,7 @@ def to_stored(value: Any, info: TensorInfo, backend: str) -> np.ndarray:
             f"{backend}: input {info.name!r} is {array.dtype} but the tensor is {dtype.name} "
             "without a quantization scale; expected an integer array"
         )
-    if dtype.kind in "iu" and array.dtype.kind in "iu":
-        check_int_range(array, dtype, f"{backend}: input {info.name!r}")
+    check_range(array, dtype, f"{backend}: input {info.name!r}")
     return np.ascontiguousarray(array, dtype=dtype)
 
 

@@ -13,14 +13,11 @@ from runtime import strict_json
 from runtime.detector_flags import add_detector_arguments
 from runtime.errors import RoiedgeError, one_line, say
 from runtime.images import ANNOTATED_MAX_SIDE, IMAGE_SUFFIXES
+from runtime.limits import flag_type
+from runtime.manifest import MANIFEST_NAME
 from runtime.safe_files import writable_output
 
-
-def _threads(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive thread count")
-    return number
+_threads = flag_type(1, "flag_threads")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -122,9 +119,17 @@ def _parser() -> argparse.ArgumentParser:
     bench = verbs.add_parser("bench", help="load/latency/RSS per artifact and per pipeline")
     bench.add_argument("artifacts", type=Path, metavar="DIR", help="artifacts directory")
     bench.add_argument(
-        "--runs", type=int, default=20, help="timed runs per measurement (default 20)"
+        "--runs",
+        type=flag_type(1, "flag_runs"),
+        default=20,
+        help="timed runs per measurement (default 20)",
     )
-    bench.add_argument("--warmup", type=int, default=3, help="untimed runs before them (default 3)")
+    bench.add_argument(
+        "--warmup",
+        type=flag_type(0, "flag_runs"),
+        default=3,
+        help="untimed runs before them (default 3)",
+    )
     bench.add_argument(
         "--threads", type=_threads, default=None, help="interpreter threads (default: its own)"
     )
@@ -143,7 +148,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="instead: stream fps on this video, pipelined vs sequential, 1 and 2 cores",
     )
-    bench.add_argument("--rounds", type=int, default=3, help="--video: runs per mode and setting")
+    bench.add_argument(
+        "--rounds",
+        type=flag_type(1, "flag_runs"),
+        default=3,
+        help="--video: runs per mode and setting",
+    )
     bench.add_argument(
         "--require-all",
         action="store_true",
@@ -250,9 +260,10 @@ def _detect(args: argparse.Namespace) -> int:
     # Outputs are checked before any work: a run never ends in "cannot write" after the work.
     if args.out is not None:
         writable_output(args.out, "--out", kind="dir")
-    if args.json is not None:
-        writable_output(args.json, "--json")
     numbered = _numbered_images(args)
+    if args.json is not None:  # never one of the images, the --data file or the manifest it reads
+        inputs = [path for _, path in numbered] + [args.artifacts / MANIFEST_NAME]
+        writable_output(args.json, "--json", inputs=inputs + ([args.data] if args.data else []))
     options = DetectorOptions(
         precision=args.precision,
         head_precision=args.head_precision,
@@ -308,7 +319,7 @@ def _check(args: argparse.Namespace) -> int:
     from runtime.progress import progress
 
     if args.json is not None:
-        writable_output(args.json, "--json")
+        writable_output(args.json, "--json", inputs=[args.artifacts / MANIFEST_NAME])
     backends = {"tflite": args.tflite_backend} if args.tflite_backend else None
     only = args.only
     if args.formats:
@@ -375,7 +386,7 @@ def _bench(args: argparse.Namespace) -> int:
     from runtime.progress import progress
 
     if args.json is not None:
-        writable_output(args.json, "--json")
+        writable_output(args.json, "--json", inputs=[args.artifacts / MANIFEST_NAME])
     manifest = read_manifest(args.artifacts)
     entries = [e for e in manifest.artifacts if args.only is None or e.name in args.only]
     common = ["--runs", str(args.runs), "--warmup", str(args.warmup)]

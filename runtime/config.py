@@ -138,6 +138,12 @@ class DetectorConfig:
         h, w = self.feature_size
         return h * w * self.anchors_per_location
 
+    @property
+    def rpn_pre_nms_count(self) -> int:
+        """Anchors that enter the RPN's NMS: ``rpn_pre_nms_top_n``, or every anchor when the
+        feature map has fewer (a small ``image_size``), as the runtime's top-k takes them."""
+        return min(self.rpn_pre_nms_top_n, self.num_anchors)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists).
 

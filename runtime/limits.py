@@ -8,6 +8,7 @@ numeric CLI flag (NaN, inf, out of range). Numpy-free and TensorFlow-free.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import numbers
@@ -68,6 +69,11 @@ LIMITS: dict[str, Limit] = _table(
     Limit("flag_images", 100_000, "images", "images a CLI flag asks to read, make or score"),
     Limit("flag_threads", 1024, "threads", "a --threads flag"),
     Limit("flag_runs", 100_000, "runs", "timed or warm-up runs a benchmark flag asks for"),
+    Limit(
+        "flag_copies", 64, "interpreters", "copies of one artifact a --head-copies flag asks for"
+    ),
+    Limit("flag_batch", 1024, "images", "images in one training batch (--batch-size)"),
+    Limit("train_jitter", 64, "copies", "jittered copies of each true box (--jitter-per-gt)"),
 )
 
 
@@ -121,3 +127,24 @@ def bad_number(
         or (high is not None and value > high)
     )
     return f"{flag} is {value!r}; expected {kind} {wanted}" if bad else None
+
+
+def flag_type(low: int, limit_name: str | None = None):
+    """An argparse ``type=`` for an integer flag: refused (exit 2, one ``error:`` line after
+    argparse's usage line) unless an integer >= ``low`` and within LIMITS ``limit_name``.
+
+    For the runtime CLIs, whose flags go straight to the interpreters: 10**9 threads or head
+    copies would otherwise be handed on (a bad_alloc blamed on a healthy artifact, or a hang).
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}; expected an integer") from None
+        why = bad_number("", value, low, limit_name=limit_name)
+        if why is not None:
+            raise argparse.ArgumentTypeError(why.removeprefix(" is "))
+        return value
+
+    return parse

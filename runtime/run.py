@@ -19,8 +19,9 @@ import numpy as np
 
 from runtime.backends import canonical_name, load_stage
 from runtime.errors import RoiedgeError, say
-from runtime.input_checks import check_int_range, refuse_kind
-from runtime.manifest import FORMATS, atomic_write_bytes, read_manifest
+from runtime.input_checks import check_range, refuse_kind
+from runtime.limits import flag_type
+from runtime.manifest import FORMATS, MANIFEST_NAME, atomic_write_bytes, read_manifest
 from runtime.safe_files import load_npz, open_regular, writable_output
 
 
@@ -38,7 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model name (default: the only one)")
     parser.add_argument("--backend", default=None, help="interpreter (default: automatic)")
     parser.add_argument(
-        "--threads", type=int, default=None, help="interpreter threads (default: its own)"
+        "--threads",
+        type=flag_type(1, "flag_threads"),
+        default=None,
+        help="interpreter threads (default: its own)",
     )
 
 
@@ -79,8 +83,7 @@ def run_artifact(
                 f"input {label!r} has dtype {array.dtype}; expected an integer array ({spec.dtype})"
             )
         refuse_kind(array, np.dtype(spec.dtype), f"input {label!r}")
-        if np.dtype(spec.dtype).kind in "iu":
-            check_int_range(array, np.dtype(spec.dtype), f"input {label!r}")
+        check_range(array, np.dtype(spec.dtype), f"input {label!r}")
         arrays.append((label, spec, array))
     extra = sorted(set(inputs) - set(labels) - {s.name for s in entry.inputs})
     if extra:
@@ -150,9 +153,7 @@ def read_npz(path: Path, flag: str, expected: str) -> dict[str, np.ndarray]:
 
 def main(args: argparse.Namespace) -> int:
     """The ``run`` verb: exit 0, or a RoiedgeError for the CLI to report (exit 2)."""
-    if args.threads is not None and args.threads < 1:
-        raise RoiedgeError(f"--threads {args.threads}: expected a positive thread count")
-    writable_output(args.out, "--out")
+    writable_output(args.out, "--out", inputs=[args.inputs, Path(args.artifacts) / MANIFEST_NAME])
     outputs = run_artifact(
         args.artifacts,
         read_npz(args.inputs, "--inputs", "an .npz keyed by input name"),

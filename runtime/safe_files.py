@@ -22,7 +22,7 @@ import stat
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -309,17 +309,38 @@ def _probe_writable(directory: Path, what: str, path: Path) -> None:
     os.unlink(name)
 
 
-def writable_output(path: os.PathLike | str, what: str, kind: str = "file") -> Path:
+def _same_file(first: Path, second: Path) -> bool:
+    """Whether two paths name one existing file (hard links and symlinks included)."""
+    try:
+        return first.exists() and second.exists() and os.path.samefile(first, second)
+    except (OSError, ValueError):
+        return False
+
+
+def writable_output(
+    path: os.PathLike | str,
+    what: str,
+    kind: str = "file",
+    inputs: Iterable[os.PathLike | str | None] = (),
+) -> Path:
     """``path`` after checking an output ``kind`` ("file" or "dir") can be written there.
 
     Run before the work that fills it: a directory where a file is expected (or a file where a
-    directory is), a FIFO or device, a file as a parent, a folder one cannot write in, each is a
-    one-line RoiedgeError naming ``what`` (e.g. "--json"). Missing parents are fine (writers
-    create them); the nearest existing one must be a writable directory. Creates nothing.
+    directory is), a FIFO or device, a file as a parent, a folder one cannot write in, or one
+    of the run's own ``inputs`` (the output would destroy it: ``--json`` naming the model's
+    sidecar or the dataset), each is a one-line RoiedgeError naming ``what`` (e.g. "--json").
+    Missing parents are fine (writers create them); the nearest existing one must be a
+    writable directory. Creates nothing.
     """
     if kind not in ("file", "dir"):
         raise ValueError(f"kind={kind!r}; expected 'file' or 'dir'")
     path = Path(path)
+    for given in inputs:
+        if given is not None and _same_file(path, Path(given)):
+            raise RoiedgeError(
+                f"{what} {path}: is also an input of this run ({given}); writing it would "
+                "destroy that input; expected another name"
+            )
     try:
         info = path.stat()
     except (FileNotFoundError, NotADirectoryError):

@@ -8,8 +8,10 @@ the output video is finalised (playable) and the JSON lines file holds one line 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -17,26 +19,25 @@ import numpy as np
 
 from runtime import strict_json
 from runtime.detector_flags import add_detector_arguments
-from runtime.errors import RoiedgeError, one_line
+from runtime.errors import RoiedgeError, one_line, say
 from runtime.interrupts import EXIT_SIGINT, EXIT_SIGTERM, Terminated
+from runtime.limits import flag_type
+from runtime.manifest import MANIFEST_NAME
+from runtime.safe_files import writable_output
 from runtime.stream import STEPS
-
-
-def category_id(config: Any, class_id: int) -> int:
-    """The dataset's category id of class index ``class_id`` (``config.coco_ids``: the training
-    dataset's own ids, as ``detect --json`` writes them)."""
-    return int(config.coco_ids[class_id])
 
 
 def frame_record(frame: Any, detections: list, config: Any) -> dict[str, Any]:
     """One JSON line: frame index, timestamp, COCO-style detections in the frame's pixels
-    (``bbox`` [x, y, width, height], unrounded, so they compare exactly with ``detect``)."""
+    (``bbox`` [x, y, width, height], unrounded, so they compare exactly with ``detect``;
+    ``category_id`` the training dataset's own id of the class, ``config.coco_ids``, as
+    ``detect --json`` writes it)."""
     rows = []
     for d in detections:
         y1, x1, y2, x2 = (float(v) for v in d.box)
         rows.append(
             {
-                "category_id": category_id(config, d.class_id),
+                "category_id": int(config.coco_ids[d.class_id]),
                 "category_name": d.class_name,
                 "bbox": [x1, y1, x2 - x1, y2 - y1],
                 "score": float(d.score),
@@ -54,18 +55,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--picamera", action="store_true", help="Raspberry Pi camera (picamera2)")
     parser.add_argument(
         "--threads",
-        type=int,
+        type=flag_type(1, "flag_threads"),
         default=None,
         help="threads per interpreter (default: 1 pipelined, every core with --sequential)",
     )
     parser.add_argument("--out", type=Path, default=None, help="annotated video (.mp4 or .avi)")
     parser.add_argument("--json", type=Path, default=None, help="JSON lines, one per frame")
-    parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    parser.add_argument("--max-frames", type=flag_type(1), default=None, help="stop after N frames")
     parser.add_argument(
         "--sequential", action="store_true", help="detect frame after frame (no pipeline)"
     )
     parser.add_argument(
-        "--head-copies", type=int, default=None, help="head interpreters (default: one per core)"
+        "--head-copies",
+        type=flag_type(1, "flag_copies"),
+        default=None,
+        help="head interpreters (default: one per core)",
     )
 
 
@@ -130,17 +134,37 @@ class StatusLine:
         self.stream.flush()
 
 
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A failed write of the JSON lines file (disk full, file system gone) as one line."""
+    try:
+        yield
+    except OSError as error:
+        raise RoiedgeError(
+            f"--json {path}: cannot write it ({error.strerror or type(error).__name__}); the "
+            "lines of the frames before were written"
+        ) from None
+
+
+def _open_lines(path: Path) -> TextIO:
+    try:
+        return path.open("w", encoding="utf-8")
+    except OSError as error:
+        raise RoiedgeError(
+            f"--json {path}: cannot write it ({error.strerror or type(error).__name__})"
+        ) from None
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the ``stream`` verb; see the module docstring for the exit codes."""
     from runtime.detector import Detector, DetectorOptions
     from runtime.stream import StreamOptions, available_cores, sequential_detections
     from runtime.video import VideoWriter, annotate
 
-    for flag, value in (("--threads", args.threads), ("--max-frames", args.max_frames)):
-        if value is not None and value < 1:
-            raise RoiedgeError(f"{flag} {value}: expected a positive number")
-    if args.json is not None and args.json.is_dir():
-        raise RoiedgeError(f"--json {args.json}: is a directory; expected a file name")
+    # Outputs are checked before any work (a stream never ends in "cannot write" at frame 1).
+    for flag, path in (("--out", args.out), ("--json", args.json)):
+        if path is not None:
+            writable_output(path, flag, inputs=[args.video, args.artifacts / MANIFEST_NAME])
     threads = args.threads or (None if args.sequential else 1)
     options = DetectorOptions(
         precision=args.precision,
@@ -152,13 +176,13 @@ def main(args: argparse.Namespace) -> int:
     )
     detector = Detector(args.artifacts, options)
     source = open_source(args)
-    print(f"# {detector.describe()}; {'sequential' if args.sequential else 'pipelined'}")
+    say(f"# {detector.describe()}; {'sequential' if args.sequential else 'pipelined'}")
     if args.sequential:
         results = sequential_detections(detector, source)
     else:
         results = detector.stream(source, **vars(StreamOptions(head_copies=args.head_copies)))
     writer: VideoWriter | None = None
-    lines = args.json.open("w", encoding="utf-8") if args.json is not None else None
+    lines = _open_lines(args.json) if args.json is not None else None
     status = StatusLine(sys.stderr)
     code, failure = 0, None
     try:
@@ -170,8 +194,9 @@ def main(args: argparse.Namespace) -> int:
                 writer.write(annotate(result.frame.pixels, result.detections, status.fps()))
             if lines is not None:
                 record = frame_record(result.frame, result.detections, detector.config)
-                lines.write(strict_json.dumps(record) + "\n")
-                lines.flush()  # a line per finished frame, whatever stops the stream
+                with _writing(args.json):
+                    lines.write(strict_json.dumps(record) + "\n")
+                    lines.flush()  # a line per finished frame, whatever stops the stream
             status.add({**result.timings, "write": time.perf_counter() - start}, source.dropped)
             if args.max_frames is not None and status.frames >= args.max_frames:
                 break
@@ -185,16 +210,23 @@ def main(args: argparse.Namespace) -> int:
     finally:
         results.close()
         if writer is not None:
-            writer.close()
+            try:
+                writer.close()
+            except RoiedgeError as error:
+                failure, code = failure or f"error: {one_line(error)}", 2
         if lines is not None:
-            lines.close()
+            try:
+                with _writing(args.json):
+                    lines.close()
+            except RoiedgeError as error:
+                failure, code = failure or f"error: {one_line(error)}", 2
     status.show(source.dropped, final=True)
-    written = [str(p) for p in (args.out, args.json) if p is not None]
+    written = [str(p) for p in (args.out, args.json) if p is not None and failure is None]
     if code in (EXIT_SIGINT, EXIT_SIGTERM):
         signal_name = "Ctrl-C" if code == EXIT_SIGINT else "SIGTERM"
-        print(f"interrupted ({signal_name}) after {status.frames} frames", file=sys.stderr)
+        say(f"interrupted ({signal_name}) after {status.frames} frames", file=sys.stderr)
     if written:
-        print(f"wrote {status.frames} frames to {', '.join(written)}")
+        say(f"wrote {status.frames} frames to {', '.join(written)}")
     if failure is not None:  # last, so the stream's error is the one line it ends with
-        print(failure, file=sys.stderr)
+        say(failure, file=sys.stderr)
     return code

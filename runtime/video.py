@@ -17,7 +17,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from runtime import limits
 from runtime.errors import RoiedgeError
+from runtime.safe_files import regular_file
 
 #: opencv-python-headless wheels by numpy major version: 5.x needs numpy >= 2, 4.11 takes numpy 1.
 OPENCV_PINS = {1: "opencv-python-headless==4.11.0.86", 2: "opencv-python-headless==5.1.0.95"}
@@ -66,9 +68,10 @@ class VideoFile:
 
     def __init__(self, path: os.PathLike) -> None:
         cv2 = opencv()
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise VideoError(f"--video {self.path}: file not found; expected a video file")
+        try:  # a FIFO or device would block OpenCV's open, a missing file is named as such
+            self.path = regular_file(path, "--video")
+        except RoiedgeError as error:
+            raise VideoError(str(error)) from None
         self._capture = cv2.VideoCapture(str(self.path))
         if not self._capture.isOpened():
             raise VideoError(
@@ -84,6 +87,11 @@ class VideoFile:
             int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
         )
         self.dropped = 0  # a file drops nothing: every frame is processed
+        try:  # from the container's header, before a frame is decoded
+            limits.check("image_pixels", self.size[0] * self.size[1], f"--video {self.path} frames")
+        except limits.LimitError as error:
+            self.close()
+            raise VideoError(str(error)) from None
 
     def __iter__(self) -> Iterator[Frame]:
         cv2 = opencv()
@@ -284,11 +292,23 @@ class VideoWriter:
         self.frames += 1
 
     def close(self) -> None:
-        """Finalise the video and move it to ``path`` (idempotent)."""
+        """Finalise the video and move it to ``path`` (idempotent).
+
+        OpenCV's writer reports no write error: the finished file is read back, and one that
+        does not hold every frame written (a full disk leaves 0 bytes) is removed and raised as
+        a VideoError instead of being put at ``path`` as if complete.
+        """
         if self._writer is None:
             return
         self._writer.release()
         self._writer = None
+        stored = _stored_frames(self._temporary)
+        if stored < self.frames:
+            self._temporary.unlink(missing_ok=True)
+            raise VideoError(
+                f"--out {self.path}: the video could not be written ({stored} of {self.frames} "
+                "frames stored; is the disk full?); nothing was put at --out"
+            )
         os.replace(self._temporary, self.path)
 
     def discard(self) -> None:
@@ -297,6 +317,18 @@ class VideoWriter:
             self._writer.release()
             self._writer = None
         self._temporary.unlink(missing_ok=True)
+
+
+def _stored_frames(path: Path) -> int:
+    """Frames the finished video file ``path`` holds by its container (0 if it cannot open)."""
+    cv2 = opencv()
+    if not path.is_file() or path.stat().st_size == 0:
+        return 0
+    capture = cv2.VideoCapture(str(path))
+    try:
+        return int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if capture.isOpened() else 0
+    finally:
+        capture.release()
 
 
 def annotate(pixels: np.ndarray, detections: list, fps: float | None) -> np.ndarray:

@@ -18,6 +18,7 @@ from runtime_fakes import fake_image
 from test_runtime import REPO, _error_lines, _one_line_exit_2, run_cli
 
 from runtime.detector import Detector
+from runtime.replace import lock_path
 
 
 @pytest.fixture
@@ -121,7 +122,8 @@ def test_export_sigterm_removes_its_building_directory(tmp_path):
     code, _, stderr = _interrupt(argv, signal.SIGTERM, ready=lambda: any(tmp_path.iterdir()))
     assert code == 143, stderr
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("terminated")
-    assert list(tmp_path.iterdir()) == []
+    # Nothing is left, not even the --out lock (its holder removes it: runtime.replace).
+    assert list(tmp_path.iterdir()) == [], lock_path(out).name
 
 
 def test_train_and_report_sigterm_exit_143_with_one_line(exported_artifacts, tmp_path):
@@ -138,7 +140,10 @@ def test_train_and_report_sigterm_exit_143_with_one_line(exported_artifacts, tmp
         assert "Traceback" not in stderr
         assert stderr.strip().splitlines()[-1].startswith("terminated"), stderr[-2000:]
     assert sorted(p.name for p in artifacts.iterdir()) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifacts"]
+    # Nothing besides the artifacts: no partial model, no lock (its holder removes it).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifacts"], lock_path(
+        tmp_path / "m.keras"
+    )
 
 
 _SIGNAL_IN_DEL = """

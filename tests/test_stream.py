@@ -241,7 +241,7 @@ def test_a_file_that_is_no_video_is_one_line(tmp_path):
     junk.write_bytes(b"not a video" * 100)
     with pytest.raises(VideoError, match="cannot open it as a video"):
         VideoFile(junk)
-    with pytest.raises(VideoError, match="file not found"):
+    with pytest.raises(VideoError, match="no such file"):
         VideoFile(tmp_path / "missing.mp4")
 
 

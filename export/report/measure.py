@@ -250,7 +250,7 @@ class Measurer:
             batch = eval_split(self.config.images, data_config_for(size))
             return batch, functools.partial(score, batch=batch, class_names=names)
         from models.coco import load_coco, resized_batch
-        from models.evaluate import score_on_dataset
+        from models.evaluate import check_category_ids, score_on_dataset
 
         dataset = load_coco(self.config.data)
         if dataset.class_names != names:
@@ -258,6 +258,10 @@ class Measurer:
                 f"--data {self.config.data} has classes {list(dataset.class_names)}; the "
                 f"exported detector has {list(names)}"
             )
+        # As models.evaluate: this mAP must be the one pycocotools gives `detect --json`.
+        check_category_ids(
+            dataset, self.detector_config, self.config.data, f"in {self.config.artifacts}"
+        )
         batch = resized_batch(dataset, size)
         return batch, functools.partial(score_on_dataset, dataset=dataset, size=size)
 
