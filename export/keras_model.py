@@ -206,8 +206,9 @@ def _swap_and_prove(
 
     The original runs here when it can; otherwise its outputs come from ``output:NAME`` arrays.
     """
+    from export.samples import box_index_problem
     from export.shared import keras_outputs
-    from export.swap import box_index_problem, prove_swap, swap_roi_layers
+    from export.swap import prove_swap, swap_roi_layers
 
     def refuse_bad_box_indexes(model: Any) -> None:  # before any model runs on the samples
         problem = box_index_problem(model, samples.rows(names_in, range(samples.count)))

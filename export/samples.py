@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -150,3 +151,34 @@ def _check(where: str, key: str, array, info: TensorInfo, exact_dtype: bool) -> 
             f"samples, first sample {int(bad[0])}); expected finite numbers"
         )
     return array
+
+
+def box_index_problem(model: Any, rows: Sequence[Sequence[np.ndarray]]) -> str | None:
+    """Why the ``box_indexes`` reaching a RoIPooling layer of ``model`` cannot run, or None.
+
+    An index outside [0, batch of the layer's feature maps) makes TensorFlow's crop_and_resize
+    fail mid-export and a TFLite gather read another image's features: refused before either.
+    ``rows``: the samples (each a list in model input order).
+    """
+    import keras
+    import tensorflow as tf
+
+    from export.swap import layer_arguments, roi_pooling_layers
+
+    layers = roi_pooling_layers(model)
+    args = [layer_arguments(layer) for layer in layers]
+    if not layers or any(len(a) != 3 for a in args):
+        return None
+    probe = keras.Model(model.inputs, [t for a in args for t in (a[0], a[2])])
+    call = tf.function(lambda *x: probe(list(x) if len(x) > 1 else x[0], training=False))
+    for sample, row in enumerate(rows):
+        values = [np.asarray(v) for v in call(*row)]
+        for i, layer in enumerate(layers):
+            batch, indexes = values[2 * i].shape[0], values[2 * i + 1]
+            if indexes.size and (indexes.min() < 0 or indexes.max() >= batch):
+                return (
+                    f"sample {sample}: layer {layer.name!r} gets box_indexes "
+                    f"{int(indexes.min())}..{int(indexes.max())}; expected indexes into its "
+                    f"feature maps' batch, in [0, {batch - 1}]"
+                )
+    return None

@@ -376,34 +376,6 @@ def _roi_layer_values(model: Any, rows: Sequence[Sequence[np.ndarray]]):
     return found
 
 
-def box_index_problem(model: Any, rows: Sequence[Sequence[np.ndarray]]) -> str | None:
-    """Why the ``box_indexes`` reaching a RoIPooling layer of ``model`` cannot run, or None.
-
-    An index outside [0, batch of the layer's feature maps) makes TensorFlow's crop_and_resize
-    fail mid-export and a TFLite gather read another image's features: refused before either.
-    ``rows``: the samples (each a list in model input order).
-    """
-    import keras
-
-    layers = roi_pooling_layers(model)
-    args = [layer_arguments(layer) for layer in layers]
-    if not layers or any(len(a) != 3 for a in args):
-        return None
-    probe = keras.Model(model.inputs, [t for a in args for t in (a[0], a[2])])
-    call = tf.function(lambda *x: probe(list(x) if len(x) > 1 else x[0], training=False))
-    for sample, row in enumerate(rows):
-        values = [np.asarray(v) for v in call(*row)]
-        for i, layer in enumerate(layers):
-            batch, indexes = values[2 * i].shape[0], values[2 * i + 1]
-            if indexes.size and (indexes.min() < 0 or indexes.max() >= batch):
-                return (
-                    f"sample {sample}: layer {layer.name!r} gets box_indexes "
-                    f"{int(indexes.min())}..{int(indexes.max())}; expected indexes into its "
-                    f"feature maps' batch, in [0, {batch - 1}]"
-                )
-    return None
-
-
 def roi_inputs(model: Any, rows: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
     """The ``rois`` reaching each RoIPooling layer, for every sample (a flat list of [N,4])."""
     return [rois for _, values in _roi_layer_values(model, rows) for _, rois in values]
