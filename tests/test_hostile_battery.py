@@ -8,32 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from test_hostile_config import edit_config
+from test_hostile_io import run_cli
 from test_hostile_runtime import one_line_exit_2
-from test_runtime import REPO
 
 from runtime import limits
-
-
-def run_cli(*args, timeout=120) -> subprocess.CompletedProcess:
-    """``python -m runtime ARGS`` with a timeout (a hang fails the test instead of blocking it)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run(
-        [sys.executable, "-m", "runtime", *map(os.fsdecode, args)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        errors="surrogateescape",
-        timeout=timeout,
-    )
 
 
 def write_avi(path: Path, frames: int = 4, size: tuple[int, int] = (48, 64)) -> Path:

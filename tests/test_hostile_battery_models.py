@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 import pytest
-from test_hostile_battery import run_cli
+from test_hostile_io import run_cli
 from test_hostile_runtime import one_line_exit_2
 
 # ------------------------------------------ item 5: exits in a custom-objects file, both loaders
